@@ -1,0 +1,51 @@
+# The only installer: system packages, the virtualenv, the editable install
+# and the Cython extension. Every target is idempotent.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+APT_PACKAGES := softhsm2 swtpm swtpm-tools tpm2-tools libtss2-dev libssl-dev opensc \
+                pkg-config gcc python3-dev python3-venv picocom openssl
+
+.PHONY: all install system-packages venv ext test demo clean
+
+all: install
+
+# Install only what is missing, so a second run touches nothing.
+system-packages:
+	@missing=""; for p in $(APT_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing system packages:$$missing"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip setuptools wheel
+
+venv: $(PY)
+
+# The stamp is rebuilt whenever packaging or the extension source changes.
+$(VENV)/.installed: pyproject.toml setup.py fastpath/*.pyx | system-packages $(PY)
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+install: system-packages $(VENV)/.installed ext
+
+# An editable install does not rebuild the extension when the .pyx changes.
+ext: $(VENV)/.installed
+	@$(PY) setup.py -q build_ext --inplace >/dev/null
+
+test: install
+	$(PY) -m pytest
+
+demo: install
+	$(VENV)/bin/pledgeforge demo
+
+clean:
+	rm -rf build *.egg-info fastpath/*.c fastpath/*.so $(VENV)

@@ -1,0 +1,75 @@
+"""Errors raised by key stores, CMS and X.509 code."""
+
+from pledgeforge.errors import PledgeforgeError
+
+
+class KeyStoreError(PledgeforgeError):
+    """A key store could not do what was asked."""
+
+
+class KeyUriError(KeyStoreError):
+    """A key URI is malformed or names something unsupported."""
+
+
+class TokenNotFoundError(KeyStoreError):
+    """No PKCS#11 token carries the requested label."""
+
+
+class PinError(KeyStoreError):
+    """The PIN was wrong, locked, or could not be read."""
+
+
+class KeyNotFoundError(KeyStoreError):
+    """The key store has no key under the requested name."""
+
+
+class KeyExistsError(KeyStoreError):
+    """A key already exists where a new one was to be generated."""
+
+
+class UnsupportedAlgorithmError(KeyStoreError):
+    """The algorithm is unknown or the key store cannot do it."""
+
+
+class TpmUnreachableError(KeyStoreError):
+    """The TPM (or its TCTI) could not be reached."""
+
+
+class HandleInUseError(KeyExistsError):
+    """A TPM persistent handle is already occupied."""
+
+
+class CmsError(PledgeforgeError):
+    """Base for CMS SignedData failures; each cause has its own subclass."""
+
+
+class MalformedCmsError(CmsError):
+    """The input is not a well-formed CMS SignedData."""
+
+
+class UnexpectedContentTypeError(CmsError):
+    """The encapsulated content type is not one we accept."""
+
+
+class DigestMismatchError(CmsError):
+    """The messageDigest attribute does not match the content."""
+
+
+class BadSignatureError(CmsError):
+    """The signature does not verify with the signer's public key."""
+
+
+class UntrustedSignerError(CmsError):
+    """The signer's certificate does not chain to a trust anchor."""
+
+
+class ExpiredCertificateError(UntrustedSignerError):
+    """A certificate in the signer's chain is outside its validity period."""
+
+
+class CertificateError(PledgeforgeError):
+    """A certificate or CSR is malformed or fails a check."""
+
+
+class VoucherError(PledgeforgeError):
+    """A voucher or voucher-request is malformed or violates the YANG model."""

@@ -1,0 +1,242 @@
+"""The one signing interface every private key sits behind.
+
+A `Signer` knows its public key and algorithm and signs a digest. CMS, X.509,
+CSRs and TLS CertificateVerify are all built on `sign_digest`, so the same
+code signs with a TPM, a PKCS#11 token or (for throwaway test CAs only) a
+software key.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
+
+from .errors import UnsupportedAlgorithmError
+
+
+class KeyAlgorithm(enum.Enum):
+    """Key types pledgeforge generates. The value is the CLI spelling."""
+
+    EC_P256 = "ec-p256"
+    EC_P384 = "ec-p384"
+    RSA_2048 = "rsa-2048"
+    RSA_3072 = "rsa-3072"
+
+    @classmethod
+    def parse(cls, text: str) -> "KeyAlgorithm":
+        try:
+            return cls(text.lower())
+        except ValueError:
+            names = ", ".join(a.value for a in cls)
+            raise UnsupportedAlgorithmError(
+                f"unknown key algorithm {text!r}; choose one of {names}"
+            ) from None
+
+    @classmethod
+    def of_public_key(cls, public_key) -> "KeyAlgorithm":
+        if isinstance(public_key, ec.EllipticCurvePublicKey):
+            by_curve = {"secp256r1": cls.EC_P256, "secp384r1": cls.EC_P384}
+            if public_key.curve.name in by_curve:
+                return by_curve[public_key.curve.name]
+        elif isinstance(public_key, rsa.RSAPublicKey):
+            by_size = {2048: cls.RSA_2048, 3072: cls.RSA_3072}
+            if public_key.key_size in by_size:
+                return by_size[public_key.key_size]
+        raise UnsupportedAlgorithmError(f"unsupported public key {public_key!r}")
+
+    @property
+    def is_ec(self) -> bool:
+        return self in (KeyAlgorithm.EC_P256, KeyAlgorithm.EC_P384)
+
+    @property
+    def curve(self) -> ec.EllipticCurve:
+        if self is KeyAlgorithm.EC_P256:
+            return ec.SECP256R1()
+        if self is KeyAlgorithm.EC_P384:
+            return ec.SECP384R1()
+        raise UnsupportedAlgorithmError(f"{self.value} is not an EC algorithm")
+
+    @property
+    def rsa_bits(self) -> int:
+        return {KeyAlgorithm.RSA_2048: 2048, KeyAlgorithm.RSA_3072: 3072}[self]
+
+    @property
+    def default_hash(self) -> str:
+        """The hash that matches the key's strength (SHA-384 for P-384)."""
+        return "sha384" if self is KeyAlgorithm.EC_P384 else "sha256"
+
+
+class Padding(enum.Enum):
+    """RSA signature padding; ignored for EC keys."""
+
+    PKCS1V15 = "pkcs1v15"
+    PSS = "pss"
+
+
+_HASHES = {
+    "sha256": (hashes.SHA256, 32),
+    "sha384": (hashes.SHA384, 48),
+    "sha512": (hashes.SHA512, 64),
+}
+
+
+def hash_algorithm(name: str) -> hashes.HashAlgorithm:
+    """The cryptography hash object for 'sha256' / 'sha384' / 'sha512'."""
+    try:
+        return _HASHES[name][0]()
+    except KeyError:
+        raise UnsupportedAlgorithmError(f"unsupported hash {name!r}") from None
+
+
+def digest(data: bytes, hash_name: str) -> bytes:
+    hash_algorithm(hash_name)  # validates the name
+    return hashlib.new(hash_name, data).digest()
+
+
+def check_digest_length(dgst: bytes, hash_name: str) -> None:
+    expected = _HASHES[hash_name][1] if hash_name in _HASHES else None
+    if expected is None:
+        raise UnsupportedAlgorithmError(f"unsupported hash {hash_name!r}")
+    if len(dgst) != expected:
+        raise ValueError(f"{hash_name} digest must be {expected} bytes, got {len(dgst)}")
+
+
+def ecdsa_raw_to_der(raw: bytes) -> bytes:
+    """r||s (as PKCS#11 and TPMs return it) to the DER ECDSA-Sig-Value."""
+    half = len(raw) // 2
+    r = int.from_bytes(raw[:half], "big")
+    s = int.from_bytes(raw[half:], "big")
+    return utils.encode_dss_signature(r, s)
+
+
+def pss_padding(hash_name: str) -> padding.PSS:
+    """PSS with MGF1 over the same hash and salt length = digest length (RFC 4055)."""
+    algo = hash_algorithm(hash_name)
+    return padding.PSS(mgf=padding.MGF1(algo), salt_length=algo.digest_size)
+
+
+@dataclass(frozen=True)
+class SignatureSpec:
+    """What a signature is: hash plus (for RSA) padding."""
+
+    hash_name: str = "sha256"
+    padding: Padding = Padding.PKCS1V15
+
+
+class Signer(ABC):
+    """A private key that signs digests and never hands out its secret.
+
+    Implementations must be safe to call from several threads (serialise
+    inside if the backend is not).
+    """
+
+    #: A short description for logs and errors (never a PIN).
+    description: str = "signer"
+
+    @property
+    @abstractmethod
+    def public_key(self):
+        """The cryptography public key object."""
+
+    @property
+    def algorithm(self) -> KeyAlgorithm:
+        return KeyAlgorithm.of_public_key(self.public_key)
+
+    @abstractmethod
+    def sign_digest(
+        self, dgst: bytes, hash_name: str = "sha256", pad: Padding = Padding.PKCS1V15
+    ) -> bytes:
+        """Sign a precomputed digest. ECDSA returns DER (ECDSA-Sig-Value)."""
+
+    def sign(self, data: bytes, hash_name: str = "sha256", pad: Padding = Padding.PKCS1V15) -> bytes:
+        """Hash `data` here, then sign the digest inside the key store."""
+        return self.sign_digest(digest(data, hash_name), hash_name, pad)
+
+    def public_key_pem(self) -> bytes:
+        return self.public_key.public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+
+    def public_key_der(self) -> bytes:
+        return self.public_key.public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+
+    def close(self) -> None:
+        """Release sessions or handles; the key stays where it lives."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class SoftwareSigner(Signer):
+    """A key held in process memory: for throwaway test CAs only, never a device key."""
+
+    description = "software key"
+
+    def __init__(self, private_key):
+        self._key = private_key
+
+    @classmethod
+    def generate(cls, algorithm: KeyAlgorithm) -> "SoftwareSigner":
+        if algorithm.is_ec:
+            return cls(ec.generate_private_key(algorithm.curve))
+        return cls(rsa.generate_private_key(public_exponent=65537, key_size=algorithm.rsa_bits))
+
+    @classmethod
+    def from_pem(cls, pem: bytes, password: bytes | None = None) -> "SoftwareSigner":
+        return cls(serialization.load_pem_private_key(pem, password))
+
+    @property
+    def private_key(self):
+        """Exposed for tests that need to compare with other tools."""
+        return self._key
+
+    @property
+    def public_key(self):
+        return self._key.public_key()
+
+    def sign_digest(self, dgst, hash_name="sha256", pad=Padding.PKCS1V15):
+        check_digest_length(dgst, hash_name)
+        prehashed = utils.Prehashed(hash_algorithm(hash_name))
+        if isinstance(self._key, ec.EllipticCurvePrivateKey):
+            return self._key.sign(dgst, ec.ECDSA(prehashed))
+        if pad is Padding.PSS:
+            return self._key.sign(dgst, pss_padding(hash_name), prehashed)
+        return self._key.sign(dgst, padding.PKCS1v15(), prehashed)
+
+
+def verify_signature(public_key, signature: bytes, data: bytes, hash_name: str,
+                     pad: Padding = Padding.PKCS1V15) -> bool:
+    """True when `signature` over `data` verifies; never raises on a bad signature."""
+    from cryptography.exceptions import InvalidSignature
+
+    algo = hash_algorithm(hash_name)
+    try:
+        if isinstance(public_key, ec.EllipticCurvePublicKey):
+            public_key.verify(signature, data, ec.ECDSA(algo))
+        elif isinstance(public_key, rsa.RSAPublicKey):
+            if pad is Padding.PSS:
+                # Accept any salt length on verify: senders differ.
+                pad_obj = padding.PSS(mgf=padding.MGF1(algo), salt_length=padding.PSS.AUTO)
+            else:
+                pad_obj = padding.PKCS1v15()
+            public_key.verify(signature, data, pad_obj, algo)
+        else:
+            from cryptography.hazmat.primitives.asymmetric import ed25519
+
+            if isinstance(public_key, ed25519.Ed25519PublicKey):
+                public_key.verify(signature, data)
+            else:
+                return False
+    except InvalidSignature:
+        return False
+    return True

@@ -1,0 +1,77 @@
+"""A SoftHSM2 instance of our own: its config and token directory under one state dir.
+
+SoftHSM2 is the HSM in tests and in the lab. It reads SOFTHSM2_CONF when the
+PKCS#11 module is initialised, so `activate()` must run before the first key
+operation in this process (the PKCS#11 backend re-initialises the module when
+the variable changes later). Tokens are created with `softhsm2-util`, a tool
+nobody here wrote, so what we create is what any PKCS#11 user would see.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+from .errors import KeyStoreError
+from .keyuri import SOFTHSM2_MODULE, Pkcs11Uri
+
+
+class SoftHsm:
+    """SoftHSM2 state under `state_dir`: `softhsm2.conf` and `tokens/`."""
+
+    def __init__(self, state_dir: str | os.PathLike):
+        self.state_dir = Path(state_dir).resolve()
+        self.conf = self.state_dir / "softhsm2.conf"
+        self.token_dir = self.state_dir / "tokens"
+        self.module_path = SOFTHSM2_MODULE
+
+    def ensure(self) -> "SoftHsm":
+        """Create the config and token directory if missing; idempotent."""
+        if shutil.which("softhsm2-util") is None:
+            raise KeyStoreError("softhsm2-util not found: install the softhsm2 package (make install)")
+        self.token_dir.mkdir(parents=True, exist_ok=True)
+        if not self.conf.exists():
+            tmp = self.conf.with_suffix(".tmp")
+            tmp.write_text(
+                f"directories.tokendir = {self.token_dir}\n"
+                "objectstore.backend = file\n"
+                "log.level = ERROR\n"
+                "slots.removable = false\n"
+            )
+            tmp.replace(self.conf)
+        return self
+
+    def env(self) -> dict[str, str]:
+        """Environment for child processes (pkcs11-tool, other pledgeforge runs)."""
+        return {**os.environ, "SOFTHSM2_CONF": str(self.conf)}
+
+    def activate(self) -> None:
+        """Point this process's PKCS#11 module at this instance."""
+        os.environ["SOFTHSM2_CONF"] = str(self.conf)
+
+    def token_labels(self) -> list[str]:
+        out = self._util("--show-slots").stdout
+        return [line.split(":", 1)[1].strip() for line in out.splitlines()
+                if line.strip().startswith("Label:") and line.split(":", 1)[1].strip()]
+
+    def ensure_token(self, label: str, user_pin: str, so_pin: str) -> None:
+        """Initialise a token called `label` unless it exists already."""
+        if label in self.token_labels():
+            return
+        self._util("--init-token", "--free", "--label", label, "--so-pin", so_pin, "--pin", user_pin)
+
+    def token_uri(self, label: str, *, pin_file: str | os.PathLike | None = None,
+                  pin_value: str | None = None) -> Pkcs11Uri:
+        return Pkcs11Uri(token=label, module_path=self.module_path,
+                         pin_source=f"file:{pin_file}" if pin_file else None, pin_value=pin_value)
+
+    def _util(self, *args: str) -> subprocess.CompletedProcess:
+        # PINs go on this child's argv; softhsm2-util has no other way to take
+        # them. They are never logged, and the child lives for milliseconds.
+        proc = subprocess.run(["softhsm2-util", *args], env=self.env(), capture_output=True,
+                              text=True, timeout=60)
+        if proc.returncode != 0:
+            raise KeyStoreError(f"softhsm2-util {args[0]} failed: {proc.stderr.strip() or proc.stdout.strip()}")
+        return proc
