@@ -1,0 +1,1 @@
+"""swtpm fixtures (filled in with the TPM backend)."""
