@@ -1,0 +1,356 @@
+"""CMS SignedData (RFC 5652) signed by any Signer, and its verification.
+
+Vouchers and voucher-requests are SignedData over JSON. RFC 8366 §5.4 names
+the eContentType id-ct-animaJSONVoucher; every published implementation emits
+id-data. We emit the RFC's by default and accept both.
+
+Verification runs its checks in a fixed order so every failure has one name
+(the fastpath reproduces the same order item by item):
+malformed -> content type -> message digest -> signature -> chain (untrusted / expired).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import hashlib
+import re
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+from asn1crypto import algos, cms, core
+from asn1crypto import x509 as asn1_x509
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+
+from .chain import build_chain
+from .errors import (BadSignatureError, CmsError, DigestMismatchError, MalformedCmsError,
+                     UnexpectedContentTypeError)
+from .signer import Padding, Signer, verify_signature
+
+ID_DATA = "1.2.840.113549.1.7.1"
+ID_CT_ANIMA_JSON_VOUCHER = "1.2.840.113549.1.9.16.1.40"
+ACCEPTED_CONTENT_TYPES = (ID_DATA, ID_CT_ANIMA_JSON_VOUCHER)
+CONTENT_TYPES = {"voucher": ID_CT_ANIMA_JSON_VOUCHER, "data": ID_DATA}
+VOUCHER_MEDIA_TYPE = "application/voucher-cms+json"
+
+# Teach asn1crypto the voucher content type so its eContent parses as the
+# OCTET STRING it is (unknown types fall back to an untyped value).
+if ID_CT_ANIMA_JSON_VOUCHER not in cms.ContentType._map:
+    cms.ContentType._map[ID_CT_ANIMA_JSON_VOUCHER] = "anima_json_voucher"
+    cms.ContentType._reverse_map = None
+    cms.ContentInfo._oid_specs["anima_json_voucher"] = core.OctetString
+    cms.EncapsulatedContentInfo._oid_specs["anima_json_voucher"] = core.OctetString
+
+_DIGESTS = {"sha256", "sha384", "sha512"}
+_EC_SIG_ALGS = {"sha256": "sha256_ecdsa", "sha384": "sha384_ecdsa", "sha512": "sha512_ecdsa"}
+
+
+@dataclass(frozen=True)
+class VerifiedCms:
+    """What a successful verification vouches for."""
+
+    content: bytes
+    content_type: str
+    signer_cert: x509.Certificate
+    chain: list[x509.Certificate] = field(default_factory=list)
+    signing_time: dt.datetime | None = None
+
+
+# --------------------------------------------------------------------------- signing
+
+def _signature_algorithm(signer: Signer, hash_name: str, pad: Padding) -> dict:
+    key = signer.public_key
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        return {"algorithm": _EC_SIG_ALGS[hash_name]}
+    if isinstance(key, rsa.RSAPublicKey):
+        if pad is Padding.PSS:
+            return {"algorithm": "rsassa_pss", "parameters": _pss_params(hash_name)}
+        # rsaEncryption, as OpenSSL emits in CMS.
+        return {"algorithm": "rsassa_pkcs1v15"}
+    raise MalformedCmsError(f"cannot sign CMS with a {type(key).__name__}")
+
+
+def _pss_params(hash_name: str) -> algos.RSASSAPSSParams:
+    return algos.RSASSAPSSParams({
+        "hash_algorithm": {"algorithm": hash_name},
+        "mask_gen_algorithm": {"algorithm": "mgf1", "parameters": {"algorithm": hash_name}},
+        "salt_length": hashlib.new(hash_name).digest_size,
+        "trailer_field": "trailer_field_bc",
+    })
+
+
+def sign_cms(
+    content: bytes,
+    signer: Signer,
+    cert: x509.Certificate,
+    chain: Sequence[x509.Certificate] = (),
+    content_type: str = "voucher",
+    hash_name: str | None = None,
+    pad: Padding = Padding.PKCS1V15,
+    signing_time: dt.datetime | None = None,
+) -> bytes:
+    """DER ContentInfo/SignedData over `content`, the signature made inside `signer`."""
+    ct_oid = CONTENT_TYPES.get(content_type, content_type)
+    if ct_oid not in ACCEPTED_CONTENT_TYPES:
+        raise ValueError(f"content type must be 'voucher' or 'data', not {content_type!r}")
+    if cert.public_key().public_bytes(serialization.Encoding.DER,
+                                      serialization.PublicFormat.SubjectPublicKeyInfo) \
+            != signer.public_key_der():
+        raise CmsError("the signer certificate does not belong to the signing key")
+    hash_name = hash_name or signer.algorithm.default_hash
+    when = (signing_time or dt.datetime.now(dt.timezone.utc)).replace(microsecond=0)
+    attrs = [
+        cms.CMSAttribute({"type": "content_type", "values": [ct_oid]}),
+        cms.CMSAttribute({"type": "signing_time", "values": [cms.Time({"utc_time": when})
+                                                              if when.year < 2050 else
+                                                              cms.Time({"generalized_time": when})]}),
+        cms.CMSAttribute({"type": "message_digest",
+                          "values": [hashlib.new(hash_name, content).digest()]}),
+    ]
+    # DER orders SET OF by encoding; verifiers such as OpenSSL re-encode the
+    # attributes before checking, so an unsorted set would not verify there.
+    attrs.sort(key=lambda a: a.dump())
+    signed_attrs = cms.CMSAttributes(attrs)
+    signature = signer.sign(signed_attrs.dump(), hash_name, pad)
+
+    asn1_cert = asn1_x509.Certificate.load(cert.public_bytes(serialization.Encoding.DER))
+    signer_info = cms.SignerInfo({
+        "version": "v1",
+        "sid": cms.SignerIdentifier({"issuer_and_serial_number": cms.IssuerAndSerialNumber({
+            "issuer": asn1_cert.issuer, "serial_number": asn1_cert.serial_number})}),
+        "digest_algorithm": {"algorithm": hash_name},
+        "signed_attrs": signed_attrs,
+        "signature_algorithm": _signature_algorithm(signer, hash_name, pad),
+        "signature": signature,
+    })
+    certs = [asn1_cert] + [asn1_x509.Certificate.load(c.public_bytes(serialization.Encoding.DER))
+                           for c in chain]
+    signed_data = cms.SignedData({
+        "version": "v1",
+        "digest_algorithms": [{"algorithm": hash_name}],
+        "encap_content_info": {"content_type": ct_oid, "content": content},
+        "certificates": certs,
+        "signer_infos": [signer_info],
+    })
+    return cms.ContentInfo({"content_type": "signed_data", "content": signed_data}).dump()
+
+
+# --------------------------------------------------------------------------- input
+
+_PEM_RE = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----(.*?)-----END \1-----", re.S)
+
+
+def load_cms_input(data: bytes) -> bytes:
+    """DER from DER, PEM (CMS / PKCS7) or bare base64 input."""
+    stripped = data.strip()
+    if stripped[:1] == b"\x30":
+        return data
+    match = _PEM_RE.search(stripped)
+    body = match.group(2) if match else stripped
+    try:
+        der = base64.b64decode(b"".join(body.split()), validate=True)
+    except (binascii.Error, ValueError):
+        raise MalformedCmsError("input is neither DER, PEM nor base64") from None
+    if der[:1] != b"\x30":
+        raise MalformedCmsError("decoded input is not a DER SEQUENCE (not CMS)")
+    return der
+
+
+# --------------------------------------------------------------------------- verification
+
+@dataclass
+class _Parsed:
+    content: bytes
+    econtent_type: str
+    signer_info: cms.SignerInfo
+    signed_attrs_der: bytes  # re-tagged as SET OF: what the signature covers
+    attr_content_type: str
+    message_digest: bytes
+    digest_name: str
+    signer_cert: x509.Certificate
+    embedded: list[x509.Certificate]
+    signing_time: dt.datetime | None
+
+
+def _parse(der: bytes, extra_certs: Iterable[x509.Certificate]) -> _Parsed:
+    try:
+        info = cms.ContentInfo.load(der, strict=True)
+        if info["content_type"].dotted != "1.2.840.113549.1.7.2":
+            raise MalformedCmsError(f"ContentInfo holds {info['content_type'].dotted}, not SignedData")
+        sd = info["content"]
+        encap = sd["encap_content_info"]
+        econtent_type = encap["content_type"].dotted
+        content = _econtent(encap)
+        infos = sd["signer_infos"]
+        if len(infos) != 1:
+            raise MalformedCmsError(f"expected exactly one SignerInfo, found {len(infos)}")
+        si = infos[0]
+        signed_attrs = si["signed_attrs"]
+        if signed_attrs.native is None or len(signed_attrs) == 0:
+            raise MalformedCmsError("SignerInfo has no signed attributes")
+        attrs = {}
+        for attr in signed_attrs:
+            name = attr["type"].dotted
+            if name in attrs:
+                raise MalformedCmsError(f"signed attribute {name} appears twice")
+            attrs[name] = attr["values"]
+        ct_values = attrs.get("1.2.840.113549.1.9.3")
+        md_values = attrs.get("1.2.840.113549.1.9.4")
+        if not ct_values or len(ct_values) != 1:
+            raise MalformedCmsError("signed attributes lack a single contentType")
+        if not md_values or len(md_values) != 1:
+            raise MalformedCmsError("signed attributes lack a single messageDigest")
+        attr_content_type = ct_values[0].dotted
+        message_digest = md_values[0].native
+        signing_time = None
+        st_values = attrs.get("1.2.840.113549.1.9.5")
+        if st_values and len(st_values) == 1:
+            signing_time = st_values[0].native
+        digest_name = si["digest_algorithm"]["algorithm"].native
+        if digest_name not in _DIGESTS:
+            raise MalformedCmsError(f"unsupported digest algorithm {digest_name}")
+        signed_attrs_der = b"\x31" + signed_attrs.dump()[1:]
+        embedded = []
+        for choice in sd["certificates"] or []:
+            if choice.name == "certificate":
+                embedded.append(x509.load_der_x509_certificate(choice.chosen.dump()))
+        sid = si["sid"]
+    except MalformedCmsError:
+        raise
+    except (ValueError, TypeError, KeyError, AttributeError, IndexError, OverflowError) as exc:
+        raise MalformedCmsError(f"not a well-formed CMS SignedData: {exc}") from None
+    signer_cert = _find_signer(sid, embedded + list(extra_certs))
+    return _Parsed(content, econtent_type, si, signed_attrs_der, attr_content_type,
+                   message_digest, digest_name, signer_cert, embedded, signing_time)
+
+
+def _econtent(encap) -> bytes:
+    """The eContent OCTET STRING's bytes, whatever eContentType asn1crypto saw."""
+    value = encap["content"]
+    if isinstance(value, core.Void) or value.contents is None:
+        raise MalformedCmsError("SignedData has no encapsulated content (detached signatures are not vouchers)")
+    content = value.native
+    if not isinstance(content, bytes):
+        raise MalformedCmsError("eContent is not an OCTET STRING")
+    return content
+
+
+def _ski(cert: x509.Certificate) -> bytes | None:
+    try:
+        return cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
+    except x509.ExtensionNotFound:
+        return None
+
+
+def _find_signer(sid: cms.SignerIdentifier, candidates: list[x509.Certificate]) -> x509.Certificate:
+    try:
+        if sid.name == "issuer_and_serial_number":
+            issuer_der = sid.chosen["issuer"].dump()
+            serial = sid.chosen["serial_number"].native
+            for cert in candidates:
+                if cert.serial_number == serial and \
+                        asn1_x509.Name.load(cert.issuer.public_bytes()).dump() == issuer_der:
+                    return cert
+        else:
+            key_id = sid.chosen.native
+            for cert in candidates:
+                if _ski(cert) == key_id:
+                    return cert
+    except (ValueError, TypeError) as exc:
+        raise MalformedCmsError(f"unreadable signer identifier: {exc}") from None
+    raise MalformedCmsError("the signer's certificate is neither in the CMS nor among the extra certificates")
+
+
+def _signature_params(si: cms.SignerInfo, digest_name: str, public_key) -> tuple[str, Padding]:
+    """(hash, padding) the SignerInfo asks for, or raise MalformedCmsError / BadSignatureError."""
+    alg = si["signature_algorithm"]
+    name = alg["algorithm"].native
+    if name in ("sha256_ecdsa", "sha384_ecdsa", "sha512_ecdsa", "ecdsa"):
+        wanted = ec.EllipticCurvePublicKey
+        hash_name = digest_name if name == "ecdsa" else name.split("_")[0]
+        pad = Padding.PKCS1V15
+    elif name in ("rsassa_pkcs1v15", "sha256_rsa", "sha384_rsa", "sha512_rsa"):
+        wanted = rsa.RSAPublicKey
+        hash_name = digest_name if name == "rsassa_pkcs1v15" else name.split("_")[0]
+        pad = Padding.PKCS1V15
+    elif name == "rsassa_pss":
+        wanted = rsa.RSAPublicKey
+        params = alg["parameters"]
+        hash_name = params["hash_algorithm"]["algorithm"].native
+        mgf_hash = params["mask_gen_algorithm"]["parameters"]["algorithm"].native
+        if mgf_hash != hash_name:
+            raise MalformedCmsError("RSASSA-PSS with an MGF1 hash different from the message hash")
+        pad = Padding.PSS
+    elif name == "ed25519":
+        wanted = ed25519.Ed25519PublicKey
+        hash_name, pad = digest_name, Padding.PKCS1V15
+    else:
+        raise MalformedCmsError(f"unsupported signature algorithm {alg['algorithm'].dotted}")
+    if hash_name not in _DIGESTS:
+        raise MalformedCmsError(f"unsupported signature hash {hash_name}")
+    if not isinstance(public_key, wanted):
+        raise BadSignatureError(f"signature algorithm {name} does not fit the signer's "
+                                f"{type(public_key).__name__.replace('_', '')} key")
+    return hash_name, pad
+
+
+def verify_cms(
+    der: bytes,
+    anchors: Sequence[x509.Certificate],
+    extra_certs: Iterable[x509.Certificate] = (),
+    at_time: dt.datetime | None = None,
+    check_time: bool = True,
+    accept_content_types: Sequence[str] = ACCEPTED_CONTENT_TYPES,
+) -> VerifiedCms:
+    """Verify a SignedData and its signer's chain to `anchors`; raise the CmsError that names the failure."""
+    extra = list(extra_certs)
+    p = _parse(der, extra)
+    public_key = p.signer_cert.public_key()
+    try:
+        hash_name, pad = _signature_params(p.signer_info, p.digest_name, public_key)
+    except (ValueError, TypeError, KeyError) as exc:
+        raise MalformedCmsError(f"unreadable signature algorithm: {exc}") from None
+
+    if p.econtent_type not in accept_content_types:
+        raise UnexpectedContentTypeError(f"unexpected content type {p.econtent_type}")
+    if p.attr_content_type != p.econtent_type:
+        raise UnexpectedContentTypeError(
+            f"contentType attribute {p.attr_content_type} differs from eContentType {p.econtent_type}")
+
+    if hashlib.new(p.digest_name, p.content).digest() != p.message_digest:
+        raise DigestMismatchError("messageDigest does not match the content (content altered)")
+
+    signature = p.signer_info["signature"].native
+    if not verify_signature(public_key, signature, p.signed_attrs_der, hash_name, pad):
+        raise BadSignatureError("the signature does not verify with the signer's public key")
+
+    chain = build_chain(p.signer_cert, anchors, p.embedded + extra, at_time=at_time,
+                        check_time=check_time)
+    return VerifiedCms(p.content, p.econtent_type, p.signer_cert, chain, p.signing_time)
+
+
+def embedded_certificates(der: bytes) -> list[x509.Certificate]:
+    """The certificates a SignedData carries (e.g. the pledge's IDevID in a voucher-request)."""
+    try:
+        sd = cms.ContentInfo.load(der, strict=True)["content"]
+        return [x509.load_der_x509_certificate(c.chosen.dump())
+                for c in (sd["certificates"] or []) if c.name == "certificate"]
+    except (ValueError, TypeError, KeyError) as exc:
+        raise MalformedCmsError(f"not a well-formed CMS SignedData: {exc}") from None
+
+
+def signer_certificate(der: bytes, extra_certs: Iterable[x509.Certificate] = ()) -> x509.Certificate:
+    """The signer's certificate, without verifying anything."""
+    return _parse(der, list(extra_certs)).signer_cert
+
+
+def unverified_content(der: bytes) -> bytes:
+    """The encapsulated content, without verifying anything (for routing and logs only)."""
+    try:
+        encap = cms.ContentInfo.load(der, strict=True)["content"]["encap_content_info"]
+        return _econtent(encap)
+    except (ValueError, TypeError, KeyError) as exc:
+        raise MalformedCmsError(f"not a well-formed CMS SignedData: {exc}") from None
