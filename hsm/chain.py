@@ -104,7 +104,7 @@ def build_chain(
     if time_problem:
         raise ExpiredCertificateError(time_problem)
     raise UntrustedSignerError(
-        f"signer {leaf.subject.rfc4514_string() or '(empty subject)'} does not chain to any of "
+        f"certificate {leaf.subject.rfc4514_string() or '(empty subject)'} does not chain to any of "
         f"{len(anchors)} trust anchor(s)")
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from urllib.parse import quote, unquote
+from urllib.parse import quote, unquote, unquote_to_bytes
 
 from .errors import KeyUriError, PinError
 
@@ -40,7 +40,8 @@ def _split_attrs(text: str, sep: str, what: str) -> dict[str, str]:
         name = name.strip().lower()
         if name in attrs:
             raise KeyUriError(f"{what} attribute {name!r} is given twice")
-        attrs[name] = unquote(value)
+        # `id` is binary (RFC 7512 §2.3); everything else is UTF-8 text.
+        attrs[name] = unquote_to_bytes(value).decode("latin-1") if name == "id" else unquote(value)
     return attrs
 
 

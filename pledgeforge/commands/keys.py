@@ -1,0 +1,51 @@
+"""`pledgeforge keys generate|public|list`: keys that live in a TPM or PKCS#11 token."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from pledgeforge.hsm import keystore
+from pledgeforge.hsm.signer import KeyAlgorithm
+
+from .common import key_uri, pin_env_option, write_output
+
+ALGORITHMS = [a.value for a in KeyAlgorithm]
+
+
+@click.group()
+def keys() -> None:
+    """Generate and inspect keys in TPMs and PKCS#11 tokens."""
+
+
+@keys.command()
+@click.option("--key", "uri", required=True, help="where the new key goes: pkcs11:token=T;object=O or tpm:handle=0x81...")
+@click.option("--algorithm", type=click.Choice(ALGORITHMS), default="ec-p256", show_default=True)
+@click.option("--out", "out", help="also write the public key PEM here")
+@pin_env_option
+def generate(uri, algorithm, out, pin_env):
+    """Generate a non-extractable key pair inside the key store."""
+    signer = keystore.generate_key(key_uri(uri, pin_env), algorithm)
+    if out:
+        write_output(out, signer.public_key_pem())
+    click.echo(f"generated {signer.algorithm.value} key {signer.description}")
+
+
+@keys.command()
+@click.option("--key", "uri", required=True, help="the key's URI")
+@pin_env_option
+def public(uri, pin_env):
+    """Print the public key (PEM) on stdout."""
+    write_output(None, keystore.open_signer(key_uri(uri, pin_env)).public_key_pem())
+
+
+@keys.command("list")
+@click.option("--token-uri", "uri", required=True, help="pkcs11:token=T (with pin-source) or tpm:?tcti=...")
+@click.option("--json", "as_json", is_flag=True, help="one JSON object per key")
+@pin_env_option
+def list_(uri, as_json, pin_env):
+    """List the keys in a token or the persistent keys of a TPM."""
+    for info in keystore.list_keys(key_uri(uri, pin_env)):
+        row = info.__dict__
+        click.echo(json.dumps(row) if as_json else "  ".join(f"{k}={v}" for k, v in row.items()))

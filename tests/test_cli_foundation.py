@@ -1,0 +1,122 @@
+"""The foundation CLI end to end, as a user runs it: real SoftHSM2, OpenSSL at the other end."""
+
+from __future__ import annotations
+
+import pytest
+
+from clirunner import openssl, run_cli
+from test_cms import APPC, VECTOR_CASES, VECTORS
+
+
+def ok(result):
+    assert result.returncode == 0, result.stderr.decode()
+    return result
+
+
+def one_line_error(result, *needles: str) -> str:
+    assert result.returncode != 0
+    err = result.stderr.decode().strip()
+    assert len(err.splitlines()) == 1, err
+    assert "Traceback" not in err
+    for needle in needles:
+        assert needle in err, err
+    return err
+
+
+def test_manufacturing_flow_with_keys_in_softhsm(token, tmp_path):
+    env = token.hsm.env()
+    ca_uri, dev_uri = token.uri_text("mfg-ca"), token.uri_text("device")
+    ok(run_cli("keys", "generate", "--key", ca_uri, "--algorithm", "ec-p384", env=env))
+    ok(run_cli("ca", "init", "--key", ca_uri, "--subject", "CN=Example Mfg CA,O=Example",
+               "--out", tmp_path / "ca.pem", env=env))
+    ok(run_cli("keys", "generate", "--key", dev_uri, "--algorithm", "ec-p256", env=env))
+    ok(run_cli("csr", "--key", dev_uri, "--subject", "CN=router,O=Example", "--out", tmp_path / "csr.pem", env=env))
+    assert openssl("req", "-verify", "-noout", "-in", tmp_path / "csr.pem").returncode == 0
+    ok(run_cli("ca", "issue-idevid", "--ca-key", ca_uri, "--ca-cert", tmp_path / "ca.pem",
+               "--csr", tmp_path / "csr.pem", "--serial", "PF-000123",
+               "--masa-url", "masa.example.com:9443", "--hw-type", "1.3.6.1.4.1.60000.1",
+               "--out", tmp_path / "idevid.pem", env=env))
+    verify = openssl("verify", "-CAfile", tmp_path / "ca.pem", tmp_path / "idevid.pem")
+    assert verify.returncode == 0 and b"OK" in verify.stdout, verify.stderr
+    text = openssl("x509", "-in", tmp_path / "idevid.pem", "-noout", "-text").stdout.decode()
+    assert "serialNumber = PF-000123" in text
+    assert "1.3.6.1.5.5.7.1.32:" in text and "masa.example.com:9443" in text
+    assert "Not After : Dec 31 23:59:59 9999 GMT" in text
+    assert "X509v3 Key Usage: critical" in text and "Digital Signature" in text
+    assert "Subject Key Identifier" in text and "Authority Key Identifier" in text
+    # notAfter is a GeneralizedTime in the DER itself.
+    parsed = openssl("asn1parse", "-in", tmp_path / "idevid.pem").stdout.decode()
+    assert "GENERALIZEDTIME   :99991231235959Z" in parsed
+    # The device key signs a voucher-request; OpenSSL and we both verify it.
+    (tmp_path / "vr.json").write_bytes(b'{"ietf-voucher-request:voucher":{"serial-number":"PF-000123"}}')
+    ok(run_cli("cms", "sign", "--key", dev_uri, "--cert", tmp_path / "idevid.pem", "--in", tmp_path / "vr.json",
+               "--out", tmp_path / "vr.cms", env=env))
+    assert openssl("cms", "-verify", "-inform", "DER", "-in", tmp_path / "vr.cms", "-CAfile", tmp_path / "ca.pem",
+                   "-purpose", "any").stdout == (tmp_path / "vr.json").read_bytes()
+    shown = ok(run_cli("cms", "verify", "--in", tmp_path / "vr.cms", "--anchors", tmp_path / "ca.pem"))
+    assert shown.stdout == (tmp_path / "vr.json").read_bytes()
+    # keys public / list
+    pub = ok(run_cli("keys", "public", "--key", dev_uri, env=env)).stdout
+    assert pub.startswith(b"-----BEGIN PUBLIC KEY-----")
+    assert openssl("x509", "-in", tmp_path / "idevid.pem", "-noout", "-pubkey").stdout == pub
+    listing = ok(run_cli("keys", "list", "--token-uri", token.uri_text(), env=env)).stdout.decode()
+    assert "label=mfg-ca" in listing and "label=device" in listing and "extractable=False" in listing
+
+
+@pytest.mark.parametrize("cms_file,anchor,certfile", VECTOR_CASES)
+def test_cli_verifies_published_vectors_and_rejects_tampering(tmp_path, cms_file, anchor, certfile):
+    extra = ["--certfile", VECTORS / certfile] if certfile else []
+    result = ok(run_cli("cms", "verify", "--in", VECTORS / cms_file, "--anchors", VECTORS / anchor,
+                        *extra, "--no-check-time"))
+    assert b'"serial-number":"00-D0-E5-F2-00-02"' in result.stdout
+    one_line_error(run_cli("cms", "verify", "--in", VECTORS / cms_file, "--anchors", VECTORS / anchor, *extra),
+                   "expired")
+    import base64
+
+    der = base64.b64decode(b"".join((VECTORS / cms_file).read_bytes().split()))
+    for position in (der.index(b"serial-number"), len(der) - 5, len(der) // 3):
+        tampered = tmp_path / f"tampered-{position}.der"
+        tampered.write_bytes(der[:position] + bytes([der[position] ^ 0x01]) + der[position + 1:])
+        one_line_error(run_cli("cms", "verify", "--in", tampered, "--anchors", VECTORS / anchor, *extra,
+                               "--no-check-time"))
+
+
+def test_cli_accepts_der_pem_and_base64(tmp_path):
+    der_path = APPC / "vr_00-D0-E5-F2-00-02.der"
+    pem = openssl("cms", "-cmsout", "-inform", "DER", "-in", der_path, "-outform", "PEM").stdout
+    (tmp_path / "vr.pem").write_bytes(pem)
+    outputs = {ok(run_cli("cms", "verify", "--in", p, "--anchors", APPC / "vendor.crt", "--no-check-time")).stdout
+               for p in (der_path, tmp_path / "vr.pem", APPC / "vr_00-D0-E5-F2-00-02.b64")}
+    assert len(outputs) == 1
+
+
+def test_c15_text_idevid_is_untrusted_the_other_copy_chains():
+    good = ok(run_cli("cert", "verify", "--in", APPC / "idevid_00-D0-E5-F2-00-02.crt",
+                      "--anchors", APPC / "vendor.crt", "--no-check-time")).stdout.decode()
+    assert "serial-number: 00-D0-E5-F2-00-02" in good and "highway-test.example.com:9443" in good
+    one_line_error(run_cli("cert", "verify", "--in", APPC / "idevid_00-D0-E5-F2-00-02.rfc8995-C.1.5-text.crt",
+                           "--anchors", APPC / "vendor.crt", "--no-check-time"), "does not chain")
+
+
+def test_cli_errors_are_one_clear_line(token, tmp_path):
+    env = token.hsm.env()
+    ok(run_cli("keys", "generate", "--key", token.uri_text("k"), env=env))
+    bad_pin = tmp_path / "bad.pin"
+    bad_pin.write_text("000000")
+    err = one_line_error(run_cli("keys", "public", "--key",
+                                 f"pkcs11:token={token.label};object=k?pin-source=file:{bad_pin}", env=env),
+                         "wrong PIN", token.label)
+    assert "000000" not in err
+    one_line_error(run_cli("keys", "public", "--key", f"pkcs11:token=ghost;object=k?pin-source=file:{bad_pin}",
+                           env=env), "no PKCS#11 token labelled 'ghost'")
+    one_line_error(run_cli("keys", "public", "--key", f"pkcs11:token={token.label};object=k?pin-value=1234",
+                           env=env), "pin-value")
+    one_line_error(run_cli("keys", "generate", "--key", token.uri_text("k"), env=env), "already holds")
+    truncated = tmp_path / "t.der"
+    truncated.write_bytes((APPC / "vr_00-D0-E5-F2-00-02.der").read_bytes()[:700])
+    one_line_error(run_cli("cms", "verify", "--in", truncated, "--anchors", APPC / "vendor.crt", "--no-check-time"),
+                   "well-formed")
+    one_line_error(run_cli("cms", "verify", "--in", APPC / "vr_00-D0-E5-F2-00-02.der",
+                           "--anchors", APPC / "masa.crt", "--no-check-time"), "does not chain")
+    one_line_error(run_cli("cms", "verify", "--in", tmp_path / "missing.der", "--anchors", APPC / "vendor.crt"),
+                   "cannot read")
