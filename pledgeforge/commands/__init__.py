@@ -3,6 +3,6 @@
 
 def COMMAND_GROUPS():
     """Every top-level command, imported lazily to keep start-up cheap."""
-    from . import keys
+    from . import ca, cert, cms, keys
 
-    return [keys.keys]
+    return [keys.keys, ca.ca, ca.csr, cms.cms, cert.cert]
