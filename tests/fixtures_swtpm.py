@@ -1,1 +1,38 @@
-"""swtpm fixtures (filled in with the TPM backend)."""
+"""swtpm fixtures: a real swtpm process per test, with fresh state in tmp_path.
+
+A TPM is cheap to start (tens of milliseconds), so every test gets its own and
+no key leaks from one test into another.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import pytest
+
+from pledgeforge.hsm import tpm_backend
+from pledgeforge.hsm.keyuri import TpmUri
+from pledgeforge.hsm.swtpm import Swtpm
+
+#: The first handle of the range tests put keys in (TCG registry: IDevID/IAK keys).
+DEFAULT_HANDLE = 0x81020000
+
+
+@pytest.fixture
+def swtpm(tmp_path) -> Swtpm:
+    """A running swtpm on loopback, state in tmp_path/swtpm, stopped after the test."""
+    tpm = Swtpm(tmp_path / "swtpm").start()
+    yield tpm
+    tpm.stop()
+    # The next test's swtpm may get the same port: forget this one's context.
+    tpm_backend.disconnect(tpm.tcti)
+
+
+@pytest.fixture
+def tpm_uri(swtpm) -> Callable[..., TpmUri]:
+    """tpm_uri(handle=0x81020000, hierarchy="endorsement") -> TpmUri on the test's swtpm."""
+
+    def make(handle: int | None = DEFAULT_HANDLE, hierarchy: str = "endorsement") -> TpmUri:
+        return swtpm.key_uri(handle, hierarchy)
+
+    return make

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from clirunner import openssl, run_cli
-from test_cms import APPC, VECTOR_CASES, VECTORS
+from test_cms import VECTOR_CASES
+from vectors import APPC, VECTORS
 
 
 def ok(result):

@@ -20,9 +20,7 @@ from pledgeforge.hsm.errors import (BadSignatureError, DigestMismatchError,
                                     UnexpectedContentTypeError, UntrustedSignerError)
 from pledgeforge.hsm.signer import Padding, SoftwareSigner
 
-VECTORS = Path("/work/shared/vectors") if Path("/work/shared/vectors").exists() else \
-    Path(__file__).resolve().parents[2] / "shared" / "vectors"
-APPC = VECTORS / "rfc8995-appendixC"
+from vectors import APPC, VECTORS
 CONTENT = b'{"ietf-voucher:voucher":{"serial-number":"PF-0001","assertion":"logged"}}'
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from pledgeforge.hsm.errors import VoucherError
 from pledgeforge.hsm.voucher import StatusReport, Voucher, parse_date
-from test_cms import VECTORS
+from vectors import VECTORS
 
 JSON_EXAMPLES = sorted(p for p in VECTORS.glob("*/*.json") if "status" not in p.name)
 
