@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+
 import pytest
 
 from clirunner import openssl, run_cli
@@ -121,3 +123,42 @@ def test_cli_errors_are_one_clear_line(token, tmp_path):
                            "--anchors", APPC / "masa.crt", "--no-check-time"), "does not chain")
     one_line_error(run_cli("cms", "verify", "--in", tmp_path / "missing.der", "--anchors", APPC / "vendor.crt"),
                    "cannot read")
+
+
+def test_tpm_device_key_idevid_and_cms_with_openssl(token, swtpm, tpm_uri, tmp_path):
+    """The device key in swtpm, the manufacturer CA in SoftHSM2: as on a production line."""
+    env = {**token.hsm.env(), "TPM2TOOLS_TCTI": swtpm.tcti}
+    ca_uri, dev_uri = token.uri_text("mfg-ca"), str(tpm_uri(0x81020001))
+    ok(run_cli("keys", "generate", "--key", ca_uri, "--algorithm", "ec-p384", env=env))
+    ok(run_cli("ca", "init", "--key", ca_uri, "--subject", "CN=TPM line CA", "--out", tmp_path / "ca.pem", env=env))
+    ok(run_cli("keys", "generate", "--key", dev_uri, "--algorithm", "ec-p256", env=env))
+    readpublic = subprocess.run(["tpm2_readpublic", "-c", "0x81020001"], env=env, capture_output=True,
+                                text=True, timeout=30)
+    assert readpublic.returncode == 0, readpublic.stderr
+    attributes = next(l for l in readpublic.stdout.splitlines() if "attributes:" in l or "value:" in l)
+    assert "fixedtpm" in readpublic.stdout and "fixedparent" in readpublic.stdout, attributes
+    ok(run_cli("csr", "--key", dev_uri, "--subject", "CN=gateway", "--out", tmp_path / "csr.pem", env=env))
+    ok(run_cli("ca", "issue-idevid", "--ca-key", ca_uri, "--ca-cert", tmp_path / "ca.pem", "--csr",
+               tmp_path / "csr.pem", "--serial", "TPM-0001", "--masa-url", "masa.example.com",
+               "--out", tmp_path / "idevid.pem", env=env))
+    assert openssl("verify", "-CAfile", tmp_path / "ca.pem", tmp_path / "idevid.pem").returncode == 0
+    (tmp_path / "vr.json").write_bytes(b'{"ietf-voucher-request:voucher":{"serial-number":"TPM-0001"}}')
+    ok(run_cli("cms", "sign", "--key", dev_uri, "--cert", tmp_path / "idevid.pem", "--in", tmp_path / "vr.json",
+               "--out", tmp_path / "vr.cms", env=env))
+    checked = openssl("cms", "-verify", "-inform", "DER", "-in", tmp_path / "vr.cms",
+                      "-CAfile", tmp_path / "ca.pem", "-purpose", "any")
+    assert checked.returncode == 0 and checked.stdout == (tmp_path / "vr.json").read_bytes(), checked.stderr
+    listing = ok(run_cli("keys", "list", "--token-uri", f"tpm:?tcti={swtpm.tcti}", env=env)).stdout.decode()
+    assert "81020001" in listing
+    # The handle is taken now: a second generate names it and how to free it.
+    one_line_error(run_cli("keys", "generate", "--key", dev_uri, env=env), "0x81020001", "tpm2_evictcontrol")
+
+
+def test_unreachable_tpm_is_one_clear_line(tmp_path):
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    one_line_error(run_cli("keys", "public", "--key", f"tpm:handle=0x81020000?tcti=swtpm:host=127.0.0.1,port={port}"),
+                   f"port={port}")

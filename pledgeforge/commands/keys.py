@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import click
@@ -47,5 +48,7 @@ def public(uri, pin_env):
 def list_(uri, as_json, pin_env):
     """List the keys in a token or the persistent keys of a TPM."""
     for info in keystore.list_keys(key_uri(uri, pin_env)):
-        row = info.__dict__
+        row = dataclasses.asdict(info)
+        if "handle" in row:  # TPM handles read as tpm2-tools prints them
+            row["handle"] = f"0x{row['handle']:08x}"
         click.echo(json.dumps(row) if as_json else "  ".join(f"{k}={v}" for k, v in row.items()))
