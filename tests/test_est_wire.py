@@ -50,7 +50,7 @@ def test_csr_attributes_round_trip_and_openssl_parses_them(tmp_path):
 def test_csr_attributes_in_extension_request_form_and_unknown_oids():
     # SEQUENCE { OID 1.2.3.4, Attribute { extensionRequest, SET { Extensions { SAN dns:x.example } } } }
     san = x509.SubjectAlternativeName([x509.DNSName("x.example")]).public_bytes()
-    ext = bytes([0x30, len(san) + 9]) + bytes.fromhex("0603551d11") + bytes([0x04, len(san)]) + san
+    ext = bytes([0x30, len(san) + 7]) + bytes.fromhex("0603551d11") + bytes([0x04, len(san)]) + san
     exts = bytes([0x30, len(ext)]) + ext
     attr_values = bytes([0x31, len(exts)]) + exts
     attr = bytes([0x30, len(attr_values) + 11]) + bytes.fromhex("06092a864886f70d01090e") + attr_values
