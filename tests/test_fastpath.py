@@ -1,0 +1,270 @@
+"""The libcrypto fastpath agrees with the pure-Python reference item by item."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from pledgeforge.fastpath import BulkVerifier, Result, read_der_stream, verify_bulk
+from pledgeforge.fastpath.reference import verify_certificate_item, verify_cms_item
+from pledgeforge.hsm import keystore
+from pledgeforge.hsm.chain import load_certificate_file
+from pledgeforge.hsm.cms import sign_cms
+from pledgeforge.hsm.signer import KeyAlgorithm, Padding, SoftwareSigner
+from pledgeforge.hsm.x509 import issue_certificate, issue_idevid, make_ca
+
+VEC = Path(__file__).resolve().parents[2] / "shared" / "vectors" / "rfc8995-appendixC"
+CMS_VECTORS = ["vr_00-D0-E5-F2-00-02.der", "voucher_00-D0-E5-F2-00-02.der",
+               "parboiled_vr_00-D0-E5-F2-00-02.der"]
+
+
+def _cert(name: str) -> x509.Certificate:
+    return load_certificate_file(str(VEC / name))[0]
+
+
+@pytest.fixture(scope="module")
+def rfc_pki():
+    return {"vendor": _cert("vendor.crt"), "owner": _cert("ownerca_secp384r1.crt"),
+            "masa": _cert("masa.crt")}
+
+
+@pytest.fixture(scope="module")
+def vectors():
+    return [(VEC / n).read_bytes() for n in CMS_VECTORS]
+
+
+def _agree(items, anchors, extra=(), *, at_time=None, check_time=True):
+    """Fastpath and reference on every item: codes, and content/serial where OK."""
+    verifier = BulkVerifier(anchors, extra, threads=2, at_time=at_time, check_time=check_time)
+    fast = verifier.verify_batch(list(items))
+    for der, got in zip(items, fast):
+        want, content = verify_cms_item(der, anchors, extra, at_time=at_time, check_time=check_time)
+        assert got.code == want, (got, want)
+        if want is Result.OK:
+            assert der[got.content_offset:got.content_offset + got.content_length] == content
+    return fast
+
+
+@pytest.mark.parametrize("anchor_names", [("vendor",), ("owner",), ("vendor", "owner")])
+@pytest.mark.parametrize("check_time", [False, True])
+def test_rfc8995_vectors_agree(rfc_pki, vectors, anchor_names, check_time):
+    anchors = [rfc_pki[n] for n in anchor_names]
+    results = _agree(vectors, anchors, [rfc_pki["masa"]], check_time=check_time)
+    if anchor_names == ("vendor", "owner"):
+        expected = Result.OK if not check_time else Result.EXPIRED
+        assert [r.code for r in results] == [expected] * 3
+        assert results[0].serial == "00-D0-E5-F2-00-02"
+        voucher = vectors[1][results[1].content_offset:][:results[1].content_length]
+        assert json.loads(voucher)["ietf-voucher:voucher"]["serial-number"] == "00-D0-E5-F2-00-02"
+
+
+def test_time_inside_validity_is_ok(rfc_pki, vectors):
+    at = dt.datetime(2021, 6, 1, tzinfo=dt.timezone.utc)
+    results = _agree(vectors[:1], [rfc_pki["vendor"]], at_time=at)
+    assert results[0].code is Result.OK
+
+
+# --------------------------------------------------------------------------- generated batches
+
+@pytest.fixture(scope="module")
+def owner_ca():
+    key = SoftwareSigner.generate(KeyAlgorithm.EC_P384)
+    return key, make_ca(key, "CN=test owner CA")
+
+
+def _issue(ca, public_key, cn):
+    key, cert = ca
+    return issue_certificate(key, cert, public_key, f"CN={cn}")
+
+
+@pytest.mark.parametrize("alg,pad,hash_name", [
+    (KeyAlgorithm.EC_P256, Padding.PKCS1V15, None),
+    (KeyAlgorithm.EC_P384, Padding.PKCS1V15, None),
+    (KeyAlgorithm.EC_P256, Padding.PKCS1V15, "sha384"),
+    (KeyAlgorithm.RSA_2048, Padding.PKCS1V15, None),
+    (KeyAlgorithm.RSA_2048, Padding.PSS, "sha256"),
+])
+def test_software_keys_and_every_failure_agree(owner_ca, alg, pad, hash_name):
+    key = SoftwareSigner.generate(alg)
+    cert = _issue(owner_ca, key.public_key, "registrar")
+    good = sign_cms(b'{"ietf-voucher-request:voucher":{"nonce":"abc"}}', key, cert,
+                    hash_name=hash_name, pad=pad)
+    data_ct = sign_cms(b"{}", key, cert, content_type="data", hash_name=hash_name, pad=pad)
+    tampered = bytearray(good)
+    tampered[tampered.index(b"abc")] ^= 1
+    bad_sig = bytearray(good)
+    bad_sig[-3] ^= 0x40
+    stranger = SoftwareSigner.generate(KeyAlgorithm.EC_P256)
+    other = sign_cms(b"{}", stranger, make_ca(stranger, "CN=nobody"))
+    items = [good, data_ct, bytes(tampered), bytes(bad_sig), other, good[:-1], b"", b"\x30\x00"]
+    codes = [r.code for r in _agree(items, [owner_ca[1]])]
+    assert codes[:2] == [Result.OK, Result.OK]
+    assert codes[2] is Result.DIGEST_MISMATCH
+    assert codes[4] is Result.UNTRUSTED_SIGNER
+    assert codes[5:] == [Result.MALFORMED] * 3
+
+
+def test_ed25519_signed_attributes(owner_ca):
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    key = ed25519.Ed25519PrivateKey.generate()
+    cert = _issue(owner_ca, key.public_key(), "ed25519 registrar")
+    # Built with the reference's own pieces: sign_cms takes a Signer, Ed25519 has none.
+    from asn1crypto import cms as acms
+    import hashlib
+
+    content = b'{"ed": 25519}'
+    attrs = acms.CMSAttributes(sorted([
+        acms.CMSAttribute({"type": "content_type", "values": ["data"]}),
+        acms.CMSAttribute({"type": "message_digest", "values": [hashlib.sha512(content).digest()]}),
+    ], key=lambda a: a.dump()))
+    from asn1crypto import x509 as ax
+    acert = ax.Certificate.load(cert.public_bytes(Encoding.DER))
+    si = acms.SignerInfo({
+        "version": "v1",
+        "sid": acms.SignerIdentifier({"issuer_and_serial_number": acms.IssuerAndSerialNumber(
+            {"issuer": acert.issuer, "serial_number": acert.serial_number})}),
+        "digest_algorithm": {"algorithm": "sha512"}, "signed_attrs": attrs,
+        "signature_algorithm": {"algorithm": "ed25519"}, "signature": key.sign(attrs.dump())})
+    sd = acms.SignedData({"version": "v1", "digest_algorithms": [{"algorithm": "sha512"}],
+                          "encap_content_info": {"content_type": "data", "content": content},
+                          "certificates": [acert], "signer_infos": [si]})
+    der = acms.ContentInfo({"content_type": "signed_data", "content": sd}).dump()
+    broken = bytearray(der)
+    broken[-2] ^= 1
+    assert [r.code for r in _agree([der, bytes(broken)], [owner_ca[1]])] == \
+        [Result.OK, Result.BAD_SIGNATURE]
+
+
+def test_softhsm_signed_voucher_requests(token, owner_ca):
+    """Pledges whose IDevID keys live in a real SoftHSM2 token."""
+    ca_key, ca = owner_ca
+    items = []
+    serials = []
+    for i in range(3):
+        signer = keystore.generate_key(token.uri(f"idevid{i}"), "ec-p256")
+        serial = f"PF-SOFTHSM-{i}"
+        idevid = issue_idevid(ca_key, ca, signer.public_key, serial)
+        items.append(sign_cms(json.dumps({"n": i}).encode(), signer, idevid))
+        serials.append(serial)
+    results = _agree(items, [ca])
+    assert [r.code for r in results] == [Result.OK] * 3
+    assert [r.serial for r in results] == serials
+
+
+# --------------------------------------------------------------------------- certificates
+
+def test_bare_certificates(owner_ca):
+    ca_key, ca = owner_ca
+    keys = [SoftwareSigner.generate(KeyAlgorithm.EC_P256) for _ in range(3)]
+    certs = [issue_idevid(ca_key, ca, k.public_key, f"SN{i}").public_bytes(
+        Encoding.DER) for i, k in enumerate(keys)]
+    stranger = SoftwareSigner.generate(KeyAlgorithm.EC_P256)
+    foreign = make_ca(stranger, "CN=elsewhere").public_bytes(Encoding.DER)
+    items = certs + [foreign, certs[0][:-3], b"junk"]
+    fast = BulkVerifier([ca], threads=2).verify_batch(items, certificates=True)
+    for der, got in zip(items, fast):
+        want, serial = verify_certificate_item(der, [ca])
+        assert got.code == want
+        if want is Result.OK:
+            assert got.serial == serial
+    assert [r.code for r in fast] == [Result.OK] * 3 + [Result.UNTRUSTED_SIGNER] + [Result.MALFORMED] * 2
+    assert [r.serial for r in fast[:3]] == ["SN0", "SN1", "SN2"]
+
+
+# --------------------------------------------------------------------------- inputs
+
+def test_stream_directory_and_list_give_the_same_results(tmp_path, rfc_pki, vectors):
+    stream = tmp_path / "all.der"
+    stream.write_bytes(b"".join(vectors * 3))
+    folder = tmp_path / "dir"
+    folder.mkdir()
+    for i, v in enumerate(vectors * 3):
+        (folder / f"{i:02d}.der").write_bytes(v)
+    anchors = [rfc_pki["vendor"], rfc_pki["owner"]]
+    kw = dict(extra_certs=[rfc_pki["masa"]], check_time=False, batch_size=2, threads=1)
+    from_list = list(verify_bulk(vectors * 3, anchors, **kw))
+    from_stream = list(verify_bulk(stream, anchors, **kw))
+    from_dir = list(verify_bulk(folder, anchors, **kw))
+    assert [r.code for r in from_list] == [r.code for r in from_stream] == \
+        [r.code for r in from_dir] == [Result.OK] * 9
+    offsets = [r.item_offset for r in from_stream]
+    assert offsets == [sum(len(v) for v in (vectors * 3)[:i]) for i in range(9)]
+    assert [r.name for r in from_dir] == [f"{i:02d}.der" for i in range(9)]
+
+
+def test_stream_with_broken_header_ends_with_one_malformed_item(tmp_path, rfc_pki, vectors):
+    path = tmp_path / "s.der"
+    path.write_bytes(vectors[0] + b"\x30\x80garbage")
+    results = list(verify_bulk(path, [rfc_pki["vendor"]], check_time=False))
+    assert [r.code for r in results] == [Result.OK, Result.MALFORMED]
+
+
+def test_certificates_are_parsed_and_checked_once_per_batch(owner_ca):
+    key = SoftwareSigner.generate(KeyAlgorithm.EC_P256)
+    cert = _issue(owner_ca, key.public_key, "shared registrar")
+    items = [sign_cms(str(i).encode(), key, cert) for i in range(50)]
+    verifier = BulkVerifier([owner_ca[1]], threads=2)
+    assert all(r.ok for r in verifier.verify_batch(items))
+    assert verifier.stats["cert_verifies"] == 1
+    assert verifier.stats["cert_parses"] == 2      # the anchor and the registrar
+
+
+# --------------------------------------------------------------------------- mutations
+
+def _mutants(data: st.DataObject, item: bytes) -> bytes:
+    kind = data.draw(st.sampled_from(["flip", "truncate", "length", "nest", "splice"]))
+    buf = bytearray(item)
+    if kind == "flip":
+        for _ in range(data.draw(st.integers(1, 3))):
+            pos = data.draw(st.integers(0, len(buf) - 1))
+            buf[pos] ^= 1 << data.draw(st.integers(0, 7))
+    elif kind == "truncate":
+        buf = buf[:data.draw(st.integers(0, len(buf) - 1))]
+    elif kind == "length":
+        # Lie in a length field: find a header and claim more or less than is there.
+        pos = data.draw(st.integers(0, len(buf) - 2))
+        buf[pos + 1] = data.draw(st.sampled_from([0x00, 0x7f, 0x80, 0x81, 0x84, 0x85, 0xff]))
+    elif kind == "nest":
+        depth = data.draw(st.integers(1, 2000))
+        return b"\x30\x84\xff\xff\xff\xff" * depth + bytes(buf)
+    else:
+        pos = data.draw(st.integers(0, len(buf)))
+        buf[pos:pos] = data.draw(st.binary(max_size=16))
+    return bytes(buf)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_mutated_vectors_never_crash_and_agree(data, rfc_pki, vectors):
+    anchors = [rfc_pki["vendor"], rfc_pki["owner"]]
+    item = data.draw(st.sampled_from(vectors))
+    mutant = _mutants(data, item)
+    got = BulkVerifier(anchors, [rfc_pki["masa"]], threads=1, check_time=False).verify_batch([mutant])[0]
+    want, _ = verify_cms_item(mutant, anchors, [rfc_pki["masa"]], check_time=False)
+    assert got.code == want
+    assert 0 <= got.content_offset <= got.content_offset + got.content_length <= len(mutant)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.binary(max_size=600))
+def test_random_bytes_are_malformed_not_crashes(blob):
+    got = BulkVerifier([_cert("vendor.crt")], threads=1).verify_batch([blob, b"\x30" + blob])
+    assert all(r.code is Result.MALFORMED for r in got)
+
+
+def test_stream_reader_refuses_a_header_claiming_two_gib(tmp_path, rfc_pki):
+    path = tmp_path / "lie.der"
+    path.write_bytes(b"\x30\x84\x7f\xff\xff\xff" + b"x" * 10)
+    with open(path, "rb") as fh:
+        items = list(read_der_stream(fh))
+    # Nothing past the header is read (no 2 GiB buffer), and the item is MALFORMED.
+    assert [i.data for i in items] == [b"\x30\x84\x7f\xff\xff\xff"]
+    assert [r.code for r in verify_bulk(path, [rfc_pki["vendor"]])] == [Result.MALFORMED]

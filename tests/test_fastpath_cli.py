@@ -1,0 +1,57 @@
+"""`pledgeforge verify --bulk`: summary, failing items, JSON lines, exit code."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from pledgeforge.cli import main
+
+VEC = Path(__file__).resolve().parents[2] / "shared" / "vectors" / "rfc8995-appendixC"
+
+
+def _setup(tmp_path: Path) -> tuple[Path, Path]:
+    good = (VEC / "vr_00-D0-E5-F2-00-02.der").read_bytes()
+    bad = bytearray(good)
+    bad[bad.index(b"proximity")] ^= 1           # content altered after signing
+    stream = tmp_path / "batch.der"
+    stream.write_bytes(good + bytes(bad) + good)
+    return stream, VEC / "vendor.crt"
+
+
+def test_summary_and_failures(tmp_path):
+    stream, anchors = _setup(tmp_path)
+    result = CliRunner().invoke(main, ["verify", "--bulk", str(stream), "--anchors", str(anchors),
+                                       "--no-check-time", "--threads", "2"])
+    assert result.exit_code == 1
+    lines = result.output.splitlines()
+    assert lines[0].startswith("DIGEST_MISMATCH") and f"batch.der@{1652}" in lines[0]
+    assert "serial 00-D0-E5-F2-00-02" in lines[0]
+    assert "3 items" in lines[-1] and "OK 2, DIGEST_MISMATCH 1" in lines[-1]
+
+
+def test_json_lines(tmp_path):
+    stream, anchors = _setup(tmp_path)
+    result = CliRunner().invoke(main, ["verify", "--bulk", str(stream), "--anchors", str(anchors),
+                                       "--json"])
+    rows = [json.loads(line) for line in result.output.splitlines()]
+    # The published certificates expired years ago: with time checks on, all fail.
+    assert [r["result"] for r in rows[:-1]] == ["EXPIRED", "DIGEST_MISMATCH", "EXPIRED"]
+    assert rows[-1]["summary"]["EXPIRED"] == 2 and rows[-1]["items"] == 3
+    assert result.exit_code == 1
+
+
+def test_all_ok_exits_zero_and_bad_anchor_file_is_one_clear_error(tmp_path):
+    stream, anchors = _setup(tmp_path)
+    good_only = tmp_path / "good.der"
+    good_only.write_bytes((VEC / "vr_00-D0-E5-F2-00-02.der").read_bytes())
+    ok = CliRunner().invoke(main, ["verify", "--bulk", str(good_only), "--anchors", str(anchors),
+                                   "--no-check-time"])
+    assert ok.exit_code == 0 and "OK 1" in ok.output
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a certificate")
+    bad = CliRunner().invoke(main, ["verify", "--bulk", str(stream), "--anchors", str(junk)])
+    assert bad.exit_code == 1 and "trust anchor file" in bad.output
+    assert "Traceback" not in bad.output
