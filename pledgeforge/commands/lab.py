@@ -1,0 +1,70 @@
+"""`pledgeforge lab up|down|status --dir D`: a local MASA, cloud and owner registrar."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+DIR_OPTION = click.option("--dir", "directory", required=True,
+                          type=click.Path(file_okay=False), help="the lab directory")
+JSON_OPTION = click.option("--json", "as_json", is_flag=True, help="print JSON")
+
+
+@click.group()
+def lab() -> None:
+    """A local BRSKI lab: MASA, cloud registrar and owner registrar on loopback."""
+
+
+@lab.command()
+@DIR_OPTION
+@click.option("--timeout", type=click.FloatRange(min=1), default=60, show_default=True,
+              help="seconds to wait for the servers to answer")
+@JSON_OPTION
+def up(directory, timeout, as_json):
+    """Create (first time) or reuse the lab and start its servers."""
+    from pledgeforge.registrar.lab import Lab
+
+    the_lab, report = Lab.up(directory, timeout_s=timeout)
+    if as_json:
+        click.echo(json.dumps({"created": report.created, "started": report.started,
+                               "already_running": report.already_running, **the_lab.status()}))
+        return
+    click.echo(("created" if report.created else "reusing") + f" lab in {the_lab.dir}")
+    for role in report.already_running:
+        click.echo(f"  {role:6} already running (pid {the_lab.pid(role)}) at {the_lab.url(role)}")
+    for role in report.started:
+        click.echo(f"  {role:6} started (pid {the_lab.pid(role)}) at {the_lab.url(role)}")
+    click.echo(f"details: {the_lab.dir / 'lab.json'}")
+
+
+@lab.command()
+@DIR_OPTION
+@JSON_OPTION
+def down(directory, as_json):
+    """Stop the lab's servers (SIGTERM, then SIGKILL after a bounded wait)."""
+    from pledgeforge.registrar.lab import Lab
+
+    stopped = Lab.load(directory).down()
+    if as_json:
+        click.echo(json.dumps({"stopped": stopped}))
+    else:
+        click.echo("stopped " + (", ".join(stopped) if stopped else "nothing (no server was running)"))
+
+
+@lab.command()
+@DIR_OPTION
+@JSON_OPTION
+def status(directory, as_json):
+    """Show which servers run and answer."""
+    from pledgeforge.registrar.lab import Lab
+
+    state = Lab.load(directory).status()
+    if as_json:
+        click.echo(json.dumps(state))
+        return
+    click.echo(f"lab {state['dir']}")
+    for role, info in state["servers"].items():
+        word = "answering" if info["answering"] else "running, not answering" if info["running"] else "stopped"
+        pid = f"pid {info['pid']}" if info["pid"] else "no pid"
+        click.echo(f"  {role:6} {word:22} {pid:11} {info['url']}")

@@ -1,0 +1,66 @@
+"""`pledgeforge masa serve|add-owner|add-device`: the MASA, for people running their own."""
+
+from __future__ import annotations
+
+import click
+
+from pledgeforge.hsm.chain import load_certificate_file
+from pledgeforge.hsm.x509 import to_pem
+
+from .common import UsageError
+
+
+def _masa_config(path: str):
+    from pledgeforge.registrar.config import MasaConfig, load_config
+
+    config = load_config(path)
+    if not isinstance(config, MasaConfig):
+        raise UsageError(f"{path} configures a {config.role} registrar, not a MASA (role = \"masa\")")
+    return config
+
+
+def _store(path: str):
+    from pledgeforge.registrar.db import MasaStore
+
+    return MasaStore(_masa_config(path).database_url)
+
+
+@click.group()
+def masa() -> None:
+    """The MASA: vouchers signed with a key in an HSM."""
+
+
+@masa.command()
+@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False),
+              help="the MASA's TOML configuration (role = \"masa\")")
+def serve(config_path):
+    """Serve until SIGTERM or Ctrl-C."""
+    from pledgeforge.registrar import server
+
+    config = _masa_config(config_path)
+    server.configure_logging()
+    server.run(config)
+
+
+@masa.command("add-owner")
+@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False))
+@click.option("--name", required=True, help="the owner's name")
+@click.option("--domain-ca", required=True, type=click.Path(dir_okay=False),
+              help="the owner's domain CA certificate (pinned in its vouchers)")
+def add_owner(config_path, name, domain_ca):
+    """Add (or update) an owner and its domain CA."""
+    cert = load_certificate_file(domain_ca, "domain CA certificate")[0]
+    _store(config_path).add_owner(name, to_pem(cert).decode())
+    click.echo(f"owner {name}: domain CA {cert.subject.rfc4514_string()}")
+
+
+@masa.command("add-device")
+@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False))
+@click.option("--serial", required=True, help="the device serial number (IDevID serialNumber)")
+@click.option("--owner", required=True, help="an owner added with add-owner")
+@click.option("--est-domain", help="est-domain for the owner's EST server (brski-cloud)")
+@click.option("--additional-configuration-url", help="additional-configuration-url for the voucher")
+def add_device(config_path, serial, owner, est_domain, additional_configuration_url):
+    """Record (or change) who owns a device."""
+    _store(config_path).set_device(serial, owner, est_domain, additional_configuration_url)
+    click.echo(f"device {serial} belongs to {owner}")

@@ -1,0 +1,338 @@
+"""Server configuration files (TOML) for the MASA, the cloud registrar and the owner registrar.
+
+One file describes one server; `role` says which ("masa", "cloud" or
+"owner"). Relative paths are taken from the directory of the file, so a lab
+or an operator's directory can be moved as a whole. Example (owner):
+
+    role = "owner"
+
+    [server]
+    host = "127.0.0.1"
+    port = 8443
+    tls_cert = "tls/registrar.crt"     # PEM chain, leaf first
+    tls_key = "tls/registrar.key"      # PEM; TLS keys may live in files
+
+    [database]
+    url = "sqlite:///db/owner.sqlite"  # relative SQLite paths are resolved too
+
+    [hsm]
+    softhsm2_conf = "softhsm/softhsm2.conf"   # optional: SOFTHSM2_CONF for the signing keys
+
+    [registrar]
+    signing_key = "pkcs11:token=owner;object=registrar?module-path=...&pin-source=file:..."
+    signing_cert = "pki/registrar-signer.crt"
+    signing_chain = ["pki/owner-ca.crt"]
+    manufacturer_cas = ["pki/manufacturer-ca.crt"]
+    masa_anchors = ["pki/web-ca.crt"]
+    # masa_url = "masa.example.com:9443"     # otherwise the IDevID's id-pe-masa-url
+
+    [est]                                 # owner registrars only
+    ca_key = "pkcs11:token=owner;object=owner-ca?..."
+    ca_cert = "pki/owner-ca.crt"
+
+    [est.csrattrs]
+    subject = ["CN", "serialNumber"]
+    san_dns = ["{serial}.pledges.example"]
+    signature_algorithm = "ecdsa-with-SHA256"
+
+Every mistake is reported as one ConfigError naming the file and the key.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pledgeforge.errors import PledgeforgeError
+
+ROLES = ("masa", "cloud", "owner")
+
+
+class ConfigError(PledgeforgeError):
+    """A server configuration file is missing, unreadable or wrong."""
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    host: str
+    port: int
+    tls_cert: Path
+    tls_key: Path
+    #: further endpoints of the same server, name -> port (e.g. a second
+    #: cloud registrar identity "var" on its own port); the main one is "main".
+    extra_ports: dict[str, int] = field(default_factory=dict)
+    shutdown_timeout_s: float = 5.0
+
+    def ports(self) -> dict[str, int]:
+        return {"main": self.port, **self.extra_ports}
+
+
+@dataclass(frozen=True)
+class SignerSettings:
+    """A signing key in an HSM (by URI) and the certificate(s) that go with it."""
+
+    key_uri: str
+    cert: Path
+    chain: tuple[Path, ...] = ()
+
+
+@dataclass(frozen=True)
+class UpstreamSettings:
+    """How a registrar reaches the MASA."""
+
+    anchors: tuple[Path, ...]
+    masa_url: str | None = None
+    timeout_s: float = 10.0
+    attempts: int = 3
+    backoff_s: float = 0.5
+
+
+@dataclass(frozen=True)
+class TrustedCloudRegistrar:
+    """A cloud registrar the MASA lets ask for vouchers on behalf of owners."""
+
+    name: str
+    anchor: Path
+    #: owner names it may act for; empty means every owner
+    acts_for: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class CsrAttrsSettings:
+    #: subject attribute types the CSR must carry (DN keywords such as CN, serialNumber)
+    subject: tuple[str, ...] = ()
+    #: DNS names the CSR must request; "{serial}" becomes the pledge's serial number
+    san_dns: tuple[str, ...] = ()
+    #: signature algorithm the pledge is asked to use (a hint, as in RFC 7030 4.5.2)
+    signature_algorithm: str | None = None
+
+
+@dataclass(frozen=True)
+class EstSettings:
+    ca_key_uri: str
+    ca_cert: Path
+    ca_chain: tuple[Path, ...] = ()
+    certificate_days: int = 365
+    csrattrs: CsrAttrsSettings = CsrAttrsSettings()
+    #: files served at /pledge-config/<name> (additional-configuration-url targets)
+    additional_configuration_dir: Path | None = None
+
+
+@dataclass(frozen=True)
+class MasaConfig:
+    path: Path
+    server: ServerSettings
+    database_url: str
+    softhsm2_conf: Path | None
+    signer: SignerSettings
+    manufacturer_cas: tuple[Path, ...]
+    check_time: bool = True
+    nonceless_lifetime_s: int = 1200
+    cloud_registrars: tuple[TrustedCloudRegistrar, ...] = ()
+    role: str = "masa"
+
+
+@dataclass(frozen=True)
+class RegistrarConfig:
+    path: Path
+    role: str  # "cloud" or "owner"
+    server: ServerSettings
+    database_url: str
+    softhsm2_conf: Path | None
+    signer: SignerSettings
+    manufacturer_cas: tuple[Path, ...]
+    upstream: UpstreamSettings
+    check_time: bool = True
+    #: owner: answer requestvoucher only for serials in the owner's pledge list
+    require_pledge_list: bool = True
+    est: EstSettings | None = None
+
+
+class _Table:
+    """Typed access to one TOML table, naming file and key in every error."""
+
+    def __init__(self, data: dict, where: str, base: Path, source: Path):
+        self.data, self.where, self.base, self.source = data, where, base, source
+
+    def _name(self, key: str) -> str:
+        return f"{self.where}.{key}" if self.where else key
+
+    def fail(self, key: str, problem: str) -> ConfigError:
+        return ConfigError(f"{self.source}: {self._name(key)} {problem}")
+
+    def table(self, key: str, required: bool = True) -> "_Table | None":
+        value = self.data.get(key)
+        if value is None:
+            if required:
+                raise ConfigError(f"{self.source}: missing table [{self._name(key)}]")
+            return None
+        if not isinstance(value, dict):
+            raise self.fail(key, "must be a table")
+        return _Table(value, self._name(key), self.base, self.source)
+
+    def get(self, key: str, kind: type, default: Any = ...) -> Any:
+        if key not in self.data:
+            if default is ...:
+                raise self.fail(key, "is missing")
+            return default
+        value = self.data[key]
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise self.fail(key, f"must be a {kind.__name__}, not {type(value).__name__}")
+        return value
+
+    def text(self, key: str, default: Any = ...) -> str:
+        if key not in self.data and default is not ...:
+            return default
+        value = self.get(key, str)
+        if not value.strip():
+            raise self.fail(key, "must not be empty")
+        return value
+
+    def path(self, key: str, default: Any = ..., must_exist: bool = True) -> Path | None:
+        if key not in self.data and default is not ...:
+            return default
+        return self._resolve(key, self.text(key), must_exist)
+
+    def paths(self, key: str, default: Any = ..., must_exist: bool = True) -> tuple[Path, ...]:
+        values = self.get(key, list, default)
+        if not all(isinstance(v, str) and v.strip() for v in values):
+            raise self.fail(key, "must be a list of file names")
+        return tuple(self._resolve(key, v, must_exist) for v in values)
+
+    def strings(self, key: str, default: Any = ...) -> tuple[str, ...]:
+        values = self.get(key, list, default)
+        if not all(isinstance(v, str) and v.strip() for v in values):
+            raise self.fail(key, "must be a list of non-empty strings")
+        return tuple(values)
+
+    def port(self, key: str, default: Any = ...) -> int:
+        value = self.get(key, int, default)
+        if not 0 <= value <= 65535:
+            raise self.fail(key, f"must be a TCP port (0-65535), not {value}")
+        return value
+
+    def positive(self, key: str, kind: type, default: Any = ...) -> Any:
+        value = self.get(key, kind, default)
+        if value <= 0:
+            raise self.fail(key, f"must be greater than 0, not {value}")
+        return value
+
+    def _resolve(self, key: str, value: str, must_exist: bool) -> Path:
+        path = Path(value).expanduser()
+        if not path.is_absolute():
+            path = (self.base / path).resolve()
+        if must_exist and not path.exists():
+            raise self.fail(key, f"names {path}, which does not exist")
+        return path
+
+
+def _database_url(table: _Table) -> str:
+    url = table.text("url")
+    # A relative SQLite file is taken from the config's directory, as every other path.
+    prefix = "sqlite:///"
+    if url.startswith(prefix) and not url.startswith(prefix + "/") and url != prefix + ":memory:":
+        url = prefix + str((table.base / url[len(prefix):]).resolve())
+    return url
+
+
+def _server(table: _Table) -> ServerSettings:
+    extra = table.get("extra_ports", dict, {})
+    extra_ports = {}
+    for name, port in extra.items():
+        if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535:
+            raise table.fail(f"extra_ports.{name}", "must be a TCP port (0-65535)")
+        if name == "main":
+            raise table.fail("extra_ports.main", "is reserved for the main port")
+        extra_ports[name] = port
+    return ServerSettings(
+        host=table.text("host", "127.0.0.1"),
+        port=table.port("port"),
+        tls_cert=table.path("tls_cert"),
+        tls_key=table.path("tls_key"),
+        extra_ports=extra_ports,
+        shutdown_timeout_s=table.positive("shutdown_timeout_s", float, 5.0),
+    )
+
+
+def _signer(table: _Table, key: str = "signing_key", cert: str = "signing_cert",
+            chain: str = "signing_chain") -> SignerSettings:
+    return SignerSettings(table.text(key), table.path(cert), table.paths(chain, ()))
+
+
+def _read(path: str | Path) -> tuple[Path, _Table]:
+    path = Path(path).expanduser().resolve()
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"configuration file {path} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read configuration file {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+    return path, _Table(data, "", path.parent, path)
+
+
+def load_config(path: str | Path) -> MasaConfig | RegistrarConfig:
+    """Read a server configuration; the `role` key decides its kind."""
+    path, top = _read(path)
+    role = top.text("role")
+    if role not in ROLES:
+        raise top.fail("role", f"must be one of {', '.join(ROLES)}, not {role!r}")
+    server = _server(top.table("server"))
+    database_url = _database_url(top.table("database"))
+    hsm = top.table("hsm", required=False)
+    softhsm2_conf = hsm.path("softhsm2_conf", None) if hsm else None
+    check_time = top.get("check_time", bool, True)
+
+    if role == "masa":
+        masa = top.table("masa")
+        clouds = []
+        for i, entry in enumerate(masa.get("cloud_registrars", list, [])):
+            if not isinstance(entry, dict):
+                raise masa.fail(f"cloud_registrars[{i}]", "must be a table")
+            t = _Table(entry, f"masa.cloud_registrars[{i}]", top.base, path)
+            clouds.append(TrustedCloudRegistrar(t.text("name"), t.path("anchor"),
+                                                t.strings("acts_for", ())))
+        return MasaConfig(
+            path=path, server=server, database_url=database_url, softhsm2_conf=softhsm2_conf,
+            signer=_signer(masa), manufacturer_cas=masa.paths("manufacturer_cas"),
+            check_time=check_time,
+            nonceless_lifetime_s=masa.positive("nonceless_lifetime_s", int, 1200),
+            cloud_registrars=tuple(clouds),
+        )
+
+    reg = top.table("registrar")
+    upstream = UpstreamSettings(
+        anchors=reg.paths("masa_anchors"),
+        masa_url=reg.text("masa_url", None),
+        timeout_s=reg.positive("masa_timeout_s", float, 10.0),
+        attempts=reg.positive("masa_attempts", int, 3),
+        backoff_s=reg.positive("masa_backoff_s", float, 0.5),
+    )
+    est = None
+    if role == "owner":
+        e = top.table("est")
+        attrs = e.table("csrattrs", required=False)
+        csrattrs = CsrAttrsSettings()
+        if attrs:
+            csrattrs = CsrAttrsSettings(attrs.strings("subject", ()), attrs.strings("san_dns", ()),
+                                        attrs.text("signature_algorithm", None))
+        est = EstSettings(
+            ca_key_uri=e.text("ca_key"), ca_cert=e.path("ca_cert"), ca_chain=e.paths("ca_chain", ()),
+            certificate_days=e.positive("certificate_days", int, 365), csrattrs=csrattrs,
+            additional_configuration_dir=e.path("additional_configuration_dir", None,
+                                                must_exist=False),
+        )
+    elif top.table("est", required=False) is not None:
+        raise top.fail("est", "is only for owner registrars (a cloud registrar is no EST server)")
+    return RegistrarConfig(
+        path=path, role=role, server=server, database_url=database_url,
+        softhsm2_conf=softhsm2_conf, signer=_signer(reg),
+        manufacturer_cas=reg.paths("manufacturer_cas"), upstream=upstream, check_time=check_time,
+        require_pledge_list=reg.get("require_pledge_list", bool, True), est=est,
+    )

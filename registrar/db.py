@@ -1,0 +1,422 @@
+"""The servers' state through SQLAlchemy Core: SQLite by default, any SQLAlchemy URL works.
+
+Each server has its own tables (and usually its own database): the MASA
+knows owners, devices and the vouchers it issued (its audit log); the cloud
+registrar knows what to answer each pledge and what pledges reported; the
+owner registrar knows its pledge list, the vouchers it obtained, status
+reports and the certificates it issued.
+
+Servers read these tables on every request, so ownership registered by
+another process (the lab, an operator's CLI) takes effect at once. SQLite
+runs in WAL mode with a busy timeout so that such a writer and a serving
+process do not trip over each other.
+
+Nothing here is called on a refused request: handlers only write after every
+check passed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import (Boolean, Column, DateTime, Engine, ForeignKey, Integer, LargeBinary,
+                        MetaData, String, Table, Text, create_engine, delete, event, func, insert,
+                        select, update)
+from sqlalchemy.exc import SQLAlchemyError
+
+from pledgeforge.errors import PledgeforgeError
+
+SQLITE_BUSY_TIMEOUT_MS = 10_000
+
+
+class DatabaseError(PledgeforgeError):
+    """The database could not be opened or written."""
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def open_engine(url: str, metadata: MetaData) -> Engine:
+    """An engine for `url` with `metadata`'s tables created if missing."""
+    try:
+        engine = create_engine(url)
+    except (SQLAlchemyError, ValueError, ImportError) as exc:
+        raise DatabaseError(f"cannot use database URL {url!r}: {exc}") from None
+    if engine.dialect.name == "sqlite":
+        database = engine.url.database
+        if database and database != ":memory:":
+            Path(database).parent.mkdir(parents=True, exist_ok=True)
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_connection, _record):
+            cursor = dbapi_connection.cursor()
+            cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+            cursor.execute("PRAGMA journal_mode = WAL")
+            cursor.execute("PRAGMA foreign_keys = ON")
+            cursor.close()
+    try:
+        metadata.create_all(engine)
+    except SQLAlchemyError as exc:
+        raise DatabaseError(f"cannot open database {engine.url.render_as_string(hide_password=True)}: "
+                            f"{exc.__class__.__name__}: {exc.orig if hasattr(exc, 'orig') else exc}") from None
+    return engine
+
+
+def _ts() -> Column:
+    return Column("created_at", DateTime(timezone=True), nullable=False, default=utcnow)
+
+
+# --------------------------------------------------------------------------- MASA
+
+MASA_METADATA = MetaData()
+
+masa_owners = Table(
+    "masa_owners", MASA_METADATA,
+    Column("name", String(200), primary_key=True),
+    # The owner's domain CA: registrars it issued may ask for vouchers, and
+    # it is the pinned-domain-cert of the owner's vouchers.
+    Column("domain_ca_pem", Text, nullable=False),
+    _ts(),
+)
+
+masa_devices = Table(
+    "masa_devices", MASA_METADATA,
+    Column("serial", String(200), primary_key=True),
+    Column("owner", String(200), ForeignKey("masa_owners.name"), nullable=False),
+    # Set for the est-domain flow (brski-cloud): copied into the voucher.
+    Column("est_domain", Text),
+    Column("additional_configuration_url", Text),
+    _ts(),
+)
+
+# Every voucher issued; the audit log (RFC 8995 5.8.1) is this table per serial.
+masa_vouchers = Table(
+    "masa_vouchers", MASA_METADATA,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("serial", String(200), nullable=False, index=True),
+    Column("owner", String(200), nullable=False),
+    Column("domain_id", String(200), nullable=False),
+    Column("nonce", Text),
+    Column("assertion", String(40), nullable=False),
+    Column("requester", Text, nullable=False),
+    Column("voucher", LargeBinary, nullable=False),
+    _ts(),
+)
+
+
+@dataclass(frozen=True)
+class Device:
+    serial: str
+    owner: str
+    domain_ca_pem: str
+    est_domain: str | None
+    additional_configuration_url: str | None
+
+
+class MasaStore:
+    def __init__(self, url: str):
+        self.engine = open_engine(url, MASA_METADATA)
+
+    def add_owner(self, name: str, domain_ca_pem: str) -> None:
+        with self.engine.begin() as conn:
+            if conn.execute(select(masa_owners.c.name).where(masa_owners.c.name == name)).first():
+                conn.execute(update(masa_owners).where(masa_owners.c.name == name)
+                             .values(domain_ca_pem=domain_ca_pem))
+            else:
+                conn.execute(insert(masa_owners).values(name=name, domain_ca_pem=domain_ca_pem))
+
+    def set_device(self, serial: str, owner: str, est_domain: str | None = None,
+                   additional_configuration_url: str | None = None) -> None:
+        values = dict(owner=owner, est_domain=est_domain,
+                      additional_configuration_url=additional_configuration_url)
+        with self.engine.begin() as conn:
+            if conn.execute(select(masa_owners.c.name).where(masa_owners.c.name == owner)).first() is None:
+                raise DatabaseError(f"MASA has no owner {owner!r}; add the owner first")
+            if conn.execute(select(masa_devices.c.serial).where(masa_devices.c.serial == serial)).first():
+                conn.execute(update(masa_devices).where(masa_devices.c.serial == serial).values(**values))
+            else:
+                conn.execute(insert(masa_devices).values(serial=serial, **values))
+
+    def device(self, serial: str) -> Device | None:
+        query = (select(masa_devices, masa_owners.c.domain_ca_pem)
+                 .join(masa_owners, masa_owners.c.name == masa_devices.c.owner)
+                 .where(masa_devices.c.serial == serial))
+        with self.engine.connect() as conn:
+            row = conn.execute(query).mappings().first()
+        if row is None:
+            return None
+        return Device(row["serial"], row["owner"], row["domain_ca_pem"], row["est_domain"],
+                      row["additional_configuration_url"])
+
+    def record_voucher(self, **values) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(insert(masa_vouchers).values(**values))
+
+    def audit_events(self, serial: str) -> list[dict]:
+        query = select(masa_vouchers).where(masa_vouchers.c.serial == serial).order_by(masa_vouchers.c.id)
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(query).mappings()]
+
+
+# --------------------------------------------------------------------------- cloud registrar
+
+CLOUD_METADATA = MetaData()
+
+#: what the cloud registrar answers a voucher-request, per serial and endpoint
+CLOUD_RESPONSES = {
+    "redirect": 307,       # Location: the owner registrar (or another cloud registrar)
+    "voucher": 200,        # get a voucher from the MASA (est-domain flow)
+    "accepted": 202,       # + Retry-After: voucher being prepared
+    "owner-unknown": 401,  # + Retry-After: no owner known yet
+    "unknown": 404,        # the pledge is unknown (as if no record existed)
+    "bad-request": 400,    # treat the request as malformed
+    "overloaded": 503,     # + Retry-After
+}
+
+cloud_pledges = Table(
+    "cloud_pledges", CLOUD_METADATA,
+    Column("serial", String(200), primary_key=True),
+    Column("endpoint", String(60), primary_key=True, default="main"),
+    Column("response", String(40), nullable=False),
+    Column("location", Text),
+    Column("retry_after", Integer),
+    # Answer `response` this many more times, then `then_response` (None: forever).
+    Column("remaining", Integer),
+    Column("then_response", String(40)),
+    _ts(),
+)
+
+cloud_settings = Table(
+    "cloud_settings", CLOUD_METADATA,
+    Column("name", String(60), primary_key=True),
+    Column("value", Text, nullable=False),
+)
+
+cloud_vouchers = Table(
+    "cloud_vouchers", CLOUD_METADATA,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("serial", String(200), nullable=False, index=True),
+    Column("nonce", Text),
+    Column("voucher", LargeBinary, nullable=False),
+    _ts(),
+)
+
+cloud_status_reports = Table(
+    "cloud_status_reports", CLOUD_METADATA,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("serial", String(200), nullable=False, index=True),
+    Column("kind", String(40), nullable=False),
+    Column("status", Boolean, nullable=False),
+    Column("reason", Text),
+    Column("report", Text, nullable=False),
+    _ts(),
+)
+
+
+@dataclass(frozen=True)
+class CloudRecord:
+    serial: str
+    endpoint: str
+    response: str
+    location: str | None
+    retry_after: int | None
+    remaining: int | None
+    then_response: str | None
+
+
+def _check_response(name: str | None, what: str) -> None:
+    if name is not None and name not in CLOUD_RESPONSES:
+        raise DatabaseError(f"{what} {name!r} is not one of {', '.join(CLOUD_RESPONSES)}")
+
+
+class CloudStore:
+    OVERLOAD = "overloaded_retry_after"
+
+    def __init__(self, url: str):
+        self.engine = open_engine(url, CLOUD_METADATA)
+
+    def set_response(self, serial: str, response: str, *, endpoint: str = "main",
+                     location: str | None = None, retry_after: int | None = None,
+                     times: int | None = None, then: str | None = None) -> None:
+        _check_response(response, "cloud response")
+        _check_response(then, "follow-up response")
+        if "redirect" in (response, then) and not location:
+            raise DatabaseError("a redirect needs a location (the URL to send the pledge to)")
+        if (times is None) != (then is None):
+            raise DatabaseError("give `times` and `then` together (answer N times, then switch)")
+        if times is not None and times < 1:
+            raise DatabaseError("`times` must be at least 1")
+        if retry_after is not None and retry_after < 0:
+            raise DatabaseError("`retry_after` must be a number of seconds >= 0")
+        values = dict(response=response, location=location, retry_after=retry_after,
+                      remaining=times, then_response=then)
+        key = (cloud_pledges.c.serial == serial) & (cloud_pledges.c.endpoint == endpoint)
+        with self.engine.begin() as conn:
+            if conn.execute(select(cloud_pledges.c.serial).where(key)).first():
+                conn.execute(update(cloud_pledges).where(key).values(**values))
+            else:
+                conn.execute(insert(cloud_pledges).values(serial=serial, endpoint=endpoint, **values))
+
+    def remove(self, serial: str, endpoint: str | None = None) -> None:
+        condition = cloud_pledges.c.serial == serial
+        if endpoint is not None:
+            condition &= cloud_pledges.c.endpoint == endpoint
+        with self.engine.begin() as conn:
+            conn.execute(delete(cloud_pledges).where(condition))
+
+    def take_response(self, serial: str, endpoint: str) -> CloudRecord | None:
+        """The answer due now; counts down a limited answer (then switches to its follow-up)."""
+        key = (cloud_pledges.c.serial == serial) & (cloud_pledges.c.endpoint == endpoint)
+        with self.engine.begin() as conn:
+            row = conn.execute(select(cloud_pledges).where(key)).mappings().first()
+            if row is None:
+                return None
+            record = CloudRecord(row["serial"], row["endpoint"], row["response"], row["location"],
+                                 row["retry_after"], row["remaining"], row["then_response"])
+            if record.remaining is not None:
+                if record.remaining <= 1:
+                    conn.execute(update(cloud_pledges).where(key).values(
+                        response=record.then_response, remaining=None, then_response=None))
+                else:
+                    conn.execute(update(cloud_pledges).where(key)
+                                 .values(remaining=record.remaining - 1))
+        return record
+
+    def set_overloaded(self, retry_after: int | None) -> None:
+        """Answer every voucher-request with 503 + Retry-After (None switches it off)."""
+        with self.engine.begin() as conn:
+            conn.execute(delete(cloud_settings).where(cloud_settings.c.name == self.OVERLOAD))
+            if retry_after is not None:
+                conn.execute(insert(cloud_settings).values(name=self.OVERLOAD, value=str(retry_after)))
+
+    def overloaded(self) -> int | None:
+        with self.engine.connect() as conn:
+            value = conn.execute(select(cloud_settings.c.value)
+                                 .where(cloud_settings.c.name == self.OVERLOAD)).scalar()
+        return None if value is None else int(value)
+
+    def record_voucher(self, serial: str, nonce: str | None, voucher: bytes) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(insert(cloud_vouchers).values(serial=serial, nonce=nonce, voucher=voucher))
+
+    def record_status(self, serial: str, kind: str, report: "ParsedReport") -> None:
+        with self.engine.begin() as conn:
+            conn.execute(insert(cloud_status_reports).values(
+                serial=serial, kind=kind, status=report.status, reason=report.reason,
+                report=report.text))
+
+
+# --------------------------------------------------------------------------- owner registrar
+
+OWNER_METADATA = MetaData()
+
+PLEDGE_FLOWS = ("redirect", "est-domain")
+
+owner_pledges = Table(
+    "owner_pledges", OWNER_METADATA,
+    Column("serial", String(200), primary_key=True),
+    # redirect: enrolment needs a voucher obtained here first;
+    # est-domain: the voucher came from the cloud registrar, the list suffices.
+    Column("flow", String(20), nullable=False),
+    _ts(),
+)
+
+owner_vouchers = Table(
+    "owner_vouchers", OWNER_METADATA,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("serial", String(200), nullable=False, index=True),
+    Column("nonce", Text),
+    Column("voucher", LargeBinary, nullable=False),
+    _ts(),
+)
+
+owner_status_reports = Table(
+    "owner_status_reports", OWNER_METADATA,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("serial", String(200), nullable=False, index=True),
+    Column("kind", String(40), nullable=False),
+    Column("status", Boolean, nullable=False),
+    Column("reason", Text),
+    Column("report", Text, nullable=False),
+    # RFC 8995 5.9.4: record which client certificate the report came over.
+    Column("client_certificate", Text, nullable=False),
+    _ts(),
+)
+
+owner_enrollments = Table(
+    "owner_enrollments", OWNER_METADATA,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("serial", String(200), nullable=False, index=True),
+    Column("kind", String(20), nullable=False),  # enroll / reenroll
+    Column("certificate_serial", String(64), nullable=False, unique=True),
+    Column("subject", Text, nullable=False),
+    Column("certificate_pem", Text, nullable=False),
+    _ts(),
+)
+
+
+class OwnerStore:
+    def __init__(self, url: str):
+        self.engine = open_engine(url, OWNER_METADATA)
+
+    def add_pledge(self, serial: str, flow: str) -> None:
+        if flow not in PLEDGE_FLOWS:
+            raise DatabaseError(f"flow {flow!r} is not one of {', '.join(PLEDGE_FLOWS)}")
+        with self.engine.begin() as conn:
+            if conn.execute(select(owner_pledges.c.serial).where(owner_pledges.c.serial == serial)).first():
+                conn.execute(update(owner_pledges).where(owner_pledges.c.serial == serial).values(flow=flow))
+            else:
+                conn.execute(insert(owner_pledges).values(serial=serial, flow=flow))
+
+    def pledge_flow(self, serial: str) -> str | None:
+        with self.engine.connect() as conn:
+            return conn.execute(select(owner_pledges.c.flow).where(owner_pledges.c.serial == serial)).scalar()
+
+    def has_voucher(self, serial: str) -> bool:
+        with self.engine.connect() as conn:
+            return conn.execute(select(func.count()).select_from(owner_vouchers)
+                                .where(owner_vouchers.c.serial == serial)).scalar() > 0
+
+    def record_voucher(self, serial: str, nonce: str | None, voucher: bytes) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(insert(owner_vouchers).values(serial=serial, nonce=nonce, voucher=voucher))
+
+    def record_status(self, serial: str, kind: str, report: "ParsedReport", client_certificate: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(insert(owner_status_reports).values(
+                serial=serial, kind=kind, status=report.status, reason=report.reason,
+                report=report.text, client_certificate=client_certificate))
+
+    def record_enrollment(self, serial: str, kind: str, certificate_serial: str, subject: str,
+                          certificate_pem: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(insert(owner_enrollments).values(
+                serial=serial, kind=kind, certificate_serial=certificate_serial, subject=subject,
+                certificate_pem=certificate_pem))
+
+    def enrollment_by_certificate(self, certificate_serial: str) -> dict | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(owner_enrollments).where(
+                owner_enrollments.c.certificate_serial == certificate_serial)).mappings().first()
+        return dict(row) if row else None
+
+
+# --------------------------------------------------------------------------- shared
+
+@dataclass(frozen=True)
+class ParsedReport:
+    """A voucher_status / enrollstatus body as received (RFC 8995 5.7, 5.9.4)."""
+
+    status: bool
+    reason: str | None
+    text: str
+
+
+def table_contents(engine: Engine, metadata: MetaData) -> dict[str, list[tuple]]:
+    """Every row of every table: what tests compare before and after a refused request."""
+    with engine.connect() as conn:
+        return {name: [tuple(row) for row in conn.execute(select(table))]
+                for name, table in metadata.tables.items()}

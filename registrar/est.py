@@ -1,0 +1,349 @@
+"""The owner's EST server (RFC 7030, as BRSKI 5.9 uses it) and its wire formats.
+
+Wire formats (RFC 7030 4 with RFC 8951): every body is base64 (line breaks
+allowed) of DER; no Content-Transfer-Encoding header is needed or looked at.
+
+- /cacerts: a certs-only CMS SignedData ("degenerate PKCS#7": no content,
+  no signers) with the CA certificates, application/pkcs7-mime.
+- /csrattrs: CsrAttrs ::= SEQUENCE OF AttrOrOID (RFC 7030 4.5.2, values as
+  RFC 9908 clarifies), application/csrattrs, built from configuration:
+    * one OBJECT IDENTIFIER per subject attribute type the CSR must carry
+      (2.5.4.3 commonName, 2.5.4.5 serialNumber: the pledge puts its own
+      serial number there; its value is then checked against the IDevID);
+    * one extensionRequest attribute (1.2.840.113549.1.9.14) holding an
+      Extensions with a subjectAltName that lists the dNSName values the
+      CSR must request ("{serial}" in the configuration becomes the serial);
+    * the OBJECT IDENTIFIER of the signature algorithm the pledge should use
+      (a hint, as in RFC 7030's example: it is not enforced, since an RSA
+      key cannot follow an ECDSA hint).
+- /simpleenroll, /simplereenroll: a base64 PKCS#10 (application/pkcs10) in,
+  a certs-only SignedData with the new certificate out
+  (application/pkcs7-mime; smime-type=certs-only).
+
+Who may enroll: a pledge that authenticated with its IDevID (TLS client
+certificate chaining to a configured manufacturer CA) and either obtained its
+voucher through this registrar (redirect flow) or is in the owner's pledge
+list for the est-domain flow (its voucher came from the cloud registrar).
+/simplereenroll needs the LDevID issued here as client certificate. Every
+CSR must prove possession of its key and carry what /csrattrs asked for;
+the certificate carries exactly that identity, chains to the owner CA, and
+is issued with the CA key in the HSM.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import dataclass, field
+from typing import Sequence
+
+from aiohttp import web
+from asn1crypto import cms, core
+from asn1crypto import x509 as asn1_x509
+from cryptography import x509
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from pledgeforge.hsm.chain import build_chain, load_certificate_file
+from pledgeforge.hsm.errors import CertificateError, UntrustedSignerError
+from pledgeforge.hsm.keystore import open_signer
+from pledgeforge.hsm.x509 import check_csr, issue_certificate, load_csr, parse_dn, to_der, to_pem
+
+from .brski import load_anchors, require_serial
+from .config import CsrAttrsSettings, EstSettings
+from .db import OwnerStore
+from .web import Refusal, media_type, peer_certificate, read_body
+
+EST_PATH = "/.well-known/est"
+PKCS7_MEDIA_TYPE = "application/pkcs7-mime"
+CERTS_ONLY_MEDIA_TYPE = "application/pkcs7-mime; smime-type=certs-only"
+CSRATTRS_MEDIA_TYPE = "application/csrattrs"
+PKCS10_MEDIA_TYPE = "application/pkcs10"
+EXTENSION_REQUEST = "1.2.840.113549.1.9.14"
+
+SIGNATURE_ALGORITHMS = {
+    "ecdsa-with-sha256": "1.2.840.10045.4.3.2",
+    "ecdsa-with-sha384": "1.2.840.10045.4.3.3",
+    "ecdsa-with-sha512": "1.2.840.10045.4.3.4",
+    "sha256withrsaencryption": "1.2.840.113549.1.1.11",
+    "sha384withrsaencryption": "1.2.840.113549.1.1.12",
+    "sha512withrsaencryption": "1.2.840.113549.1.1.13",
+}
+
+
+# --------------------------------------------------------------------------- wire formats
+
+def certs_only(certs: Sequence[x509.Certificate]) -> bytes:
+    """DER certs-only SignedData: the CMS container EST uses to carry certificates."""
+    signed_data = cms.SignedData({
+        "version": "v1",
+        "digest_algorithms": [],
+        "encap_content_info": {"content_type": "data"},
+        "certificates": [asn1_x509.Certificate.load(to_der(c)) for c in certs],
+        "signer_infos": [],
+    })
+    return cms.ContentInfo({"content_type": "signed_data", "content": signed_data}).dump()
+
+
+def certificates_of(der: bytes) -> list[x509.Certificate]:
+    """The certificates of a certs-only SignedData."""
+    try:
+        content = cms.ContentInfo.load(der, strict=True)
+        if content["content_type"].native != "signed_data":
+            raise ValueError(f"ContentInfo holds {content['content_type'].dotted}, not SignedData")
+        return [x509.load_der_x509_certificate(c.chosen.dump())
+                for c in content["content"]["certificates"] or [] if c.name == "certificate"]
+    except (ValueError, TypeError, KeyError) as exc:
+        raise CertificateError(f"not a certs-only PKCS#7: {exc}") from None
+
+
+def encode_body(der: bytes) -> bytes:
+    """base64 with line breaks, as RFC 7030 / RFC 8951 carry DER."""
+    return base64.encodebytes(der)
+
+
+def decode_body(body: bytes, what: str) -> bytes:
+    """DER from a base64 body; whitespace and line breaks are ignored (RFC 8951)."""
+    try:
+        der = base64.b64decode(b"".join(body.split()), validate=True)
+    except (binascii.Error, ValueError):
+        raise Refusal(400, f"the {what} is not base64 (RFC 7030 4.2.1, RFC 8951)") from None
+    if not der:
+        raise Refusal(400, f"the {what} is empty")
+    return der
+
+
+class _AnySet(core.SetOf):
+    _child_spec = core.Any
+
+
+class _Attribute(core.Sequence):
+    _fields = [("type", core.ObjectIdentifier), ("values", _AnySet)]
+
+
+class _AttrOrOid(core.Choice):
+    _alternatives = [("oid", core.ObjectIdentifier), ("attribute", _Attribute)]
+
+
+class _CsrAttrs(core.SequenceOf):
+    _child_spec = _AttrOrOid
+
+
+@dataclass(frozen=True)
+class CsrAttributes:
+    """What a CsrAttrs asks for."""
+
+    oids: tuple[str, ...] = ()
+    dns_names: tuple[str, ...] = ()
+    #: other attributes: type OID -> DER of each value
+    attributes: dict[str, tuple[bytes, ...]] = field(default_factory=dict)
+
+
+def subject_oid(keyword: str) -> x509.ObjectIdentifier:
+    """The OID of a DN keyword such as CN or serialNumber."""
+    try:
+        return next(iter(parse_dn(f"{keyword}=x"))).oid
+    except CertificateError as exc:
+        raise CertificateError(f"csrattrs subject: {exc}") from None
+
+
+def signature_algorithm_oid(name: str) -> str:
+    if name[0].isdigit():
+        return name
+    try:
+        return SIGNATURE_ALGORITHMS[name.lower()]
+    except KeyError:
+        raise CertificateError(f"unknown signature algorithm {name!r} "
+                               f"(known: {', '.join(SIGNATURE_ALGORITHMS)}, or a dotted OID)") from None
+
+
+def requested_dns_names(policy: CsrAttrsSettings, serial: str) -> list[str]:
+    return [template.replace("{serial}", serial).lower() for template in policy.san_dns]
+
+
+def encode_csr_attributes(policy: CsrAttrsSettings, serial: str) -> bytes:
+    """DER CsrAttrs for one pledge (its serial fills "{serial}")."""
+    items = [_AttrOrOid(name="oid", value=subject_oid(k).dotted_string) for k in policy.subject]
+    names = requested_dns_names(policy, serial)
+    if names:
+        san = asn1_x509.GeneralNames([asn1_x509.GeneralName(name="dns_name", value=n) for n in names])
+        extensions = asn1_x509.Extensions([{"extn_id": "subject_alt_name", "critical": False,
+                                            "extn_value": san}])
+        items.append(_AttrOrOid(name="attribute", value=_Attribute({
+            "type": EXTENSION_REQUEST, "values": [core.Any.load(extensions.dump())]})))
+    if policy.signature_algorithm:
+        items.append(_AttrOrOid(name="oid", value=signature_algorithm_oid(policy.signature_algorithm)))
+    return _CsrAttrs(items).dump()
+
+
+def parse_csr_attributes(der: bytes) -> CsrAttributes:
+    """Read a CsrAttrs: plain OIDs, dNSNames asked for in an extensionRequest, other attributes."""
+    try:
+        parsed = _CsrAttrs.load(der, strict=True)
+        oids, dns, attrs = [], [], {}
+        for item in parsed:
+            if item.name == "oid":
+                oids.append(item.chosen.dotted)
+                continue
+            kind = item.chosen["type"].dotted
+            values = tuple(v.dump() for v in item.chosen["values"])
+            if kind == EXTENSION_REQUEST:
+                for value in values:
+                    for ext in asn1_x509.Extensions.load(value):
+                        if ext["extn_id"].native == "subject_alt_name":
+                            dns += [g.native for g in ext["extn_value"].parsed if g.name == "dns_name"]
+            attrs[kind] = values
+    except (ValueError, TypeError, KeyError) as exc:
+        raise CertificateError(f"not a CsrAttrs structure: {exc}") from None
+    return CsrAttributes(tuple(oids), tuple(dns), attrs)
+
+
+def _csr_dns_names(csr: x509.CertificateSigningRequest) -> list[str]:
+    try:
+        san = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return []
+    return [n.lower() for n in san.get_values_for_type(x509.DNSName)]
+
+
+def check_csr_identity(csr: x509.CertificateSigningRequest, policy: CsrAttrsSettings,
+                       serial: str) -> list[str]:
+    """Raise Refusal(400) unless the CSR carries what csrattrs asked; return the DNS names to certify."""
+    for keyword in policy.subject:
+        values = csr.subject.get_attributes_for_oid(subject_oid(keyword))
+        if not values:
+            raise Refusal(400, f"the CSR subject lacks {keyword}, which /csrattrs asks for")
+    for attr in csr.subject.get_attributes_for_oid(NameOID.SERIAL_NUMBER):
+        if attr.value != serial:
+            raise Refusal(400, f"the CSR subject serialNumber {attr.value!r} is not the pledge's "
+                               f"serial number {serial!r}")
+    wanted = requested_dns_names(policy, serial)
+    have = _csr_dns_names(csr)
+    missing = [n for n in wanted if n not in have]
+    if missing:
+        raise Refusal(400, f"the CSR does not request the subjectAltName dNSName(s) "
+                           f"{', '.join(missing)} that /csrattrs asks for")
+    return wanted if policy.san_dns else have
+
+
+# --------------------------------------------------------------------------- the server
+
+@dataclass(frozen=True)
+class Client:
+    """Who is on the other end of the TLS connection."""
+
+    serial: str
+    certificate: x509.Certificate
+    kind: str  # "idevid" or "ldevid"
+
+
+class EstServer:
+    def __init__(self, settings: EstSettings, store: OwnerStore,
+                 manufacturer_cas: Sequence[x509.Certificate], check_time: bool = True):
+        self.settings = settings
+        self.store = store
+        self.manufacturer_cas = list(manufacturer_cas)
+        self.check_time = check_time
+        self.ca_signer = open_signer(settings.ca_key_uri)
+        self.ca_cert = load_certificate_file(str(settings.ca_cert), "EST CA certificate")[0]
+        self.ca_chain = load_anchors(settings.ca_chain)
+
+    def add_routes(self, app: web.Application) -> None:
+        app.router.add_get(f"{EST_PATH}/cacerts", self.cacerts)
+        app.router.add_get(f"{EST_PATH}/csrattrs", self.csrattrs)
+        app.router.add_post(f"{EST_PATH}/simpleenroll", self.simpleenroll)
+        app.router.add_post(f"{EST_PATH}/simplereenroll", self.simplereenroll)
+
+    # ------------------------------------------------------------------ identity
+
+    def identify(self, request: web.Request) -> Client:
+        """The pledge by its IDevID, or an enrolled device by the LDevID issued here."""
+        cert = peer_certificate(request)
+        if cert is None:
+            raise Refusal(401, "present a client certificate (the IDevID, or the LDevID issued here)")
+        try:
+            build_chain(cert, self.manufacturer_cas, check_time=self.check_time)
+            return Client(require_serial(cert), cert, "idevid")
+        except UntrustedSignerError:
+            pass
+        enrollment = self.store.enrollment_by_certificate(f"{cert.serial_number:x}")
+        if enrollment is None or enrollment["certificate_pem"] != to_pem(cert).decode():
+            raise Refusal(403, f"the client certificate {cert.subject.rfc4514_string()} is neither an "
+                               "IDevID of an accepted manufacturer nor a certificate issued here")
+        return Client(enrollment["serial"], cert, "ldevid")
+
+    def may_enroll(self, client: Client) -> None:
+        """Redirect flow: a voucher was obtained here; est-domain flow: the pledge list says so."""
+        if client.kind != "idevid":
+            raise Refusal(403, "enroll with the IDevID; an LDevID renews with /simplereenroll")
+        flow = self.store.pledge_flow(client.serial)
+        if flow == "est-domain" or self.store.has_voucher(client.serial):
+            return
+        if flow is None:
+            raise Refusal(403, f"pledge {client.serial} is not in this owner's pledge list")
+        raise Refusal(403, f"no voucher was issued for pledge {client.serial} through this registrar; "
+                           "request one at /.well-known/brski/requestvoucher first")
+
+    # ------------------------------------------------------------------ handlers
+
+    async def cacerts(self, request: web.Request) -> web.Response:
+        body = encode_body(certs_only([self.ca_cert, *self.ca_chain]))
+        return web.Response(body=body, headers={"Content-Type": PKCS7_MEDIA_TYPE})
+
+    async def csrattrs(self, request: web.Request) -> web.Response:
+        client = self.identify(request)
+        der = encode_csr_attributes(self.settings.csrattrs, client.serial)
+        return web.Response(body=encode_body(der), headers={"Content-Type": CSRATTRS_MEDIA_TYPE})
+
+    async def _read_csr(self, request: web.Request) -> x509.CertificateSigningRequest:
+        got = media_type(request.headers.get("Content-Type"))
+        if got != PKCS10_MEDIA_TYPE:
+            raise Refusal(415, f"Content-Type must be {PKCS10_MEDIA_TYPE}, not {got or 'missing'}")
+        der = decode_body(await read_body(request), "PKCS#10 request")
+        try:
+            csr = load_csr(der)
+            check_csr(csr)
+        except CertificateError as exc:
+            raise Refusal(400, str(exc)) from None
+        return csr
+
+    def _issue(self, csr: x509.CertificateSigningRequest, dns_names: list[str]) -> x509.Certificate:
+        return issue_certificate(
+            self.ca_signer, self.ca_cert, csr.public_key(), csr.subject,
+            days=self.settings.certificate_days, extended_key_usage=[ExtendedKeyUsageOID.CLIENT_AUTH],
+            dns_names=dns_names)
+
+    def _answer(self, cert: x509.Certificate) -> web.Response:
+        return web.Response(body=encode_body(certs_only([cert])),
+                            headers={"Content-Type": CERTS_ONLY_MEDIA_TYPE})
+
+    async def simpleenroll(self, request: web.Request) -> web.Response:
+        client = self.identify(request)
+        self.may_enroll(client)
+        csr = await self._read_csr(request)
+        dns_names = check_csr_identity(csr, self.settings.csrattrs, client.serial)
+        cert = self._issue(csr, dns_names)
+        self.store.record_enrollment(client.serial, "enroll", f"{cert.serial_number:x}",
+                                     cert.subject.rfc4514_string(), to_pem(cert).decode())
+        return self._answer(cert)
+
+    async def simplereenroll(self, request: web.Request) -> web.Response:
+        client = self.identify(request)
+        if client.kind != "ldevid":
+            raise Refusal(403, "renew with the certificate issued here as TLS client certificate")
+        csr = await self._read_csr(request)
+        # RFC 7030 4.2.2: the subject and subjectAltName stay those of the current certificate.
+        if csr.subject != client.certificate.subject:
+            raise Refusal(400, "a re-enrollment CSR must carry the current certificate's subject "
+                               f"{client.certificate.subject.rfc4514_string()}")
+        try:
+            current = client.certificate.extensions.get_extension_for_class(
+                x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)
+        except x509.ExtensionNotFound:
+            current = []
+        if sorted(_csr_dns_names(csr)) != sorted(n.lower() for n in current):
+            raise Refusal(400, "a re-enrollment CSR must request the current certificate's subjectAltName")
+        cert = self._issue(csr, [n.lower() for n in current])
+        self.store.record_enrollment(client.serial, "reenroll", f"{cert.serial_number:x}",
+                                     cert.subject.rfc4514_string(), to_pem(cert).decode())
+        return self._answer(cert)
+

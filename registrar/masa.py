@@ -1,0 +1,227 @@
+"""The MASA (RFC 8995 5.5-5.8): vouchers for registrars that have a right to the device.
+
+POST /.well-known/brski/requestvoucher takes a registrar voucher-request
+(application/voucher-cms+json) from an owner registrar or from a trusted
+cloud registrar. In order, each failure with its status:
+
+1. Content-Type (415) and Accept (406);
+2. the registrar's CMS: well-formed (400), signature (403);
+3. its JSON: a voucher-request (400) carrying prior-signed-voucher-request (400);
+4. the pledge's own request inside: signed by an IDevID of a configured
+   manufacturer (403 otherwise), its serial-number equal to the IDevID's
+   serialNumber (400), and the registrar's serial-number and nonce equal to it (400);
+5. the device is in the ownership table (404);
+6. the registrar's right (403): its certificate carries id-kp-cmcRA (5.5.4)
+   and chains to the owner's domain CA, or to the anchor of a configured cloud
+   registrar that may act for this owner.
+
+The voucher: assertion "logged" (this MASA does not establish proximity),
+the pledge's nonce (or, for a nonceless request, an expires-on), serial-number,
+created-on, pinned-domain-cert = the owner's domain CA, and est-domain /
+additional-configuration-url when the ownership record has them (brski-cloud's
+est-domain flow). It is signed in the HSM and logged; the audit log
+(POST /.well-known/brski/requestauditlog, 5.8.1) is built from that log, for
+requesters with a right to the device (404 for others, as 5.8 says).
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import logging
+from dataclasses import dataclass
+
+from aiohttp import web
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.x509.oid import ObjectIdentifier
+
+from pledgeforge.hsm.chain import build_chain, load_certificate_file
+from pledgeforge.hsm.cms import embedded_certificates, sign_cms, signer_certificate
+from pledgeforge.hsm.errors import MalformedCmsError, UntrustedSignerError
+from pledgeforge.hsm.keystore import open_signer
+from pledgeforge.hsm.voucher import Voucher, format_date
+from pledgeforge.hsm.x509 import to_der
+
+from .brski import (PledgeRequest, check_serial, decode_cms_body, load_anchors, nonce_text,
+                    parse_request_json, read_pledge_request, verified_signed_json)
+from .config import MasaConfig
+from .db import Device, MasaStore
+from .tls import server_context
+from .web import (VOUCHER_MEDIA_TYPE, Refusal, new_app, read_body, require_acceptable,
+                  require_content_type)
+
+log = logging.getLogger("pledgeforge.registrar.masa")
+
+ID_KP_CMC_RA = ObjectIdentifier("1.3.6.1.5.5.7.3.28")
+REQUEST_VOUCHER = "/.well-known/brski/requestvoucher"
+REQUEST_AUDIT_LOG = "/.well-known/brski/requestauditlog"
+JSON_MEDIA_TYPE = "application/json"
+
+
+def domain_id(cert: x509.Certificate) -> str:
+    """RFC 8995 5.8.2: the pinned certificate's SubjectKeyIdentifier, else its SPKI
+    fingerprint (SHA-256 of the DER SubjectPublicKeyInfo, RFC 7469 2.4); base64."""
+    try:
+        raw = cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
+    except x509.ExtensionNotFound:
+        spki = cert.public_key().public_bytes(serialization.Encoding.DER,
+                                              serialization.PublicFormat.SubjectPublicKeyInfo)
+        raw = hashlib.sha256(spki).digest()
+    return base64.b64encode(raw).decode("ascii")
+
+
+def _has_cmc_ra(cert: x509.Certificate) -> bool:
+    try:
+        return ID_KP_CMC_RA in cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        return False
+
+
+class NoRight(Refusal):
+    """403: the requester may not have vouchers for this device."""
+
+    def __init__(self, message: str):
+        super().__init__(403, message)
+
+
+def _utc(moment: dt.datetime) -> dt.datetime:
+    # SQLite hands back naive datetimes; we store UTC.
+    return moment if moment.tzinfo else moment.replace(tzinfo=dt.timezone.utc)
+
+
+@dataclass(frozen=True)
+class CheckedRequest:
+    pledge: PledgeRequest
+    device: Device
+    domain_ca: x509.Certificate
+    requester: str
+
+
+class Masa:
+    def __init__(self, config: MasaConfig):
+        self.config = config
+        self.store = MasaStore(config.database_url)
+        self.signer = open_signer(config.signer.key_uri)
+        self.cert = load_certificate_file(str(config.signer.cert), "MASA signing certificate")[0]
+        self.chain = load_anchors(config.signer.chain)
+        self.manufacturer_cas = load_anchors(config.manufacturer_cas)
+        self.clouds = [(c, load_anchors([c.anchor])) for c in config.cloud_registrars]
+
+    def ssl_context(self):
+        # Registrars authenticate by signing their requests (RFC 8995 5.5.4),
+        # so the MASA asks for no client certificate.
+        return server_context(self.config.server.tls_cert, self.config.server.tls_key)
+
+    async def close(self) -> None:
+        self.store.engine.dispose()
+
+    def app(self) -> web.Application:
+        app = new_app("masa")
+        app.router.add_post(REQUEST_VOUCHER, self.request_voucher)
+        app.router.add_post(REQUEST_AUDIT_LOG, self.request_audit_log)
+        return app
+
+    # ------------------------------------------------------------------ handlers
+
+    async def request_voucher(self, request: web.Request) -> web.Response:
+        require_content_type(request, VOUCHER_MEDIA_TYPE)
+        require_acceptable(request, VOUCHER_MEDIA_TYPE)
+        checked = self.check(await read_body(request))
+        voucher = self.issue(checked)
+        log.info("voucher for %s issued to %s", checked.pledge.serial, checked.requester)
+        return web.Response(body=voucher, content_type=VOUCHER_MEDIA_TYPE)
+
+    async def request_audit_log(self, request: web.Request) -> web.Response:
+        require_content_type(request, VOUCHER_MEDIA_TYPE)
+        require_acceptable(request, JSON_MEDIA_TYPE)
+        try:
+            checked = self.check(await read_body(request))
+        except NoRight:
+            raise Refusal(404, "no audit log for this device for this requester") from None
+        events = [{
+            "date": format_date(_utc(e["created_at"])),
+            "domainID": e["domain_id"],
+            "nonce": e["nonce"],
+            "assertion": e["assertion"],
+        } for e in self.store.audit_events(checked.pledge.serial)]
+        return web.json_response({"version": 1, "events": events, "truncation": {}})
+
+    # ------------------------------------------------------------------ checks
+
+    def check(self, body: bytes) -> CheckedRequest:
+        der = decode_cms_body(body, "registrar voucher-request")
+        try:
+            signer_cert = signer_certificate(der)
+            embedded = embedded_certificates(der)
+        except MalformedCmsError as exc:
+            raise Refusal(400, f"the registrar voucher-request is not a usable CMS SignedData: {exc}") from None
+        # Whose request it is comes below; first that its signer made it.
+        verified = verified_signed_json(der, [signer_cert], check_time=self.config.check_time,
+                                        what="registrar voucher-request")
+        registrar_request = parse_request_json(verified.content, "registrar voucher-request")
+        prior = registrar_request.prior_signed_voucher_request
+        if prior is None:
+            raise Refusal(400, "the registrar voucher-request lacks prior-signed-voucher-request; "
+                               "this MASA issues vouchers only against the pledge's own request")
+        pledge = read_pledge_request(prior, self.manufacturer_cas, check_time=self.config.check_time)
+        check_serial(registrar_request.serial_number, pledge.serial, "registrar voucher-request")
+        if registrar_request.nonce is not None and registrar_request.nonce != pledge.request.nonce:
+            raise Refusal(400, "the registrar voucher-request's nonce differs from the pledge's (5.5.6)")
+        device = self.store.device(pledge.serial)
+        if device is None:
+            raise Refusal(404, f"device {pledge.serial} is not known to this MASA")
+        domain_ca = x509.load_pem_x509_certificate(device.domain_ca_pem.encode())
+        requester = self.authorize(signer_cert, embedded, device, domain_ca)
+        return CheckedRequest(pledge, device, domain_ca, requester)
+
+    def authorize(self, signer: x509.Certificate, embedded: list[x509.Certificate], device: Device,
+                  domain_ca: x509.Certificate) -> str:
+        """Who is asking, if they may; Refusal(403) otherwise."""
+        name = signer.subject.rfc4514_string()
+        if not _has_cmc_ra(signer):
+            raise NoRight(f"no right to {device.serial}: the signer {name} is not a registrar "
+                               "(its certificate lacks id-kp-cmcRA, RFC 8995 5.5.4)")
+        check_time = self.config.check_time
+        try:
+            build_chain(signer, [domain_ca], embedded, check_time=check_time)
+            return f"registrar {name} of {device.owner}"
+        except UntrustedSignerError:
+            pass
+        for cloud, anchors in self.clouds:
+            if cloud.acts_for and device.owner not in cloud.acts_for:
+                continue
+            try:
+                build_chain(signer, anchors, embedded, check_time=check_time)
+                return f"cloud registrar {cloud.name} for {device.owner}"
+            except UntrustedSignerError:
+                continue
+        raise NoRight(f"no right to {device.serial}: {name} is neither a registrar of its owner "
+                           f"{device.owner} nor a cloud registrar acting for it")
+
+    # ------------------------------------------------------------------ issuing
+
+    def issue(self, checked: CheckedRequest) -> bytes:
+        now = dt.datetime.now(dt.timezone.utc)
+        nonce = checked.pledge.request.nonce
+        device = checked.device
+        voucher = Voucher(
+            assertion="logged",
+            serial_number=checked.pledge.serial,
+            nonce=nonce,
+            created_on=now,
+            # RFC 8995 5.6: expires-on is for nonceless vouchers.
+            expires_on=None if nonce is not None else now + dt.timedelta(
+                seconds=self.config.nonceless_lifetime_s),
+            pinned_domain_cert=to_der(checked.domain_ca),
+            domain_cert_revocation_checks=False,
+            est_domain=device.est_domain,
+            additional_configuration=device.additional_configuration_url,
+        )
+        signed = sign_cms(voucher.to_json(), self.signer, self.cert, self.chain, content_type="voucher")
+        self.store.record_voucher(serial=checked.pledge.serial, owner=device.owner,
+                                  domain_id=domain_id(checked.domain_ca),
+                                  nonce=nonce_text(checked.pledge.request), assertion="logged",
+                                  requester=checked.requester, voucher=signed)
+        return signed

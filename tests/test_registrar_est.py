@@ -1,0 +1,139 @@
+"""EST wire formats, CSR checks, Accept handling and configuration errors: pure logic, checked with OpenSSL."""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+from cryptography import x509
+
+from clirunner import openssl
+from pledgeforge.commands.registrar import RESPONSES
+from pledgeforge.hsm.signer import KeyAlgorithm, SoftwareSigner
+from pledgeforge.hsm.x509 import make_ca, make_csr, to_der
+from pledgeforge.registrar.config import ConfigError, CsrAttrsSettings, load_config
+from pledgeforge.registrar.db import CLOUD_RESPONSES
+from pledgeforge.registrar.est import (certificates_of, certs_only, check_csr_identity, decode_body,
+                                       encode_body, encode_csr_attributes, parse_csr_attributes)
+from pledgeforge.registrar.web import Refusal, accepts
+
+POLICY = CsrAttrsSettings(subject=("CN", "serialNumber"), san_dns=("{serial}.pledges.example",),
+                          signature_algorithm="ecdsa-with-SHA256")
+
+
+def _ca(name: str) -> x509.Certificate:
+    return make_ca(SoftwareSigner.generate(KeyAlgorithm.EC_P256), f"CN={name}")
+
+
+def test_certs_only_pkcs7_lists_every_certificate_for_openssl(tmp_path):
+    certs = [_ca("first CA"), _ca("second CA")]
+    body = encode_body(certs_only(certs))
+    # RFC 8951: base64 of DER; openssl reads the decoded DER.
+    der = base64.b64decode(body)
+    (tmp_path / "cacerts.der").write_bytes(der)
+    out = openssl("pkcs7", "-inform", "DER", "-in", tmp_path / "cacerts.der", "-print_certs", "-noout")
+    assert out.returncode == 0, out.stderr
+    text = out.stdout.decode()
+    assert "subject=CN = first CA" in text and "subject=CN = second CA" in text
+    assert certificates_of(der) == certs
+
+
+def test_csrattrs_parse_with_openssl_and_round_trip(tmp_path):
+    der = encode_csr_attributes(POLICY, "SN-1")
+    (tmp_path / "attrs.der").write_bytes(der)
+    out = openssl("asn1parse", "-inform", "DER", "-in", tmp_path / "attrs.der", "-i")
+    assert out.returncode == 0, out.stderr
+    text = out.stdout.decode()
+    for name in ("commonName", "serialNumber", "Extension Request", "ecdsa-with-SHA256",
+                 "X509v3 Subject Alternative Name"):
+        assert name in text, text
+    parsed = parse_csr_attributes(der)
+    assert parsed.oids == ("2.5.4.3", "2.5.4.5", "1.2.840.10045.4.3.2")
+    assert parsed.dns_names == ("sn-1.pledges.example",)
+    assert "1.2.840.113549.1.9.14" in parsed.attributes
+
+
+def _csr(subject: str, dns=()) -> x509.CertificateSigningRequest:
+    return make_csr(SoftwareSigner.generate(KeyAlgorithm.EC_P256), subject, dns_names=dns)
+
+
+def test_csr_carrying_what_was_asked_gives_the_names_to_certify():
+    csr = _csr("CN=dev,serialNumber=SN-1", ["sn-1.pledges.example", "other.example"])
+    assert check_csr_identity(csr, POLICY, "SN-1") == ["sn-1.pledges.example"]
+
+
+@pytest.mark.parametrize("subject, dns, problem", [
+    ("CN=dev", ["sn-1.pledges.example"], "lacks serialNumber"),
+    ("serialNumber=SN-1", ["sn-1.pledges.example"], "lacks CN"),
+    ("CN=dev,serialNumber=SN-2", ["sn-1.pledges.example"], "is not the pledge's serial number"),
+    ("CN=dev,serialNumber=SN-1", ["elsewhere.example"], "does not request"),
+])
+def test_csr_missing_what_was_asked_is_refused_with_400(subject, dns, problem):
+    with pytest.raises(Refusal) as refused:
+        check_csr_identity(_csr(subject, dns), POLICY, "SN-1")
+    assert refused.value.status == 400
+    assert problem in refused.value.message
+
+
+def test_base64_bodies_tolerate_line_breaks_and_refuse_garbage():
+    der = to_der(_ca("x"))
+    wrapped = base64.encodebytes(der).replace(b"\n", b"\r\n")
+    assert decode_body(wrapped, "body") == der
+    with pytest.raises(Refusal) as refused:
+        decode_body(b"not base64 at all!", "PKCS#10 request")
+    assert refused.value.status == 400
+
+
+@pytest.mark.parametrize("header, ok", [
+    (None, True), ("*/*", True), ("application/*", True),
+    ("application/voucher-cms+json", True), ("application/voucher-cms+json; q=0.5", True),
+    ("application/json", False), ("application/voucher-cms+json;q=0", False),
+    ("application/json, application/voucher-cms+json;q=0.0", False),
+])
+def test_accept_header(header, ok):
+    assert accepts(header, "application/voucher-cms+json") is ok
+
+
+def test_cli_offers_exactly_the_cloud_responses_the_database_knows():
+    assert RESPONSES == list(CLOUD_RESPONSES)
+
+
+def _write(tmp_path, text: str):
+    path = tmp_path / "server.toml"
+    path.write_text(text)
+    return path
+
+
+def test_config_errors_name_the_file_and_the_key(tmp_path):
+    (tmp_path / "tls.crt").write_text("x")
+    (tmp_path / "tls.key").write_text("x")
+    base = ('role = "masa"\n[server]\nport = 1\ntls_cert = "tls.crt"\ntls_key = "tls.key"\n'
+            '[database]\nurl = "sqlite:///db.sqlite"\n')
+    with pytest.raises(ConfigError, match=r"server.toml: masa.signing_key is missing|missing table \[masa\]"):
+        load_config(_write(tmp_path, base))
+    with pytest.raises(ConfigError, match=r"role must be one of masa, cloud, owner"):
+        load_config(_write(tmp_path, base.replace('"masa"', '"mesa"')))
+    with pytest.raises(ConfigError, match=r"server.port must be a TCP port"):
+        load_config(_write(tmp_path, base.replace("port = 1", "port = 70000")))
+    with pytest.raises(ConfigError, match=r"server.tls_cert names .*missing.crt, which does not exist"):
+        load_config(_write(tmp_path, base.replace('"tls.crt"', '"missing.crt"')))
+    with pytest.raises(ConfigError, match=r"not valid TOML"):
+        load_config(_write(tmp_path, base + "[[["))
+    with pytest.raises(ConfigError, match=r"does not exist"):
+        load_config(tmp_path / "nope.toml")
+
+
+def test_relative_paths_and_sqlite_files_are_taken_from_the_config_directory(tmp_path):
+    for name in ("tls.crt", "tls.key", "masa.crt", "mfg.crt"):
+        (tmp_path / name).write_text("x")
+    config = load_config(_write(tmp_path, (
+        'role = "masa"\ncheck_time = false\n[server]\nport = 0\ntls_cert = "tls.crt"\ntls_key = "tls.key"\n'
+        '[database]\nurl = "sqlite:///db/masa.sqlite"\n'
+        '[masa]\nsigning_key = "pkcs11:token=t;object=k"\nsigning_cert = "masa.crt"\n'
+        'manufacturer_cas = ["mfg.crt"]\n'
+        'cloud_registrars = [{ name = "c", anchor = "masa.crt", acts_for = ["o"] }]\n')))
+    assert config.database_url == f"sqlite:///{tmp_path / 'db' / 'masa.sqlite'}"
+    assert config.server.tls_cert == tmp_path / "tls.crt"
+    assert config.check_time is False
+    assert config.cloud_registrars[0].acts_for == ("o",)
+    assert config.manufacturer_cas == (tmp_path / "mfg.crt",)
