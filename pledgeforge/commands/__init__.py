@@ -4,5 +4,10 @@
 def COMMAND_GROUPS():
     """Every top-level command, imported lazily to keep start-up cheap."""
     from . import ca, cert, cms, keys
+    from . import image
+    from . import board
+    from . import verify
+    from . import lab, masa, registrar
 
-    return [keys.keys, ca.ca, ca.csr, cms.cms, cert.cert]
+    return [board.board, image.image, keys.keys, ca.ca, ca.csr, cms.cms, cert.cert, verify.verify,
+            lab.lab, masa.masa, registrar.registrar]

@@ -1,0 +1,231 @@
+"""The board's persistent flash: one file in the state directory.
+
+It holds what a real board keeps in its data partition: the configuration,
+the factory identity (serial number, IDevID certificate, trust anchors, where
+the IDevID key lives), the voucher, the LDevID and the boot counters.
+
+Every change is a whole new image written with `atomic_write` (temp file,
+fsync, rename, fsync of the directory), so a power cut at any moment leaves
+either the previous image or the new one, never a mix. The image carries a
+SHA-256 of its body as well, so a file damaged by something else (a disk
+error, a hand edit) is reported instead of being half-believed.
+
+After a power-off the handle is closed: a write still running on behalf of a
+board that lost power is refused rather than landing after the fact.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+import threading
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from pledgeforge.atomicfile import atomic_write
+from pledgeforge.errors import PledgeforgeError
+
+FLASH_FILE = "flash.bin"
+_MAGIC = b"PLEDGEFORGE-FLASH 1"
+_CONFIG_KEY_RE = re.compile(r"^[a-z][a-z0-9_.-]{0,63}$")
+_CONFIG_VALUE_MAX = 1024
+
+
+class FlashError(PledgeforgeError):
+    """The flash cannot be read or the change cannot be stored."""
+
+
+class FlashCorruptError(FlashError):
+    """The flash file exists but is not an image this board wrote."""
+
+
+class FlashFullError(FlashError):
+    """The change does not fit in the flash size the profile gives."""
+
+
+class FlashClosedError(FlashError):
+    """The board lost power; nothing more is written on its behalf."""
+
+
+@dataclass(frozen=True)
+class Identity:
+    """What the manufacturer puts on the board: its IDevID and trust anchors."""
+
+    idevid_pem: str
+    key_uri: str                          # where the IDevID private key lives
+    trust_anchors_pem: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Counters:
+    boots: int = 0
+    power_ons: int = 0
+
+
+@dataclass(frozen=True)
+class FlashState:
+    serial_number: str = ""
+    config: dict[str, str] = field(default_factory=dict)
+    identity: Identity | None = None
+    voucher: bytes | None = None
+    ldevid_pem: str | None = None
+    counters: Counters = Counters()
+
+    def to_json(self) -> bytes:
+        doc = {
+            "serial_number": self.serial_number,
+            "config": dict(sorted(self.config.items())),
+            "identity": None if self.identity is None else {
+                "idevid_pem": self.identity.idevid_pem,
+                "key_uri": self.identity.key_uri,
+                "trust_anchors_pem": list(self.identity.trust_anchors_pem),
+            },
+            "voucher": None if self.voucher is None else base64.b64encode(self.voucher).decode(),
+            "ldevid_pem": self.ldevid_pem,
+            "counters": {"boots": self.counters.boots, "power_ons": self.counters.power_ons},
+        }
+        return json.dumps(doc, indent=1).encode()
+
+    @classmethod
+    def from_json(cls, body: bytes) -> "FlashState":
+        doc = json.loads(body)
+        ident = doc.get("identity")
+        voucher = doc.get("voucher")
+        counters = doc.get("counters") or {}
+        return cls(
+            serial_number=str(doc.get("serial_number", "")),
+            config={str(k): str(v) for k, v in (doc.get("config") or {}).items()},
+            identity=None if ident is None else Identity(
+                idevid_pem=ident["idevid_pem"], key_uri=ident["key_uri"],
+                trust_anchors_pem=tuple(ident.get("trust_anchors_pem") or ())),
+            voucher=None if voucher is None else base64.b64decode(voucher),
+            ldevid_pem=doc.get("ldevid_pem"),
+            counters=Counters(boots=int(counters.get("boots", 0)),
+                              power_ons=int(counters.get("power_ons", 0))),
+        )
+
+
+def encode_image(state: FlashState) -> bytes:
+    body = state.to_json()
+    return _MAGIC + b" " + hashlib.sha256(body).hexdigest().encode() + b"\n" + body
+
+
+def decode_image(data: bytes, path: Path) -> FlashState:
+    header, sep, body = data.partition(b"\n")
+    parts = header.split(b" ")
+    if not sep or len(parts) != 3 or b" ".join(parts[:2]) != _MAGIC:
+        raise FlashCorruptError(f"{path} is not a pledgeforge flash image "
+                                "(move it away to start from an erased flash)")
+    if hashlib.sha256(body).hexdigest().encode() != parts[2]:
+        raise FlashCorruptError(f"{path} fails its checksum (damaged outside the board); "
+                                "move it away to start from an erased flash")
+    try:
+        return FlashState.from_json(body)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise FlashCorruptError(f"{path} has a malformed body ({exc})") from None
+
+
+def check_config_entry(key: str, value: str | None = None) -> None:
+    if not _CONFIG_KEY_RE.match(key):
+        raise FlashError(f"bad config key {key!r}: use lower-case letters, digits, '.', '_' "
+                         "and '-', starting with a letter, at most 64 characters")
+    if value is not None:
+        if len(value) > _CONFIG_VALUE_MAX:
+            raise FlashError(f"config value for {key} is longer than {_CONFIG_VALUE_MAX} characters")
+        if any(not ch.isprintable() for ch in value):
+            raise FlashError(f"config value for {key} contains control characters")
+
+
+class Flash:
+    """The flash file of one board. Thread-safe; each change is one atomic write."""
+
+    def __init__(self, path: str | Path, capacity: int):
+        self.path = Path(path)
+        self.capacity = capacity
+        self._lock = threading.Lock()
+        self._closed = False
+        self._state = self._load()
+
+    @classmethod
+    def in_state_dir(cls, state_dir: str | Path, capacity: int) -> "Flash":
+        return cls(Path(state_dir) / FLASH_FILE, capacity)
+
+    def _load(self) -> FlashState:
+        # Temp files of a write cut short by a power loss are leftovers, never the truth.
+        for leftover in self.path.parent.glob(f".{self.path.name}.*.tmp"):
+            leftover.unlink(missing_ok=True)
+        try:
+            data = self.path.read_bytes()
+        except FileNotFoundError:
+            return FlashState()          # erased flash
+        except OSError as exc:
+            raise FlashError(f"cannot read flash {self.path}: {exc.strerror}") from None
+        return decode_image(data, self.path)
+
+    @property
+    def state(self) -> FlashState:
+        return self._state
+
+    def close(self) -> None:
+        """Refuse every later write (power is gone). Waits for a write in progress."""
+        with self._lock:
+            self._closed = True
+
+    def _commit(self, change) -> FlashState:
+        with self._lock:
+            if self._closed:
+                raise FlashClosedError("the board is powered off; the flash cannot be written")
+            new = change(self._state)
+            image = encode_image(new)
+            if len(image) > self.capacity:
+                raise FlashFullError(f"flash full: {len(image)} bytes needed, the profile gives "
+                                     f"{self.capacity} ([flash] size_kib)")
+            atomic_write(self.path, image, 0o600)
+            self._state = new
+            return new
+
+    # -- configuration --------------------------------------------------------
+
+    def config_get(self, key: str) -> str | None:
+        return self._state.config.get(key)
+
+    def config_set(self, key: str, value: str) -> None:
+        check_config_entry(key, value)
+        self._commit(lambda s: replace(s, config={**s.config, key: value}))
+
+    def config_unset(self, key: str) -> bool:
+        check_config_entry(key)
+        if key not in self._state.config:
+            return False
+        self._commit(lambda s: replace(s, config={k: v for k, v in s.config.items() if k != key}))
+        return True
+
+    # -- factory data and enrollment ------------------------------------------
+
+    def set_serial_number(self, serial: str) -> None:
+        self._commit(lambda s: replace(s, serial_number=serial))
+
+    def set_identity(self, identity: Identity | None) -> None:
+        self._commit(lambda s: replace(s, identity=identity))
+
+    def set_voucher(self, voucher: bytes | None) -> None:
+        self._commit(lambda s: replace(s, voucher=voucher))
+
+    def set_ldevid(self, pem: str | None) -> None:
+        self._commit(lambda s: replace(s, ldevid_pem=pem))
+
+    def record_power_on(self) -> Counters:
+        return self._commit(lambda s: replace(
+            s, counters=replace(s.counters, power_ons=s.counters.power_ons + 1))).counters
+
+    def record_boot(self) -> Counters:
+        return self._commit(lambda s: replace(
+            s, counters=replace(s.counters, boots=s.counters.boots + 1))).counters
+
+    def factory_reset(self) -> None:
+        """Forget the owner: configuration, voucher and LDevID. The factory
+        identity (serial number, IDevID, trust anchors) and counters stay."""
+        self._commit(lambda s: FlashState(serial_number=s.serial_number, identity=s.identity,
+                                          counters=s.counters))

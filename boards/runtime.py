@@ -1,0 +1,515 @@
+"""A running board: a profile and a state directory brought to life.
+
+`Board` owns the console, the persistent flash, the board's key store (its own
+swtpm or SoftHSM token, in the state directory), the firmware image slots, and
+the power switch. Powering on starts the key store and a firmware thread that
+boots (bootloader, autoboot, image verification, firmware banner, login) and
+then runs the shell; powering off stops that thread at its next console or
+flash access, closes the flash and stops the key store. A power cut (the
+process killed) loses nothing that was written: every flash write is atomic.
+
+The pledge itself plugs in through `FirmwareApp`: `provision` (manufacture
+the IDevID), `bootstrap` (run BRSKI from the console) and `status_fields`.
+
+Tests use `Board` in-process; `pledgeforge board run` wraps it in a process.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import re
+import secrets
+import threading
+import time
+import traceback
+from abc import ABC, abstractmethod
+from collections import deque
+from pathlib import Path
+from typing import Callable
+
+from pledgeforge.atomicfile import atomic_write
+from pledgeforge.errors import PledgeforgeError
+
+from . import boot
+from .board_keystore import BoardKeyStore
+from .console import Console, PowerLost, ResetRequested, Terminal
+from .flash import Flash
+from .image_slots import ImageSlots, NoBootableImageError
+from .power import PowerServer
+from .profile import Profile
+from .shell import Shell, ShellExit
+from .shell_commands import BOARD_COMMANDS
+from .smp_framing import SmpLineDecoder, encode_smp_frames
+from .smp_server import SmpParams, SmpServer
+from .transports import PtyTransport, Rfc2217Transport, TcpTransport
+
+LOCK_FILE = "board.lock"
+INFO_FILE = "board.json"
+CONSOLE_LINK = "console"
+SERIAL_KINDS = ("pty", "rfc2217", "tcp")
+# How long power-off waits for the firmware thread to notice; it notices at
+# its next console read, print or flash write. A thread still busy after that
+# (a FirmwareApp in a network call) can no longer print or write the flash.
+POWER_OFF_TIMEOUT = 2.0
+EVENT_LOG_LINES = 500
+_SERIAL_RE = re.compile(r"[A-Za-z0-9-]{1,64}")
+_log = logging.getLogger(__name__)
+
+
+class BoardError(PledgeforgeError):
+    """The board cannot be started or cannot do what was asked."""
+
+
+class FirmwareApp(ABC):
+    """The pledge firmware the board runs. The runtime calls it; it never
+    touches the console except through the `emit_line` it is given.
+
+    Its methods run in the board's firmware thread. When the power goes,
+    `emit_line` raises `PowerLost` and `board.flash` refuses writes
+    (`FlashClosedError`), so work cut short by a power-off stores nothing
+    more; let those exceptions through. Keys live in `board.keystore`
+    (`key_uri(name)`, `env()`), persistent data in `board.flash`.
+    """
+
+    @abstractmethod
+    def provision(self, board: "Board") -> None:
+        """Manufacture: create the IDevID key in `board.keystore`, have it
+        certified, and store the result with `board.flash.set_identity(...)`.
+        Called at power-on while the flash holds no identity. An exception is
+        reported on the console and the board boots unprovisioned."""
+
+    @abstractmethod
+    def bootstrap(self, board: "Board", emit_line: Callable[[str], None]) -> bool:
+        """Run the pledge (the console's `bootstrap` command), printing each
+        state through `emit_line` as it happens. True once enrolled (voucher and
+        LDevID stored in `board.flash`)."""
+
+    def status_fields(self, board: "Board") -> dict[str, str]:
+        """Extra `status` lines, e.g. {"pledge": "waiting for owner"}."""
+        return {}
+
+    def factory_reset(self, board: "Board") -> None:
+        """Forget owner keys held in the key store (the flash is cleared by the runtime)."""
+
+
+def load_firmware_app(lab_dir: Path | None) -> FirmwareApp | None:
+    """The pledge firmware for boards started with `--lab DIR`.
+
+    The firmware package provides `firmware/board_app.py` with
+    `make_app(lab_dir) -> FirmwareApp`; until it does, boards run without
+    one and `bootstrap` says that no registrar is configured.
+    """
+    import importlib.util
+
+    if importlib.util.find_spec("pledgeforge.firmware.board_app") is None:
+        return None
+    from pledgeforge.firmware import board_app
+
+    return board_app.make_app(lab_dir)
+
+
+# -- power sessions ---------------------------------------------------------------
+
+class _PowerSession:
+    """One stretch of time between power-on and power-off."""
+
+    def __init__(self, flash: Flash):
+        self.flash = flash
+        self.attention = threading.Event()     # power-off or reset: stop waiting
+        self.powered = True
+        self.reset_pending = False
+        self.started = time.monotonic()
+        self.booted = time.monotonic()
+        self.thread: threading.Thread | None = None
+
+    def check(self) -> None:
+        if not self.powered:
+            raise PowerLost()
+        if self.reset_pending:
+            self.reset_pending = False
+            self.attention.clear()
+            raise ResetRequested()
+
+    def wait(self, timeout: float) -> bool:
+        return self.attention.wait(timeout)
+
+
+class Board:
+    """One emulated board. Use as a context manager, or call `close()`."""
+
+    def __init__(self, profile: Profile, state_dir: str | os.PathLike, *,
+                 app: FirmwareApp | None = None, serial_number: str | None = None):
+        self.profile = profile
+        self.state_dir = Path(state_dir).resolve()
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.app = app
+        self._firmware_local = threading.local()
+        self._lock_fd = self._lock_state_dir()
+        try:
+            self.console = Console(line_ending=profile.console.line_ending,
+                                   log_bytes=profile.console.log_kib * 1024)
+            self.keystore = BoardKeyStore(profile, self.state_dir)
+            self.slots = ImageSlots(self.state_dir, profile.image)
+            self._smp_server = SmpServer(self.slots, self.request_reset,
+                                         SmpParams(node_name=profile.board.hostname,
+                                                   machine=profile.board.name))
+            self._smp_decoder = SmpLineDecoder(self._smp_server.params.max_packet)
+            self._flash_capacity = profile.flash.size_kib * 1024
+            # Opened now so that a damaged flash file is reported before anything runs.
+            self._flash = Flash.in_state_dir(self.state_dir, self._flash_capacity)
+            self._check_serial(serial_number)
+        except BaseException:
+            os.close(self._lock_fd)
+            raise
+        self._serial_request = serial_number
+        self._power_lock = threading.RLock()
+        self._session: _PowerSession | None = None
+        self._phase = "off"
+        self._phase_cond = threading.Condition()
+        self.firmware_version: str | None = None
+        self.events: deque[tuple[float, str]] = deque(maxlen=EVENT_LOG_LINES)
+        self.transports: list = []
+        self.power_server: PowerServer | None = None
+        self._closed = False
+
+    # -- lifetime ---------------------------------------------------------------
+
+    def _lock_state_dir(self) -> int:
+        fd = os.open(self.state_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            other = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise BoardError(f"state directory {self.state_dir} is in use by another running "
+                             f"board (pid {other}); stop it or choose another --state") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        return fd
+
+    def _check_serial(self, requested: str | None) -> None:
+        if requested is not None and not _SERIAL_RE.fullmatch(requested):
+            raise BoardError(f"serial number {requested!r} must be 1 to 64 letters, digits or '-' "
+                             "(it becomes the IDevID's X520SerialNumber)")
+        current = self.flash.state.serial_number
+        if requested and current and requested != current:
+            raise BoardError(f"this board's flash already holds serial number {current}; "
+                             f"--serial-number {requested} only applies to a new board")
+
+    def open_console(self, kind: str = "pty", port: int = 0):
+        """Expose the console as a pty (DIR/console), RFC 2217 or raw TCP on loopback."""
+        baud = self.profile.console.baud
+        if kind == "pty":
+            transport = PtyTransport(self.console, self.state_dir / CONSOLE_LINK, baudrate=baud)
+        elif kind == "rfc2217":
+            transport = Rfc2217Transport(self.console, port, baudrate=baud)
+        elif kind == "tcp":
+            transport = TcpTransport(self.console, port)
+        else:
+            raise BoardError(f"unknown console transport {kind!r}; use one of {', '.join(SERIAL_KINDS)}")
+        self.transports.append(transport)
+        return transport
+
+    def serve_power(self) -> PowerServer:
+        """Listen for `pledgeforge board power ... --state DIR` on DIR/power.sock."""
+        if self.power_server is None:
+            self.power_server = PowerServer(self.state_dir, self.power_command)
+        return self.power_server
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self.power_server is not None:
+            self.power_server.close()
+        self.power_off()
+        for transport in self.transports:
+            transport.close()
+        (self.state_dir / INFO_FILE).unlink(missing_ok=True)
+        os.close(self._lock_fd)
+
+    def __enter__(self) -> "Board":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- power ------------------------------------------------------------------
+
+    @property
+    def powered(self) -> bool:
+        return self._session is not None
+
+    def power_on(self) -> None:
+        with self._power_lock:
+            if self._session is not None:
+                return
+            if self._closed:
+                raise BoardError("the board has been shut down")
+            self._flash = Flash.in_state_dir(self.state_dir, self._flash_capacity)
+            self._manufacture(self._flash)
+            self._flash.record_power_on()
+            self.keystore.power_on()
+            session = _PowerSession(self._flash)
+            self.events.clear()
+            self.console.flush_input()
+            self._smp_decoder.reset()
+            self._session = session
+            session.thread = threading.Thread(target=self._firmware, args=(session,),
+                                              name=f"firmware-{self.profile.name}", daemon=True)
+            session.thread.start()
+            self._write_info()
+
+    def power_off(self) -> None:
+        with self._power_lock:
+            session = self._session
+            if session is None:
+                return
+            session.powered = False
+            session.attention.set()
+            self.console.wake()
+            # Waits for a flash write in progress, then refuses any later one.
+            session.flash.close()
+            if session.thread is not threading.current_thread():
+                session.thread.join(POWER_OFF_TIMEOUT)
+                if session.thread.is_alive():
+                    _log.info("firmware thread still busy after power-off; it can no longer "
+                              "print or write the flash")
+            self.keystore.power_off()
+            self.console.clear_history()
+            self._session = None
+            self.firmware_version = None
+            self._set_phase("off")
+            self._write_info()
+
+    def power_cycle(self) -> None:
+        with self._power_lock:
+            self.power_off()
+            self.power_on()
+
+    def power_command(self, command: str) -> dict:
+        """What the power socket answers: "on", "off", "cycle" or "status"."""
+        if command == "on":
+            self.power_on()
+        elif command == "off":
+            self.power_off()
+        elif command == "cycle":
+            self.power_cycle()
+        return {"power": "on" if self.powered else "off", "phase": self.phase}
+
+    def request_reset(self) -> None:
+        """A warm reset (SMP reset, `reboot`): the firmware restarts at its next step."""
+        session = self._session
+        if session is not None:
+            session.reset_pending = True
+            session.attention.set()
+            self.console.wake()
+
+    # -- state seen from outside ----------------------------------------------------
+
+    @property
+    def phase(self) -> str:
+        """off, bootloader, booting, login, shell or halted."""
+        return self._phase
+
+    def _set_phase(self, phase: str) -> None:
+        with self._phase_cond:
+            self._phase = phase
+            self._phase_cond.notify_all()
+
+    def wait_for_phase(self, phase: str, timeout: float) -> bool:
+        with self._phase_cond:
+            return self._phase_cond.wait_for(lambda: self._phase == phase, timeout)
+
+    @property
+    def flash(self) -> Flash:
+        """The flash as the caller's power session sees it. Firmware code still
+        running after its power-off gets that session's closed flash, so it can
+        never write into the next session's."""
+        session = getattr(self._firmware_local, "session", None)
+        return session.flash if session is not None else self._flash
+
+    @property
+    def serial_number(self) -> str:
+        return self.flash.state.serial_number
+
+    def uptime(self) -> float:
+        session = self._session
+        return 0.0 if session is None else time.monotonic() - session.booted
+
+    def log_event(self, text: str) -> None:
+        session = self._session
+        start = session.started if session is not None else time.monotonic()
+        self.events.append((time.monotonic() - start, text))
+
+    def enrollment_state(self) -> str:
+        state = self.flash.state
+        if state.ldevid_pem:
+            return "enrolled"
+        if state.voucher:
+            return "voucher-accepted"
+        if state.identity is not None:
+            return "provisioned"
+        return "unprovisioned"
+
+    def config_defaults(self) -> dict[str, str]:
+        return {"registrar.url": self.profile.registrar.cloud_url}
+
+    def config_value(self, key: str) -> str | None:
+        value = self.flash.config_get(key)
+        return value if value is not None else self.config_defaults().get(key)
+
+    def describe(self) -> dict:
+        """What `board run` prints and writes to DIR/board.json."""
+        return {
+            "board": self.profile.name,
+            "profile": str(self.profile.path),
+            "serial_number": self.serial_number or None,
+            "state_dir": str(self.state_dir),
+            "pid": os.getpid(),
+            "console": self.transports[0].address if self.transports else None,
+            "consoles": [{"type": t.scheme, "address": t.address} for t in self.transports],
+            "baud": self.profile.console.baud,
+            "power": self.power_server.address if self.power_server else None,
+            "powered": self.powered,
+            "keystore": self.keystore.describe(),
+        }
+
+    def _write_info(self) -> None:
+        atomic_write(self.state_dir / INFO_FILE, json.dumps(self.describe(), indent=1).encode() + b"\n")
+
+    # -- the firmware thread ----------------------------------------------------------
+
+    def _firmware(self, session: _PowerSession) -> None:
+        self._firmware_local.session = session
+        term = Terminal(self.console, check=session.check, smp=self._smp_line)
+        try:
+            self._provision(term)
+            while True:
+                try:
+                    self._boot_and_run(session, term)
+                except ResetRequested:
+                    self.log_event("reset")
+                    continue
+                except Exception as exc:   # a firmware fault halts the board, not the process
+                    fault = exc
+                try:
+                    self._halt(session, term, fault)
+                except ResetRequested:
+                    self.log_event("reset")
+        except PowerLost:
+            pass
+        except Exception:
+            _log.error("firmware thread ended: %s", traceback.format_exc())
+
+    def _halt(self, session: _PowerSession, term: Terminal, exc: Exception) -> None:
+        """A firmware fault: say so on the console and hang until reset or power-off."""
+        self._set_phase("halted")
+        self.log_event(f"panic: {type(exc).__name__}: {exc}")
+        _log.error("firmware fault: %s", traceback.format_exc())
+        term.print()
+        term.print(f"Kernel panic - not syncing: {type(exc).__name__}: {exc}")
+        term.print("---[ end Kernel panic: power-cycle or reset the board ]---")
+        while True:
+            session.wait(60.0)
+            session.check()
+
+    def _manufacture(self, flash: Flash) -> None:
+        """First power-on at the factory: the board gets its serial number."""
+        if not flash.state.serial_number:
+            serial = self._serial_request or \
+                f"{self.profile.board.serial_prefix}-{secrets.token_hex(4).upper()}"
+            flash.set_serial_number(serial)
+
+    def _provision(self, term: Terminal) -> None:
+        if self.flash.state.identity is None and self.app is not None:
+            try:
+                self.app.provision(self)
+            except Exception as exc:
+                self.log_event(f"provisioning failed: {exc}")
+                term.print(f"provisioning failed: {exc}")
+
+    def _template_fields(self) -> dict[str, str]:
+        p = self.profile
+        return {"model": p.board.model, "hostname": p.board.hostname, "serial": self.serial_number,
+                "version": self.firmware_version or p.image.version, "profile": p.name}
+
+    def _boot_and_run(self, session: _PowerSession, term: Terminal) -> None:
+        session.booted = time.monotonic()
+        self.firmware_version = None
+        self._smp_decoder.reset()
+        ctx = boot.BootContext(term=term, profile=self.profile, fields=self._template_fields(),
+                               pause=lambda s: term.pause(s, session.wait), log=self.log_event)
+        self._set_phase("bootloader")
+        self.log_event("bootloader started")
+        if boot.autoboot(ctx):
+            self.log_event("autoboot interrupted")
+            boot.bootloader_prompt(ctx)
+        while True:
+            try:
+                version = self._load_image(term)
+                break
+            except NoBootableImageError as exc:
+                self.log_event(f"boot failed: {exc}")
+                boot.bootloader_prompt(ctx, f"## Boot failed: {exc}")
+        self.firmware_version = version
+        session.flash.record_boot()
+        self.log_event(f"firmware {version} started")
+        self._set_phase("booting")
+        ctx.fields = self._template_fields()
+        boot.firmware_banner(ctx)
+        self._write_info()
+        while True:
+            if self.profile.console.login:
+                self._set_phase("login")
+                boot.login(ctx)
+            self._shell_session(session, term)
+
+    def _load_image(self, term: Terminal) -> str:
+        """Boot the image in the slots as MCUboot would, or the factory firmware
+        built into the board when no image was ever flashed."""
+        try:
+            return self.slots.boot(term.print).version
+        except NoBootableImageError:
+            if self.slots.has_primary_image:
+                raise
+            return self.profile.image.version
+
+    def _shell_session(self, session: _PowerSession, term: Terminal) -> None:
+        console = self.profile.console
+        shell = Shell(BOARD_COMMANDS, lambda text: term.print(text, end=""), board=self,
+                      variables={"HOSTNAME": self.profile.board.hostname, "HOME": "/root",
+                                 "USER": console.username, "PS1": console.prompt},
+                      on_error=lambda name, exc: _log.error("command %s failed: %s", name,
+                                                            traceback.format_exc()))
+        self._set_phase("shell")
+        if self.profile.boot.motd:
+            term.print(boot.banner(self.profile.boot.motd, self._template_fields()))
+        while True:
+            term.write(console.prompt.encode())
+            line = term.read_line()
+            if line is None:
+                continue
+            if line.truncated:
+                term.print(f"sh: input line longer than {term.editor.max_line} characters, ignored")
+                shell.status = 2
+                continue
+            if not line.text.strip():
+                continue
+            try:
+                shell.execute(line.text)
+            except ShellExit:
+                self.log_event("logout")
+                return
+
+    def _smp_line(self, raw: bytes) -> None:
+        """One SMP console line: reassemble, answer, and reset afterwards if asked."""
+        packet = self._smp_decoder.feed_line(raw)
+        if packet is None:
+            return
+        response = self._smp_server.handle(packet)
+        if response is not None:
+            self.console.write(encode_smp_frames(response))

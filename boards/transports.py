@@ -1,0 +1,462 @@
+"""Ways to reach a board's console: a pty, RFC 2217 and raw TCP on loopback.
+
+- `PtyTransport`: a pseudo-terminal, with a stable symlink (`DIR/console`) to
+  its /dev/pts path. picocom, pyserial, smpmgr and pexpect open it like a USB
+  serial adapter. The pty's own kernel buffer keeps the latest output for
+  whoever opens it next.
+- `Rfc2217Transport`: a Telnet COM-port server (what `ser2net` offers and
+  labgrid's NetworkSerialPort speaks), built on pyserial's `PortManager`.
+- `TcpTransport`: bytes as they are over TCP (`socket://` in pyserial).
+
+Each transport runs one thread around a selector. Output from the board is
+queued per client and flushed when the client's socket (or the pty) can take
+it; a client that stops reading loses its oldest queued bytes instead of
+stalling the board. Network clients get the console's recent output first.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import logging
+import os
+import selectors
+import socket
+import termios
+import threading
+import tty
+from pathlib import Path
+
+import serial
+import serial.rfc2217
+
+from pledgeforge.errors import PledgeforgeError
+
+from .console import Attachment, Console
+
+LOOPBACK = "127.0.0.1"
+_SEND_CHUNK = 16 * 1024
+_log = logging.getLogger(__name__)
+
+
+class TransportError(PledgeforgeError):
+    """A console transport could not be set up."""
+
+
+class _Outbox:
+    """Bytes waiting for one client. `raw` is trimmed from the front when it
+    grows past the limit; `wire` is what is already encoded for the wire
+    (escaped data, protocol replies) and is never cut."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.raw = bytearray()
+        self.wire = bytearray()
+        self.dropped = 0
+        self.lock = threading.Lock()
+
+    def put(self, data: bytes) -> bool:
+        """Queue `data`; True if bytes had to be dropped to stay in bounds."""
+        with self.lock:
+            self.raw += data
+            excess = len(self.raw) - self.limit
+            if excess > 0:
+                del self.raw[:excess]
+                self.dropped += excess
+                return True
+            return False
+
+    def pending(self) -> bool:
+        with self.lock:
+            return bool(self.raw or self.wire)
+
+
+class _Loop(threading.Thread):
+    """A selector thread; other threads wake it when a client has output."""
+
+    def __init__(self, name: str):
+        super().__init__(name=name, daemon=True)
+        self.selector = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self.selector.register(self._wake_r, selectors.EVENT_READ, None)
+        self._stopping = False
+        self._channels: list[_Channel] = []
+
+    def wake(self) -> None:
+        try:
+            self._wake_w.send(b"x")
+        except (BlockingIOError, OSError):
+            pass  # already has a wake-up pending, or the loop is gone
+
+    def add(self, channel: "_Channel") -> None:
+        self._channels.append(channel)
+        self.selector.register(channel.fileobj, selectors.EVENT_READ, channel)
+
+    def remove(self, channel: "_Channel") -> None:
+        if channel in self._channels:
+            self._channels.remove(channel)
+            try:
+                self.selector.unregister(channel.fileobj)
+            except (KeyError, ValueError):
+                pass
+        channel.close()
+
+    def run(self) -> None:
+        while not self._stopping:
+            # Ask for writability only where output waits, so an idle client costs nothing.
+            for channel in list(self._channels):
+                events = selectors.EVENT_READ | (selectors.EVENT_WRITE if channel.wants_write() else 0)
+                try:
+                    self.selector.modify(channel.fileobj, events, channel)
+                except (KeyError, ValueError, OSError):
+                    self.remove(channel)
+            for key, events in self.selector.select(timeout=1.0):
+                if key.data is None:
+                    try:
+                        self._wake_r.recv(4096)
+                    except BlockingIOError:
+                        pass
+                    continue
+                channel = key.data
+                if channel not in self._channels:
+                    continue
+                try:
+                    if events & selectors.EVENT_READ:
+                        channel.on_readable(self)
+                    if events & selectors.EVENT_WRITE and channel in self._channels:
+                        channel.on_writable()
+                except OSError as exc:
+                    _log.debug("console client %s dropped: %s", channel, exc)
+                    self.remove(channel)
+        for channel in list(self._channels):
+            self.remove(channel)
+        self.selector.close()
+        self._wake_r.close()
+        self._wake_w.close()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stopping = True
+        self.wake()
+        if self.is_alive() and threading.current_thread() is not self:
+            self.join(timeout)
+
+
+class _Channel:
+    """One file object in a loop: a listening socket, a client, or the pty."""
+
+    fileobj = None
+
+    def wants_write(self) -> bool:
+        return False
+
+    def on_readable(self, loop: _Loop) -> None:
+        raise NotImplementedError
+
+    def on_writable(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class _SocketClient(_Channel):
+    """A network client of the console; subclasses add the wire protocol."""
+
+    def __init__(self, console: Console, sock: socket.socket, loop: _Loop):
+        self.console = console
+        self.sock = sock
+        self.fileobj = sock
+        self.loop = loop
+        self.outbox = _Outbox(console.log_capacity)
+        # A fixed send buffer: otherwise the kernel grows it to megabytes for
+        # a client that stopped reading, and our bound on queued output would
+        # be the kernel's instead.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, max(console.log_capacity, 16384))
+        sock.setblocking(False)
+        self.attachment: Attachment | None = None
+
+    def start(self) -> None:
+        self.attachment = self.console.attach(self._queue, replay=True)
+
+    def _queue(self, data: bytes) -> None:
+        self.outbox.put(data)
+        self.loop.wake()
+
+    def encode(self, data: bytes) -> bytes:
+        return data
+
+    def decode(self, data: bytes) -> bytes:
+        return data
+
+    def wants_write(self) -> bool:
+        return self.outbox.pending()
+
+    def on_readable(self, loop: _Loop) -> None:
+        try:
+            data = self.sock.recv(65536)
+        except BlockingIOError:
+            return
+        if not data:
+            loop.remove(self)
+            return
+        self.console.receive(self.decode(data))
+
+    def on_writable(self) -> None:
+        box = self.outbox
+        with box.lock:
+            if not box.wire and box.raw:
+                chunk = bytes(box.raw[:_SEND_CHUNK])
+                del box.raw[:_SEND_CHUNK]
+                box.wire += self.encode(chunk)
+            if not box.wire:
+                return
+            try:
+                sent = self.sock.send(box.wire)
+            except BlockingIOError:
+                return
+            del box.wire[:sent]
+
+    def close(self) -> None:
+        if self.attachment is not None:
+            self.attachment.detach()
+        self.sock.close()
+
+    def __repr__(self) -> str:
+        try:
+            return f"{type(self).__name__}({self.sock.getpeername()})"
+        except OSError:
+            return f"{type(self).__name__}(closed)"
+
+
+class _Listener(_Channel):
+    def __init__(self, sock: socket.socket, make_client):
+        self.sock = sock
+        self.fileobj = sock
+        self.make_client = make_client
+
+    def on_readable(self, loop: _Loop) -> None:
+        try:
+            conn, _ = self.sock.accept()
+        except BlockingIOError:
+            return
+        client = self.make_client(conn, loop)
+        loop.add(client)
+        client.start()
+        loop.wake()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class _NetworkTransport:
+    """A loopback TCP server; each connection is one console client."""
+
+    scheme = ""
+
+    def __init__(self, console: Console, port: int = 0, host: str = LOOPBACK):
+        self.console = console
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            sock.close()
+            raise TransportError(f"cannot listen on {host}:{port} for the console: {exc.strerror} "
+                                 "(choose another --port, or 0 for a free one)") from None
+        sock.listen(8)
+        sock.setblocking(False)
+        self.host, self.port = sock.getsockname()[:2]
+        self._loop = _Loop(f"console-{self.scheme}-{self.port}")
+        self._loop.add(_Listener(sock, self._make_client))
+        self._loop.start()
+
+    @property
+    def address(self) -> str:
+        return f"{self.scheme}://{self.host}:{self.port}"
+
+    def _make_client(self, conn: socket.socket, loop: _Loop) -> _SocketClient:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self._loop.stop()
+
+
+class TcpTransport(_NetworkTransport):
+    """Raw TCP: the console's bytes, nothing else (pyserial `socket://`)."""
+
+    scheme = "socket"
+
+    def _make_client(self, conn, loop):
+        return _SocketClient(self.console, conn, loop)
+
+
+class VirtualUart:
+    """The line settings an RFC 2217 client may set and read back.
+
+    There is no wire, so the settings change nothing; they are kept so that
+    clients reading them back (as pyserial does) see what they set.
+    """
+
+    def __init__(self, baudrate: int):
+        self.baudrate = baudrate
+        self.bytesize = serial.EIGHTBITS
+        self.parity = serial.PARITY_NONE
+        self.stopbits = serial.STOPBITS_ONE
+        self.xonxoff = False
+        self.rtscts = False
+        self.break_condition = False
+        self.dtr = True
+        self.rts = True
+        # Modem inputs as a board with a plain 3-wire UART presents them.
+        self.cts = True
+        self.dsr = True
+        self.ri = False
+        self.cd = True
+
+    def reset_input_buffer(self) -> None:
+        pass  # input goes straight to the board; there is nothing held here
+
+    def reset_output_buffer(self) -> None:
+        pass
+
+
+class _Rfc2217Client(_SocketClient):
+    def __init__(self, console, sock, loop, baudrate: int):
+        super().__init__(console, sock, loop)
+        self.uart = VirtualUart(baudrate)
+        # PortManager sends Telnet replies through `self.write` and starts
+        # negotiating at once, so it is created after the queue exists.
+        self.manager = serial.rfc2217.PortManager(self.uart, self)
+
+    def write(self, data: bytes) -> None:
+        """Telnet/RFC 2217 replies from the PortManager, already wire-encoded."""
+        with self.outbox.lock:
+            self.outbox.wire += data
+        self.loop.wake()
+
+    def encode(self, data: bytes) -> bytes:
+        # Telnet escapes IAC (0xFF) by doubling it; the same as PortManager.escape.
+        return data.replace(b"\xff", b"\xff\xff")
+
+    def decode(self, data: bytes) -> bytes:
+        try:
+            return b"".join(self.manager.filter(data))
+        except (ValueError, IndexError, TypeError, KeyError) as exc:
+            # A malformed subnegotiation: this client is confused, the board is not.
+            raise OSError(f"bad RFC 2217 request: {exc}") from None
+
+
+class Rfc2217Transport(_NetworkTransport):
+    """A Telnet COM-port server (RFC 2217), as ser2net provides for real boards."""
+
+    scheme = "rfc2217"
+
+    def __init__(self, console: Console, port: int = 0, host: str = LOOPBACK, *, baudrate: int = 115200):
+        self.baudrate = baudrate
+        super().__init__(console, port, host)
+
+    def _make_client(self, conn, loop):
+        return _Rfc2217Client(self.console, conn, loop, self.baudrate)
+
+
+class _PtyMaster(_Channel):
+    def __init__(self, console: Console, master: int, slave: int):
+        self.console = console
+        self.master = master
+        self.slave = slave
+        self.fileobj = master
+        self.outbox = _Outbox(console.log_capacity)
+        self.loop: _Loop | None = None
+        self.attachment: Attachment | None = None
+
+    def queue(self, data: bytes) -> None:
+        if self.outbox.put(data):
+            # Nobody has read the pty for a long while: what the kernel still
+            # holds is older than what was just dropped, so drop it too. A
+            # client opening the pty later then reads the latest output.
+            termios.tcflush(self.slave, termios.TCIFLUSH)
+        if self.loop is not None:
+            self.loop.wake()
+
+    def wants_write(self) -> bool:
+        return self.outbox.pending()
+
+    def on_readable(self, loop: _Loop) -> None:
+        try:
+            data = os.read(self.master, 65536)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            if exc.errno == errno.EIO:
+                return  # no client has the pty open; we keep the slave, so this passes
+            raise
+        self.console.receive(data)
+
+    def on_writable(self) -> None:
+        box = self.outbox
+        with box.lock:
+            if not box.raw:
+                return
+            try:
+                sent = os.write(self.master, bytes(box.raw[:_SEND_CHUNK]))
+            except BlockingIOError:
+                return
+            del box.raw[:sent]
+
+    def close(self) -> None:
+        if self.attachment is not None:
+            self.attachment.detach()
+        os.close(self.master)
+        os.close(self.slave)
+
+
+class PtyTransport:
+    """A pseudo-terminal for the console, linked from `link` (e.g. DIR/console)."""
+
+    scheme = "pty"
+
+    def __init__(self, console: Console, link: str | os.PathLike, *, baudrate: int = 115200):
+        self.console = console
+        self.link = Path(link)
+        master, slave = os.openpty()
+        # Raw mode on our own end of the slave: the pty must pass bytes through
+        # untouched (no echo of board output back to the board, no CR/LF
+        # rewriting); a client may still set its own modes when it opens it.
+        tty.setraw(slave)
+        attrs = termios.tcgetattr(slave)
+        speed = getattr(termios, f"B{baudrate}", None)
+        if speed is not None:
+            attrs[4] = attrs[5] = speed
+            termios.tcsetattr(slave, termios.TCSANOW, attrs)
+        flags = fcntl.fcntl(master, fcntl.F_GETFL)
+        fcntl.fcntl(master, fcntl.F_SETFL, flags | os.O_NONBLOCK)
+        self.path = os.ttyname(slave)
+        self._channel = _PtyMaster(console, master, slave)
+        self._loop = _Loop(f"console-pty-{os.path.basename(self.path)}")
+        self._channel.loop = self._loop
+        self._loop.add(self._channel)
+        # The kernel's pty buffer already holds recent output for the next
+        # reader, so nothing is replayed here.
+        self._channel.attachment = console.attach(self._channel.queue, replay=False)
+        self._link()
+        self._loop.start()
+
+    def _link(self) -> None:
+        tmp = self.link.with_name(f".{self.link.name}.{os.getpid()}.tmp")
+        tmp.unlink(missing_ok=True)
+        os.symlink(self.path, tmp)
+        os.replace(tmp, self.link)
+
+    @property
+    def address(self) -> str:
+        return str(self.link)
+
+    def close(self) -> None:
+        self._loop.stop()
+        try:
+            if os.readlink(self.link) == self.path:
+                self.link.unlink()
+        except OSError:
+            pass

@@ -1,0 +1,73 @@
+"""`pledgeforge board run|power|profiles`: emulated boards on the bench."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import threading
+from pathlib import Path
+
+import click
+
+from pledgeforge.boards.power import power_request
+from pledgeforge.boards.profile import load_profile, profile_names
+from pledgeforge.boards.runtime import SERIAL_KINDS, Board, load_firmware_app
+
+
+@click.group()
+def board() -> None:
+    """Run emulated boards and switch their power."""
+
+
+@board.command()
+@click.option("--profile", "profile_name", required=True,
+              help="a shipped profile name (see `board profiles`) or the path of a .toml file")
+@click.option("--state", "state_dir", required=True, type=click.Path(file_okay=False),
+              help="the board's state directory (flash, key store, console link); created if missing")
+@click.option("--serial", "serial_kind", type=click.Choice(SERIAL_KINDS), default="pty", show_default=True,
+              help="how the console is offered: a pty linked from DIR/console, RFC 2217 or raw TCP")
+@click.option("--port", type=click.IntRange(0, 65535), default=0, show_default=True,
+              help="TCP port for rfc2217/tcp on 127.0.0.1 (0 picks a free one)")
+@click.option("--lab", "lab_dir", type=click.Path(file_okay=False, exists=True),
+              help="lab directory whose registrars and manufacturer CA the pledge firmware uses")
+@click.option("--serial-number", help="serial number for a new board (default: generated)")
+@click.option("--power-off", is_flag=True, help="start with the power off (switch it on with `board power on`)")
+def run(profile_name, state_dir, serial_kind, port, lab_dir, serial_number, power_off):
+    """Run one board until interrupted. Prints one JSON line once the console is up:
+    the console path or URL, the power-control address and the key store."""
+    logging.basicConfig(level=logging.WARNING, format="board: %(message)s")
+    profile = load_profile(profile_name)
+    app = load_firmware_app(Path(lab_dir) if lab_dir else None)
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, lambda *_: stop.set())
+    with Board(profile, state_dir, app=app, serial_number=serial_number) as running:
+        running.open_console(serial_kind, port)
+        running.serve_power()
+        if not power_off:
+            running.power_on()
+        click.echo(json.dumps(running.describe()))
+        while not stop.wait(3600):
+            pass
+
+
+@board.command()
+@click.argument("action", type=click.Choice(["on", "off", "cycle", "status"]))
+@click.option("--state", "state_dir", required=True, type=click.Path(file_okay=False),
+              help="the state directory of the running board")
+@click.option("--timeout", type=click.FloatRange(1, 600), default=30, show_default=True,
+              help="seconds to wait for the board to answer")
+def power(action, state_dir, timeout):
+    """Switch a running board's power (what lab tools' power hooks call)."""
+    reply = power_request(state_dir, action, timeout=timeout)
+    click.echo(f"power {reply['power']}" + (f" ({reply['phase']})" if reply.get("phase") else ""))
+
+
+@board.command()
+def profiles():
+    """List the shipped board profiles."""
+    for name in profile_names():
+        profile = load_profile(name)
+        click.echo(f"{name:<14} {profile.keystore.type:<7} {profile.keystore.algorithm.value:<9} "
+                   f"{profile.board.description}")

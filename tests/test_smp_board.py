@@ -1,0 +1,201 @@
+"""Flashing a running board (`pledgeforge board run`) over its console pty with smpmgr and
+smpclient, with images signed by `pledgeforge image sign` using a firmware key in SoftHSM."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from smpclient import SMPClient
+from smpclient.generics import success
+from smpclient.requests.image_management import ImageStatesRead
+from smpclient.transport.serial import SMPSerialTransport
+
+from boardrunner import BoardProcess, run
+from clirunner import run_cli
+from pledgeforge.boards.image_signing import firmware_payload
+from pledgeforge.boards.image_slots import ImageSlots
+from pledgeforge.boards.profile import load_profile
+from pledgeforge.hsm.keystore import generate_key
+
+SMPMGR = str(Path(sys.executable).with_name("smpmgr"))
+MCU = load_profile("mcu-se")
+PROMPT = MCU.console.prompt
+
+
+def smpmgr(port: str, *args, timeout: float = 300) -> subprocess.CompletedProcess:
+    result = subprocess.run([SMPMGR, "--port", port, *map(str, args)], capture_output=True,
+                            text=True, timeout=timeout)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
+class Bench:
+    """A firmware key in SoftHSM, a board profile that trusts it, and a factory-flashed board."""
+
+    def __init__(self, token, tmp_path: Path):
+        self.tmp = tmp_path
+        self.uri = token.uri_text("fw")
+        key_pem = tmp_path / "fw.pub.pem"
+        key_pem.write_bytes(generate_key(token.uri("fw"), "ec-p256").public_key_pem())
+        # A user's profile: the shipped MCU board with the manufacturer's firmware key.
+        text = MCU.path.read_text()
+        text = re.sub(r"(?m)^(slot_size_kib = .*)$", rf'\1\nverify_key = "{key_pem}"', text)
+        self.profile = tmp_path / "mcu-fw.toml"
+        self.profile.write_text(text)
+        self.state = tmp_path / "board"
+        # Manufacturing: the factory image goes into the primary slot before first power-on.
+        slots = ImageSlots(self.state, load_profile(self.profile).image)
+        slots.install_factory_image(self.sign("1.0.0").read_bytes())
+
+    def sign(self, version: str, size: int = 64 * 1024) -> Path:
+        app = self.tmp / f"app-{version}.bin"
+        app.write_bytes(firmware_payload("mcu-se", version, size))
+        out = self.tmp / f"app-{version}.signed.bin"
+        result = run_cli("image", "sign", "--key", self.uri, "--version", version, "--in", app,
+                         "--out", out, "--profile", self.profile)
+        assert result.returncode == 0, result.stderr
+        return out
+
+    def board(self) -> BoardProcess:
+        return BoardProcess(self.profile, self.state)
+
+
+@pytest.fixture
+def bench(token, tmp_path):
+    return Bench(token, tmp_path)
+
+
+def firmware_version(board: BoardProcess, *expect: str) -> str:
+    """Wait for the shell (after the given console lines), then ask `status`."""
+    con = board.open_pty()
+    try:
+        for text in expect:
+            con.expect_exact(text)
+        con.expect_exact(PROMPT)
+        fields = dict(line.split(":", 1) for line in run(con, "status", PROMPT).splitlines()
+                      if ":" in line)
+        return fields["firmware"].strip()
+    finally:
+        con.close()
+
+
+def test_smpmgr_flashes_tests_and_confirms_a_new_image(bench):
+    image = bench.sign("1.1.0")
+    with bench.board() as board:
+        port = board.console_path
+        assert firmware_version(board, "I: Booting image version 1.0.0") == "1.0.0"
+        state = smpmgr(port, "image", "state-read").stdout
+        assert "version='1.0.0'" in state and "confirmed=True" in state
+
+        assert "Upgrade complete." in smpmgr(port, "upgrade", "--slot", "1", image).stdout
+        assert firmware_version(board, "I: Swap type: test",
+                                "I: Booting image version 1.1.0 (test, not confirmed)") == "1.1.0"
+
+        smpmgr(port, "image", "state-write", "--confirm")
+        state = smpmgr(port, "image", "state-read").stdout
+        assert "version='1.1.0'" in state.split("slot=1")[0]
+
+        con = board.open_pty()
+        con.send("reboot\r")
+        con.expect_exact("I: Booting image version 1.1.0")
+        con.close()
+        assert firmware_version(board) == "1.1.0"
+    # Confirmed means it survives a power cycle of the whole process too.
+    with bench.board() as board:
+        assert firmware_version(board, "I: Booting image version 1.1.0") == "1.1.0"
+
+
+def test_unconfirmed_image_reverts_at_the_next_reboot(bench):
+    image = bench.sign("2.0.0")
+    with bench.board() as board:
+        port = board.console_path
+        firmware_version(board)
+        smpmgr(port, "upgrade", "--slot", "1", image)
+        assert firmware_version(board, "I: Swap type: test") == "2.0.0"
+        con = board.open_pty()
+        con.send("reboot\r")
+        con.expect_exact("I: Swap type: revert")
+        con.close()
+        assert firmware_version(board) == "1.0.0"
+
+
+@pytest.mark.parametrize("damage", ["tampered", "wrong-key"])
+def test_bad_image_is_refused_and_the_previous_version_keeps_running(bench, token, damage):
+    image = bench.sign("1.1.0")
+    if damage == "tampered":
+        data = bytearray(image.read_bytes())
+        data[0x200 + 777] ^= 0x20
+        image.write_bytes(bytes(data))
+        reason = "hash mismatch"
+    else:
+        generate_key(token.uri("rogue"), "ec-p256")
+        app = bench.tmp / "rogue.bin"
+        app.write_bytes(firmware_payload("mcu-se", "9.9.9"))
+        image = bench.tmp / "rogue.signed.bin"
+        assert run_cli("image", "sign", "--key", token.uri_text("rogue"), "--version", "9.9.9",
+                       "--in", app, "--out", image).returncode == 0
+        reason = "wrong key"
+    with bench.board() as board:
+        port = board.console_path
+        firmware_version(board)
+        smpmgr(port, "upgrade", "--slot", "1", image)
+        con = board.open_pty()
+        con.expect_exact("E: Image in the secondary slot is not valid! (" + reason)
+        con.close()
+        assert firmware_version(board) == "1.0.0"
+        assert "slot=1" not in smpmgr(port, "image", "state-read").stdout
+
+
+async def upload(port: str, image: bytes, stop_at: int | None = None) -> list[int]:
+    client = SMPClient(SMPSerialTransport(), port, timeout_s=10)
+    await client.connect()
+    offsets = []
+    try:
+        async for offset in client.upload(image, slot=1):
+            offsets.append(offset)
+            if stop_at is not None and offset >= stop_at:
+                break
+    finally:
+        await client.disconnect()
+    return offsets
+
+
+async def image_versions(port: str) -> list[tuple[int, str]]:
+    client = SMPClient(SMPSerialTransport(), port, timeout_s=10)
+    await client.connect()
+    try:
+        states = await client.request(ImageStatesRead())
+    finally:
+        await client.disconnect()
+    assert success(states)
+    return [(row.slot, row.version) for row in states.images]
+
+
+def test_power_off_during_an_upload_boots_the_last_good_image(bench):
+    image = bench.sign("1.2.0", size=300 * 1024).read_bytes()
+    with bench.board() as board:
+        port = board.console_path
+        firmware_version(board)
+        cut = asyncio.run(upload(port, image, stop_at=len(image) // 3))[-1]
+        assert 0 < cut < len(image)
+        assert (bench.state / "slots" / "upload.part").exists()
+        assert run_cli("board", "power", "off", "--state", bench.state).returncode == 0
+        assert run_cli("board", "power", "on", "--state", bench.state).returncode == 0
+        assert firmware_version(board, "I: Booting image version 1.0.0") == "1.0.0"
+        assert not (bench.state / "slots" / "upload.part").exists()
+        assert asyncio.run(image_versions(port)) == [(0, "1.0.0")]
+
+        # The session died with the power: the next upload starts from the beginning.
+        again = asyncio.run(upload(port, image, stop_at=len(image) // 2))
+        assert again[0] < cut
+        board.kill()                                   # and now a cut of the whole process
+    with bench.board() as board:
+        assert firmware_version(board, "I: Booting image version 1.0.0") == "1.0.0"
+        assert asyncio.run(image_versions(board.console_path)) == [(0, "1.0.0")]
+        assert asyncio.run(upload(board.console_path, image))[-1] == len(image)
+        assert asyncio.run(image_versions(board.console_path)) == [(0, "1.0.0"), (1, "1.2.0")]
