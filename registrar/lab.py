@@ -180,7 +180,7 @@ def _toml_list(values) -> str:
 
 
 @dataclass(frozen=True)
-class PledgeIdentity:
+class ProvisionedPledge:
     """What a freshly provisioned pledge knows, and where its key lives."""
 
     serial: str
@@ -491,7 +491,7 @@ class Lab:
 
     def provision_pledge(self, serial: str | None = None, keystore: str = "pkcs11",
                          algorithm: str = "ec-p256", flow: str = "redirect", *,
-                         additional_configuration: bytes | None = None) -> PledgeIdentity:
+                         additional_configuration: bytes | None = None) -> ProvisionedPledge:
         """A new pledge: IDevID key generated in swtpm or SoftHSM, IDevID issued by the
         manufacturer CA, ownership registered for `flow` (serial: generated when None)."""
         kind = keystore
@@ -526,7 +526,7 @@ class Lab:
             if tpm is not None:
                 tpm.stop()
             raise
-        return PledgeIdentity(
+        return ProvisionedPledge(
             serial=serial, flow=flow, keystore=kind, algorithm=algo.value, key_uri=str(uri),
             idevid_cert=directory / "idevid.crt", manufacturer_ca=self.pki("manufacturer-ca"),
             cloud_anchor=self.pki("web-ca"), cloud_registrar_url=self.url("cloud"),
@@ -691,4 +691,4 @@ def _write_configs(lab: Lab) -> None:
         atomic_write(lab.config_path(role), text.encode())
 
 
-__all__ = ["Lab", "LabError", "PledgeIdentity", "UpReport", "server_alive", "stop_process"]
+__all__ = ["Lab", "LabError", "ProvisionedPledge", "UpReport", "server_alive", "stop_process"]

@@ -7,7 +7,7 @@ def COMMAND_GROUPS():
     from . import image
     from . import board
     from . import verify
-    from . import lab, masa, registrar
+    from . import lab, masa, pledge, registrar
 
     return [board.board, image.image, keys.keys, ca.ca, ca.csr, cms.cms, cert.cert, verify.verify,
-            lab.lab, masa.masa, registrar.registrar]
+            lab.lab, masa.masa, registrar.registrar, pledge.pledge]
