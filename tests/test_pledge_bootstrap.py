@@ -8,6 +8,7 @@ configuration; refusals come from servers that misbehave on purpose.
 from __future__ import annotations
 
 import json
+import os
 import secrets
 
 import pytest
@@ -271,3 +272,54 @@ def test_an_est_server_outside_the_pin_is_refused(lab, forge, web_ca_tls, tmp_pa
     assert "est-csrattrs" not in states(result)
     assert "does not match the voucher's pinned-domain-cert" in result.reason
     assert not any(p.startswith("/.well-known/est/") for p in est.paths())
+
+
+# --------------------------------------------------------------------------- after enrolment
+
+def test_additional_configuration_is_fetched_and_stored(lab):
+    settings = json.dumps({"ntp": ["ntp.lab.pledgeforge.test"]}).encode()
+    pledge = lab.provision_pledge(f"T-{secrets.token_hex(4).upper()}", keystore="pkcs11", flow="est-domain",
+                                  additional_configuration=settings)
+    result, summary = lab_pledge.bootstrap(pledge, timeout=5)
+    assert result.enrolled, result.reason
+    assert result.additional_configuration_url.endswith(f"/pledge-config/{pledge.serial}.json")
+    assert result.additional_configuration == settings
+    with open(summary["additional_configuration"], "rb") as stored:
+        assert stored.read() == settings
+
+
+def test_registrar_serve_runs_the_lab_configurations(tmp_path):
+    """`pledgeforge registrar serve` is the same server the lab starts, for people running their own."""
+    import signal
+    import subprocess
+
+    from clirunner import PLEDGEFORGE
+    from pledgeforge.registrar.lab import Lab
+
+    with running_lab(tmp_path / "lab") as lab:
+        pass  # created, then stopped: the configuration files stay
+    lab = Lab.load(tmp_path / "lab")
+    env = {**os.environ, "SOFTHSM2_CONF": str(lab.softhsm.conf)}
+    procs = {role: subprocess.Popen([PLEDGEFORGE, "registrar", "serve", "--config", lab.config_path(role)],
+                                    env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+             for role in ("owner", "cloud")}
+    try:
+        for role, proc in procs.items():
+            problem = "not tried"
+            for _ in range(100):  # bounded: each probe itself times out after 2 s
+                problem = lab.probe(role)
+                if problem is None or proc.poll() is not None:
+                    break
+                try:
+                    proc.wait(timeout=0.1)
+                except subprocess.TimeoutExpired:
+                    pass
+            assert problem is None, f"{role}: {problem}"
+    finally:
+        for proc in procs.values():
+            proc.send_signal(signal.SIGTERM)
+        codes = [proc.wait(timeout=15) for proc in procs.values()]
+    assert codes == [0, 0], [proc.stderr.read().decode() for proc in procs.values()]
+
+    wrong = run_cli("registrar", "serve", "--config", lab.config_path("masa"))
+    assert wrong.returncode == 1 and b"masa serve" in wrong.stderr
