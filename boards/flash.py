@@ -55,7 +55,10 @@ class Identity:
 
     idevid_pem: str
     key_uri: str                          # where the IDevID private key lives
+    #: built-in anchors that authenticate the cloud registrar's TLS server
     trust_anchors_pem: tuple[str, ...] = ()
+    #: the manufacturer's anchors that vouchers (the MASA's signature) must chain to
+    masa_anchors_pem: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -81,6 +84,7 @@ class FlashState:
                 "idevid_pem": self.identity.idevid_pem,
                 "key_uri": self.identity.key_uri,
                 "trust_anchors_pem": list(self.identity.trust_anchors_pem),
+                "masa_anchors_pem": list(self.identity.masa_anchors_pem),
             },
             "voucher": None if self.voucher is None else base64.b64encode(self.voucher).decode(),
             "ldevid_pem": self.ldevid_pem,
@@ -99,7 +103,8 @@ class FlashState:
             config={str(k): str(v) for k, v in (doc.get("config") or {}).items()},
             identity=None if ident is None else Identity(
                 idevid_pem=ident["idevid_pem"], key_uri=ident["key_uri"],
-                trust_anchors_pem=tuple(ident.get("trust_anchors_pem") or ())),
+                trust_anchors_pem=tuple(ident.get("trust_anchors_pem") or ()),
+                masa_anchors_pem=tuple(ident.get("masa_anchors_pem") or ())),
             voucher=None if voucher is None else base64.b64decode(voucher),
             ldevid_pem=doc.get("ldevid_pem"),
             counters=Counters(boots=int(counters.get("boots", 0)),

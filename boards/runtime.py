@@ -95,20 +95,14 @@ class FirmwareApp(ABC):
         """Forget owner keys held in the key store (the flash is cleared by the runtime)."""
 
 
-def load_firmware_app(lab_dir: Path | None) -> FirmwareApp | None:
-    """The pledge firmware for boards started with `--lab DIR`.
-
-    The firmware package provides `firmware/board_app.py` with
-    `make_app(lab_dir) -> FirmwareApp`; until it does, boards run without
-    one and `bootstrap` says that no registrar is configured.
-    """
-    import importlib.util
-
-    if importlib.util.find_spec("pledgeforge.firmware.board_app") is None:
+def load_firmware_app(lab_dir: Path | None, flow: str = "redirect") -> FirmwareApp | None:
+    """The pledge firmware for boards started with `--lab DIR`; without a lab,
+    boards run without one and `bootstrap` says that no registrar is configured."""
+    if lab_dir is None:
         return None
-    from pledgeforge.firmware import board_app
+    from .pledge_app import LabPledgeApp
 
-    return board_app.make_app(lab_dir)
+    return LabPledgeApp(lab_dir, flow)
 
 
 # -- power sessions ---------------------------------------------------------------

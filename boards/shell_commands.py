@@ -79,14 +79,18 @@ def _idevid(ctx: CommandContext, args: list[str]) -> int:
     return 0
 
 
-@command("trust-anchors", "print the manufacturer trust anchors (PEM)")
+@command("trust-anchors", "print the built-in trust anchors (PEM): cloud registrar TLS, then vouchers")
 def _anchors(ctx: CommandContext, args: list[str]) -> int:
     identity = ctx.board.flash.state.identity
-    if identity is None or not identity.trust_anchors_pem:
+    if identity is None or not (identity.trust_anchors_pem or identity.masa_anchors_pem):
         ctx.print("none")
         return 0
-    for pem in identity.trust_anchors_pem:
-        ctx.write(_pem_text(pem))
+    for title, anchors in (("cloud registrar TLS", identity.trust_anchors_pem),
+                           ("voucher signer (MASA)", identity.masa_anchors_pem)):
+        if anchors:
+            ctx.print(f"# {title}")
+        for pem in anchors:
+            ctx.write(_pem_text(pem))
     return 0
 
 

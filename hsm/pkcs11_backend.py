@@ -71,16 +71,36 @@ class _Module:
         # created since (by softhsm2-util or a new SOFTHSM2_CONF) need a re-init.
         if os.environ.get("SOFTHSM2_CONF") != self._conf_at_init:
             self._reinitialize()
-        for attempt in (0, 1):
-            found = [s.get_token() for s in self.lib.get_slots(token_present=True)]
+        found: list[pkcs11.Token] = []
+        for attempt in range(_TOKEN_READ_ATTEMPTS):
+            found, unreadable = self._present_tokens()
             for tok in found:
                 if tok.label == label:
                     return tok
+            if not unreadable and attempt > 0:
+                break
             if attempt == 0:
                 self._reinitialize()
+            elif unreadable:
+                _backoff(attempt)
         labels = ", ".join(sorted(t.label for t in found if t.label)) or "none"
         raise TokenNotFoundError(f"no PKCS#11 token labelled {label!r} in {self.path} "
                                  f"(tokens present: {labels})")
+
+    def _present_tokens(self) -> tuple[list[pkcs11.Token], int]:
+        """The readable tokens, and how many slots could not be read.
+
+        SoftHSM2 rewrites a token's file when a process logs in to it; another
+        process reading that file at the same moment gets CKR_GENERAL_ERROR.
+        Such a slot is skipped here and the caller tries again (bounded).
+        """
+        tokens, unreadable = [], 0
+        for slot in self.lib.get_slots(token_present=True):
+            try:
+                tokens.append(slot.get_token())
+            except p11err.GeneralError:
+                unreadable += 1
+        return tokens, unreadable
 
     def session(self, uri: Pkcs11Uri) -> pkcs11.Session:
         """The one logged-in read-write session on the URI's token.
@@ -101,7 +121,7 @@ class _Module:
             self.drop_session(uri)
         tok = self.token(uri.token)
         try:
-            session = tok.open(user_pin=pin, rw=True)
+            session = self._open(tok, pin)
         except (p11err.PinIncorrect, p11err.PinInvalid, p11err.PinLenRange):
             raise PinError(f"wrong PIN for PKCS#11 token {uri.token!r}") from None
         except p11err.PinLocked:
@@ -119,10 +139,31 @@ class _Module:
         self.sessions[uri.token] = (session, fingerprint)
         return session
 
+    @staticmethod
+    def _open(tok: pkcs11.Token, pin: str | None) -> pkcs11.Session:
+        """Open and log in; a token file caught mid-rewrite by another process is retried (bounded)."""
+        for attempt in range(_TOKEN_READ_ATTEMPTS):
+            try:
+                return tok.open(user_pin=pin, rw=True)
+            except p11err.GeneralError:
+                if attempt == _TOKEN_READ_ATTEMPTS - 1:
+                    raise
+                _backoff(attempt + 1)
+        raise AssertionError("unreachable")
+
     def drop_session(self, uri: Pkcs11Uri) -> None:
         cached = self.sessions.pop(uri.token, None)
         if cached is not None:
             cached[0].close()
+
+
+#: tries at reading a token that another process is rewriting, ~1 s in all
+_TOKEN_READ_ATTEMPTS = 8
+_pause = threading.Event()  # never set: a bounded wait between tries
+
+
+def _backoff(attempt: int) -> None:
+    _pause.wait(0.01 * 2 ** min(attempt, 6))
 
 
 _modules: dict[str, _Module] = {}

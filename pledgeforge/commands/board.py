@@ -31,14 +31,17 @@ def board() -> None:
               help="TCP port for rfc2217/tcp on 127.0.0.1 (0 picks a free one)")
 @click.option("--lab", "lab_dir", type=click.Path(file_okay=False, exists=True),
               help="lab directory whose registrars and manufacturer CA the pledge firmware uses")
+@click.option("--flow", type=click.Choice(["redirect", "est-domain"]), default="redirect", show_default=True,
+              help="with --lab: how the lab's cloud registrar treats this board, recorded when it is "
+                   "manufactured (307 to the owner registrar, or a voucher naming the EST server)")
 @click.option("--serial-number", help="serial number for a new board (default: generated)")
 @click.option("--power-off", is_flag=True, help="start with the power off (switch it on with `board power on`)")
-def run(profile_name, state_dir, serial_kind, port, lab_dir, serial_number, power_off):
+def run(profile_name, state_dir, serial_kind, port, lab_dir, flow, serial_number, power_off):
     """Run one board until interrupted. Prints one JSON line once the console is up:
     the console path or URL, the power-control address and the key store."""
     logging.basicConfig(level=logging.WARNING, format="board: %(message)s")
     profile = load_profile(profile_name)
-    app = load_firmware_app(Path(lab_dir) if lab_dir else None)
+    app = load_firmware_app(Path(lab_dir) if lab_dir else None, flow)
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, lambda *_: stop.set())
