@@ -1,0 +1,233 @@
+"""The demo: a lab, two boards, both cloud registrar flows, driven over their consoles.
+
+It does what a bench script would: starts the lab's servers, starts each
+board as its own `pledgeforge board run` process (a pty console), waits for
+the boot, logs in, types `bootstrap`, and reads what the board printed. The
+boards are one per flow and one per key store kind:
+
+    gateway-tpm  (swtpm, ECC P-256)    redirect: 307 to the owner registrar
+    mcu-se       (SoftHSM, ECC P-256)  est-domain: voucher from the cloud registrar
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import select
+import signal
+import subprocess
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import pexpect
+import pexpect.fdpexpect
+from cryptography import x509
+
+from pledgeforge.boards.profile import Profile, load_profile
+from pledgeforge.errors import PledgeforgeError
+
+BOARDS = (("gateway-tpm", "redirect"), ("mcu-se", "est-domain"))
+START_TIMEOUT_S = 60.0
+CONSOLE_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 15.0
+_STATE_LINE = re.compile(r"^-> (\S+)", re.M)
+_PEM = re.compile(r"-----BEGIN CERTIFICATE-----.*?-----END CERTIFICATE-----", re.S)
+
+
+class DemoError(PledgeforgeError):
+    """A step of the demo failed; the message says which and what the board printed."""
+
+
+@dataclass
+class BoardSummary:
+    board: str
+    flow: str
+    keystore: str
+    serial: str = ""
+    state: str = "not started"
+    states: list[str] = field(default_factory=list)
+    idevid_subject: str | None = None
+    ldevid_subject: str | None = None
+    console: str | None = None
+    attach: str | None = None
+    power: str | None = None
+    pid: int | None = None
+    state_dir: str = ""
+    error: str | None = None
+
+
+class BoardConsole:
+    """A board's console as a terminal program sees it (raw pty, CR line ends)."""
+
+    def __init__(self, path: str, profile: Profile, timeout: float = CONSOLE_TIMEOUT_S):
+        import termios
+        import tty
+
+        self.profile = profile
+        self.prompt = profile.console.prompt
+        self.fd = os.open(path, os.O_RDWR | os.O_NOCTTY)
+        tty.setraw(self.fd, termios.TCSANOW)
+        self.child = pexpect.fdpexpect.fdspawn(self.fd, timeout=timeout)
+
+    def boot_and_login(self) -> None:
+        self.child.expect_exact("Hit any key to stop autoboot")
+        console = self.profile.console
+        if console.login:
+            self.child.expect_exact("login: ")
+            self.child.send(console.username + "\r")
+            self.child.expect_exact("Password: ")
+            self.child.send(console.password + "\r")
+        self.child.expect_exact(self.prompt)
+
+    def run(self, command: str) -> str:
+        """Type a command; its output without the echo and the prompt."""
+        self.child.send(command + "\r")
+        self.child.expect_exact(command + "\r\n")
+        self.child.expect_exact(self.prompt)
+        return self.child.before.decode(errors="replace").replace("\r\n", "\n")
+
+    def close(self) -> None:
+        self.child.close()
+
+
+class BoardProcess:
+    """One `pledgeforge board run` child process and the JSON line it printed."""
+
+    def __init__(self, profile: str, state_dir: Path, lab_dir: Path, flow: str):
+        self.state_dir = state_dir
+        state_dir.parent.mkdir(parents=True, exist_ok=True)
+        self.log_path = state_dir.parent / f"{state_dir.name}.log"
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "pledgeforge", "board", "run", "--profile", profile,
+                 "--state", str(state_dir), "--lab", str(lab_dir), "--flow", flow],
+                stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
+        self.info = json.loads(self._first_line(START_TIMEOUT_S))
+
+    def _first_line(self, timeout: float) -> bytes:
+        fd, data = self.proc.stdout.fileno(), b""
+        while not data.endswith(b"\n"):
+            ready, _, _ = select.select([fd], [], [], timeout)
+            chunk = os.read(fd, 4096) if ready else b""
+            if not chunk:
+                self.stop()
+                raise DemoError(f"board {self.state_dir.name} did not start; see {self.log_path}:\n"
+                                + self.log_path.read_text(errors="replace")[-2000:])
+            data += chunk
+        return data
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(STOP_TIMEOUT_S)
+        if self.proc.stdout:
+            self.proc.stdout.close()
+
+
+def _subject(pem_text: str) -> str | None:
+    match = _PEM.search(pem_text)
+    if not match:
+        return None
+    return x509.load_pem_x509_certificate(match.group(0).encode()).subject.rfc4514_string()
+
+
+def _status_field(status: str, name: str) -> str:
+    match = re.search(rf"^{re.escape(name)}: +(.*)$", status, re.M)
+    return match.group(1).strip() if match else ""
+
+
+def drive_board(console: BoardConsole, summary: BoardSummary, say: Callable[[str], None]) -> None:
+    """Boot, login, bootstrap; fill in `summary` from what the console printed."""
+    console.boot_and_login()
+    status = console.run("status")
+    summary.serial = _status_field(status, "serial")
+    summary.idevid_subject = _subject(console.run("idevid"))
+    say(f"{summary.board}: booted, serial {summary.serial}; bootstrap ({summary.flow})")
+    out = console.run("bootstrap")
+    summary.states = _STATE_LINE.findall(out)
+    for line in out.splitlines():
+        if line.startswith("-> "):
+            say(f"  {summary.board}: {line[3:]}")
+    summary.state = _status_field(console.run("status"), "state")
+    summary.ldevid_subject = _subject(console.run("ldevid"))
+    if summary.state != "enrolled":
+        last = [line for line in out.splitlines() if line.strip()][-1:] or ["(nothing printed)"]
+        summary.error = last[0]
+
+
+def run_demo(directory: Path, *, keep: bool = False, say: Callable[[str], None] = lambda s: None) -> dict:
+    """Run the whole demo in `directory`; the summary as a JSON-ready dict."""
+    from pledgeforge.registrar.lab import Lab
+
+    directory = directory.resolve()
+    lab_dir = directory / "lab"
+    say(f"lab: starting MASA, cloud registrar and owner registrar in {lab_dir}")
+    lab, _ = Lab.up(lab_dir)
+    for role in ("masa", "cloud", "owner"):
+        say(f"lab: {role:5} {lab.url(role)}")
+    boards: list[BoardProcess] = []
+    summaries: list[BoardSummary] = []
+    try:
+        for name, flow in BOARDS:
+            profile = load_profile(name)
+            state_dir = directory / "boards" / name
+            summary = BoardSummary(board=name, flow=flow,
+                                   keystore=f"{profile.keystore.type} ({profile.keystore.algorithm.value})",
+                                   state_dir=str(state_dir))
+            summaries.append(summary)
+            process = BoardProcess(name, state_dir, lab_dir, flow)
+            boards.append(process)
+            summary.console = process.info["console"]
+            summary.power = process.info.get("power")
+            summary.pid = process.proc.pid
+            summary.attach = f"picocom -b {profile.console.baud} {state_dir / 'console'}"
+            console = BoardConsole(str(state_dir / "console"), profile)
+            try:
+                drive_board(console, summary, say)
+            except (pexpect.TIMEOUT, pexpect.EOF) as exc:
+                summary.error = f"the console stopped answering ({type(exc).__name__})"
+                summary.state = "failed"
+            finally:
+                console.close()
+    finally:
+        if not keep:
+            for process in boards:
+                process.stop()
+            lab.down()
+    ok = bool(summaries) and all(s.state == "enrolled" for s in summaries)
+    return {"ok": ok, "dir": str(directory), "lab": str(lab_dir), "kept_running": keep,
+            "boards": [asdict(s) for s in summaries]}
+
+
+def summary_text(result: dict) -> str:
+    lines = ["", "pledgeforge demo: " + ("every board enrolled" if result["ok"] else "FAILED"), ""]
+    for board in result["boards"]:
+        lines += [
+            f"{board['board']}  [{board['keystore']}]  flow {board['flow']}  serial {board['serial']}",
+            f"  result : {board['state']}" + (f" ({board['error']})" if board["error"] else ""),
+            f"  states : {' > '.join(board['states']) or '-'}",
+            f"  IDevID : {board['idevid_subject'] or '-'}",
+            f"  LDevID : {board['ldevid_subject'] or '-'}",
+        ]
+        if result["kept_running"]:
+            lines.append(f"  attach : {board['attach']}")
+            lines.append(f"  stop   : kill {board['pid']}")
+        lines.append("")
+    if result["kept_running"]:
+        lines += ["Everything keeps running. Power-cycle a board with",
+                  f"  pledgeforge board power cycle --state {result['dir']}/boards/<board>",
+                  f"and stop the lab with: pledgeforge lab down --dir {result['lab']}"]
+    elif result["dir"]:
+        lines.append(f"Stopped the boards and the lab; their files are in {result['dir']} "
+                     "(run with --keep to attach to the consoles).")
+    else:
+        lines.append("Stopped the boards and the lab and removed their temporary directory "
+                     "(--dir D keeps the files, --keep leaves everything running).")
+    return "\n".join(lines)
