@@ -113,18 +113,26 @@ class CsrAttributes:
     subject_alt_names: list[x509.GeneralName] = field(default_factory=list)
     #: the signature hash the server asked for, if any
     hash_name: str | None = None
+    #: the signature algorithm OID itself (ECDSA or RSA); encode() derives an
+    #: ECDSA one from hash_name when this is not set
+    signature_oid: str | None = None
     #: OIDs we did not understand (kept for logs; RFC 7030 lets clients ignore them)
     unknown: list[str] = field(default_factory=list)
 
     def encode(self) -> bytes:
+        """DER CsrAttrs; the subjectAltName goes in an extensionRequest (RFC 9908's form)."""
         items = [_AttrOrOid(name="oid", value=oid) for oid in self.subject_oids]
-        if self.hash_name:
-            oid = ECDSA_WITH_SHA384 if self.hash_name == "sha384" else ECDSA_WITH_SHA256
-            items.append(_AttrOrOid(name="oid", value=oid))
+        signature = self.signature_oid or (
+            (ECDSA_WITH_SHA384 if self.hash_name == "sha384" else ECDSA_WITH_SHA256) if self.hash_name else None)
+        if signature:
+            items.append(_AttrOrOid(name="oid", value=signature))
         if self.subject_alt_names:
             san = x509.SubjectAlternativeName(self.subject_alt_names).public_bytes()
+            extensions = asn1_x509.Extensions([{
+                "extn_id": "subject_alt_name", "critical": False,
+                "extn_value": asn1_x509.GeneralNames.load(san)}])
             items.append(_AttrOrOid(name="attribute", value={
-                "type": ID_SUBJECT_ALT_NAME, "values": [core.Any.load(san)]}))
+                "type": ID_EXTENSION_REQUEST, "values": [core.Any.load(extensions.dump())]}))
         return _CsrAttrs(items).dump()
 
     @classmethod
@@ -140,6 +148,7 @@ class CsrAttributes:
                         result.subject_oids.append(oid)
                     elif oid in _SIGNATURE_HASHES:
                         result.hash_name = _SIGNATURE_HASHES[oid]
+                        result.signature_oid = oid
                     else:
                         result.unknown.append(oid)
                     continue

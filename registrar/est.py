@@ -1,6 +1,6 @@
-"""The owner's EST server (RFC 7030, as BRSKI 5.9 uses it) and its wire formats.
+"""The owner's EST server (RFC 7030, as BRSKI 5.9 uses it).
 
-Wire formats (RFC 7030 4 with RFC 8951): every body is base64 (line breaks
+Wire formats (RFC 7030 4 with RFC 8951; encoded by hsm/est_wire.py, shared with the pledge): every body is base64 (line breaks
 allowed) of DER; no Content-Transfer-Encoding header is needed or looked at.
 
 - /cacerts: a certs-only CMS SignedData ("degenerate PKCS#7": no content,
@@ -32,21 +32,18 @@ is issued with the CA key in the HSM.
 
 from __future__ import annotations
 
-import base64
-import binascii
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Sequence
 
 from aiohttp import web
-from asn1crypto import cms, core
-from asn1crypto import x509 as asn1_x509
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from pledgeforge.hsm.chain import build_chain, load_certificate_file
 from pledgeforge.hsm.errors import CertificateError, UntrustedSignerError
+from pledgeforge.hsm.est_wire import CsrAttributes, certs_only, decode_body, encode_body
 from pledgeforge.hsm.keystore import open_signer
-from pledgeforge.hsm.x509 import check_csr, issue_certificate, load_csr, parse_dn, to_der, to_pem
+from pledgeforge.hsm.x509 import check_csr, issue_certificate, load_csr, parse_dn, to_pem
 
 from .brski import load_anchors, require_serial
 from .config import CsrAttrsSettings, EstSettings
@@ -58,7 +55,6 @@ PKCS7_MEDIA_TYPE = "application/pkcs7-mime"
 CERTS_ONLY_MEDIA_TYPE = "application/pkcs7-mime; smime-type=certs-only"
 CSRATTRS_MEDIA_TYPE = "application/csrattrs"
 PKCS10_MEDIA_TYPE = "application/pkcs10"
-EXTENSION_REQUEST = "1.2.840.113549.1.9.14"
 
 SIGNATURE_ALGORITHMS = {
     "ecdsa-with-sha256": "1.2.840.10045.4.3.2",
@@ -72,70 +68,15 @@ SIGNATURE_ALGORITHMS = {
 
 # --------------------------------------------------------------------------- wire formats
 
-def certs_only(certs: Sequence[x509.Certificate]) -> bytes:
-    """DER certs-only SignedData: the CMS container EST uses to carry certificates."""
-    signed_data = cms.SignedData({
-        "version": "v1",
-        "digest_algorithms": [],
-        "encap_content_info": {"content_type": "data"},
-        "certificates": [asn1_x509.Certificate.load(to_der(c)) for c in certs],
-        "signer_infos": [],
-    })
-    return cms.ContentInfo({"content_type": "signed_data", "content": signed_data}).dump()
-
-
-def certificates_of(der: bytes) -> list[x509.Certificate]:
-    """The certificates of a certs-only SignedData."""
+def decode_request_body(body: bytes, what: str) -> bytes:
+    """DER from a request body (base64, RFC 8951); what is not, is the client's mistake (400)."""
     try:
-        content = cms.ContentInfo.load(der, strict=True)
-        if content["content_type"].native != "signed_data":
-            raise ValueError(f"ContentInfo holds {content['content_type'].dotted}, not SignedData")
-        return [x509.load_der_x509_certificate(c.chosen.dump())
-                for c in content["content"]["certificates"] or [] if c.name == "certificate"]
-    except (ValueError, TypeError, KeyError) as exc:
-        raise CertificateError(f"not a certs-only PKCS#7: {exc}") from None
-
-
-def encode_body(der: bytes) -> bytes:
-    """base64 with line breaks, as RFC 7030 / RFC 8951 carry DER."""
-    return base64.encodebytes(der)
-
-
-def decode_body(body: bytes, what: str) -> bytes:
-    """DER from a base64 body; whitespace and line breaks are ignored (RFC 8951)."""
-    try:
-        der = base64.b64decode(b"".join(body.split()), validate=True)
-    except (binascii.Error, ValueError):
-        raise Refusal(400, f"the {what} is not base64 (RFC 7030 4.2.1, RFC 8951)") from None
+        der = decode_body(body, what)
+    except CertificateError as exc:
+        raise Refusal(400, f"{exc} (RFC 7030 4.2.1, RFC 8951)") from None
     if not der:
         raise Refusal(400, f"the {what} is empty")
     return der
-
-
-class _AnySet(core.SetOf):
-    _child_spec = core.Any
-
-
-class _Attribute(core.Sequence):
-    _fields = [("type", core.ObjectIdentifier), ("values", _AnySet)]
-
-
-class _AttrOrOid(core.Choice):
-    _alternatives = [("oid", core.ObjectIdentifier), ("attribute", _Attribute)]
-
-
-class _CsrAttrs(core.SequenceOf):
-    _child_spec = _AttrOrOid
-
-
-@dataclass(frozen=True)
-class CsrAttributes:
-    """What a CsrAttrs asks for."""
-
-    oids: tuple[str, ...] = ()
-    dns_names: tuple[str, ...] = ()
-    #: other attributes: type OID -> DER of each value
-    attributes: dict[str, tuple[bytes, ...]] = field(default_factory=dict)
 
 
 def subject_oid(keyword: str) -> x509.ObjectIdentifier:
@@ -160,41 +101,12 @@ def requested_dns_names(policy: CsrAttrsSettings, serial: str) -> list[str]:
     return [template.replace("{serial}", serial).lower() for template in policy.san_dns]
 
 
-def encode_csr_attributes(policy: CsrAttrsSettings, serial: str) -> bytes:
-    """DER CsrAttrs for one pledge (its serial fills "{serial}")."""
-    items = [_AttrOrOid(name="oid", value=subject_oid(k).dotted_string) for k in policy.subject]
-    names = requested_dns_names(policy, serial)
-    if names:
-        san = asn1_x509.GeneralNames([asn1_x509.GeneralName(name="dns_name", value=n) for n in names])
-        extensions = asn1_x509.Extensions([{"extn_id": "subject_alt_name", "critical": False,
-                                            "extn_value": san}])
-        items.append(_AttrOrOid(name="attribute", value=_Attribute({
-            "type": EXTENSION_REQUEST, "values": [core.Any.load(extensions.dump())]})))
-    if policy.signature_algorithm:
-        items.append(_AttrOrOid(name="oid", value=signature_algorithm_oid(policy.signature_algorithm)))
-    return _CsrAttrs(items).dump()
-
-
-def parse_csr_attributes(der: bytes) -> CsrAttributes:
-    """Read a CsrAttrs: plain OIDs, dNSNames asked for in an extensionRequest, other attributes."""
-    try:
-        parsed = _CsrAttrs.load(der, strict=True)
-        oids, dns, attrs = [], [], {}
-        for item in parsed:
-            if item.name == "oid":
-                oids.append(item.chosen.dotted)
-                continue
-            kind = item.chosen["type"].dotted
-            values = tuple(v.dump() for v in item.chosen["values"])
-            if kind == EXTENSION_REQUEST:
-                for value in values:
-                    for ext in asn1_x509.Extensions.load(value):
-                        if ext["extn_id"].native == "subject_alt_name":
-                            dns += [g.native for g in ext["extn_value"].parsed if g.name == "dns_name"]
-            attrs[kind] = values
-    except (ValueError, TypeError, KeyError) as exc:
-        raise CertificateError(f"not a CsrAttrs structure: {exc}") from None
-    return CsrAttributes(tuple(oids), tuple(dns), attrs)
+def csr_attributes_for(policy: CsrAttrsSettings, serial: str) -> CsrAttributes:
+    """What /csrattrs asks of one pledge (its serial fills "{serial}")."""
+    return CsrAttributes(
+        subject_oids=[subject_oid(k).dotted_string for k in policy.subject],
+        subject_alt_names=[x509.DNSName(n) for n in requested_dns_names(policy, serial)],
+        signature_oid=signature_algorithm_oid(policy.signature_algorithm) if policy.signature_algorithm else None)
 
 
 def _csr_dns_names(csr: x509.CertificateSigningRequest) -> list[str]:
@@ -291,14 +203,14 @@ class EstServer:
 
     async def csrattrs(self, request: web.Request) -> web.Response:
         client = self.identify(request)
-        der = encode_csr_attributes(self.settings.csrattrs, client.serial)
+        der = csr_attributes_for(self.settings.csrattrs, client.serial).encode()
         return web.Response(body=encode_body(der), headers={"Content-Type": CSRATTRS_MEDIA_TYPE})
 
     async def _read_csr(self, request: web.Request) -> x509.CertificateSigningRequest:
         got = media_type(request.headers.get("Content-Type"))
         if got != PKCS10_MEDIA_TYPE:
             raise Refusal(415, f"Content-Type must be {PKCS10_MEDIA_TYPE}, not {got or 'missing'}")
-        der = decode_body(await read_body(request), "PKCS#10 request")
+        der = decode_request_body(await read_body(request), "PKCS#10 request")
         try:
             csr = load_csr(der)
             check_csr(csr)

@@ -13,8 +13,8 @@ from pledgeforge.hsm.signer import KeyAlgorithm, SoftwareSigner
 from pledgeforge.hsm.x509 import make_ca, make_csr, to_der
 from pledgeforge.registrar.config import ConfigError, CsrAttrsSettings, load_config
 from pledgeforge.registrar.db import CLOUD_RESPONSES
-from pledgeforge.registrar.est import (certificates_of, certs_only, check_csr_identity, decode_body,
-                                       encode_body, encode_csr_attributes, parse_csr_attributes)
+from pledgeforge.hsm.est_wire import CsrAttributes, certs_only, encode_body, parse_certs_only
+from pledgeforge.registrar.est import check_csr_identity, csr_attributes_for, decode_request_body
 from pledgeforge.registrar.web import Refusal, accepts
 
 POLICY = CsrAttrsSettings(subject=("CN", "serialNumber"), san_dns=("{serial}.pledges.example",),
@@ -35,11 +35,11 @@ def test_certs_only_pkcs7_lists_every_certificate_for_openssl(tmp_path):
     assert out.returncode == 0, out.stderr
     text = out.stdout.decode()
     assert "subject=CN = first CA" in text and "subject=CN = second CA" in text
-    assert certificates_of(der) == certs
+    assert parse_certs_only(der) == certs
 
 
 def test_csrattrs_parse_with_openssl_and_round_trip(tmp_path):
-    der = encode_csr_attributes(POLICY, "SN-1")
+    der = csr_attributes_for(POLICY, "SN-1").encode()
     (tmp_path / "attrs.der").write_bytes(der)
     out = openssl("asn1parse", "-inform", "DER", "-in", tmp_path / "attrs.der", "-i")
     assert out.returncode == 0, out.stderr
@@ -47,10 +47,10 @@ def test_csrattrs_parse_with_openssl_and_round_trip(tmp_path):
     for name in ("commonName", "serialNumber", "Extension Request", "ecdsa-with-SHA256",
                  "X509v3 Subject Alternative Name"):
         assert name in text, text
-    parsed = parse_csr_attributes(der)
-    assert parsed.oids == ("2.5.4.3", "2.5.4.5", "1.2.840.10045.4.3.2")
-    assert parsed.dns_names == ("sn-1.pledges.example",)
-    assert "1.2.840.113549.1.9.14" in parsed.attributes
+    parsed = CsrAttributes.decode(der)
+    assert parsed.subject_oids == ["2.5.4.3", "2.5.4.5"]
+    assert parsed.signature_oid == "1.2.840.10045.4.3.2" and parsed.hash_name == "sha256"
+    assert parsed.subject_alt_names == [x509.DNSName("sn-1.pledges.example")]
 
 
 def _csr(subject: str, dns=()) -> x509.CertificateSigningRequest:
@@ -78,9 +78,9 @@ def test_csr_missing_what_was_asked_is_refused_with_400(subject, dns, problem):
 def test_base64_bodies_tolerate_line_breaks_and_refuse_garbage():
     der = to_der(_ca("x"))
     wrapped = base64.encodebytes(der).replace(b"\n", b"\r\n")
-    assert decode_body(wrapped, "body") == der
+    assert decode_request_body(wrapped, "body") == der
     with pytest.raises(Refusal) as refused:
-        decode_body(b"not base64 at all!", "PKCS#10 request")
+        decode_request_body(b"not base64 at all!", "PKCS#10 request")
     assert refused.value.status == 400
 
 

@@ -21,7 +21,7 @@ from pledgeforge.hsm.signer import KeyAlgorithm, SoftwareSigner
 from pledgeforge.hsm.voucher import Voucher
 from pledgeforge.hsm.x509 import issue_idevid, make_ca, make_csr, to_der, to_pem
 from pledgeforge.registrar.db import MASA_METADATA, OWNER_METADATA, table_contents
-from pledgeforge.registrar.est import certificates_of, parse_csr_attributes
+from pledgeforge.hsm.est_wire import CsrAttributes, parse_certs_only
 
 EST = "/.well-known/est"
 BRSKI = "/.well-known/brski"
@@ -67,11 +67,11 @@ def asked_csr(lab, pledge: StandIn, key: SoftwareSigner | None = None):
     """A CSR with what /csrattrs asks for (as a pledge would build it)."""
     answer = https(lab.url("owner") + EST + "/csrattrs", identity=pledge, anchors=[lab.pki("owner-ca")])
     assert answer.status == 200 and answer.header("content-type") == "application/csrattrs"
-    attrs = parse_csr_attributes(base64.b64decode(answer.body))
-    assert attrs.oids[:2] == ("2.5.4.3", "2.5.4.5")
+    attrs = CsrAttributes.decode(answer.body)
+    assert attrs.subject_oids[:2] == ["2.5.4.3", "2.5.4.5"]
     key = key or SoftwareSigner.generate(KeyAlgorithm.EC_P256)
     return key, make_csr(key, f"CN=ldevid {pledge.serial},serialNumber={pledge.serial}",
-                         dns_names=attrs.dns_names), answer.body
+                         dns_names=[n.value for n in attrs.subject_alt_names]), answer.body
 
 
 def test_round_trip_voucher_then_est_enrollment(lab, pledge, tmp_path):
@@ -116,7 +116,7 @@ def test_round_trip_voucher_then_est_enrollment(lab, pledge, tmp_path):
     (tmp_path / "ldevid.pem").write_bytes(printed.stdout)
     verified = openssl("verify", "-CAfile", lab.pki("owner-ca"), tmp_path / "ldevid.pem")
     assert verified.returncode == 0, verified.stdout + verified.stderr
-    ldevid = certificates_of(base64.b64decode(answer.body))[0]
+    ldevid = parse_certs_only(answer.body)[0]
     assert ldevid.public_key() == key.public_key
     assert ldevid.subject.get_attributes_for_oid(NameOID.SERIAL_NUMBER)[0].value == pledge.serial
     san = ldevid.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
@@ -139,7 +139,7 @@ def test_round_trip_voucher_then_est_enrollment(lab, pledge, tmp_path):
     renewal = make_csr(renewal_key, ldevid.subject, dns_names=san.get_values_for_type(x509.DNSName))
     renewed = enroll(lab, pledge, renewal, "simplereenroll", client_files=ldevid_files)
     assert renewed.status == 200, renewed.body
-    new_cert = certificates_of(base64.b64decode(renewed.body))[0]
+    new_cert = parse_certs_only(renewed.body)[0]
     assert new_cert.subject == ldevid.subject and new_cert.public_key() == renewal_key.public_key
     kinds = [r[2] for r in table_contents(lab.owner_store().engine, OWNER_METADATA)["owner_enrollments"]
              if r[1] == pledge.serial]
