@@ -18,3 +18,14 @@ def run_cli(*args: str, env: dict | None = None, input: bytes | None = None,
 
 def openssl(*args: str, input: bytes | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
     return subprocess.run(["openssl", *map(str, args)], input=input, capture_output=True, timeout=timeout)
+
+
+SMPMGR = str(Path(sys.executable).with_name("smpmgr"))
+
+
+def smpmgr(port: str, *args, timeout: float = 300) -> subprocess.CompletedProcess:
+    """smpmgr (the SMP client embedded teams use) against a serial port; it must succeed."""
+    result = subprocess.run([SMPMGR, "--port", port, *map(str, args)], capture_output=True,
+                            text=True, timeout=timeout)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,22 +14,15 @@ from smpclient.requests.image_management import ImageStatesRead
 from smpclient.transport.serial import SMPSerialTransport
 
 from boardrunner import BoardProcess, run
-from clirunner import run_cli
+from clirunner import run_cli, smpmgr
 from pledgeforge.boards.image_signing import firmware_payload
 from pledgeforge.boards.image_slots import ImageSlots
 from pledgeforge.boards.profile import load_profile
 from pledgeforge.hsm.keystore import generate_key
 
-SMPMGR = str(Path(sys.executable).with_name("smpmgr"))
 MCU = load_profile("mcu-se")
 PROMPT = MCU.console.prompt
 
-
-def smpmgr(port: str, *args, timeout: float = 300) -> subprocess.CompletedProcess:
-    result = subprocess.run([SMPMGR, "--port", port, *map(str, args)], capture_output=True,
-                            text=True, timeout=timeout)
-    assert result.returncode == 0, result.stdout + result.stderr
-    return result
 
 
 class Bench:

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,21 +17,14 @@ from smpclient.requests.image_management import ImageStatesRead
 from smpclient.requests.os_management import EchoWrite
 from smpclient.transport.serial import SMPSerialTransport
 
-from clirunner import run_cli
+from clirunner import run_cli, smpmgr
 from pledgeforge.boards.image_signing import firmware_payload
 from pledgeforge.boards.image_slots import ImageSlots
 from pledgeforge.boards.profile import ImageConfig
 from pledgeforge.hsm.keystore import generate_key
 from smp_pty import PtySmpConsole
 
-SMPMGR = str(Path(sys.executable).with_name("smpmgr"))
 
-
-def smpmgr(port: str, *args, timeout: float = 300) -> subprocess.CompletedProcess:
-    result = subprocess.run([SMPMGR, "--port", port, *map(str, args)], capture_output=True,
-                            text=True, timeout=timeout)
-    assert result.returncode == 0, result.stdout + result.stderr
-    return result
 
 
 class Lab:
