@@ -26,11 +26,14 @@ cdef extern from "openssl/evp.h" nogil:
     int EVP_PKEY_RSA
     int EVP_PKEY_RSA_PSS
     int EVP_PKEY_ED25519
+    int EVP_PKEY_ED448
+    int EVP_PKEY_DSA
 
     EVP_MD *EVP_MD_fetch(OSSL_LIB_CTX *ctx, const char *algorithm, const char *properties)
     void EVP_MD_free(EVP_MD *md)
     EVP_MD_CTX *EVP_MD_CTX_new()
     void EVP_MD_CTX_free(EVP_MD_CTX *ctx)
+    int EVP_MD_CTX_reset(EVP_MD_CTX *ctx)
     int EVP_DigestInit_ex(EVP_MD_CTX *ctx, const EVP_MD *type, ENGINE *impl)
     int EVP_DigestUpdate(EVP_MD_CTX *ctx, const void *d, size_t cnt)
     int EVP_DigestFinal_ex(EVP_MD_CTX *ctx, unsigned char *md, unsigned int *s)
@@ -41,6 +44,7 @@ cdef extern from "openssl/evp.h" nogil:
 
     void EVP_PKEY_free(EVP_PKEY *pkey)
     int EVP_PKEY_get_base_id(const EVP_PKEY *pkey)
+    int EVP_PKEY_get_group_name(const EVP_PKEY *pkey, char *name, size_t name_sz, size_t *gname_len)
 
     EVP_PKEY_CTX *EVP_PKEY_CTX_new_from_pkey(OSSL_LIB_CTX *libctx, EVP_PKEY *pkey,
                                              const char *propquery)

@@ -14,7 +14,7 @@ pledgeforge.fastpath.
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free, malloc, realloc
-from libc.string cimport memcmp, memcpy, memset
+from libc.string cimport memcmp, memcpy, memset, strcmp
 
 include "_libcrypto.pxi"
 
@@ -38,7 +38,11 @@ cdef enum:
     H_SHA256 = 3
     H_SHA384 = 4
     H_SHA512 = 5
-    H_COUNT = 6
+    H_SHA3_224 = 6
+    H_SHA3_256 = 7
+    H_SHA3_384 = 8
+    H_SHA3_512 = 9
+    H_COUNT = 10
 
 # Public key kinds.
 cdef enum:
@@ -46,7 +50,10 @@ cdef enum:
     K_EC = 1
     K_RSA = 2
     K_ED25519 = 3
-    K_OTHER = 4
+    K_ED448 = 4
+    K_DSA = 5
+    K_OTHER = 6     # loads, but signs nothing the reference verifies (X25519, DH, ...)
+    K_UNSUPPORTED = 7   # a key type or curve the reference refuses to load at all
 
 # Signature schemes.
 cdef enum:
@@ -55,10 +62,12 @@ cdef enum:
     S_RSA_PKCS1 = 2
     S_RSA_PSS = 3
     S_ED25519 = 4
-    S_DSA = 5       # parsed (the reference knows it), never produced by the fastpath's users
+    S_ED448 = 5
+    S_DSA = 6
 
 cdef enum:
     MAX_DEPTH = 8           # certificates in a path before the anchor, as hsm.chain
+    MAX_NESTING = 64        # constructed elements inside each other in one item
     CHAIN_BUDGET = 4096     # path-building steps per item: hostile inputs cannot hang a worker
     PAIR_SLOTS = 4          # cached "signed by" results per certificate
     CTX_SLOTS = 64          # cached verify contexts per worker
@@ -69,9 +78,18 @@ cdef enum:
     P_ANY = 0       # unknown algorithm: any single element or nothing
     P_OPT_NULL = 1  # absent or NULL
     P_NONE = 2      # must be absent
-    P_EC = 3        # named curve OID, NULL or a SEQUENCE
+    P_EC = 3        # named curve OID, NULL or SpecifiedECDomain
     P_PSS = 4       # absent or RSASSA-PSS-params
     P_DSA = 5       # Dss-Parms
+    P_OCTET16 = 6   # AES-CBC: a 16-octet IV
+    P_DHX = 7       # DomainParameters (RFC 3279)
+    P_DH_BASIC = 8  # PKCS #3 DHParameter
+    P_PBKDF2 = 9    # PBKDF2-params
+    P_PBES2 = 10    # PBES2-params
+    P_PBES1 = 11    # PBEParameter
+
+cdef enum:
+    ALG_NESTING = 8         # AlgorithmIdentifiers inside parameters (PSS hashes, PBES2)
 
 
 cdef extern from *:
@@ -88,6 +106,16 @@ cdef extern from *:
     static const unsigned char PF_OID_ATTR_CT[] = {0x2a,0x86,0x48,0x86,0xf7,0x0d,0x01,0x09,0x03};
     static const unsigned char PF_OID_ATTR_MD[] = {0x2a,0x86,0x48,0x86,0xf7,0x0d,0x01,0x09,0x04};
     static const unsigned char PF_OID_ATTR_ST[] = {0x2a,0x86,0x48,0x86,0xf7,0x0d,0x01,0x09,0x05};
+    static const unsigned char PF_OID_PKCS9[] = {0x2a,0x86,0x48,0x86,0xf7,0x0d,0x01,0x09};          /* + n */
+    static const unsigned char PF_OID_SMIME_AA[] = {0x2a,0x86,0x48,0x86,0xf7,0x0d,0x01,0x09,0x10,0x02}; /* + n */
+    static const unsigned char PF_OID_MS_NESTED_SIG[] = {0x2b,0x06,0x01,0x04,0x01,0x82,0x37,0x02,0x04,0x01};
+    static const unsigned char PF_OID_MS_TIMESTAMP[] = {0x2b,0x06,0x01,0x04,0x01,0x82,0x37,0x03,0x03,0x01};
+    /* Teletex (T.61) octets the reference's codec maps to nothing. */
+    static const unsigned char PF_TELETEX_UNDEFINED[256] = {
+        [35]=1, [36]=1, [92]=1, [94]=1, [96]=1, [123]=1, [125]=1, [126]=1, [169]=1, [170]=1,
+        [172]=1, [173]=1, [174]=1, [175]=1, [185]=1, [186]=1, [192]=1, [201]=1,
+        [208]=1, [209]=1, [210]=1, [211]=1, [212]=1, [213]=1, [214]=1, [215]=1, [216]=1,
+        [217]=1, [218]=1, [219]=1, [220]=1, [221]=1, [222]=1, [223]=1, [229]=1, [255]=1};
     static const unsigned char PF_OID_SHA1[] = {0x2b,0x0e,0x03,0x02,0x1a};
     static const unsigned char PF_OID_NIST_HASH[] = {0x60,0x86,0x48,0x01,0x65,0x03,0x04,0x02};   /* + n */
     static const unsigned char PF_OID_NIST_SIG[] = {0x60,0x86,0x48,0x01,0x65,0x03,0x04,0x03};    /* + n */
@@ -96,11 +124,26 @@ cdef extern from *:
     static const unsigned char PF_OID_PKCS1[] = {0x2a,0x86,0x48,0x86,0xf7,0x0d,0x01,0x01};       /* + n */
     static const unsigned char PF_OID_SHA1_RSA_ALT[] = {0x2b,0x0e,0x03,0x02,0x1d};
     static const unsigned char PF_OID_DSA[] = {0x2a,0x86,0x48,0xce,0x38,0x04,0x01};
-    static const unsigned char PF_OID_DSA_SHA1[] = {0x2a,0x86,0x48,0xce,0x38,0x04,0x03};
     static const unsigned char PF_OID_EDWARDS[] = {0x2b,0x65};                                    /* + 0x6e..0x71 */
     static const unsigned char PF_OID_AT_SERIAL[] = {0x55,0x04,0x05};
     static const unsigned char PF_OID_AT_UNIQUE_ID[] = {0x55,0x04,0x2d};
     static const unsigned char PF_OID_CE[] = {0x55,0x1d};                                          /* + n */
+    static const unsigned char PF_OID_RSADSI_DIGEST[] = {0x2a,0x86,0x48,0x86,0xf7,0x0d,0x02};        /* + n: HMAC */
+    static const unsigned char PF_OID_PKCS5[] = {0x2a,0x86,0x48,0x86,0xf7,0x0d,0x01,0x05};        /* + n */
+    static const unsigned char PF_OID_PKCS12_PBE[] = {0x2a,0x86,0x48,0x86,0xf7,0x0d,0x01,0x0c,0x01}; /* + n */
+    static const unsigned char PF_OID_DH_AGREEMENT[] = {0x2a,0x86,0x48,0x86,0xf7,0x0d,0x01,0x03,0x01};
+    static const unsigned char PF_OID_DHX[] = {0x2a,0x86,0x48,0xce,0x3e,0x02,0x01};
+    static const unsigned char PF_OID_NIST_AES[] = {0x60,0x86,0x48,0x01,0x65,0x03,0x04,0x01};    /* + n */
+    static const unsigned char PF_OID_NIST_KEM[] = {0x60,0x86,0x48,0x01,0x65,0x03,0x04,0x04};    /* + n */
+    static const unsigned char PF_OID_PRIME_FIELD[] = {0x2a,0x86,0x48,0xce,0x3d,0x01,0x01};
+    static const unsigned char PF_OID_CHAR2_FIELD[] = {0x2a,0x86,0x48,0xce,0x3d,0x01,0x02};
+    /* Named curves the reference loads keys on: P-192, P-256, P-224, P-384, P-521,
+       secp256k1, brainpoolP256r1/P384r1/P512r1. */
+    static const unsigned char PF_OID_X962_CURVE[] = {0x2a,0x86,0x48,0xce,0x3d,0x03,0x01};       /* + 1, 7 */
+    static const unsigned char PF_OID_SECG_CURVE[] = {0x2b,0x81,0x04,0x00};                      /* + 0x21..0x23, 0x0a */
+    static const unsigned char PF_OID_BRAINPOOL[] = {0x2b,0x24,0x03,0x03,0x02,0x08,0x01,0x01};   /* + 7, 11, 13 */
+    /* DER of the default PBKDF2 prf (hmacWithSHA1), which DER forbids spelling out. */
+    static const unsigned char PF_PBKDF2_PRF_DEFAULT[] = {0x30,0x0c,0x06,0x08,0x2a,0x86,0x48,0x86,0xf7,0x0d,0x02,0x07,0x05,0x00};
     /* DER of the defaults RSASSA-PSS-params must not spell out. */
     static const unsigned char PF_PSS_SHA1_DEFAULT[] = {0x30,0x09,0x06,0x05,0x2b,0x0e,0x03,0x02,0x1a,0x05,0x00};
     static const unsigned char PF_PSS_MGF1_DEFAULT[] = {0x30,0x16,0x06,0x09,0x2a,0x86,0x48,0x86,0xf7,0x0d,0x01,0x01,0x08,
@@ -116,6 +159,11 @@ cdef extern from *:
     const uint8_t PF_OID_ATTR_CT[9]
     const uint8_t PF_OID_ATTR_MD[9]
     const uint8_t PF_OID_ATTR_ST[9]
+    const uint8_t PF_OID_PKCS9[8]
+    const uint8_t PF_OID_SMIME_AA[10]
+    const uint8_t PF_OID_MS_NESTED_SIG[10]
+    const uint8_t PF_OID_MS_TIMESTAMP[10]
+    const uint8_t PF_TELETEX_UNDEFINED[256]
     const uint8_t PF_OID_SHA1[5]
     const uint8_t PF_OID_NIST_HASH[8]
     const uint8_t PF_OID_NIST_SIG[8]
@@ -124,11 +172,23 @@ cdef extern from *:
     const uint8_t PF_OID_PKCS1[8]
     const uint8_t PF_OID_SHA1_RSA_ALT[5]
     const uint8_t PF_OID_DSA[7]
-    const uint8_t PF_OID_DSA_SHA1[7]
     const uint8_t PF_OID_EDWARDS[2]
     const uint8_t PF_OID_AT_SERIAL[3]
     const uint8_t PF_OID_AT_UNIQUE_ID[3]
     const uint8_t PF_OID_CE[2]
+    const uint8_t PF_OID_RSADSI_DIGEST[7]
+    const uint8_t PF_OID_PKCS5[8]
+    const uint8_t PF_OID_PKCS12_PBE[9]
+    const uint8_t PF_OID_DH_AGREEMENT[9]
+    const uint8_t PF_OID_DHX[7]
+    const uint8_t PF_OID_NIST_AES[8]
+    const uint8_t PF_OID_NIST_KEM[8]
+    const uint8_t PF_OID_PRIME_FIELD[7]
+    const uint8_t PF_OID_CHAR2_FIELD[7]
+    const uint8_t PF_OID_X962_CURVE[7]
+    const uint8_t PF_OID_SECG_CURVE[4]
+    const uint8_t PF_OID_BRAINPOOL[8]
+    const uint8_t PF_PBKDF2_PRF_DEFAULT[14]
     const uint8_t PF_PSS_SHA1_DEFAULT[11]
     const uint8_t PF_PSS_MGF1_DEFAULT[24]
 
@@ -199,10 +259,41 @@ cdef inline int cur_expect(Cursor *c, Tlv *t, int tag) noexcept nogil:
     return 0
 
 
-cdef inline bint cur_peek(Cursor *c, int tag) noexcept nogil:
-    """Whether the next element reads and carries `tag` (so cur_next cannot fail after it)."""
+cdef inline bint cur_take(Cursor *c, Tlv *t, int tag) noexcept nogil:
+    """An OPTIONAL element: read the next one only if it carries `tag` and reads; whether it did."""
+    return c.n > 0 and c.p[0] == tag and cur_next(c, t) == 1
+
+
+cdef bint der_framed(const uint8_t *p, size_t n) noexcept nogil:
+    """Whether the item is DER-framed: exactly one element; every element, through
+    every constructed one, read by der_read (low tag number, definite minimal length);
+    universal constructed elements only SEQUENCE and SET (no BER constructed strings);
+    at most MAX_NESTING constructed elements deep. pledgeforge.fastpath.reference
+    applies the same rule before the reference verifier, which also reads BER."""
+    cdef size_t ends[MAX_NESTING]
+    cdef int depth = 0
+    cdef size_t pos = 0, limit
     cdef Tlv t
-    return c.n > 0 and c.p[0] == tag and der_read(c.p, c.n, &t) == 0
+    if n == 0:
+        return False
+    while True:
+        while depth > 0 and pos == ends[depth - 1]:
+            depth -= 1
+        if depth == 0 and pos > 0:
+            return pos == n
+        limit = ends[depth - 1] if depth > 0 else n
+        if der_read(p + pos, limit - pos, &t) < 0:
+            return False
+        if t.tag & 0x20:
+            if (t.tag & 0xc0) == 0 and t.tag != 0x30 and t.tag != 0x31:
+                return False
+            if depth == MAX_NESTING:
+                return False
+            ends[depth] = pos + t.tlen
+            depth += 1
+            pos += t.tlen - t.vlen
+        else:
+            pos += t.tlen
 
 
 cdef inline bint oid_is(const Tlv *t, const uint8_t *oid, size_t n) noexcept nogil:
@@ -519,12 +610,25 @@ cdef bint name_value_loads(const Tlv *v) noexcept nogil:
     return True
 
 
+cdef int der_order(const Tlv *a, const Tlv *b) noexcept nogil:
+    """Compare two encodings as the reference orders SET OF elements: <0, 0, >0."""
+    cdef size_t n = a.tlen if a.tlen < b.tlen else b.tlen
+    cdef int c = memcmp(a.hdr, b.hdr, n)
+    if c != 0:
+        return c
+    return (a.tlen > b.tlen) - (a.tlen < b.tlen)
+
+
 cdef int name_check(const Tlv *name, bint *decodable, const uint8_t **serial,
                     size_t *serial_len, int *serial_tag) noexcept nogil:
-    """Validate a Name's structure (-1 if broken); report decodability and serialNumber."""
+    """Validate a Name's structure (-1 if broken); report decodability and serialNumber.
+
+    As the reference's X.509 parser: a certificate whose RDN lists its attributes out
+    of DER order does not load; an empty RDN or the same attribute twice in one RDN
+    loads, but the name cannot be read (decodable False)."""
     cdef Cursor rdns, rdn, atv
-    cdef Tlv r, a, oid, val
-    cdef int k
+    cdef Tlv r, a, prev, oid, val
+    cdef int k, count
     if name.tag != 0x30:
         return -1
     decodable[0] = True
@@ -536,12 +640,21 @@ cdef int name_check(const Tlv *name, bint *decodable, const uint8_t **serial,
         if k < 0 or r.tag != 0x31:
             return -1
         cur_init(&rdn, &r)
+        count = 0
         while True:
             k = cur_next(&rdn, &a)
             if k == 0:
                 break
             if k < 0 or a.tag != 0x30:
                 return -1
+            if count > 0:
+                k = der_order(&prev, &a)
+                if k > 0:
+                    return -1
+                if k == 0:
+                    decodable[0] = False
+            prev = a
+            count += 1
             cur_init(&atv, &a)
             if cur_expect(&atv, &oid, 0x06) < 0 or not oid_valid(&oid):
                 return -1
@@ -555,13 +668,15 @@ cdef int name_check(const Tlv *name, bint *decodable, const uint8_t **serial,
                 serial[0] = val.val
                 serial_len[0] = val.vlen
                 serial_tag[0] = val.tag
+        if count == 0:
+            decodable[0] = False
     return 0
 
 
 # --------------------------------------------------------------------------- algorithms
 
 cdef int nist_hash(const Tlv *oid) noexcept nogil:
-    """SHA-2 by OID (2.16.840.1.101.3.4.2.n), H_NONE otherwise."""
+    """SHA-1, SHA-2 and SHA-3 by OID (2.16.840.1.101.3.4.2.n), H_NONE otherwise."""
     if oid_is(oid, PF_OID_SHA1, 5):
         return H_SHA1
     if oid_has_prefix(oid, PF_OID_NIST_HASH, 8):
@@ -573,6 +688,8 @@ cdef int nist_hash(const Tlv *oid) noexcept nogil:
             return H_SHA512
         if oid.val[8] == 4:
             return H_SHA224
+        if 7 <= oid.val[8] <= 10:
+            return sha3_by_index(oid.val[8] - 7)
     return H_NONE
 
 
@@ -586,15 +703,15 @@ cdef int params_rule(const Tlv *oid) noexcept nogil:
         return P_OPT_NULL if 1 <= last <= 4 or 7 <= last <= 10 else P_ANY
     if oid_has_prefix(oid, PF_OID_NIST_SIG, 8):
         last = oid.val[8]
-        if 9 <= last <= 12:
-            return P_NONE            # ecdsa-with-SHA3-*
-        if 13 <= last <= 16 or 1 <= last <= 4:
-            return P_OPT_NULL        # RSA with SHA3-*, DSA with SHA-2
+        if 9 <= last <= 12 or 1 <= last <= 4 or 17 <= last <= 19:
+            return P_NONE            # ecdsa-with-SHA3-*, DSA with SHA-2, ML-DSA
+        if 13 <= last <= 16:
+            return P_OPT_NULL        # RSA with SHA3-*
         return P_ANY
     if oid_is(oid, PF_OID_EC_PUBKEY, 7):
         return P_EC
     if oid.vlen == 8 and memcmp(oid.val, PF_OID_ECDSA, 6) == 0 and oid.val[6] == 0x03:
-        return P_OPT_NULL if 1 <= oid.val[7] <= 4 else P_ANY
+        return P_NONE if 1 <= oid.val[7] <= 4 else P_ANY    # ecdsa-with-SHA2: no NULL
     if oid_has_prefix(oid, PF_OID_PKCS1, 8):
         last = oid.val[8]
         if last == 1 or last == 5 or (11 <= last <= 14):
@@ -606,6 +723,27 @@ cdef int params_rule(const Tlv *oid) noexcept nogil:
         return P_NONE
     if oid_is(oid, PF_OID_DSA, 7):
         return P_DSA
+    if oid_has_prefix(oid, PF_OID_RSADSI_DIGEST, 7) and 7 <= oid.val[7] <= 11:
+        return P_OPT_NULL            # hmacWithSHA1..SHA512
+    if oid_has_prefix(oid, PF_OID_NIST_AES, 8) and oid.val[8] in (2, 22, 42):
+        return P_OCTET16             # AES-128/192/256-CBC
+    if oid_has_prefix(oid, PF_OID_NIST_KEM, 8) and 2 <= oid.val[8] <= 3:
+        return P_NONE                # ML-KEM-768/1024
+    if oid_is(oid, PF_OID_DHX, 7):
+        return P_DHX
+    if oid_is(oid, PF_OID_DH_AGREEMENT, 9):
+        return P_DH_BASIC
+    if oid_has_prefix(oid, PF_OID_PKCS5, 8):
+        last = oid.val[8]
+        if last == 12:
+            return P_PBKDF2
+        if last == 13:
+            return P_PBES2
+        if last == 3:
+            return P_PBES1           # pbeWithMD5AndDES-CBC
+        return P_ANY
+    if oid_has_prefix(oid, PF_OID_PKCS12_PBE, 9) and oid.val[9] in (1, 3, 6):
+        return P_PBES1
     return P_ANY
 
 
@@ -617,10 +755,13 @@ cdef struct AlgId:
 
 cdef int algid_read(const Tlv *t, AlgId *a, bint strict) noexcept nogil:
     """AlgorithmIdentifier; with strict, its parameters as the X.509 parser checks them."""
+    return algid_read_nested(t, a, ALG_NESTING if strict else 0)
+
+
+cdef int algid_read_nested(const Tlv *t, AlgId *a, int depth) noexcept nogil:
+    """algid_read; depth > 0 checks parameters, with depth - 1 levels of AlgorithmIdentifiers
+    inside them (hostile nesting cannot exhaust a worker's stack)."""
     cdef Cursor c
-    cdef Tlv x
-    cdef int rule, h1, h2, k
-    cdef uint64_t s, ignored
     if t.tag != 0x30:
         return -1
     cur_init(&c, t)
@@ -632,58 +773,157 @@ cdef int algid_read(const Tlv *t, AlgId *a, bint strict) noexcept nogil:
             return -1
     if c.n != 0:
         return -1
-    if not strict:
+    if depth == 0:
         return 0
     if not oid_valid(&a.oid):
         return -1
+    return params_check(a, depth)
+
+
+cdef bint specified_domain_valid(const Tlv *t) noexcept nogil:
+    """SpecifiedECDomain (explicit curve parameters, RFC 3279) as the reference reads it:
+    version (8 bits), fieldID (prime-p INTEGER or characteristic-two SEQUENCE), curve
+    {a, b, optional seed}, base, order, optional cofactor."""
+    cdef Cursor c, w
+    cdef Tlv x, oid
+    cdef uint64_t v
+    if t.tag != 0x30:
+        return False
+    cur_init(&c, t)
+    if cur_next(&c, &x) != 1 or not uint_small(&x, 255, &v):
+        return False
+    if cur_expect(&c, &x, 0x30) < 0:
+        return False
+    cur_init(&w, &x)
+    if cur_expect(&w, &oid, 0x06) < 0 or cur_next(&w, &x) != 1 or w.n != 0:
+        return False
+    if oid_is(&oid, PF_OID_PRIME_FIELD, 7):
+        if not biguint_valid(&x):
+            return False
+    elif not (oid_is(&oid, PF_OID_CHAR2_FIELD, 7) and x.tag == 0x30):
+        return False
+    if cur_expect(&c, &x, 0x30) < 0:
+        return False
+    cur_init(&w, &x)
+    if cur_expect(&w, &x, 0x04) < 0 or cur_expect(&w, &x, 0x04) < 0:
+        return False
+    if cur_take(&w, &x, 0x03) and not bitstring_valid(&x):
+        return False
+    if w.n != 0:
+        return False
+    if cur_expect(&c, &x, 0x04) < 0:
+        return False
+    if cur_next(&c, &x) != 1 or not biguint_valid(&x):
+        return False
+    if cur_take(&c, &x, 0x02) and not biguint_valid(&x):
+        return False
+    return c.n == 0
+
+
+cdef bint biguint_valid(const Tlv *t) noexcept nogil:
+    """A minimal non-negative INTEGER of any size."""
+    return int_valid(t) and not (t.val[0] & 0x80)
+
+
+cdef int params_check(const AlgId *a, int depth) noexcept nogil:
+    """The parameters of a valid AlgorithmIdentifier, per params_rule: 0 or -1."""
+    cdef Cursor c
+    cdef Tlv x
+    cdef AlgId inner
+    cdef int rule, h1, h2, k
+    cdef uint64_t s
+    cdef bint mgf1
     rule = params_rule(&a.oid)
+    if rule == P_ANY:
+        return 0
     if rule == P_OPT_NULL:
         return 0 if not a.has_params or null_valid(&a.params) else -1
     if rule == P_NONE:
         return -1 if a.has_params else 0
+    if not a.has_params:
+        return 0 if rule == P_PSS else -1
     if rule == P_EC:
-        if not a.has_params:
-            return -1
         if a.params.tag == 0x06:
             return 0 if oid_valid(&a.params) else -1
-        return 0 if null_valid(&a.params) or a.params.tag == 0x30 else -1
+        return 0 if null_valid(&a.params) or specified_domain_valid(&a.params) else -1
     if rule == P_PSS:
-        if not a.has_params:
-            return 0
-        return pss_params_check(&a.params, &h1, &h2, &s)
+        return pss_params_check(&a.params, &h1, &h2, &mgf1, &s, depth)
+    if rule == P_OCTET16:
+        return 0 if a.params.tag == 0x04 and a.params.vlen == 16 else -1
+    if a.params.tag != 0x30:
+        return -1
+    cur_init(&c, &a.params)
     if rule == P_DSA:
-        if not a.has_params or a.params.tag != 0x30:
-            return -1
-        cur_init(&c, &a.params)
         for k in range(3):
-            if cur_next(&c, &x) != 1 or not int_valid(&x) or x.val[0] & 0x80:
+            if cur_next(&c, &x) != 1 or not biguint_valid(&x):
                 return -1
-        return 0 if c.n == 0 else -1
-    return 0
+    elif rule == P_DHX:
+        # p, g, q, optional j, optional validationParms
+        for k in range(3):
+            if cur_next(&c, &x) != 1 or not biguint_valid(&x):
+                return -1
+        if cur_take(&c, &x, 0x02) and not biguint_valid(&x):
+            return -1
+        cur_take(&c, &x, 0x30)
+    elif rule == P_DH_BASIC:
+        # p, g, optional privateValueLength (32 bits)
+        for k in range(2):
+            if cur_next(&c, &x) != 1 or not biguint_valid(&x):
+                return -1
+        if cur_take(&c, &x, 0x02) and not uint_small(&x, 0xffffffff, &s):
+            return -1
+    elif rule == P_PBKDF2:
+        # salt, iterationCount, optional keyLength, prf DEFAULT hmacWithSHA1
+        if cur_expect(&c, &x, 0x04) < 0:
+            return -1
+        if cur_next(&c, &x) != 1 or not uint_small(&x, PF_U64_MAX, &s):
+            return -1
+        if cur_take(&c, &x, 0x02) and not uint_small(&x, PF_U64_MAX, &s):
+            return -1
+        if cur_take(&c, &x, 0x30):
+            if x.tlen == 14 and memcmp(x.hdr, PF_PBKDF2_PRF_DEFAULT, 14) == 0:
+                return -1
+            if depth <= 1 or algid_read_nested(&x, &inner, depth - 1) < 0:
+                return -1
+    elif rule == P_PBES2:
+        # keyDerivationFunc, encryptionScheme
+        for k in range(2):
+            if cur_next(&c, &x) != 1 or depth <= 1 or algid_read_nested(&x, &inner, depth - 1) < 0:
+                return -1
+    elif rule == P_PBES1:
+        # salt, iterationCount
+        if cur_expect(&c, &x, 0x04) < 0:
+            return -1
+        if cur_next(&c, &x) != 1 or not uint_small(&x, PF_U64_MAX, &s):
+            return -1
+    return 0 if c.n == 0 else -1
 
 
-cdef int pss_params_check(const Tlv *p, int *hash_id, int *mgf_hash, uint64_t *salt) noexcept nogil:
-    """RSASSA-PSS-params: hash, MGF1 hash and salt length (defaults SHA-1, SHA-1, 20)."""
+cdef int pss_params_check(const Tlv *p, int *hash_id, int *mgf_hash, bint *mgf1,
+                          uint64_t *salt, int depth) noexcept nogil:
+    """RSASSA-PSS-params: hash, mask generation hash and salt length (defaults SHA-1,
+    MGF1 with SHA-1, 20); H_NONE for a hash outside SHA-1/2/3, mgf1 False when the mask
+    generation function is not MGF1."""
     cdef Cursor c, w, m
     cdef Tlv x, inner, moid, mparams
     cdef AlgId a
     cdef uint64_t v
     hash_id[0] = H_SHA1
     mgf_hash[0] = H_SHA1
+    mgf1[0] = True
     salt[0] = 20
     if p.tag != 0x30:
         return -1
     cur_init(&c, p)
-    if cur_peek(&c, 0xa0):
-        cur_next(&c, &x)
+    if cur_take(&c, &x, 0xa0):
         cur_init(&w, &x)
-        if cur_next(&w, &inner) != 1 or w.n != 0 or algid_read(&inner, &a, True) < 0:
+        if cur_next(&w, &inner) != 1 or w.n != 0 or depth <= 1 or \
+                algid_read_nested(&inner, &a, depth - 1) < 0:
             return -1
         if inner.tlen == 11 and memcmp(inner.hdr, PF_PSS_SHA1_DEFAULT, 11) == 0:
             return -1
         hash_id[0] = nist_hash(&a.oid)
-    if cur_peek(&c, 0xa1):
-        cur_next(&c, &x)
+    if cur_take(&c, &x, 0xa1):
         cur_init(&w, &x)
         if cur_next(&w, &inner) != 1 or w.n != 0 or inner.tag != 0x30:
             return -1
@@ -692,19 +932,17 @@ cdef int pss_params_check(const Tlv *p, int *hash_id, int *mgf_hash, uint64_t *s
         cur_init(&m, &inner)
         if cur_expect(&m, &moid, 0x06) < 0 or not oid_valid(&moid):
             return -1
-        if cur_next(&m, &mparams) != 1 or m.n != 0 or algid_read(&mparams, &a, True) < 0:
+        if cur_next(&m, &mparams) != 1 or m.n != 0 or depth <= 1 or \
+                algid_read_nested(&mparams, &a, depth - 1) < 0:
             return -1
         mgf_hash[0] = nist_hash(&a.oid)
-        if not oid_has_prefix(&moid, PF_OID_PKCS1, 8) or moid.val[8] != 8:
-            mgf_hash[0] = H_NONE
-    if cur_peek(&c, 0xa2):
-        cur_next(&c, &x)
+        mgf1[0] = oid_has_prefix(&moid, PF_OID_PKCS1, 8) and moid.val[8] == 8
+    if cur_take(&c, &x, 0xa2):
         cur_init(&w, &x)
         if cur_next(&w, &inner) != 1 or w.n != 0 or not uint_small(&inner, 65535, &v) or v == 20:
             return -1
         salt[0] = v
-    if cur_peek(&c, 0xa3):
-        cur_next(&c, &x)
+    if cur_take(&c, &x, 0xa3):
         cur_init(&w, &x)
         if cur_next(&w, &inner) != 1 or w.n != 0 or not uint_small(&inner, 255, &v):
             return -1
@@ -724,45 +962,74 @@ cdef int sha2_by_index(int i) noexcept nogil:
     return H_NONE
 
 
+cdef int sha3_by_index(int i) noexcept nogil:
+    """SHA3-224..512 in arc order (hashes, ecdsa-with-SHA3-*, id-rsassa-pkcs1-v1_5-with-sha3-*)."""
+    if i == 0:
+        return H_SHA3_224
+    if i == 1:
+        return H_SHA3_256
+    if i == 2:
+        return H_SHA3_384
+    if i == 3:
+        return H_SHA3_512
+    return H_NONE
+
+
 cdef bint is_ed25519(const Tlv *oid) noexcept nogil:
     return oid_has_prefix(oid, PF_OID_EDWARDS, 2) and oid.val[2] == 0x70
 
 
+cdef bint is_ed448(const Tlv *oid) noexcept nogil:
+    return oid_has_prefix(oid, PF_OID_EDWARDS, 2) and oid.val[2] == 0x71
+
+
 cdef void cert_signature_scheme(const AlgId *a, int *scheme, int *hash_id, int *mgf,
-                                uint64_t *salt) noexcept nogil:
-    """How a certificate signature is verified, S_UNSUPPORTED when the reference cannot."""
+                                uint64_t *salt, bint *uncheckable) noexcept nogil:
+    """How the reference (cryptography's verify_directly_issued_by) treats a certificate
+    signature algorithm. S_UNSUPPORTED: it declines (SHA-1, MD5, DSA with SHA-3, PSS
+    without parameters or without MGF1, unknown algorithms), so the issuer did not sign
+    this certificate as far as it is concerned. `uncheckable`: it knows the key type
+    but raises on the hash (DSA with SHA-384/512, PSS with another hash), which makes
+    the item MALFORMED once an issuer's key fits."""
     cdef uint8_t last
+    cdef bint mgf1
     scheme[0] = S_UNSUPPORTED
     hash_id[0] = H_NONE
     salt[0] = 0
     mgf[0] = H_NONE
-    if a.oid.vlen == 7 and memcmp(a.oid.val, PF_OID_ECDSA, 6) == 0 and a.oid.val[6] == 0x01:
-        scheme[0] = S_ECDSA
-        hash_id[0] = H_SHA1
-    elif a.oid.vlen == 8 and memcmp(a.oid.val, PF_OID_ECDSA, 6) == 0 and a.oid.val[6] == 0x03 \
+    uncheckable[0] = False
+    if a.oid.vlen == 8 and memcmp(a.oid.val, PF_OID_ECDSA, 6) == 0 and a.oid.val[6] == 0x03 \
             and 1 <= a.oid.val[7] <= 4:
         scheme[0] = S_ECDSA
         hash_id[0] = sha2_by_index(a.oid.val[7] - 1)
+    elif oid_has_prefix(&a.oid, PF_OID_NIST_SIG, 8):
+        last = a.oid.val[8]
+        if 1 <= last <= 4:
+            scheme[0] = S_DSA
+            hash_id[0] = sha2_by_index(last - 1)
+            uncheckable[0] = last >= 3
+        elif 9 <= last <= 12:
+            scheme[0] = S_ECDSA
+            hash_id[0] = sha3_by_index(last - 9)
+        elif 13 <= last <= 16:
+            scheme[0] = S_RSA_PKCS1
+            hash_id[0] = sha3_by_index(last - 13)
     elif oid_has_prefix(&a.oid, PF_OID_PKCS1, 8):
         last = a.oid.val[8]
-        if last == 5:
-            scheme[0] = S_RSA_PKCS1
-            hash_id[0] = H_SHA1
-        elif 11 <= last <= 13:
+        if 11 <= last <= 13:
             scheme[0] = S_RSA_PKCS1
             hash_id[0] = sha2_by_index(last - 10)
         elif last == 14:
             scheme[0] = S_RSA_PKCS1
             hash_id[0] = H_SHA224
         elif last == 10 and a.has_params:
-            if pss_params_check(&a.params, hash_id, mgf, salt) == 0 and hash_id[0] != H_NONE \
-                    and mgf[0] != H_NONE:
+            if pss_params_check(&a.params, hash_id, mgf, &mgf1, salt, ALG_NESTING) == 0 and mgf1:
                 scheme[0] = S_RSA_PSS
-    elif oid_is(&a.oid, PF_OID_SHA1_RSA_ALT, 5):
-        scheme[0] = S_RSA_PKCS1
-        hash_id[0] = H_SHA1
+                uncheckable[0] = hash_id[0] == H_NONE or mgf[0] == H_NONE
     elif is_ed25519(&a.oid):
         scheme[0] = S_ED25519
+    elif is_ed448(&a.oid):
+        scheme[0] = S_ED448
 
 
 # --------------------------------------------------------------------------- certificates
@@ -810,6 +1077,7 @@ cdef struct Cert:
     int sig_hash
     int pss_mgf
     uint64_t pss_salt
+    bint sig_uncheckable
     # extensions as the reference reads them (on first use)
     bint ext_ok                 # every extension value the reference decodes is readable
     bint is_ca
@@ -823,20 +1091,53 @@ cdef struct Cert:
     unsigned int pair_next
 
 
-cdef bint spki_key_loadable(const Tlv *spki) noexcept nogil:
-    """EC keys must name their curve: the reference loads no explicit-parameter keys."""
+cdef bint key_type_known(const Tlv *oid) noexcept nogil:
+    """Public key algorithms the reference can load (others: it raises, not just fails)."""
+    cdef uint8_t last
+    if oid_has_prefix(oid, PF_OID_PKCS1, 8):
+        return oid.val[8] == 1 or oid.val[8] == 10            # rsaEncryption, RSASSA-PSS
+    if oid_has_prefix(oid, PF_OID_EDWARDS, 2):
+        return 0x6e <= oid.val[2] <= 0x71                      # X25519, X448, Ed25519, Ed448
+    if oid_has_prefix(oid, PF_OID_NIST_SIG, 8):
+        return 17 <= oid.val[8] <= 19                          # ML-DSA
+    if oid_has_prefix(oid, PF_OID_NIST_KEM, 8):
+        return 2 <= oid.val[8] <= 3                            # ML-KEM-768/1024
+    return oid_is(oid, PF_OID_EC_PUBKEY, 7) or oid_is(oid, PF_OID_DSA, 7) or \
+        oid_is(oid, PF_OID_DHX, 7) or oid_is(oid, PF_OID_DH_AGREEMENT, 9)
+
+
+cdef bint named_curve_known(const Tlv *oid) noexcept nogil:
+    if oid_has_prefix(oid, PF_OID_X962_CURVE, 7):
+        return oid.val[7] == 1 or oid.val[7] == 7
+    if oid_has_prefix(oid, PF_OID_SECG_CURVE, 4):
+        return 0x21 <= oid.val[4] <= 0x23 or oid.val[4] == 0x0a
+    if oid_has_prefix(oid, PF_OID_BRAINPOOL, 8):
+        return oid.val[8] == 7 or oid.val[8] == 11 or oid.val[8] == 13
+    return False
+
+
+cdef int spki_key_kind(const Tlv *spki, bint *explicit_curve) noexcept nogil:
+    """K_UNSUPPORTED where the reference refuses the key before looking at it (unknown
+    type, unsupported named curve, implicit curve), K_BAD where it cannot read it,
+    otherwise K_OTHER: libcrypto decides."""
     cdef Cursor c
-    cdef Tlv alg
+    cdef Tlv alg, bits
     cdef AlgId a
-    cdef Tlv bits
+    explicit_curve[0] = False
     cur_init(&c, spki)
     if cur_next(&c, &alg) != 1 or algid_read(&alg, &a, False) < 0:
-        return False
-    if cur_next(&c, &bits) != 1 or bits.vlen == 0 or bits.val[0] != 0:
-        return False        # a key is whole octets
+        return K_BAD
+    if not key_type_known(&a.oid):
+        return K_UNSUPPORTED
     if oid_is(&a.oid, PF_OID_EC_PUBKEY, 7):
-        return a.has_params and a.params.tag == 0x06
-    return True
+        if not a.has_params or a.params.tag == 0x05:
+            return K_UNSUPPORTED
+        if a.params.tag == 0x06 and not named_curve_known(&a.params):
+            return K_UNSUPPORTED
+        explicit_curve[0] = a.params.tag == 0x30
+    if cur_next(&c, &bits) != 1 or bits.vlen == 0 or bits.val[0] != 0:
+        return K_BAD        # a key is whole octets
+    return K_OTHER
 
 
 cdef int cert_parse(Cert *c) noexcept nogil:
@@ -862,12 +1163,12 @@ cdef int cert_parse(Cert *c) noexcept nogil:
         return -1
     c.sig = sig.val + 1
     c.sig_len = sig.vlen - 1
-    cert_signature_scheme(&alg, &c.scheme, &c.sig_hash, &c.pss_mgf, &c.pss_salt)
+    cert_signature_scheme(&alg, &c.scheme, &c.sig_hash, &c.pss_mgf, &c.pss_salt,
+                          &c.sig_uncheckable)
 
     cur_init(&ct, &tbs)
     c.version = 0
-    if cur_peek(&ct, 0xa0):
-        cur_next(&ct, &t)
+    if cur_take(&ct, &t, 0xa0):
         cur_init(&cw, &t)
         # DEFAULT v1 may not be spelled out; only v2 and v3 exist besides.
         if cur_next(&cw, &v) != 1 or cw.n != 0 or not uint_small(&v, 255, &ver):
@@ -899,17 +1200,14 @@ cdef int cert_parse(Cert *c) noexcept nogil:
         return -1
     if cur_expect(&cw, &v, 0x03) < 0 or not bitstring_valid(&v) or cw.n != 0:
         return -1
-    if cur_peek(&ct, 0x81):
-        cur_next(&ct, &t)
+    if cur_take(&ct, &t, 0x81):
         if t.vlen == 0 or t.val[0] > 7:
             return -1
-    if cur_peek(&ct, 0x82):
-        cur_next(&ct, &t)
+    if cur_take(&ct, &t, 0x82):
         if t.vlen == 0 or t.val[0] > 7:
             return -1
     c.extensions.tag = 0
-    if cur_peek(&ct, 0xa3):
-        cur_next(&ct, &t)
+    if cur_take(&ct, &t, 0xa3):
         cur_init(&cw, &t)
         if cur_next(&cw, &c.extensions) != 1 or c.extensions.tag != 0x30 or cw.n != 0:
             return -1
@@ -935,8 +1233,7 @@ cdef bint extension_shape_valid(const Tlv *e) noexcept nogil:
     cur_init(&c, e)
     if cur_expect(&c, &t, 0x06) < 0 or not oid_valid(&t):
         return False
-    if cur_peek(&c, 0x01):
-        cur_next(&c, &t)
+    if cur_take(&c, &t, 0x01):
         if not bool_true(&t):
             return False
     if cur_expect(&c, &t, 0x04) < 0:
@@ -964,11 +1261,15 @@ cdef void cert_read_extensions(Cert *c) noexcept nogil:
         k = cur_next(&cw, &e)
         if k <= 0:
             break
+        # The shape was checked by cert_parse (extension_shape_valid).
         cur_init(&ce, &e)
-        cur_next(&ce, &oid)
-        if cur_peek(&ce, 0x01):
-            cur_next(&ce, &t)
-        cur_next(&ce, &octets)
+        if cur_next(&ce, &oid) != 1:
+            c.ext_ok = False
+            return
+        cur_take(&ce, &t, 0x01)
+        if cur_next(&ce, &octets) != 1:
+            c.ext_ok = False
+            return
         for i in range(nseen):
             if seen_len[i] == oid.vlen and memcmp(seen[i], oid.val, oid.vlen) == 0:
                 c.ext_ok = False    # duplicate extension
@@ -1040,13 +1341,11 @@ cdef int ext_value_check(const Tlv *oid, const Tlv *octets, Cert *c) noexcept no
         if v.tag != 0x30:
             return -1
         cur_init(&w, &v)
-        if cur_peek(&w, 0x01):
-            cur_next(&w, &t)
+        if cur_take(&w, &t, 0x01):
             if not bool_true(&t):
                 return -1
             ca = True
-        if cur_peek(&w, 0x02):
-            cur_next(&w, &t)
+        if cur_take(&w, &t, 0x02):
             if not uint_small(&t, PF_U64_MAX, &n):
                 return -1
             has_len = True
@@ -1075,16 +1374,13 @@ cdef int ext_value_check(const Tlv *oid, const Tlv *octets, Cert *c) noexcept no
         if v.tag != 0x30:
             return -1
         cur_init(&w, &v)
-        if cur_peek(&w, 0x80):
-            cur_next(&w, &t)
-        if cur_peek(&w, 0xa1):
-            cur_next(&w, &t)
+        cur_take(&w, &t, 0x80)                  # keyIdentifier: not read
+        if cur_take(&w, &t, 0xa1):
             t.tag = 0x30
             if general_names_check(&t) < 0:
                 return -1
             has_issuer = True
-        if cur_peek(&w, 0x82):
-            cur_next(&w, &t)
+        if cur_take(&w, &t, 0x82):
             t.tag = 0x02
             if not int_valid(&t) or t.val[0] & 0x80:
                 return -1
@@ -1201,10 +1497,14 @@ cdef void cert_free(Cert *c) noexcept nogil:
 cdef void cert_load_key(Cert *c) noexcept nogil:
     cdef const unsigned char *p = c.spki.hdr
     cdef int base
+    cdef bint explicit_curve
+    cdef char group[32]
+    cdef size_t group_len = 0
     c.pkey = NULL
-    c.key_kind = K_BAD
-    if not spki_key_loadable(&c.spki):
+    c.key_kind = spki_key_kind(&c.spki, &explicit_curve)
+    if c.key_kind != K_OTHER:
         return
+    c.key_kind = K_BAD
     c.pkey = d2i_PUBKEY(NULL, &p, <long>c.spki.tlen)
     if c.pkey == NULL or p != c.spki.hdr + c.spki.tlen:
         if c.pkey != NULL:
@@ -1215,10 +1515,22 @@ cdef void cert_load_key(Cert *c) noexcept nogil:
     base = EVP_PKEY_get_base_id(c.pkey)
     if base == EVP_PKEY_EC:
         c.key_kind = K_EC
+        # Explicit parameters: only those of P-256, P-384 and P-521 (libcrypto names
+        # the curve they match).
+        if explicit_curve:
+            if EVP_PKEY_get_group_name(c.pkey, group, sizeof(group), &group_len) != 1 or \
+                    not (strcmp(group, b"prime256v1") == 0 or strcmp(group, b"secp384r1") == 0
+                         or strcmp(group, b"secp521r1") == 0):
+                c.key_kind = K_UNSUPPORTED
+            ERR_clear_error()
     elif base == EVP_PKEY_RSA or base == EVP_PKEY_RSA_PSS:
         c.key_kind = K_RSA
     elif base == EVP_PKEY_ED25519:
         c.key_kind = K_ED25519
+    elif base == EVP_PKEY_ED448:
+        c.key_kind = K_ED448
+    elif base == EVP_PKEY_DSA:
+        c.key_kind = K_DSA
     else:
         c.key_kind = K_OTHER
 
@@ -1309,7 +1621,7 @@ cdef EVP_PKEY_CTX *verify_ctx(Worker *w, Cert *key_cert, int scheme, int hash_id
                               int salt) noexcept nogil:
     """A verify context for this key and scheme, reused across items by this worker."""
     cdef EngineC *e = <EngineC *>w.engine
-    cdef int combo = ((scheme * 8 + hash_id) * 8 + mgf) * 70000 + (salt + 2)
+    cdef int combo = ((scheme * 16 + hash_id) * 16 + mgf) * 70000 + (salt + 2)
     cdef size_t slot = (key_cert.id * 31 + <uint64_t>combo) % CTX_SLOTS
     cdef CtxSlot *s = &w.ctxs[slot]
     cdef EVP_PKEY_CTX *ctx
@@ -1361,7 +1673,7 @@ cdef bint verify_with(Worker *w, Cert *key_cert, int scheme, int hash_id, int mg
     cdef int rc
     if key_cert.pkey == NULL:
         return False
-    if scheme == S_ED25519:
+    if scheme == S_ED25519 or scheme == S_ED448:
         if n > w.scratch_cap:
             free(w.scratch)
             w.scratch = <uint8_t *>malloc(n)
@@ -1371,6 +1683,9 @@ cdef bint verify_with(Worker *w, Cert *key_cert, int scheme, int hash_id, int mg
         memcpy(w.scratch, data, n)
         if n > 0:
             w.scratch[0] = first
+        # OpenSSL 3.0 refuses to re-initialise a context a one-shot EVP_DigestVerify
+        # has finished with (the second Ed25519 check on a worker would fail): reset it.
+        EVP_MD_CTX_reset(w.dv)
         rc = EVP_DigestVerifyInit(w.dv, NULL, NULL, NULL, key_cert.pkey)
         if rc > 0:
             rc = EVP_DigestVerify(w.dv, sig, sig_len, w.scratch, n)
@@ -1397,23 +1712,29 @@ cdef bint key_fits(int scheme, int key_kind) noexcept nogil:
         return key_kind == K_RSA
     if scheme == S_ED25519:
         return key_kind == K_ED25519
+    if scheme == S_ED448:
+        return key_kind == K_ED448
+    if scheme == S_DSA:
+        return key_kind == K_DSA
     return False
 
 
 cdef int signed_by_uncached(Worker *w, Cert *child, Cert *parent) noexcept nogil:
     """The certificate signature check the reference makes once names match: 1, 0, or -1
-    when the reference cannot check this algorithm at all."""
+    where the reference raises rather than answer (see cert_signature_scheme)."""
     cdef EngineC *e = <EngineC *>w.engine
     # Inner and outer signature algorithms must agree.
     if child.tbs_sigalg.tlen != child.sigalg.tlen or \
             memcmp(child.tbs_sigalg.hdr, child.sigalg.hdr, child.sigalg.tlen) != 0:
         return 0
-    if parent.key_kind == K_BAD:
-        return 0
-    if child.scheme == S_UNSUPPORTED:
+    if parent.key_kind == K_UNSUPPORTED:
         return -1
+    if parent.key_kind == K_BAD or child.scheme == S_UNSUPPORTED:
+        return 0
     if not key_fits(child.scheme, parent.key_kind):
         return 0
+    if child.sig_uncheckable:
+        return -1
     pf_count(&e.cert_verifies)
     if child.scheme == S_RSA_PSS:
         return 1 if verify_with(w, parent, S_RSA_PSS, child.sig_hash, child.pss_mgf,
@@ -1663,9 +1984,9 @@ cdef int seq_fields(const Tlv *seq, const int *spec, int nspec, Tlv *out) noexce
 
 
 cdef inline bint ber_oid_ok(const Tlv *t) noexcept nogil:
-    """An OBJECT IDENTIFIER the reference's CMS parser can read (it drops an
-    unterminated last arc rather than failing)."""
-    return t.tag == 0x06 and t.vlen > 0
+    """An OBJECT IDENTIFIER the reference's CMS parser can read: any, even empty (it
+    drops an unterminated last arc rather than failing)."""
+    return t.tag == 0x06
 
 
 cdef bint structured_content_type(const Tlv *oid) noexcept nogil:
@@ -1685,7 +2006,7 @@ cdef int cms_parse(const uint8_t *der, size_t n, Cms *m) noexcept nogil:
     cdef Tlv g[2]
     cdef Cursor cs, ca, cv
     cdef int k, nvals
-    cdef bint seen_ct = False, seen_md = False
+    cdef bint seen_ct = False, seen_md = False, generic
     cdef AlgId alg
     cdef int spec_ci[2]
     cdef int spec_sd[6]
@@ -1774,9 +2095,7 @@ cdef int cms_parse(const uint8_t *der, size_t n, Cms *m) noexcept nogil:
     if m.sig_alg.tag != 0x30 or seq_fields(&m.sig_alg, spec_alg, 2, g) < 0 or \
             not ber_oid_ok(&g[0]):
         return -1
-    m.signature = f[5]
-    if m.signature.tag != 0x04:
-        return -1
+    m.signature = f[5]      # its type is checked where the reference reads it (cms_item)
 
     # Signed attributes, all decoded: each type once, one contentType and one
     # messageDigest value, signingTime a valid time.
@@ -1791,6 +2110,14 @@ cdef int cms_parse(const uint8_t *der, size_t n, Cms *m) noexcept nogil:
             return -1
         if not attr_unique(&m.signed_attrs, &a, &g[0]):
             return -1
+        # Elements after the values: the reference reads them untyped.
+        cur_init(&cv, &a)
+        cur_next(&cv, &v)
+        cur_next(&cv, &v)
+        while cv.n:
+            if cur_next(&cv, &v) != 1 or not generic_native_ok(&v, MAX_NESTING):
+                return -1
+        generic = not attr_type_has_spec(&g[0])
         cur_init(&cv, &g[1])
         nvals = 0
         while True:
@@ -1800,7 +2127,10 @@ cdef int cms_parse(const uint8_t *der, size_t n, Cms *m) noexcept nogil:
             if k < 0:
                 return -1
             nvals += 1
-            if oid_is(&g[0], PF_OID_ATTR_CT, 9):
+            if generic:
+                if not generic_native_ok(&v, MAX_NESTING):
+                    return -1
+            elif oid_is(&g[0], PF_OID_ATTR_CT, 9):
                 if not ber_oid_ok(&v):
                     return -1
                 m.attr_ct = v
@@ -1822,6 +2152,67 @@ cdef int cms_parse(const uint8_t *der, size_t n, Cms *m) noexcept nogil:
     if not seen_ct or not seen_md:
         return -1
     return 0
+
+
+cdef bint attr_type_has_spec(const Tlv *oid) noexcept nogil:
+    """Attribute types the reference's CMS parser has a value type for. Values of any
+    other type it reads untyped (generic_native_ok). Of these, the fastpath checks the
+    values of contentType, messageDigest and signingTime; the others (countersignature,
+    S/MIME capabilities, time-stamp tokens, ...) it does not read."""
+    cdef uint8_t last
+    if oid_has_prefix(oid, PF_OID_PKCS9, 8):
+        last = oid.val[8]
+        return 3 <= last <= 6 or last == 0x0f or last == 0x34
+    if oid_has_prefix(oid, PF_OID_SMIME_AA, 10):
+        return oid.val[10] == 0x0b or oid.val[10] == 0x0e
+    return oid_is(oid, PF_OID_MS_NESTED_SIG, 10) or oid_is(oid, PF_OID_MS_TIMESTAMP, 10)
+
+
+cdef bint generic_native_ok(const Tlv *t, int depth) noexcept nogil:
+    """Whether the reference's CMS parser can turn an element it has no type for into a
+    Python value: it picks the universal type by tag number whatever the class, and
+    decodes strings strictly, times by their text, SEQUENCEs element by element; an
+    ENUMERATED (no names), an ObjectDescriptor, INSTANCE OF or REAL (no Python value),
+    a non-empty SET (no fields) or a tag number it does not know fails."""
+    cdef int number = t.tag & 0x1f
+    cdef Tlv x
+    cdef Cursor c
+    cdef size_t i
+    if depth <= 0:
+        return False
+    if number == 3:                                         # BIT STRING
+        return t.vlen >= 1 and (t.val[0] == 0 or (t.vlen > 1 and t.val[0] <= 7))
+    if number == 0 or (7 <= number <= 10) or number == 14 or number == 15:
+        return False    # no such type, or one it has no Python value for
+    if number == 12:
+        return utf8_valid(t.val, t.vlen)
+    if number == 20:                                        # TeletexString
+        for i in range(t.vlen):
+            if PF_TELETEX_UNDEFINED[t.val[i]]:
+                return False
+        return True
+    if number == 22:                                        # IA5String: ASCII
+        for i in range(t.vlen):
+            if t.val[i] >= 0x80:
+                return False
+        return True
+    if number == 23 or number == 24:
+        x = t[0]
+        x.tag = 0x17 if number == 23 else 0x18
+        return attr_time_valid(&x)
+    if number == 28:
+        return utf32be_valid(t.val, t.vlen)
+    if number == 30:
+        return utf16be_valid(t.val, t.vlen)
+    if number == 17:
+        return t.vlen == 0
+    if number == 16 or number == 11:                        # SEQUENCE, EMBEDDED PDV
+        cur_init(&c, t)
+        while c.n:
+            if cur_next(&c, &x) != 1 or not generic_native_ok(&x, depth - 1):
+                return False
+        return True
+    return True     # BOOLEAN, INTEGER, OCTET STRING, NULL, OIDs, and latin-1 strings
 
 
 cdef bint attr_unique(const Tlv *attrs, const Tlv *this_attr, const Tlv *oid) noexcept nogil:
@@ -1941,13 +2332,11 @@ cdef int pss_cms_params(const Tlv *p, int *hash_id, int *mgf) noexcept nogil:
     hash_id[0] = H_SHA1
     mgf[0] = H_SHA1
     cur_init(&c, p)
-    if cur_peek(&c, 0xa0):
-        cur_next(&c, &x)
+    if cur_take(&c, &x, 0xa0):
         if not explicit_one(&x, &inner) or algid_read(&inner, &a, False) < 0:
             return -1
         hash_id[0] = nist_hash(&a.oid)
-    if cur_peek(&c, 0xa1):
-        cur_next(&c, &x)
+    if cur_take(&c, &x, 0xa1):
         if not explicit_one(&x, &inner) or inner.tag != 0x30:
             return -1
         cur_init(&mm, &inner)
@@ -1958,6 +2347,15 @@ cdef int pss_cms_params(const Tlv *p, int *hash_id, int *mgf) noexcept nogil:
             return -1
         mgf[0] = nist_hash(&a.oid)
     return 0
+
+
+cdef bint v1_attr_cert_readable(const Tlv *choice) noexcept nogil:
+    """The reference's CMS parser peeks into a [1] (v1 attribute certificate) choice to
+    tell a mislabelled v2 one: its first element must be a SEQUENCE starting with an
+    INTEGER (the version) or the item does not parse. The other choices it skips."""
+    cdef Tlv info, version
+    return der_read(choice.val, choice.vlen, &info) == 0 and info.tag == 0x30 and \
+        der_read(info.val, info.vlen, &version) == 0 and version.tag == 0x02
 
 
 cdef int cms_item(Worker *w, const uint8_t *der, size_t n, ItemOut *out) noexcept nogil:
@@ -1973,7 +2371,7 @@ cdef int cms_item(Worker *w, const uint8_t *der, size_t n, ItemOut *out) noexcep
     cdef uint8_t dg[64]
     cdef unsigned int dlen
     memset(&m, 0, sizeof(Cms))
-    if cms_parse(der, n, &m) < 0:
+    if not der_framed(der, n) or cms_parse(der, n, &m) < 0:
         return R_MALFORMED
     # Embedded certificates: every one must read as a certificate.
     if m.certs.tag:
@@ -1986,6 +2384,8 @@ cdef int cms_item(Worker *w, const uint8_t *der, size_t n, ItemOut *out) noexcep
                 return R_MALFORMED
             if t.tag != 0x30:
                 if t.tag < 0xa0 or t.tag > 0xa3:
+                    return R_MALFORMED
+                if t.tag == 0xa1 and not v1_attr_cert_readable(&t):
                     return R_MALFORMED
                 continue                                # attribute certificates: ignored
             cert = cert_get(e, t.hdr, t.tlen)
@@ -2006,7 +2406,7 @@ cdef int cms_item(Worker *w, const uint8_t *der, size_t n, ItemOut *out) noexcep
     out.serial_tag = signer.sn_tag
     out.content_off = <size_t>(m.econtent.val - der)
     out.content_len = m.econtent.vlen
-    if signer.key_kind == K_BAD:
+    if signer.key_kind == K_BAD or signer.key_kind == K_UNSUPPORTED:
         return R_MALFORMED                              # the signer's key does not load
     if cms_signature_scheme(&m, &scheme, &hash_id) < 0:
         return R_MALFORMED
@@ -2024,6 +2424,8 @@ cdef int cms_item(Worker *w, const uint8_t *der, size_t n, ItemOut *out) noexcep
         return R_MALFORMED
     if dlen != m.attr_md.vlen or memcmp(dg, m.attr_md.val, dlen) != 0:
         return R_DIGEST_MISMATCH
+    if m.signature.tag != 0x04:
+        return R_MALFORMED
 
     if not verify_with(w, signer, scheme, hash_id, hash_id, -2, 0x31, m.signed_attrs.hdr,
                        m.signed_attrs.tlen, m.signature.val, m.signature.vlen):
@@ -2035,7 +2437,10 @@ cdef int cms_item(Worker *w, const uint8_t *der, size_t n, ItemOut *out) noexcep
 cdef int cert_item(Worker *w, const uint8_t *der, size_t n, ItemOut *out) noexcept nogil:
     """Verify one certificate against the anchors (and extra certificates)."""
     cdef EngineC *e = <EngineC *>w.engine
-    cdef Cert *c = cert_get(e, der, n)
+    cdef Cert *c
+    if not der_framed(der, n):
+        return R_MALFORMED
+    c = cert_get(e, der, n)
     if c == NULL or not c.ok:
         return R_MALFORMED
     out.serial = c.sn_attr
@@ -2100,26 +2505,100 @@ def openssl_version_num():
     return OpenSSL_version_num()
 
 
+cdef class ItemResult:
+    """The verdict on one item.
+
+    `code` is a pledgeforge.fastpath.Result. `serial` is the subject
+    serialNumber (2.5.4.5) of the signer certificate (of the certificate itself
+    in certificate mode), None when there is none or the signer was not found.
+    `content_offset`/`content_length` locate the signed content inside the item
+    (for a certificate: the whole item), so a caller reads the voucher without
+    copying; `item_offset` is where the item starts in a concatenated-DER file,
+    `name` the file an item came from in a directory.
+
+    Made by the extension, one per item, without a Python-level constructor
+    call: at bulk rates that call would cost more than the parsing.
+    """
+
+    cdef readonly Py_ssize_t index
+    cdef readonly object code
+    cdef readonly object serial
+    cdef readonly Py_ssize_t content_offset
+    cdef readonly Py_ssize_t content_length
+    cdef readonly object name
+    cdef readonly object item_offset
+
+    def __init__(self, Py_ssize_t index, code, serial, Py_ssize_t content_offset,
+                 Py_ssize_t content_length, name=None, item_offset=None):
+        self.index = index
+        self.code = code
+        self.serial = serial
+        self.content_offset = content_offset
+        self.content_length = content_length
+        self.name = name
+        self.item_offset = item_offset
+
+    @property
+    def ok(self):
+        return self.code == R_OK
+
+    def _fields(self):
+        return (self.index, self.code, self.serial, self.content_offset, self.content_length,
+                self.name, self.item_offset)
+
+    def __eq__(self, other):
+        if type(other) is not ItemResult:
+            return NotImplemented
+        return self._fields() == (<ItemResult>other)._fields()
+
+    def __hash__(self):
+        return hash(self._fields())
+
+    def __repr__(self):
+        return ("ItemResult(index=%r, code=%r, serial=%r, content_offset=%r, content_length=%r, "
+                "name=%r, item_offset=%r)" % self._fields())
+
+    def __reduce__(self):
+        return ItemResult, self._fields()
+
+
+cdef object decode_serial(const ItemOut *o):
+    """The text of a serialNumber attribute from its DER string type."""
+    cdef const char *p = <const char *>o.serial
+    if o.serial_tag == 0x1e:
+        return p[:o.serial_len].decode("utf-16-be", "replace")
+    if o.serial_tag == 0x1c:
+        return p[:o.serial_len].decode("utf-32-be", "replace")
+    return p[:o.serial_len].decode("utf-8", "replace")
+
+
 cdef class Engine:
     """Trust anchors, extra certificates and time policy; verifies batches of items.
 
     One Engine keeps its certificate cache between batches: certificates the
     previous batch did not use are dropped at the start of the next, so a
     registrar's certificate is verified once for a whole stream while memory
-    stays bounded by the batch size. Not for concurrent use from several Python
-    threads (each batch already uses `threads` OS threads).
+    stays bounded by the batch size. One batch at a time: a second Python thread
+    calling verify while a batch runs gets a RuntimeError (each batch already
+    uses `threads` OS threads).
     """
 
     cdef EngineC *e
     cdef int threads
     cdef Worker *workers
+    cdef tuple codes
+    cdef bint busy          # a batch is running (the GIL is released meanwhile)
 
     def __cinit__(self, anchors, extra_certs, int threads, bint check_time, long long at_us):
         cdef size_t i
         cdef Cert *c
         cdef const char *names[H_COUNT]
+        from pledgeforge.fastpath.results import Result
         if threads < 1:
             raise ValueError("threads must be at least 1")
+        self.codes = tuple(Result)
+        if [int(r) for r in self.codes] != list(range(len(RESULT_NAMES))):
+            raise RuntimeError("pledgeforge.fastpath.Result does not match the extension's codes")
         self.e = <EngineC *>calloc(1, sizeof(EngineC))
         if self.e == NULL:
             raise MemoryError()
@@ -2131,10 +2610,14 @@ cdef class Engine:
         names[H_SHA256] = b"SHA256"
         names[H_SHA384] = b"SHA384"
         names[H_SHA512] = b"SHA512"
+        names[H_SHA3_224] = b"SHA3-224"
+        names[H_SHA3_256] = b"SHA3-256"
+        names[H_SHA3_384] = b"SHA3-384"
+        names[H_SHA3_512] = b"SHA3-512"
         for i in range(1, H_COUNT):
             self.e.mds[i] = EVP_MD_fetch(NULL, names[i], NULL)
             if self.e.mds[i] == NULL:
-                raise RuntimeError("libcrypto lacks a SHA-1/SHA-2 digest")
+                raise RuntimeError("libcrypto lacks a SHA-1/SHA-2/SHA-3 digest")
         self.e.check_time = check_time
         self.e.at_us = at_us
         self.threads = threads
@@ -2194,9 +2677,12 @@ cdef class Engine:
         return {"cert_parses": self.e.cert_parses, "cert_verifies": self.e.cert_verifies,
                 "cached_certs": self.e.count}
 
-    def verify(self, list items, bint certificates=False):
-        """Verify a batch of DER items (bytes); a list of
-        (code, serial_tag, serial_bytes, content_offset, content_length) per item."""
+    def verify(self, list items, bint certificates=False, Py_ssize_t first_index=0,
+               list names=None, list offsets=None):
+        """Verify a batch of DER items (bytes); one ItemResult per item, in order.
+
+        `names` and `offsets`, when given, hold each item's origin (file name,
+        position in a concatenated-DER file)."""
         cdef size_t n = len(items), i
         cdef const uint8_t **ptrs = <const uint8_t **>malloc((n + 1) * sizeof(uint8_t *))
         cdef size_t *lens = <size_t *>malloc((n + 1) * sizeof(size_t))
@@ -2204,12 +2690,24 @@ cdef class Engine:
         cdef pthread_t *tids = NULL
         cdef int t, started = 0
         cdef ItemOut *o
+        cdef ItemResult r
+        cdef dict serials
+        cdef list results
+        if self.busy:
+            free(ptrs)
+            free(lens)
+            free(out)
+            raise RuntimeError("this verifier is already verifying a batch in another thread")
         if ptrs == NULL or lens == NULL or out == NULL:
             free(ptrs)
             free(lens)
             free(out)
             raise MemoryError()
+        self.busy = True
         try:
+            if names is not None and <size_t>len(names) != n or \
+                    offsets is not None and <size_t>len(offsets) != n:
+                raise ValueError("names and offsets must have one entry per item")
             for i in range(n):
                 item = items[i]
                 if type(item) is not bytes:
@@ -2241,15 +2739,31 @@ cdef class Engine:
                 self.e.items = NULL
                 self.e.lens = NULL
                 self.e.out = NULL
-            results = []
+            # A serial points into its certificate's cached DER, which outlives the
+            # batch: decode each distinct one once, keyed by that address.
+            serials = {}
+            results = [None] * n
             for i in range(n):
                 o = &out[i]
-                serial = None
+                r = ItemResult.__new__(ItemResult)
+                r.index = first_index + <Py_ssize_t>i
+                r.code = self.codes[o.code]
                 if o.serial != NULL:
-                    serial = (<char *>o.serial)[:o.serial_len]
-                results.append((o.code, o.serial_tag, serial, o.content_off, o.content_len))
+                    key = <size_t>o.serial
+                    serial = serials.get(key)
+                    if serial is None:
+                        serial = serials[key] = decode_serial(o)
+                    r.serial = serial
+                r.content_offset = <Py_ssize_t>o.content_off
+                r.content_length = <Py_ssize_t>o.content_len
+                if names is not None:
+                    r.name = names[i]
+                if offsets is not None:
+                    r.item_offset = offsets[i]
+                results[i] = r
             return results
         finally:
+            self.busy = False
             free(tids)
             free(ptrs)
             free(lens)

@@ -20,7 +20,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from . import _verify
-from .results import ItemResult, Result, decode_serial
+from .results import ItemResult
 from .sources import Item, items_from
 
 DEFAULT_BATCH = 4096
@@ -50,14 +50,15 @@ class BulkVerifier:
 
     `anchors` and `extra_certs` are cryptography certificates or DER bytes;
     `at_time` defaults to the moment the verifier is made. Results agree item by
-    item with pledgeforge.hsm.cms.verify_cms / hsm.chain.build_chain.
+    item with pledgeforge.fastpath.reference (hsm.cms.verify_cms and
+    hsm.chain.build_chain on DER items).
     """
 
     def __init__(self, anchors: Sequence[x509.Certificate | bytes],
                  extra_certs: Sequence[x509.Certificate | bytes] = (), *,
                  threads: int | None = None, at_time: dt.datetime | None = None,
                  check_time: bool = True, batch_size: int = DEFAULT_BATCH):
-        self.threads = threads or default_threads()
+        self.threads = default_threads() if threads is None else threads
         if self.threads < 1:
             raise ValueError("threads must be at least 1")
         if batch_size < 1:
@@ -74,10 +75,8 @@ class BulkVerifier:
     def verify_batch(self, items: Sequence[bytes], *, certificates: bool = False,
                      first_index: int = 0) -> list[ItemResult]:
         """One batch of DER items, in order."""
-        rows = self._engine.verify([bytes(i) if type(i) is not bytes else i for i in items],
-                                   certificates)
-        return [ItemResult(first_index + n, Result(code), decode_serial(tag, raw), off, length)
-                for n, (code, tag, raw, off, length) in enumerate(rows)]
+        return self._engine.verify([bytes(i) if type(i) is not bytes else i for i in items],
+                                   certificates, first_index)
 
     def verify_items(self, items: Iterable[Item], *, certificates: bool = False) -> Iterator[ItemResult]:
         """Results for a stream of items, in order, verified batch by batch."""
@@ -92,11 +91,9 @@ class BulkVerifier:
         if batch:
             yield from self._run(batch, certificates, index)
 
-    def _run(self, batch: list[Item], certificates: bool, index: int) -> Iterator[ItemResult]:
-        rows = self._engine.verify([i.data for i in batch], certificates)
-        for n, (item, (code, tag, raw, off, length)) in enumerate(zip(batch, rows)):
-            yield ItemResult(index + n, Result(code), decode_serial(tag, raw), off, length,
-                             item.name, item.offset)
+    def _run(self, batch: list[Item], certificates: bool, index: int) -> list[ItemResult]:
+        return self._engine.verify([i.data for i in batch], certificates, index,
+                                   [i.name for i in batch], [i.offset for i in batch])
 
     def verify(self, source, *, certificates: bool = False) -> Iterator[ItemResult]:
         """Results for a list of bytes, a directory, or a file of concatenated DER."""

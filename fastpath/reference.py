@@ -5,6 +5,11 @@ hsm.chain.build_chain; their exceptions map to Result codes. An exception that
 is not one of the CMS errors (cryptography refusing a key, a name or an
 extension of a certificate it had to read) means the reference could not read
 the item: MALFORMED.
+
+Bulk items are DER. verify_cms also reads BER (indefinite and non-minimal
+lengths, constructed strings), which the extension's DER reader refuses, so an
+item that is not DER-framed (`der_framed`) is MALFORMED here before either
+verifier looks at it.
 """
 
 from __future__ import annotations
@@ -33,6 +38,58 @@ _CODES = (
 )
 
 
+#: Constructed elements inside each other in one item; deeper is MALFORMED.
+MAX_NESTING = 64
+
+
+def _header(data: bytes, pos: int, limit: int) -> tuple[int, int, int] | None:
+    """(identifier, header length, content length) of a DER element within limit."""
+    if limit - pos < 2 or data[pos] & 0x1F == 0x1F:
+        return None
+    first = data[pos + 1]
+    if first < 0x80:
+        header, length = 2, first
+    else:
+        count = first & 0x7F
+        if count == 0 or count > 4 or limit - pos < 2 + count or data[pos + 2] == 0:
+            return None                         # indefinite, too long, or padded
+        length = int.from_bytes(data[pos + 2:pos + 2 + count], "big")
+        if length < 0x80:
+            return None                         # long form where the short one fits
+        header = 2 + count
+    if length > limit - pos - header:
+        return None
+    return data[pos], header, length
+
+
+def der_framed(data: bytes) -> bool:
+    """Exactly one element; every element, through every constructed one, with a low
+    tag number and a definite, minimal length; universal constructed elements only
+    SEQUENCE and SET; at most MAX_NESTING constructed elements deep."""
+    ends: list[int] = []
+    pos = 0
+    if not data:
+        return False
+    while True:
+        while ends and pos == ends[-1]:
+            ends.pop()
+        if not ends and pos > 0:
+            return pos == len(data)
+        parsed = _header(data, pos, ends[-1] if ends else len(data))
+        if parsed is None:
+            return False
+        tag, header, length = parsed
+        if tag & 0x20:
+            if tag & 0xC0 == 0 and tag not in (0x30, 0x31):
+                return False                    # a BER constructed string
+            if len(ends) == MAX_NESTING:
+                return False
+            ends.append(pos + header + length)
+            pos += header
+        else:
+            pos += header + length
+
+
 def _code(exc: Exception) -> Result:
     for cls, code in _CODES:
         if isinstance(exc, cls):
@@ -54,6 +111,8 @@ def verify_cms_item(der: bytes, anchors: Sequence[x509.Certificate],
                     at_time: dt.datetime | None = None,
                     check_time: bool = True) -> tuple[Result, bytes | None]:
     """(code, verified content or None)."""
+    if not der_framed(der):
+        return Result.MALFORMED, None
     try:
         verified = cms.verify_cms(der, anchors, extra_certs, at_time=at_time, check_time=check_time)
     except Exception as exc:  # noqa: BLE001 - every failure is a code here
@@ -66,6 +125,8 @@ def verify_certificate_item(der: bytes, anchors: Sequence[x509.Certificate],
                             at_time: dt.datetime | None = None,
                             check_time: bool = True) -> tuple[Result, str | None]:
     """(code, subject serialNumber) for one DER certificate."""
+    if not der_framed(der):
+        return Result.MALFORMED, None
     try:
         cert = x509.load_der_x509_certificate(der)
     except Exception:  # noqa: BLE001

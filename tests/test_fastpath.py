@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from pathlib import Path
+import os
+import threading
 
 import pytest
 from cryptography import x509
@@ -12,6 +13,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from vectors import APPC
 from pledgeforge.fastpath import BulkVerifier, Result, read_der_stream, verify_bulk
 from pledgeforge.fastpath.reference import verify_certificate_item, verify_cms_item
 from pledgeforge.hsm import keystore
@@ -20,13 +22,12 @@ from pledgeforge.hsm.cms import sign_cms
 from pledgeforge.hsm.signer import KeyAlgorithm, Padding, SoftwareSigner
 from pledgeforge.hsm.x509 import issue_certificate, issue_idevid, make_ca
 
-VEC = Path(__file__).resolve().parents[2] / "shared" / "vectors" / "rfc8995-appendixC"
 CMS_VECTORS = ["vr_00-D0-E5-F2-00-02.der", "voucher_00-D0-E5-F2-00-02.der",
                "parboiled_vr_00-D0-E5-F2-00-02.der"]
 
 
 def _cert(name: str) -> x509.Certificate:
-    return load_certificate_file(str(VEC / name))[0]
+    return load_certificate_file(str(APPC / name))[0]
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +38,7 @@ def rfc_pki():
 
 @pytest.fixture(scope="module")
 def vectors():
-    return [(VEC / n).read_bytes() for n in CMS_VECTORS]
+    return [(APPC / n).read_bytes() for n in CMS_VECTORS]
 
 
 def _agree(items, anchors, extra=(), *, at_time=None, check_time=True):
@@ -139,8 +140,9 @@ def test_ed25519_signed_attributes(owner_ca):
     der = acms.ContentInfo({"content_type": "signed_data", "content": sd}).dump()
     broken = bytearray(der)
     broken[-2] ^= 1
-    assert [r.code for r in _agree([der, bytes(broken)], [owner_ca[1]])] == \
-        [Result.OK, Result.BAD_SIGNATURE]
+    # One worker checks all of them in turn: each check must start from a clean context.
+    assert [r.code for r in _agree([der, bytes(broken), der, der], [owner_ca[1]])] == \
+        [Result.OK, Result.BAD_SIGNATURE, Result.OK, Result.OK]
 
 
 def test_softhsm_signed_voucher_requests(token, owner_ca):
@@ -157,6 +159,80 @@ def test_softhsm_signed_voucher_requests(token, owner_ca):
     results = _agree(items, [ca])
     assert [r.code for r in results] == [Result.OK] * 3
     assert [r.serial for r in results] == serials
+
+
+def test_swtpm_signed_voucher_requests(tpm_uri):
+    """A manufacturer CA key and pledge IDevID keys inside a real swtpm: RSA-2048 for the
+    CA (PKCS#1 v1.5 and PSS certificate signatures, a PSS-signed CMS), P-256 and P-384
+    for the pledges, every key reopened by URI as a booting pledge does."""
+    keystore.generate_key(tpm_uri(0x81020000), "rsa-2048")
+    ca_key = keystore.open_signer(tpm_uri(0x81020000))
+    ca = make_ca(ca_key, "CN=TPM-held manufacturer CA", pad=Padding.PSS)
+    items, serials = [], []
+    for i, (alg, pad) in enumerate([("ec-p256", Padding.PKCS1V15), ("ec-p384", Padding.PSS)]):
+        keystore.generate_key(tpm_uri(0x81020001 + i), alg)
+        signer = keystore.open_signer(tpm_uri(0x81020001 + i))
+        serial = f"PF-SWTPM-{i}"
+        if pad is Padding.PSS:
+            name = x509.Name([x509.NameAttribute(x509.NameOID.SERIAL_NUMBER, serial)])
+            idevid = issue_certificate(ca_key, ca, signer.public_key, name, pad=Padding.PSS)
+        else:
+            idevid = issue_idevid(ca_key, ca, signer.public_key, serial)
+        request = sign_cms(json.dumps({"serial-number": serial}).encode(), signer, idevid)
+        tampered = bytearray(request)
+        tampered[tampered.index(serial.encode())] ^= 0x20
+        items += [request, bytes(tampered)]
+        serials += [serial, serial]
+    items.append(sign_cms(b'{"from": "the CA itself"}', ca_key, ca, pad=Padding.PSS))
+    results = _agree(items, [ca])
+    assert [r.code for r in results] == [Result.OK, Result.DIGEST_MISMATCH] * 2 + [Result.OK]
+    assert [r.serial for r in results] == serials + [None]
+
+
+def test_threads_default_to_the_cores_this_process_may_use(owner_ca):
+    assert BulkVerifier([owner_ca[1]]).threads == len(os.sched_getaffinity(0))
+    assert BulkVerifier([owner_ca[1]], threads=3).threads == 3
+    with pytest.raises(ValueError):
+        BulkVerifier([owner_ca[1]], threads=0)
+
+
+def test_the_gil_is_released_during_a_batch_and_batches_do_not_overlap(owner_ca):
+    """While one thread verifies a batch, another runs Python code: it calls the same
+    verifier and is refused (one batch at a time), which it could not do if the
+    batch held the GIL."""
+    key = SoftwareSigner.generate(KeyAlgorithm.EC_P256)
+    item = sign_cms(b"{}", key, _issue(owner_ca, key.public_key, "registrar"))
+    verifier = BulkVerifier([owner_ca[1]], threads=1)
+    calling = threading.Event()                 # the main thread is about to verify a batch
+    refused = threading.Event()
+    finished = threading.Event()
+
+    def intruder():
+        while not finished.is_set() and not refused.is_set():
+            if not calling.wait(timeout=0.5):
+                continue
+            calling.clear()
+            try:
+                verifier.verify_batch([b"not DER"])
+            except RuntimeError:
+                refused.set()
+
+    other = threading.Thread(target=intruder)
+    other.start()
+    try:
+        for _ in range(200):                    # bounded; the first batch nearly always does it
+            calling.set()
+            try:
+                results = verifier.verify_batch([item] * 500)
+            except RuntimeError:
+                continue                        # the intruder got in first
+            assert all(r.ok for r in results)
+            if refused.is_set():
+                break
+    finally:
+        finished.set()
+        other.join()
+    assert refused.is_set()
 
 
 # --------------------------------------------------------------------------- certificates
@@ -207,6 +283,31 @@ def test_stream_with_broken_header_ends_with_one_malformed_item(tmp_path, rfc_pk
     assert [r.code for r in results] == [Result.OK, Result.MALFORMED]
 
 
+def test_a_stream_is_read_one_batch_ahead_at_most(owner_ca):
+    """Flat memory: items are pulled from the source only as batches need them, and
+    certificates no longer in use leave the cache."""
+    ca_key, ca = owner_ca
+    pulled = 0
+
+    def source():
+        nonlocal pulled
+        for i in range(40):
+            key = SoftwareSigner.generate(KeyAlgorithm.EC_P256)
+            cert = issue_idevid(ca_key, ca, key.public_key, f"S{i}")   # a new signer each item
+            pulled += 1
+            yield sign_cms(str(i).encode(), key, cert)
+
+    verifier = BulkVerifier([ca], threads=2, batch_size=8)
+    cached = []
+    for result in verifier.verify(source()):
+        assert result.ok and result.serial == f"S{result.index}"
+        assert pulled <= (result.index // 8 + 1) * 8
+        cached.append(verifier.stats["cached_certs"])
+    assert len(cached) == 40
+    # The anchor plus the signers of this batch and the one before, however long the stream.
+    assert max(cached) <= 1 + 2 * 8
+
+
 def test_certificates_are_parsed_and_checked_once_per_batch(owner_ca):
     key = SoftwareSigner.generate(KeyAlgorithm.EC_P256)
     cert = _issue(owner_ca, key.public_key, "shared registrar")
@@ -250,6 +351,22 @@ def test_mutated_vectors_never_crash_and_agree(data, rfc_pki, vectors):
     got = BulkVerifier(anchors, [rfc_pki["masa"]], threads=1, check_time=False).verify_batch([mutant])[0]
     want, _ = verify_cms_item(mutant, anchors, [rfc_pki["masa"]], check_time=False)
     assert got.code == want
+    assert 0 <= got.content_offset <= got.content_offset + got.content_length <= len(mutant)
+
+
+# Mutated serial numbers go negative; cryptography warns that it will refuse them one day.
+@pytest.mark.filterwarnings("ignore::cryptography.utils.CryptographyDeprecationWarning")
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_mutated_certificates_never_crash_and_agree(data, rfc_pki):
+    """The manufacturing case: bare certificates checked against a CA."""
+    anchors = [rfc_pki["vendor"], rfc_pki["owner"]]
+    item = data.draw(st.sampled_from([c.public_bytes(Encoding.DER) for c in rfc_pki.values()]))
+    mutant = _mutants(data, item)
+    got = BulkVerifier(anchors, threads=1, check_time=False).verify_batch([mutant], certificates=True)[0]
+    want, serial = verify_certificate_item(mutant, anchors, check_time=False)
+    assert got.code == want
+    assert got.serial == serial
     assert 0 <= got.content_offset <= got.content_offset + got.content_length <= len(mutant)
 
 

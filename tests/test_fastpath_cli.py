@@ -7,18 +7,18 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
+from vectors import APPC
 from pledgeforge.cli import main
 
-VEC = Path(__file__).resolve().parents[2] / "shared" / "vectors" / "rfc8995-appendixC"
 
 
 def _setup(tmp_path: Path) -> tuple[Path, Path]:
-    good = (VEC / "vr_00-D0-E5-F2-00-02.der").read_bytes()
+    good = (APPC / "vr_00-D0-E5-F2-00-02.der").read_bytes()
     bad = bytearray(good)
     bad[bad.index(b"proximity")] ^= 1           # content altered after signing
     stream = tmp_path / "batch.der"
     stream.write_bytes(good + bytes(bad) + good)
-    return stream, VEC / "vendor.crt"
+    return stream, APPC / "vendor.crt"
 
 
 def test_summary_and_failures(tmp_path):
@@ -46,7 +46,7 @@ def test_json_lines(tmp_path):
 def test_all_ok_exits_zero_and_bad_anchor_file_is_one_clear_error(tmp_path):
     stream, anchors = _setup(tmp_path)
     good_only = tmp_path / "good.der"
-    good_only.write_bytes((VEC / "vr_00-D0-E5-F2-00-02.der").read_bytes())
+    good_only.write_bytes((APPC / "vr_00-D0-E5-F2-00-02.der").read_bytes())
     ok = CliRunner().invoke(main, ["verify", "--bulk", str(good_only), "--anchors", str(anchors),
                                    "--no-check-time"])
     assert ok.exit_code == 0 and "OK 1" in ok.output
