@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
+import pexpect
 from click.testing import CliRunner
 
+from clirunner import PLEDGEFORGE
 from vectors import APPC
 from pledgeforge.cli import main
-
 
 
 def _setup(tmp_path: Path) -> tuple[Path, Path]:
@@ -55,3 +57,23 @@ def test_all_ok_exits_zero_and_bad_anchor_file_is_one_clear_error(tmp_path):
     bad = CliRunner().invoke(main, ["verify", "--bulk", str(stream), "--anchors", str(junk)])
     assert bad.exit_code == 1 and "trust anchor file" in bad.output
     assert "Traceback" not in bad.output
+
+
+def test_a_terminal_gets_a_progress_bar_and_pipes_do_not(tmp_path):
+    _, anchors = _setup(tmp_path)
+    batch = tmp_path / "batch"
+    batch.mkdir()
+    good = (APPC / "vr_00-D0-E5-F2-00-02.der").read_bytes()
+    for i in range(5):
+        (batch / f"vr-{i}.der").write_bytes(good)
+    (batch / "broken.der").write_bytes(good[:100])
+    args = ["verify", "--bulk", str(batch), "--anchors", str(anchors), "--no-check-time"]
+    on_tty = pexpect.spawn(PLEDGEFORGE, args, timeout=60, dimensions=(24, 120))
+    on_tty.expect(pexpect.EOF)
+    on_tty.close()
+    shown = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", on_tty.before.decode())  # colours off
+    assert on_tty.exitstatus == 1
+    assert "verifying" in shown and "6/6 items" in shown      # a directory has a known count
+    assert "MALFORMED" in shown and "broken.der" in shown
+    piped = CliRunner().invoke(main, args)
+    assert "verifying" not in piped.output and "MALFORMED" in piped.output

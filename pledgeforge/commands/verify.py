@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import collections
 import json
+import os
 import sys
 import time
 
@@ -23,6 +24,46 @@ def _failure_line(r) -> str:
         where = r.name or f"item {r.index}"
     serial = f" serial {r.serial}" if r.serial else ""
     return f"{r.code.name:<24} {where}{serial}"
+
+
+class _Progress:
+    """A progress bar on the terminal (stderr), or nothing when output goes elsewhere."""
+
+    def __init__(self, path: str, enabled: bool):
+        self._bar = None
+        self._task = None
+        if not enabled:
+            return
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        # A directory has a known count; a stream of DER objects does not (the bar pulses).
+        total = len(os.listdir(path)) if os.path.isdir(path) else None
+        self._bar = Progress(TextColumn("verifying"), BarColumn(), MofNCompleteColumn(),
+                             TextColumn("items"), TimeElapsedColumn(),
+                             console=Console(file=sys.stderr), transient=False)
+        self._task = self._bar.add_task("verify", total=total)
+
+    def __enter__(self) -> "_Progress":
+        if self._bar is not None:
+            self._bar.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+    def advance(self) -> None:
+        if self._bar is not None:
+            self._bar.advance(self._task)
+
+    def echo(self, line: str) -> None:
+        """A line of output that must not tear the bar."""
+        if self._bar is not None:
+            self._bar.console.file.flush()
+            self._bar.print(line, markup=False, highlight=False)
+        else:
+            click.echo(line)
 
 
 @click.command()
@@ -58,17 +99,20 @@ def verify(path, anchors, certfile, certificates, threads, no_check_time, at_tim
     counts: collections.Counter = collections.Counter()
     failures = 0
     started = time.perf_counter()
-    for result in verifier.verify(path, certificates=certificates):
-        counts[result.code] += 1
-        if result.ok:
-            continue
-        failures += 1
-        if as_json:
-            click.echo(json.dumps({"index": result.index, "name": result.name,
-                                   "offset": result.item_offset, "result": result.code.name,
-                                   "serial": result.serial}))
-        else:
-            click.echo(_failure_line(result))
+    progress = _Progress(path, enabled=not as_json and sys.stderr.isatty())
+    with progress:
+        for result in verifier.verify(path, certificates=certificates):
+            counts[result.code] += 1
+            progress.advance()
+            if result.ok:
+                continue
+            failures += 1
+            if as_json:
+                click.echo(json.dumps({"index": result.index, "name": result.name,
+                                       "offset": result.item_offset, "result": result.code.name,
+                                       "serial": result.serial}))
+            else:
+                progress.echo(_failure_line(result))
     elapsed = time.perf_counter() - started
     total = sum(counts.values())
     rate = total / elapsed if elapsed > 0 else 0.0
