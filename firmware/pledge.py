@@ -23,12 +23,13 @@ from cryptography.hazmat.primitives import serialization
 from pledgeforge.errors import PledgeforgeError
 from pledgeforge.hsm import keystore
 from pledgeforge.hsm.chain import build_chain
-from pledgeforge.hsm.cms import VOUCHER_MEDIA_TYPE, sign_cms, verify_cms
+from pledgeforge.hsm.cms import sign_cms, verify_cms
 from pledgeforge.hsm.errors import CertificateError, CmsError, KeyExistsError, VoucherError
 from pledgeforge.hsm.est_wire import CsrAttributes, parse_certs_only
 from pledgeforge.hsm.keyuri import Pkcs11Uri, TpmUri, parse_key_uri
 from pledgeforge.hsm.signer import Signer
 from pledgeforge.hsm.voucher import Voucher, decode_binary
+from pledgeforge.hsm.wellknown import VOUCHER_MEDIA_TYPE
 from pledgeforge.hsm.x509 import make_csr, serial_number_of, to_der
 
 from . import pledge_machine as pm

@@ -129,6 +129,8 @@ from http import HTTPStatus
 from urllib.parse import urljoin, urlsplit
 
 from pledgeforge.errors import PledgeforgeError
+from pledgeforge.hsm.wellknown import (BRSKI_PATH, CSRATTRS_MEDIA_TYPE, EST_PATH, JSON_MEDIA_TYPE,
+                                       PKCS7_MEDIA_TYPE, PKCS10_MEDIA_TYPE, VOUCHER_MEDIA_TYPE)
 
 from .pledge_events import (
     Action,
@@ -183,13 +185,6 @@ __all__ = [
     "Enrolled", "Failed",
 ]
 
-BRSKI_PATH = "/.well-known/brski"
-EST_PATH = "/.well-known/est"
-VOUCHER_MEDIA_TYPE = "application/voucher-cms+json"
-JSON_MEDIA_TYPE = "application/json"
-PKCS10_MEDIA_TYPE = "application/pkcs10"
-PKCS7_MEDIA_TYPE = "application/pkcs7-mime"
-CSRATTRS_MEDIA_TYPE = "application/csrattrs"
 NONCE_BYTES = 16
 _LONGEST_DELAY_S = 10**9  # far beyond any cap; keeps float arithmetic finite
 

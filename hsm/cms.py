@@ -34,7 +34,6 @@ ID_DATA = "1.2.840.113549.1.7.1"
 ID_CT_ANIMA_JSON_VOUCHER = "1.2.840.113549.1.9.16.1.40"
 ACCEPTED_CONTENT_TYPES = (ID_DATA, ID_CT_ANIMA_JSON_VOUCHER)
 CONTENT_TYPES = {"voucher": ID_CT_ANIMA_JSON_VOUCHER, "data": ID_DATA}
-VOUCHER_MEDIA_TYPE = "application/voucher-cms+json"
 
 # Teach asn1crypto the voucher content type so its eContent parses as the
 # OCTET STRING it is (unknown types fall back to an untyped value).

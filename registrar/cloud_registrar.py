@@ -39,6 +39,8 @@ import logging
 
 from aiohttp import web
 
+from pledgeforge.hsm.wellknown import REQUEST_VOUCHER, VOUCHER_STATUS
+
 from .brski import nonce_text, parse_status_report, require_serial
 from .config import RegistrarConfig
 from .db import CLOUD_RESPONSES, CloudStore
@@ -48,8 +50,6 @@ from .web import Refusal, endpoint_of, new_app, read_body, require_content_type,
 
 log = logging.getLogger("pledgeforge.registrar.cloud")
 
-REQUEST_VOUCHER = "/.well-known/brski/requestvoucher"
-VOUCHER_STATUS = "/.well-known/brski/voucher_status"
 
 
 def _retry_after(seconds: int | None) -> dict[str, str]:

@@ -43,6 +43,8 @@ from pledgeforge.hsm.chain import build_chain, load_certificate_file
 from pledgeforge.hsm.errors import CertificateError, UntrustedSignerError
 from pledgeforge.hsm.est_wire import CsrAttributes, certs_only, decode_body, encode_body
 from pledgeforge.hsm.keystore import open_signer
+from pledgeforge.hsm.wellknown import (CERTS_ONLY_MEDIA_TYPE, CSRATTRS_MEDIA_TYPE, EST_PATH, PKCS7_MEDIA_TYPE,
+                                       PKCS10_MEDIA_TYPE)
 from pledgeforge.hsm.x509 import check_csr, issue_certificate, load_csr, parse_dn, to_pem
 
 from .brski import load_anchors, require_serial
@@ -50,11 +52,6 @@ from .config import CsrAttrsSettings, EstSettings
 from .db import OwnerStore
 from .web import Refusal, media_type, peer_certificate, read_body
 
-EST_PATH = "/.well-known/est"
-PKCS7_MEDIA_TYPE = "application/pkcs7-mime"
-CERTS_ONLY_MEDIA_TYPE = "application/pkcs7-mime; smime-type=certs-only"
-CSRATTRS_MEDIA_TYPE = "application/csrattrs"
-PKCS10_MEDIA_TYPE = "application/pkcs10"
 
 SIGNATURE_ALGORITHMS = {
     "ecdsa-with-sha256": "1.2.840.10045.4.3.2",

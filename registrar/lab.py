@@ -68,6 +68,7 @@ from pledgeforge.hsm.errors import KeyNotFoundError
 from pledgeforge.hsm.keyuri import Pkcs11Uri
 from pledgeforge.hsm.signer import KeyAlgorithm, Signer
 from pledgeforge.hsm.softhsm import SoftHsm
+from pledgeforge.hsm.wellknown import REQUEST_VOUCHER
 from pledgeforge.hsm.x509 import issue_certificate, issue_idevid, make_ca, to_pem
 
 from .db import CloudStore, MasaStore, OwnerStore
@@ -79,7 +80,6 @@ OWNER_NAME = "lab-owner"
 HOST = "127.0.0.1"
 TOKENS = ("vendor", "masa", "owner", "cloud", "pledges")
 IDEVID_HANDLE = 0x81020000
-REQUEST_VOUCHER = "/.well-known/brski/requestvoucher"
 ID_KP_CMC_RA = ObjectIdentifier("1.3.6.1.5.5.7.3.28")
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 10.0

@@ -42,6 +42,7 @@ from pledgeforge.hsm.cms import embedded_certificates, sign_cms, signer_certific
 from pledgeforge.hsm.errors import MalformedCmsError, UntrustedSignerError
 from pledgeforge.hsm.keystore import open_signer
 from pledgeforge.hsm.voucher import Voucher, format_date
+from pledgeforge.hsm.wellknown import JSON_MEDIA_TYPE, REQUEST_AUDIT_LOG, REQUEST_VOUCHER, VOUCHER_MEDIA_TYPE
 from pledgeforge.hsm.x509 import to_der
 
 from .brski import (PledgeRequest, check_serial, decode_cms_body, load_anchors, nonce_text,
@@ -49,15 +50,12 @@ from .brski import (PledgeRequest, check_serial, decode_cms_body, load_anchors, 
 from .config import MasaConfig
 from .db import Device, MasaStore
 from .tls import server_context
-from .web import (VOUCHER_MEDIA_TYPE, Refusal, new_app, read_body, require_acceptable,
+from .web import (Refusal, new_app, read_body, require_acceptable,
                   require_content_type)
 
 log = logging.getLogger("pledgeforge.registrar.masa")
 
 ID_KP_CMC_RA = ObjectIdentifier("1.3.6.1.5.5.7.3.28")
-REQUEST_VOUCHER = "/.well-known/brski/requestvoucher"
-REQUEST_AUDIT_LOG = "/.well-known/brski/requestauditlog"
-JSON_MEDIA_TYPE = "application/json"
 
 
 def domain_id(cert: x509.Certificate) -> str:

@@ -16,11 +16,12 @@ import aiohttp
 from cryptography import x509
 
 from pledgeforge.hsm.errors import CertificateError
+from pledgeforge.hsm.wellknown import VOUCHER_MEDIA_TYPE
 from pledgeforge.hsm.x509 import masa_base_url, masa_url_of
 
 from .config import UpstreamSettings
 from .tls import client_context
-from .web import VOUCHER_MEDIA_TYPE, Refusal, media_type
+from .web import Refusal, media_type
 
 log = logging.getLogger("pledgeforge.registrar.masa_client")
 

@@ -24,6 +24,7 @@ import logging
 
 from aiohttp import web
 
+from pledgeforge.hsm.wellknown import ENROLL_STATUS, REQUEST_VOUCHER, VOUCHER_STATUS
 from pledgeforge.hsm.x509 import to_pem
 
 from .brski import nonce_text, parse_status_report
@@ -36,9 +37,6 @@ from .web import Refusal, new_app, read_body, require_content_type, text_respons
 
 log = logging.getLogger("pledgeforge.registrar.owner")
 
-REQUEST_VOUCHER = "/.well-known/brski/requestvoucher"
-VOUCHER_STATUS = "/.well-known/brski/voucher_status"
-ENROLL_STATUS = "/.well-known/brski/enrollstatus"
 CONFIG_PATH = "/pledge-config"
 
 

@@ -15,13 +15,14 @@ from cryptography import x509
 
 from pledgeforge.hsm.chain import load_certificate_file
 from pledgeforge.hsm.keystore import open_signer
+from pledgeforge.hsm.wellknown import VOUCHER_MEDIA_TYPE
 
 from .brski import (PledgeRequest, check_proximity, decode_cms_body, load_anchors,
                     read_pledge_request, registrar_voucher_request)
 from .config import RegistrarConfig
 from .masa_client import MasaClient
 from .tls import leaf_certificate
-from .web import (VOUCHER_MEDIA_TYPE, Refusal, peer_certificate, read_body, require_acceptable,
+from .web import (Refusal, peer_certificate, read_body, require_acceptable,
                   require_content_type)
 
 

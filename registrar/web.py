@@ -23,7 +23,6 @@ from .config import ServerSettings
 
 log = logging.getLogger("pledgeforge.registrar")
 
-VOUCHER_MEDIA_TYPE = "application/voucher-cms+json"
 HEALTH_PATH = "/.well-known/pledgeforge/health"
 MAX_BODY = 256 * 1024  # vouchers and CSRs are a few kB
 

@@ -22,10 +22,9 @@ from cryptography.hazmat.primitives import serialization
 from pledgeforge.hsm.cms import sign_cms
 from pledgeforge.hsm.signer import KeyAlgorithm, SoftwareSigner
 from pledgeforge.hsm.voucher import Voucher
+from pledgeforge.hsm.wellknown import VOUCHER_MEDIA_TYPE
 from pledgeforge.hsm.x509 import make_csr, to_der, to_pem
 
-VOUCHER_TYPE = "application/voucher-cms+json"
-REQUEST_VOUCHER = "/.well-known/brski/requestvoucher"
 
 
 @dataclass
@@ -109,7 +108,7 @@ def https(url: str, method: str = "GET", body: bytes | None = None, *,
 
 
 def post_voucher_request(url: str, cms: bytes, **kwargs) -> Answer:
-    headers = {"Content-Type": VOUCHER_TYPE, "Accept": VOUCHER_TYPE, **kwargs.pop("headers", {})}
+    headers = {"Content-Type": VOUCHER_MEDIA_TYPE, "Accept": VOUCHER_MEDIA_TYPE, **kwargs.pop("headers", {})}
     return https(url, "POST", cms, headers=headers, **kwargs)
 
 

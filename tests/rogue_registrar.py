@@ -23,12 +23,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from pledgeforge.hsm import keystore
 from pledgeforge.hsm.chain import load_certificate_file
-from pledgeforge.hsm.cms import VOUCHER_MEDIA_TYPE, sign_cms, unverified_content
+from pledgeforge.hsm.cms import sign_cms, unverified_content
 from pledgeforge.hsm.signer import KeyAlgorithm, SoftwareSigner
 from pledgeforge.hsm.voucher import Voucher
+from pledgeforge.hsm.wellknown import VOUCHER_MEDIA_TYPE
 from pledgeforge.hsm.x509 import issue_certificate, make_ca, to_der, to_pem
 
-REQUEST_VOUCHER = "/.well-known/brski/requestvoucher"
 
 
 @dataclass

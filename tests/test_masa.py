@@ -22,7 +22,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID, ObjectIdentifier
 
 from clirunner import PLEDGEFORGE, openssl, run_cli
-from registrar_standin import VOUCHER_TYPE, StandIn, https
+from registrar_standin import StandIn, https
+from pledgeforge.hsm.wellknown import REQUEST_VOUCHER, VOUCHER_MEDIA_TYPE
 from vectors import APPC
 from pledgeforge.hsm.chain import load_certificate_file
 from pledgeforge.hsm.cms import sign_cms
@@ -33,7 +34,6 @@ from pledgeforge.hsm.x509 import issue_certificate, issue_idevid, make_ca, to_de
 from pledgeforge.registrar.db import MASA_METADATA, MasaStore, table_contents
 
 ID_KP_CMC_RA = ObjectIdentifier("1.3.6.1.5.5.7.3.28")
-REQUEST_VOUCHER = "/.well-known/brski/requestvoucher"
 REQUEST_AUDIT_LOG = "/.well-known/brski/requestauditlog"
 VECTOR_SERIAL = "00-D0-E5-F2-00-02"
 
@@ -153,8 +153,8 @@ def masa(world, softhsm):
     assert proc.returncode == 0, proc.stderr.read().decode()
 
 
-def _post(masa, body: bytes, path: str = REQUEST_VOUCHER, content_type: str = VOUCHER_TYPE,
-          accept: str = VOUCHER_TYPE):
+def _post(masa, body: bytes, path: str = REQUEST_VOUCHER, content_type: str = VOUCHER_MEDIA_TYPE,
+          accept: str = VOUCHER_MEDIA_TYPE):
     return https(masa["url"] + path, "POST", body, anchors=[masa["anchor"]],
                  headers={"Content-Type": content_type, "Accept": accept})
 
@@ -187,7 +187,7 @@ def test_rfc8995_c22_registrar_request_gets_a_voucher_that_openssl_verifies(worl
     before = len(masa["store"].audit_events(VECTOR_SERIAL))
     answer = _post(masa, (APPC / "parboiled_vr_00-D0-E5-F2-00-02.der").read_bytes())
     assert answer.status == 200, answer.body
-    assert answer.header("content-type") == VOUCHER_TYPE
+    assert answer.header("content-type") == VOUCHER_MEDIA_TYPE
     content = _openssl_verify(tmp_path, answer.body, world["mfg_cert"])
     voucher = Voucher.from_json(content, expect_request=False)
     assert voucher.serial_number == VECTOR_SERIAL
@@ -293,7 +293,7 @@ def test_refusals_have_their_status_and_write_nothing(world, masa, tmp_path):
     before = table_contents(masa["store"].engine, MASA_METADATA)
     for name, body, headers, status, words in _refusal_cases(world, tmp_path):
         answer = https(masa["url"] + REQUEST_VOUCHER, "POST", body, anchors=[masa["anchor"]],
-                       headers={"Content-Type": VOUCHER_TYPE, "Accept": VOUCHER_TYPE, **headers})
+                       headers={"Content-Type": VOUCHER_MEDIA_TYPE, "Accept": VOUCHER_MEDIA_TYPE, **headers})
         assert answer.status == status, f"{name}: {answer.status} {answer.body!r}"
         assert answer.header("content-type").startswith("text/plain"), name
         assert words.lower() in answer.body.decode().lower(), f"{name}: {answer.body!r}"

@@ -15,12 +15,13 @@ import pytest
 
 from clirunner import openssl, run_cli
 from registrar_standin import running_lab
-from rogue_registrar import (REQUEST_VOUCHER, Reply, RogueServer, SilentServer, VoucherForge, self_signed_tls,
+from rogue_registrar import (Reply, RogueServer, SilentServer, VoucherForge, self_signed_tls,
                              tls_files, voucher_reply)
 from pledgeforge import lab_pledge
 from pledgeforge.firmware.pledge_machine import PledgeConfig
 from pledgeforge.hsm import keystore
 from pledgeforge.hsm.chain import load_certificate_file
+from pledgeforge.hsm.wellknown import REQUEST_VOUCHER
 
 
 @pytest.fixture(scope="module")

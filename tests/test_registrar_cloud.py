@@ -8,15 +8,15 @@ import json
 import pytest
 
 from clirunner import openssl
-from registrar_standin import (REQUEST_VOUCHER, StandIn, https, post_voucher_request, running_lab,
+from registrar_standin import (StandIn, https, post_voucher_request, running_lab,
                                tls_refusal)
 from pledgeforge.hsm.chain import load_certificate_file
 from pledgeforge.hsm.signer import KeyAlgorithm, SoftwareSigner
 from pledgeforge.hsm.voucher import Voucher
+from pledgeforge.hsm.wellknown import REQUEST_VOUCHER, VOUCHER_STATUS
 from pledgeforge.hsm.x509 import issue_idevid, make_ca, to_der
 from pledgeforge.registrar.db import CLOUD_METADATA, MASA_METADATA, table_contents
 
-VOUCHER_STATUS = "/.well-known/brski/voucher_status"
 
 
 @pytest.fixture(scope="module")

@@ -13,12 +13,13 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 
 from clirunner import openssl
-from registrar_standin import (REQUEST_VOUCHER, StandIn, https, post_voucher_request, running_lab,
+from registrar_standin import (StandIn, https, post_voucher_request, running_lab,
                                tls_refusal)
 from pledgeforge.hsm.chain import load_certificate_file
 from pledgeforge.hsm.keystore import open_signer
 from pledgeforge.hsm.signer import KeyAlgorithm, SoftwareSigner
 from pledgeforge.hsm.voucher import Voucher
+from pledgeforge.hsm.wellknown import REQUEST_VOUCHER
 from pledgeforge.hsm.x509 import issue_idevid, make_ca, make_csr, to_der, to_pem
 from pledgeforge.registrar.db import MASA_METADATA, OWNER_METADATA, table_contents
 from pledgeforge.hsm.est_wire import CsrAttributes, parse_certs_only
