@@ -4,4 +4,4 @@ Fixture modules live beside this file and are loaded as plugins so each
 area of the project keeps its fixtures in its own file.
 """
 
-pytest_plugins = ["fixtures_softhsm", "fixtures_swtpm"]
+pytest_plugins = ["fixtures_softhsm", "fixtures_swtpm", "fixtures_lab"]

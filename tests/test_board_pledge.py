@@ -10,17 +10,10 @@ import pytest
 
 from boardrunner import BoardProcess, login, run
 from clirunner import openssl, run_cli
-from registrar_standin import running_lab
 from pledgeforge.boards.profile import load_profile
 
 GATEWAY = load_profile("gateway-tpm")
 MCU = load_profile("mcu-se")
-
-
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory):
-    with running_lab(tmp_path_factory.mktemp("boardlab")) as lab:
-        yield lab
 
 
 def field(status: str, name: str) -> str:

@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 from clirunner import openssl, run_cli
-from registrar_standin import running_lab
 from pledgeforge.hsm.chain import load_certificate_file
 from pledgeforge.hsm.keystore import open_signer
 from pledgeforge.hsm.x509 import masa_url_of, serial_number_of
@@ -92,12 +91,6 @@ def test_commands_name_a_missing_lab(tmp_path):
     result = run_cli("lab", "status", "--dir", tmp_path / "nothing")
     assert result.returncode == 1
     assert b"holds no lab; create one with `pledgeforge lab up" in result.stderr
-
-
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory):
-    with running_lab(tmp_path_factory.mktemp("apilab")) as lab:
-        yield lab
 
 
 @pytest.mark.parametrize("keystore, algorithm, flow", [

@@ -25,12 +25,6 @@ from pledgeforge.hsm.wellknown import REQUEST_VOUCHER
 
 
 @pytest.fixture(scope="module")
-def lab(tmp_path_factory):
-    with running_lab(tmp_path_factory.mktemp("pledgelab")) as lab:
-        yield lab
-
-
-@pytest.fixture(scope="module")
 def forge(lab):
     return VoucherForge(lab)
 

@@ -8,8 +8,7 @@ import json
 import pytest
 
 from clirunner import openssl
-from registrar_standin import (StandIn, https, post_voucher_request, running_lab,
-                               tls_refusal)
+from registrar_standin import StandIn, https, post_voucher_request, tls_refusal
 from pledgeforge.hsm.chain import load_certificate_file
 from pledgeforge.hsm.signer import KeyAlgorithm, SoftwareSigner
 from pledgeforge.hsm.voucher import Voucher
@@ -17,12 +16,6 @@ from pledgeforge.hsm.wellknown import REQUEST_VOUCHER, VOUCHER_STATUS
 from pledgeforge.hsm.x509 import issue_idevid, make_ca, to_der
 from pledgeforge.registrar.db import CLOUD_METADATA, MASA_METADATA, table_contents
 
-
-
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory):
-    with running_lab(tmp_path_factory.mktemp("cloudlab")) as lab:
-        yield lab
 
 
 @pytest.fixture

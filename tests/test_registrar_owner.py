@@ -13,8 +13,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 
 from clirunner import openssl
-from registrar_standin import (StandIn, https, post_voucher_request, running_lab,
-                               tls_refusal)
+from registrar_standin import StandIn, https, post_voucher_request, tls_refusal
 from pledgeforge.hsm.chain import load_certificate_file
 from pledgeforge.hsm.keystore import open_signer
 from pledgeforge.hsm.signer import KeyAlgorithm, SoftwareSigner
@@ -26,12 +25,6 @@ from pledgeforge.hsm.est_wire import CsrAttributes, parse_certs_only
 
 EST = "/.well-known/est"
 BRSKI = "/.well-known/brski"
-
-
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory):
-    with running_lab(tmp_path_factory.mktemp("ownerlab")) as lab:
-        yield lab
 
 
 @pytest.fixture
