@@ -17,7 +17,7 @@ import binascii
 import datetime as dt
 import json
 import re
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .errors import VoucherError

@@ -20,12 +20,12 @@ from asn1crypto import csr as asn1_csr
 from asn1crypto import keys as asn1_keys
 from asn1crypto import x509 as asn1_x509
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509.oid import NameOID, ObjectIdentifier
 
 from .errors import CertificateError
-from .signer import KeyAlgorithm, Padding, Signer, hash_algorithm
+from .signer import Padding, Signer, hash_algorithm
 
 ID_PE_MASA_URL = ObjectIdentifier("1.3.6.1.5.5.7.1.32")
 ID_ON_HARDWARE_MODULE_NAME = ObjectIdentifier("1.3.6.1.5.5.7.8.4")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-from pathlib import Path
 
 import pytest
 from asn1crypto import cms as acms
@@ -18,9 +17,9 @@ from pledgeforge.hsm.cms import (ID_CT_ANIMA_JSON_VOUCHER, ID_DATA, load_cms_inp
 from pledgeforge.hsm.errors import (BadSignatureError, DigestMismatchError,
                                     ExpiredCertificateError, MalformedCmsError,
                                     UnexpectedContentTypeError, UntrustedSignerError)
-from pledgeforge.hsm.signer import Padding, SoftwareSigner
+from pledgeforge.hsm.signer import KeyAlgorithm, Padding, SoftwareSigner
 
-from vectors import APPC, VECTORS
+from vectors import VECTORS
 CONTENT = b'{"ietf-voucher:voucher":{"serial-number":"PF-0001","assertion":"logged"}}'
 
 
@@ -73,9 +72,9 @@ def test_chain_certificates_are_included_and_used(token):
 
 @pytest.fixture(scope="module")
 def signed():
-    ca = SoftwareSigner.generate(hx509.KeyAlgorithm.EC_P256)
+    ca = SoftwareSigner.generate(KeyAlgorithm.EC_P256)
     ca_cert = hx509.make_ca(ca, "CN=Unit CA")
-    key = SoftwareSigner.generate(hx509.KeyAlgorithm.EC_P256)
+    key = SoftwareSigner.generate(KeyAlgorithm.EC_P256)
     cert = hx509.issue_certificate(ca, ca_cert, key.public_key, "CN=Unit signer", days=30)
     return ca_cert, cert, key, sign_cms(CONTENT, key, cert)
 
@@ -95,7 +94,7 @@ def test_bad_signature_when_signature_altered(signed):
         verify_cms(tampered, [ca_cert])
     # Structurally perfect, but signed by another key than the certificate's.
     _, cert, _, _ = signed
-    impostor = SoftwareSigner.generate(hx509.KeyAlgorithm.EC_P256)
+    impostor = SoftwareSigner.generate(KeyAlgorithm.EC_P256)
     info = acms.ContentInfo.load(sign_cms(CONTENT, impostor, hx509.make_ca(impostor, "CN=Impostor")))
     real = asn1_x509.Certificate.load(hx509.to_der(cert))
     info["content"]["certificates"] = [acms.CertificateChoices({"certificate": real})]
@@ -107,7 +106,7 @@ def test_bad_signature_when_signature_altered(signed):
 
 def test_untrusted_and_expired_are_distinct(signed):
     ca_cert, cert, _, der = signed
-    stranger = hx509.make_ca(SoftwareSigner.generate(hx509.KeyAlgorithm.EC_P256), "CN=Unit CA")
+    stranger = hx509.make_ca(SoftwareSigner.generate(KeyAlgorithm.EC_P256), "CN=Unit CA")
     with pytest.raises(UntrustedSignerError) as info:
         verify_cms(der, [stranger])
     assert not isinstance(info.value, ExpiredCertificateError)
@@ -127,7 +126,7 @@ def test_truncated_and_garbage_are_malformed(signed):
 
 
 def test_unexpected_content_type_from_openssl(tmp_path):
-    key = SoftwareSigner.generate(hx509.KeyAlgorithm.EC_P256)
+    key = SoftwareSigner.generate(KeyAlgorithm.EC_P256)
     ca_cert = hx509.make_ca(key, "CN=Self")
     from cryptography.hazmat.primitives import serialization
 
