@@ -122,6 +122,14 @@ def load_certificates(data: bytes, what: str = "certificate file") -> list[x509.
     return certs
 
 
+def load_certificate_files(paths, what: str | None = None) -> list[x509.Certificate]:
+    """Every certificate of every file (PEM bundles or DER), in order."""
+    certs: list[x509.Certificate] = []
+    for path in paths:
+        certs += load_certificate_file(str(path), what)
+    return certs
+
+
 def load_certificate_file(path: str, what: str | None = None) -> list[x509.Certificate]:
     try:
         with open(path, "rb") as fh:

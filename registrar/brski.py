@@ -25,12 +25,10 @@ import base64
 import datetime as dt
 import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Iterable, Sequence
 
 from cryptography import x509
 
-from pledgeforge.hsm.chain import load_certificate_file
 from pledgeforge.hsm.cms import load_cms_input, sign_cms, verify_cms
 from pledgeforge.hsm.errors import (BadSignatureError, CmsError, DigestMismatchError,
                                     MalformedCmsError, UnexpectedContentTypeError,
@@ -41,13 +39,6 @@ from pledgeforge.hsm.x509 import serial_number_of, to_der
 
 from .db import ParsedReport
 from .web import Refusal
-
-
-def load_anchors(paths: Iterable[Path]) -> list[x509.Certificate]:
-    certs: list[x509.Certificate] = []
-    for path in paths:
-        certs += load_certificate_file(str(path), "trust anchor")
-    return certs
 
 
 def verified_signed_json(der: bytes, anchors: Sequence[x509.Certificate],

@@ -39,7 +39,7 @@ from aiohttp import web
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from pledgeforge.hsm.chain import build_chain, load_certificate_file
+from pledgeforge.hsm.chain import build_chain, load_certificate_file, load_certificate_files
 from pledgeforge.hsm.errors import CertificateError, UntrustedSignerError
 from pledgeforge.hsm.est_wire import CsrAttributes, certs_only, decode_body, encode_body
 from pledgeforge.hsm.keystore import open_signer
@@ -47,7 +47,7 @@ from pledgeforge.hsm.wellknown import (CERTS_ONLY_MEDIA_TYPE, CSRATTRS_MEDIA_TYP
                                        PKCS10_MEDIA_TYPE)
 from pledgeforge.hsm.x509 import check_csr, issue_certificate, load_csr, parse_dn, to_pem
 
-from .brski import load_anchors, require_serial
+from .brski import require_serial
 from .config import CsrAttrsSettings, EstSettings
 from .db import OwnerStore
 from .web import Refusal, media_type, peer_certificate, read_body
@@ -154,7 +154,7 @@ class EstServer:
         self.check_time = check_time
         self.ca_signer = open_signer(settings.ca_key_uri)
         self.ca_cert = load_certificate_file(str(settings.ca_cert), "EST CA certificate")[0]
-        self.ca_chain = load_anchors(settings.ca_chain)
+        self.ca_chain = load_certificate_files(settings.ca_chain, "EST CA chain")
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_get(f"{EST_PATH}/cacerts", self.cacerts)

@@ -37,7 +37,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ObjectIdentifier
 
-from pledgeforge.hsm.chain import build_chain, load_certificate_file
+from pledgeforge.hsm.chain import build_chain, load_certificate_file, load_certificate_files
 from pledgeforge.hsm.cms import embedded_certificates, sign_cms, signer_certificate
 from pledgeforge.hsm.errors import MalformedCmsError, UntrustedSignerError
 from pledgeforge.hsm.keystore import open_signer
@@ -45,7 +45,7 @@ from pledgeforge.hsm.voucher import Voucher, format_date
 from pledgeforge.hsm.wellknown import JSON_MEDIA_TYPE, REQUEST_AUDIT_LOG, REQUEST_VOUCHER, VOUCHER_MEDIA_TYPE
 from pledgeforge.hsm.x509 import to_der
 
-from .brski import (PledgeRequest, check_serial, decode_cms_body, load_anchors, nonce_text,
+from .brski import (PledgeRequest, check_serial, decode_cms_body, nonce_text,
                     parse_request_json, read_pledge_request, verified_signed_json)
 from .config import MasaConfig
 from .db import Device, MasaStore
@@ -103,9 +103,10 @@ class Masa:
         self.store = MasaStore(config.database_url)
         self.signer = open_signer(config.signer.key_uri)
         self.cert = load_certificate_file(str(config.signer.cert), "MASA signing certificate")[0]
-        self.chain = load_anchors(config.signer.chain)
-        self.manufacturer_cas = load_anchors(config.manufacturer_cas)
-        self.clouds = [(c, load_anchors([c.anchor])) for c in config.cloud_registrars]
+        self.chain = load_certificate_files(config.signer.chain, "MASA signing chain")
+        self.manufacturer_cas = load_certificate_files(config.manufacturer_cas, "manufacturer CA")
+        self.clouds = [(c, load_certificate_files([c.anchor], "cloud registrar anchor"))
+                       for c in config.cloud_registrars]
 
     def ssl_context(self):
         # Registrars authenticate by signing their requests (RFC 8995 5.5.4),

@@ -17,7 +17,7 @@ from typing import Iterable
 
 from cryptography import x509
 
-from pledgeforge.hsm.chain import load_certificate_file
+from pledgeforge.hsm.chain import load_certificate_file, load_certificate_files
 from pledgeforge.hsm.x509 import to_pem
 
 from .config import ConfigError
@@ -27,10 +27,7 @@ CLIENT_AUTH_MODES = {"required": ssl.CERT_REQUIRED, "optional": ssl.CERT_OPTIONA
 
 
 def _pem_bundle(paths: Iterable[Path]) -> str:
-    certs: list[x509.Certificate] = []
-    for path in paths:
-        certs += load_certificate_file(str(path), "CA certificate")
-    return "".join(to_pem(c).decode() for c in certs)
+    return "".join(to_pem(c).decode() for c in load_certificate_files(paths, "CA certificate"))
 
 
 def server_context(cert_chain: Path, key: Path, *, client_auth: str = "none",

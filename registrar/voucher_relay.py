@@ -13,11 +13,11 @@ import asyncio
 from aiohttp import web
 from cryptography import x509
 
-from pledgeforge.hsm.chain import load_certificate_file
+from pledgeforge.hsm.chain import load_certificate_file, load_certificate_files
 from pledgeforge.hsm.keystore import open_signer
 from pledgeforge.hsm.wellknown import VOUCHER_MEDIA_TYPE
 
-from .brski import (PledgeRequest, check_proximity, decode_cms_body, load_anchors,
+from .brski import (PledgeRequest, check_proximity, decode_cms_body,
                     read_pledge_request, registrar_voucher_request)
 from .config import RegistrarConfig
 from .masa_client import MasaClient
@@ -31,8 +31,8 @@ class VoucherRelay:
         self.config = config
         self.signer = open_signer(config.signer.key_uri)
         self.signer_cert = load_certificate_file(str(config.signer.cert), "registrar signing certificate")[0]
-        self.signer_chain = load_anchors(config.signer.chain)
-        self.manufacturer_cas = load_anchors(config.manufacturer_cas)
+        self.signer_chain = load_certificate_files(config.signer.chain, "registrar signing chain")
+        self.manufacturer_cas = load_certificate_files(config.manufacturer_cas, "manufacturer CA")
         self.tls_cert: x509.Certificate = leaf_certificate(config.server.tls_cert)
         self.masa = MasaClient(config.upstream, stop)
 
