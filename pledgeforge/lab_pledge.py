@@ -19,6 +19,8 @@ import json
 from pathlib import Path
 from typing import Callable
 
+from cryptography import x509
+
 from pledgeforge.atomicfile import atomic_write
 from pledgeforge.firmware import pledge_machine as pm
 from pledgeforge.firmware.pledge import BootstrapResult, PledgeDriver, PledgeIdentity
@@ -59,11 +61,11 @@ def bootstrap(pledge: ProvisionedPledge, *, config: pm.PledgeConfig | None = Non
     """Run the pledge to Enrolled or Failed; store what it got; return (result, summary)."""
     identity = identity or pledge_identity(pledge)
     result = PledgeDriver(identity, config, timeout=timeout, on_transition=on_transition).run()
-    summary = store_result(pledge, result)
+    summary = store_result(pledge, result, identity.idevid)
     return result, summary
 
 
-def store_result(pledge: ProvisionedPledge, result: BootstrapResult) -> dict:
+def store_result(pledge: ProvisionedPledge, result: BootstrapResult, idevid: x509.Certificate) -> dict:
     """Write the artefacts to the pledge's directory; the JSON summary the CLI prints."""
     directory = Path(pledge.directory)
     paths: dict[str, str | None] = {"voucher": None, "ldevid": None, "cacerts": None,
@@ -87,7 +89,7 @@ def store_result(pledge: ProvisionedPledge, result: BootstrapResult) -> dict:
         "idevid": str(pledge.idevid_cert),
         "ldevid_key": result.ldevid_key_uri,
         **paths,
-        "idevid_subject": load_certificate_file(str(pledge.idevid_cert))[0].subject.rfc4514_string(),
+        "idevid_subject": idevid.subject.rfc4514_string(),
         "ldevid_subject": result.ldevid.subject.rfc4514_string() if result.ldevid is not None else None,
         "registrar_url": result.registrar_url,
         "est_url": result.est_url,
