@@ -11,34 +11,22 @@ boards are one per flow and one per key store kind:
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import select
-import signal
-import subprocess
-import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import pexpect
-import pexpect.fdpexpect
 from cryptography import x509
 
+from pledgeforge import bench
 from pledgeforge.boards.profile import Profile, load_profile
-from pledgeforge.errors import PledgeforgeError
 
 BOARDS = (("gateway-tpm", "redirect"), ("mcu-se", "est-domain"))
-START_TIMEOUT_S = 60.0
+#: bootstrap over a console can take a while on a loaded machine
 CONSOLE_TIMEOUT_S = 60.0
-STOP_TIMEOUT_S = 15.0
 _STATE_LINE = re.compile(r"^-> (\S+)", re.M)
 _PEM = re.compile(r"-----BEGIN CERTIFICATE-----.*?-----END CERTIFICATE-----", re.S)
-
-
-class DemoError(PledgeforgeError):
-    """A step of the demo failed; the message says which and what the board printed."""
 
 
 @dataclass
@@ -60,75 +48,27 @@ class BoardSummary:
 
 
 class BoardConsole:
-    """A board's console as a terminal program sees it (raw pty, CR line ends)."""
+    """A board's console with its profile: how to log in, what the prompt is."""
 
     def __init__(self, path: str, profile: Profile, timeout: float = CONSOLE_TIMEOUT_S):
-        import termios
-        import tty
-
         self.profile = profile
         self.prompt = profile.console.prompt
-        self.fd = os.open(path, os.O_RDWR | os.O_NOCTTY)
-        tty.setraw(self.fd, termios.TCSANOW)
-        self.child = pexpect.fdpexpect.fdspawn(self.fd, timeout=timeout)
+        self.child = bench.open_console(path, timeout)
 
     def boot_and_login(self) -> None:
         self.child.expect_exact("Hit any key to stop autoboot")
         console = self.profile.console
         if console.login:
-            self.child.expect_exact("login: ")
-            self.child.send(console.username + "\r")
-            self.child.expect_exact("Password: ")
-            self.child.send(console.password + "\r")
-        self.child.expect_exact(self.prompt)
+            bench.login(self.child, console.username, console.password, self.prompt)
+        else:
+            self.child.expect_exact(self.prompt)
 
     def run(self, command: str) -> str:
-        """Type a command; its output without the echo and the prompt."""
-        self.child.send(command + "\r")
-        self.child.expect_exact(command + "\r\n")
-        self.child.expect_exact(self.prompt)
-        return self.child.before.decode(errors="replace").replace("\r\n", "\n")
+        """Type a command; its output (LF line ends) without the echo and the prompt."""
+        return bench.run(self.child, command, self.prompt).replace("\r\n", "\n")
 
     def close(self) -> None:
         self.child.close()
-
-
-class BoardProcess:
-    """One `pledgeforge board run` child process and the JSON line it printed."""
-
-    def __init__(self, profile: str, state_dir: Path, lab_dir: Path, flow: str):
-        self.state_dir = state_dir
-        state_dir.parent.mkdir(parents=True, exist_ok=True)
-        self.log_path = state_dir.parent / f"{state_dir.name}.log"
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "pledgeforge", "board", "run", "--profile", profile,
-                 "--state", str(state_dir), "--lab", str(lab_dir), "--flow", flow],
-                stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
-        self.info = json.loads(self._first_line(START_TIMEOUT_S))
-
-    def _first_line(self, timeout: float) -> bytes:
-        fd, data = self.proc.stdout.fileno(), b""
-        while not data.endswith(b"\n"):
-            ready, _, _ = select.select([fd], [], [], timeout)
-            chunk = os.read(fd, 4096) if ready else b""
-            if not chunk:
-                self.stop()
-                raise DemoError(f"board {self.state_dir.name} did not start; see {self.log_path}:\n"
-                                + self.log_path.read_text(errors="replace")[-2000:])
-            data += chunk
-        return data
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(STOP_TIMEOUT_S)
-        if self.proc.stdout:
-            self.proc.stdout.close()
 
 
 def _subject(pem_text: str) -> str | None:
@@ -172,7 +112,7 @@ def run_demo(directory: Path, *, keep: bool = False, say: Callable[[str], None] 
     lab, _ = Lab.up(lab_dir)
     for role in ("masa", "cloud", "owner"):
         say(f"lab: {role:5} {lab.url(role)}")
-    boards: list[BoardProcess] = []
+    boards: list[bench.BoardProcess] = []
     summaries: list[BoardSummary] = []
     try:
         for name, flow in BOARDS:
@@ -182,8 +122,9 @@ def run_demo(directory: Path, *, keep: bool = False, say: Callable[[str], None] 
                                    keystore=f"{profile.keystore.type} ({profile.keystore.algorithm.value})",
                                    state_dir=str(state_dir))
             summaries.append(summary)
-            process = BoardProcess(name, state_dir, lab_dir, flow)
+            process = bench.BoardProcess(name, state_dir, "--lab", lab_dir, "--flow", flow)
             boards.append(process)
+            process.start()
             summary.console = process.info["console"]
             summary.power = process.info.get("power")
             summary.pid = process.proc.pid

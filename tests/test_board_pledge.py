@@ -8,9 +8,10 @@ import re
 
 import pytest
 
-from boardrunner import BoardProcess, login, run
+from boardrunner import BoardProcess
 from clirunner import openssl, run_cli
 from pledgeforge.boards.profile import load_profile
+from pledgeforge.bench import login, run
 
 GATEWAY = load_profile("gateway-tpm")
 MCU = load_profile("mcu-se")

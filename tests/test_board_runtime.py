@@ -17,10 +17,11 @@ from smp.os_management import EchoWriteRequest, EchoWriteResponse
 from smp.packet import decode as smp_decode
 from smp.packet import encode as smp_encode
 
-from boardrunner import BoardProcess, login, run
+from boardrunner import BoardProcess
 from clirunner import run_cli
 from pledgeforge.boards.profile import load_profile
 from pledgeforge.hsm.swtpm import _GET_RANDOM_2, tpm_command
+from pledgeforge.bench import login, run
 
 LEGACY = load_profile("legacy-rsa")          # PKCS#11, login
 MCU = load_profile("mcu-se")                 # PKCS#11, no login

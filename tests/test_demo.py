@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from boardrunner import run
 from clirunner import openssl, run_cli
 from pledgeforge.boards.profile import load_profile
 from pledgeforge.demo import BoardConsole
 from pledgeforge.registrar.lab import stop_process
+from pledgeforge.bench import run
 
 
 def _alive(pid: int) -> bool:

@@ -13,12 +13,13 @@ from smpclient.generics import success
 from smpclient.requests.image_management import ImageStatesRead
 from smpclient.transport.serial import SMPSerialTransport
 
-from boardrunner import BoardProcess, run
+from boardrunner import BoardProcess
 from clirunner import run_cli, smpmgr
 from pledgeforge.boards.image_signing import firmware_payload
 from pledgeforge.boards.image_slots import ImageSlots
 from pledgeforge.boards.profile import load_profile
 from pledgeforge.hsm.keystore import generate_key
+from pledgeforge.bench import run
 
 MCU = load_profile("mcu-se")
 PROMPT = MCU.console.prompt
