@@ -224,12 +224,14 @@ def test_state_key_is_made_once_owner_only_outside_the_tpm_dir(tmp_path):
     assert mode(key_file) == 0o600 and mode(tpm.state_dir) == 0o700
     key = key_file.read_bytes()
     assert len(bytes.fromhex(key.decode())) == 32
-    # The endorsement key and its certificate were made in the encrypted state.
-    ek_public = tpm.ek_cert_paths()[0]
-    assert ek_public.exists()
+    # The endorsement keys and their certificates were made in the encrypted state.
+    assert [p.name for p in tpm.ek_cert_paths()] == ["ek-rsa2048.crt", "ek-secp384r1.crt"]
     with tpm:
         keys = {k.handle_hex for k in tpm_backend.list_keys(tpm.key_uri(None))}
         assert {"0x81010001", "0x81010016"} <= keys
+        readpublic = subprocess.run(["tpm2_readpublic", "-T", tpm.tcti, "-c", "0x81010001"],
+                                    capture_output=True, text=True, timeout=30)
+        assert readpublic.returncode == 0 and "rsa" in readpublic.stdout, readpublic.stderr
         tpm_backend.disconnect(tpm.tcti)
     tpm.start().stop()
     assert key_file.read_bytes() == key  # made once, kept
