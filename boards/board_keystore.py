@@ -5,7 +5,10 @@ Each board keeps its keys in its state directory (`DIR/tpm/` or
 its restarts. The TPM runs only while the board is powered: swtpm starts at
 power-on and stops at power-off, as a TPM chip loses power with its board.
 The first power-on is the factory: swtpm gets its endorsement keys and EK
-certificate, the SoftHSM token its PINs (kept in 0600 files beside it).
+certificate, the SoftHSM token its PINs (kept in 0600 files beside it). The
+TPM's state is encrypted with a key kept in the board's state directory
+(`DIR/tpm-state.key`, 0600), outside the TPM's own directory; only the board's
+owner can reach the TPM (swtpm's Unix sockets, see hsm/swtpm.py).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from pledgeforge.hsm.swtpm import Swtpm
 from .profile import Profile
 
 _SWTPM_PID = "board-swtpm.pid"
+_TPM_STATE_KEY = "tpm-state.key"
 
 
 class KeyStoreNotRunningError(PledgeforgeError):
@@ -39,6 +43,7 @@ class BoardKeyStore:
         self.type = self.config.type
         self.algorithm = self.config.algorithm
         self._dir = state_dir / ("tpm" if self.type == "tpm" else "softhsm")
+        self._tpm_key = state_dir / _TPM_STATE_KEY
         self.swtpm: Swtpm | None = None
         self.softhsm: SoftHsm | None = None
 
@@ -69,7 +74,7 @@ class BoardKeyStore:
 
     def _start_tpm(self) -> None:
         if self.swtpm is None:
-            self.swtpm = Swtpm(self._dir)
+            self.swtpm = Swtpm(self._dir, key_file=self._tpm_key)
         if not (self._dir / "tpm2-00.permall").exists():
             # First power-on: the TPM maker's endorsement keys and certificates.
             self.swtpm.manufacture(create_ek_cert=True)

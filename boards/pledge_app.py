@@ -117,7 +117,7 @@ def _key_uri(board: Board, handle: int, label: str) -> str:
 
 
 def _current_uri(board: Board, stored: str) -> str:
-    """A TPM key's URI names the TCTI of the running swtpm, whose port changes each power-on."""
+    """A TPM key's URI names the TCTI of the running swtpm, whose socket moves with the state directory."""
     uri = parse_key_uri(stored)
     if isinstance(uri, TpmUri):
         return board.keystore.key_uri(uri.handle)

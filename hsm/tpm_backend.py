@@ -7,6 +7,12 @@ IDevIDs) and made persistent with EvictControl at the URI's handle. They are
 key never leaves the TPM. Their scheme is NULL, so every signature names its
 own scheme and hash.
 
+Their authorization value is empty, on purpose: who may use a key is decided by
+who may open the TPM (swtpm's owner-only Unix sockets, a real board's device
+node). For the swtpm instances pledgeforge runs, a secret auth value would sit
+in a file of the same owner as the sockets, readable by exactly the users who
+can already open the TPM: a file more to lose, and no boundary more.
+
 One ESAPI context per TCTI string, reused, behind one lock: ESAPI contexts are
 not thread-safe, and a TPM without a resource manager (swtpm) holds only three
 transient objects, so everything transient we create is flushed at once and
@@ -93,7 +99,8 @@ class _Tpm:
             except TSS2_Exception as exc:
                 raise TpmUnreachableError(
                     f"cannot reach the TPM at TCTI {self.tcti!r} ({exc}); check that the TPM "
-                    "(or swtpm) is running and the tcti= of the key URI") from None
+                    "(or swtpm) is running, that this user may open it, and the tcti= of the "
+                    "key URI") from None
         return self._esys
 
     def reset(self) -> None:

@@ -18,8 +18,9 @@ Layout of the directory:
     config/            masa.toml, cloud.toml, owner.toml (`pledgeforge ... serve --config`)
     db/                one SQLite database per server
     logs/              one log per server
-    swtpm/<serial>/    TPM state of each TPM pledge (one swtpm per pledge, as one TPM per board)
-    pledges/<serial>/  each pledge's IDevID certificate
+    swtpm/<serial>/    TPM state of each TPM pledge (one swtpm per pledge, as one TPM per board;
+                       encrypted, reached through Unix sockets only its owner may open)
+    pledges/<serial>/  each pledge's IDevID certificate (and its TPM state's key, 0600)
     owner-config/      files behind additional-configuration-url
     lab.json           URLs, ports, trust anchors, SoftHSM, PIDs (rewritten atomically)
 
@@ -515,7 +516,8 @@ class Lab:
         else:
             from pledgeforge.hsm.swtpm import Swtpm
 
-            tpm = Swtpm(self.dir / "swtpm" / serial).start()
+            # The TPM state's key lives with the pledge, not with the TPM's state.
+            tpm = Swtpm(self.dir / "swtpm" / serial, key_file=directory / "tpm-state.key").start()
             uri = tpm.key_uri(IDEVID_HANDLE)
         try:
             signer = keystores.generate_key(uri, algo)

@@ -20,11 +20,11 @@ DEFAULT_HANDLE = 0x81020000
 
 @pytest.fixture
 def swtpm(tmp_path) -> Swtpm:
-    """A running swtpm on loopback, state in tmp_path/swtpm, stopped after the test."""
+    """A running swtpm (Unix sockets, encrypted state) in tmp_path/swtpm, stopped after the test."""
     tpm = Swtpm(tmp_path / "swtpm").start()
     yield tpm
     tpm.stop()
-    # The next test's swtpm may get the same port: forget this one's context.
+    # Close this TPM's ESAPI context: its sockets are gone.
     tpm_backend.disconnect(tpm.tcti)
 
 

@@ -345,8 +345,8 @@ def test_tpm_board_starts_its_swtpm_at_power_on_and_stops_it_at_power_off(tmp_pa
     with BoardProcess("gateway-tpm", state) as board:
         keystore = board.info["keystore"]
         assert keystore["type"] == "tpm" and keystore["algorithm"] == "ec-p256"
-        port = int(re.search(r"port=(\d+)", keystore["tcti"]).group(1))
-        assert tpm_command("127.0.0.1", port, _GET_RANDOM_2, timeout=10) == 0
+        socket_path = re.fullmatch(r"swtpm:path=(.+)", keystore["tcti"]).group(1)
+        assert tpm_command(socket_path, _GET_RANDOM_2, timeout=10) == 0
 
         con = board.open_pty()
         login(con, "root", "pledgeforge", prompt)
@@ -354,14 +354,14 @@ def test_tpm_board_starts_its_swtpm_at_power_on_and_stops_it_at_power_off(tmp_pa
 
         assert run_cli("board", "power", "off", "--state", state).returncode == 0
         with pytest.raises(OSError):
-            tpm_command("127.0.0.1", port, _GET_RANDOM_2, timeout=10)
+            tpm_command(socket_path, _GET_RANDOM_2, timeout=10)
         info = json.loads((state / "board.json").read_text())
         assert info["powered"] is False and info["keystore"]["tcti"] is None
 
         assert run_cli("board", "power", "on", "--state", state).returncode == 0
         info = json.loads((state / "board.json").read_text())
-        port = int(re.search(r"port=(\d+)", info["keystore"]["tcti"]).group(1))
-        assert tpm_command("127.0.0.1", port, _GET_RANDOM_2, timeout=10) == 0
+        socket_path = re.fullmatch(r"swtpm:path=(.+)", info["keystore"]["tcti"]).group(1)
+        assert tpm_command(socket_path, _GET_RANDOM_2, timeout=10) == 0
         login(con, "root", "pledgeforge", prompt)
 
         # A power cut of the board process leaves its swtpm behind; the next

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import select
+import signal
 import socket
 import subprocess
 import threading
@@ -18,7 +20,7 @@ from pledgeforge.hsm.errors import (HandleInUseError, KeyNotFoundError, KeyStore
                                     KeyUriError, TpmUnreachableError)
 from pledgeforge.hsm.keyuri import TpmUri
 from pledgeforge.hsm.signer import KeyAlgorithm, Padding, verify_signature
-from pledgeforge.hsm.swtpm import Swtpm, SwtpmError
+from pledgeforge.hsm.swtpm import _GET_RANDOM_2, Swtpm, SwtpmError, tpm_command
 
 HANDLE = 0x81020000
 DATA = b"voucher-request for serial PF-0001"
@@ -296,45 +298,49 @@ def test_swtpm_process_lifecycle(tmp_path):
     tpm = Swtpm(tmp_path / "tpm")
     with tpm:
         pid = tpm.pid
-        assert tpm.running and tpm.tcti == f"swtpm:host=127.0.0.1,port={tpm.port}"
-        assert tpm.ctrl_port == tpm.port + 1
+        assert tpm.running and tpm.tcti == f"swtpm:path={tpm.socket_path}"
+        assert tpm.socket_path.parent == tpm.state_dir
+        assert tpm.ctrl_socket_path == tpm.socket_path.with_name("swtpm.sock.ctrl")
+        assert tpm.socket_path.is_socket() and tpm.ctrl_socket_path.is_socket()
         assert tpm2_tool(tpm, "tpm2_getcap", "handles-persistent").strip() == ""
     assert not tpm.running and tpm.pid is None
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
+    # A clean stop takes the sockets away with the process.
+    assert not tpm.socket_path.exists() and not tpm.ctrl_socket_path.exists()
     tpm.stop()  # stopping twice is harmless
 
 
-def test_swtpm_port_taken_after_a_stop(tmp_path):
+def test_swtpm_restarts_over_the_sockets_of_a_killed_one(tmp_path):
     tpm = Swtpm(tmp_path / "tpm").start()
-    old_port = tpm.port
-    tpm.stop()
-    with socket.socket() as squatter:
-        squatter.bind(("127.0.0.1", old_port))
-        squatter.listen()
-        tpm.start()
-        try:
-            assert tpm.port != old_port
-            assert tpm2_tool(tpm, "tpm2_getcap", "handles-persistent").strip() == ""
-        finally:
-            tpm.stop()
-
-
-def test_swtpm_fixed_port_in_use_is_a_clear_error(tmp_path):
-    with socket.socket() as squatter:
-        squatter.bind(("127.0.0.1", 0))
-        squatter.listen()
-        port = squatter.getsockname()[1]
-        with pytest.raises(SwtpmError, match="Address already in use"):
-            Swtpm(tmp_path / "tpm", port=port).start()
+    signer = tpm_backend.generate(tpm.key_uri(HANDLE), KeyAlgorithm.EC_P256)
+    tcti = tpm.tcti
+    pidfd = os.pidfd_open(tpm.pid)
+    try:
+        os.kill(tpm.pid, signal.SIGKILL)  # a power cut of the host process: no cleanup at all
+        assert select.select([pidfd], [], [], 10)[0], "swtpm survived SIGKILL"
+    finally:
+        os.close(pidfd)
+    assert not tpm.running
+    assert tpm.socket_path.is_socket()  # left behind, nobody listening
+    tpm.start()
+    try:
+        assert tpm.tcti == tcti
+        assert tpm2_tool(tpm, "tpm2_getcap", "handles-persistent").split() == ["-", f"0x{HANDLE:X}"]
+        assert_verifies(signer.public_key, signer.sign(DATA), "sha256", Padding.PKCS1V15)
+    finally:
+        tpm.stop()
+        tpm_backend.disconnect(tcti)
 
 
 def test_swtpm_dying_early_reports_its_stderr(swtpm):
-    # Two swtpm processes cannot share one state directory: the second exits.
+    # Two swtpm processes cannot share one state directory: the second is refused
+    # before it can take over the first one's socket paths.
     with pytest.raises(SwtpmError, match="lock") as info:
         Swtpm(swtpm.state_dir).start()
     assert "another swtpm" in str(info.value)
     assert swtpm.running
+    assert tpm_command(swtpm.socket_path, _GET_RANDOM_2, timeout=10) == 0
 
 
 def test_manufacture_with_ek_certificates(tmp_path):
