@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import click
 
+from pledgeforge.hsm.cloud_responses import CloudResponse
+
 from .common import UsageError
 
-RESPONSES = ["redirect", "voucher", "accepted", "owner-unknown", "unknown", "bad-request", "overloaded"]
+RESPONSES = CloudResponse.names()
 
 
 def _config(path: str, role: str | None = None):
