@@ -18,29 +18,27 @@ class CloudResponse(enum.StrEnum):
     """One answer of the cloud registrar; its value is the name stored and typed."""
 
     status: HTTPStatus
-    meaning: str
 
-    def __new__(cls, name: str, status: HTTPStatus, meaning: str) -> "CloudResponse":
+    def __new__(cls, name: str, status: HTTPStatus) -> "CloudResponse":
         member = str.__new__(cls, name)
         member._value_ = name
         member.status = status
-        member.meaning = meaning
         return member
 
-    REDIRECT = ("redirect", HTTPStatus.TEMPORARY_REDIRECT,
-                "Location names the owner registrar (or another cloud registrar)")
-    VOUCHER = ("voucher", HTTPStatus.OK,
-               "a voucher from the MASA, carrying est-domain (the est-domain flow)")
-    ACCEPTED = ("accepted", HTTPStatus.ACCEPTED,
-                "+ Retry-After: the voucher is being prepared")
-    OWNER_UNKNOWN = ("owner-unknown", HTTPStatus.UNAUTHORIZED,
-                     "+ Retry-After: no owner is known for the pledge yet")
-    UNKNOWN = ("unknown", HTTPStatus.NOT_FOUND,
-               "the pledge is unknown (as if no record existed)")
-    BAD_REQUEST = ("bad-request", HTTPStatus.BAD_REQUEST,
-                   "the voucher-request is malformed")
-    OVERLOADED = ("overloaded", HTTPStatus.SERVICE_UNAVAILABLE,
-                  "+ Retry-After: the registrar is overloaded")
+    # Location names the owner registrar (or another cloud registrar)
+    REDIRECT = "redirect", HTTPStatus.TEMPORARY_REDIRECT
+    # a voucher from the MASA, carrying est-domain (the est-domain flow)
+    VOUCHER = "voucher", HTTPStatus.OK
+    # + Retry-After: the voucher is being prepared
+    ACCEPTED = "accepted", HTTPStatus.ACCEPTED
+    # + Retry-After: no owner is known for the pledge yet
+    OWNER_UNKNOWN = "owner-unknown", HTTPStatus.UNAUTHORIZED
+    # the pledge is unknown (as if no record existed)
+    UNKNOWN = "unknown", HTTPStatus.NOT_FOUND
+    # the voucher-request is malformed
+    BAD_REQUEST = "bad-request", HTTPStatus.BAD_REQUEST
+    # + Retry-After: the registrar is overloaded
+    OVERLOADED = "overloaded", HTTPStatus.SERVICE_UNAVAILABLE
 
     @classmethod
     def names(cls) -> list[str]:
