@@ -1,13 +1,15 @@
-"""A small HTTP/1.1 client over one `TlsConnection`.
+"""HTTP/1.1 requests over one `TlsConnection`, framed by h11.
 
-Enough HTTP for BRSKI and EST: requests with a body and Content-Length;
-responses delimited by Content-Length, chunked transfer coding, or the end of
-the connection; keep-alive so the voucher-request, voucher_status and EST
-calls can share one mutually authenticated connection. Redirects are
-returned, not followed: the pledge state machine decides what a 307 means.
-
-Every request has one deadline for sending it and reading the whole
-response, and the response body has a size limit.
+h11 (sans-I/O) does the HTTP/1.1 parsing and framing: status line and
+headers, Content-Length, chunked transfer coding, bodies that end with the
+connection, keep-alive. This module is the thin layer around it that the
+pledge needs: it moves bytes between h11 and the tlslite connection, gives
+every request one deadline for sending it and reading the whole response,
+bounds the response head (`MAX_HEADER_BYTES`) and body (`max_response_bytes`),
+and turns every failure into one `TransportError` naming the server. Keep-alive
+lets the voucher-request, voucher_status and EST calls share one mutually
+authenticated connection. Redirects are returned, not followed: the pledge
+state machine decides what a 307 means.
 """
 
 from __future__ import annotations
@@ -16,14 +18,15 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
+import h11
+
 from .tls_client import ConnectionFailed, TlsConnection, TlsTimeout, TransportError, host_port_text
 
 DEFAULT_MAX_RESPONSE_BYTES = 1 << 20
 MAX_HEADER_BYTES = 64 * 1024
 _READ_SIZE = 16 * 1024
-# Headers that define message framing: this module writes them itself.
+# Headers that define message framing: this module (with h11) writes them itself.
 _FRAMING_HEADERS = {"content-length", "transfer-encoding", "host"}
-_NO_BODY_STATUSES = {204, 304}
 
 
 class HttpError(TransportError):
@@ -93,16 +96,8 @@ class Response:
         return value.split(";", 1)[0].strip().lower() if value else None
 
 
-def _connection_tokens(headers: Headers) -> set[str]:
-    return {token.strip().lower() for value in headers.get_all("Connection") for token in value.split(",")}
-
-
-def _check_token(text: str, what: str) -> None:
-    if not text or any(ch in text for ch in " \t\r\n:") or not text.isascii():
-        raise BadRequest(f"invalid HTTP {what} {text!r}")
-
-
 def _check_value(name: str, value: str) -> None:
+    # h11 refuses these too; checked here first to say which header and why.
     if "\r" in value or "\n" in value or "\0" in value:
         raise BadRequest(f"header {name!r} contains a line break or NUL")
     if not value.isascii():
@@ -125,10 +120,14 @@ class HttpClient:
         self.timeout = timeout
         self.max_response_bytes = max_response_bytes
         self._reconnect = reconnect
-        self._buffer = bytearray()
+        self._http = self._new_protocol()
         self._reusable = True
         #: How many TLS connections this client has used (1 + reconnects).
         self.connections_used = 1
+
+    @staticmethod
+    def _new_protocol() -> h11.Connection:
+        return h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEADER_BYTES)
 
     @property
     def reusable(self) -> bool:
@@ -143,15 +142,21 @@ class HttpClient:
     def request(self, method: str, path: str, headers: Mapping[str, str] | None = None,
                 body: bytes = b"", *, timeout: float | None = None) -> Response:
         """Send one request and read its whole response (status, headers, body)."""
-        headers = Headers((headers or {}).items())
         limit = self.timeout if timeout is None else timeout
         deadline = time.monotonic() + limit
-        message = self._build(method, path, headers, body)
+        head = self._head(method, path, Headers((headers or {}).items()), body)
         if not self.reusable:
             self._replace_connection()
+        events = [head, h11.Data(data=body), h11.EndOfMessage()] if body else [head, h11.EndOfMessage()]
+        try:
+            message = b"".join(self._http.send(event) for event in events)
+        except h11.LocalProtocolError as exc:
+            # Nothing was sent: the connection is as good as before.
+            self._http = self._new_protocol()
+            raise BadRequest(f"cannot send {method} {path}: {exc}") from None
         try:
             self.connection.sendall(message, deadline=deadline)
-            response = self._read_response(method, deadline)
+            response = self._read_response(deadline)
         except TlsTimeout:
             self._drop()
             raise TlsTimeout(f"{method} {path} to {self.connection.peer}: no complete response "
@@ -159,8 +164,10 @@ class HttpClient:
         except TransportError:
             self._drop()
             raise
-        if not self._reusable or "close" in _connection_tokens(headers) or not self._keeps_alive(response):
-            self._drop()
+        if self._http.our_state is h11.DONE and self._http.their_state is h11.DONE:
+            self._http.start_next_cycle()  # keep-alive: the next request reuses the connection
+        else:
+            self._drop()  # Connection: close, HTTP/1.0, or a body that ended with the connection
         return response
 
     def close(self) -> None:
@@ -175,21 +182,21 @@ class HttpClient:
 
     # --- request ---
 
-    def _build(self, method: str, path: str, headers: Headers, body: bytes) -> bytes:
-        _check_token(method, "method")
-        if not path.startswith("/") or not path.isascii() or any(ch in path for ch in " \t\r\n\0"):
-            raise BadRequest(f"invalid request path {path!r} (must start with '/', ASCII, no spaces)")
-        lines = [f"{method} {path} HTTP/1.1", f"Host: {self.host_header()}"]
+    def _head(self, method: str, path: str, headers: Headers, body: bytes) -> h11.Request:
+        if not path.startswith("/"):
+            raise BadRequest(f"invalid request path {path!r} (must start with '/')")
+        fields = [("Host", self.host_header())]
         for name, value in headers.raw_items():
-            _check_token(name, "header name")
             _check_value(name, value)
             if name.lower() in _FRAMING_HEADERS:
                 raise BadRequest(f"header {name!r} is set by the HTTP client itself")
-            lines.append(f"{name}: {value}")
+            fields.append((name, value))
         if body or method.upper() in ("POST", "PUT", "PATCH"):
-            lines.append(f"Content-Length: {len(body)}")
-        head = ("\r\n".join(lines) + "\r\n\r\n").encode("ascii")
-        return head + body
+            fields.append(("Content-Length", str(len(body))))
+        try:
+            return h11.Request(method=method, target=path, headers=fields)
+        except (h11.LocalProtocolError, UnicodeEncodeError) as exc:
+            raise BadRequest(f"cannot send {method} {path}: {exc}") from None
 
     # --- response ---
 
@@ -200,77 +207,72 @@ class HttpClient:
         self.connection.close()
         self.connection = self._reconnect()
         self.connections_used += 1
-        self._buffer.clear()
+        self._http = self._new_protocol()
         self._reusable = True
 
     def _drop(self) -> None:
         self._reusable = False
-        self._buffer.clear()
         self.connection.close()
 
-    def _fill(self, deadline: float) -> bool:
-        """Read more into the buffer; False at end of connection."""
-        data = self.connection.recv(_READ_SIZE, deadline=deadline)
-        self._buffer += data
-        return bool(data)
-
-    def _read_line(self, deadline: float, limit: int, what: str) -> bytes:
-        while True:
-            end = self._buffer.find(b"\n")
-            if end >= 0:
-                line = bytes(self._buffer[:end + 1])
-                del self._buffer[:end + 1]
-                return line.rstrip(b"\r\n")
-            if len(self._buffer) > limit:
-                raise MalformedResponse(f"{self.connection.peer}: {what} longer than {limit} bytes")
-            if not self._fill(deadline):
-                raise ConnectionFailed(f"{self.connection.peer} closed the connection in the {what}")
-
-    def _read_head(self, deadline: float) -> tuple[str, int, str, Headers]:
+    def _read_response(self, deadline: float) -> Response:
+        """Feed h11 from the connection until the response is complete."""
         peer = self.connection.peer
-        status_line = self._read_line(deadline, MAX_HEADER_BYTES, "status line")
-        parts = status_line.decode("latin-1").split(" ", 2)
-        if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not (
-                len(parts[1]) == 3 and parts[1].isdigit()):
-            raise MalformedResponse(f"{peer}: not an HTTP/1.x status line: {status_line[:80]!r}")
-        version, status, reason = parts[0], int(parts[1]), parts[2] if len(parts) > 2 else ""
-        items, used = [], len(status_line)
+        head: h11.Response | None = None
+        body = bytearray()
+        received = 0
         while True:
-            line = self._read_line(deadline, MAX_HEADER_BYTES, "response headers")
-            used += len(line) + 2
-            if used > MAX_HEADER_BYTES:
-                raise MalformedResponse(f"{peer}: response headers longer than {MAX_HEADER_BYTES} bytes")
-            if not line:
-                return version, status, reason, Headers(items)
-            if line[:1] in (b" ", b"\t"):
-                raise MalformedResponse(f"{peer}: obsolete folded header line")
-            name, sep, value = line.decode("latin-1").partition(":")
-            if not sep or not name or name != name.strip():
-                raise MalformedResponse(f"{peer}: malformed header line {line[:80]!r}")
-            items.append((name, value.strip()))
+            try:
+                event = self._http.next_event()
+            except h11.RemoteProtocolError as exc:
+                raise self._protocol_failure(exc, head, received, len(body)) from None
+            if event is h11.NEED_DATA:
+                want = _READ_SIZE
+                if head is None:
+                    # Read the head no further than its limit, so the limit is exact
+                    # (h11 alone would let it pass by up to one read).
+                    if received > MAX_HEADER_BYTES:
+                        raise self._head_too_long()
+                    want = min(want, MAX_HEADER_BYTES + 1 - received)
+                data = self.connection.recv(want, deadline=deadline)
+                received += len(data)
+                self._http.receive_data(data)  # b"": the server closed its side
+            elif isinstance(event, h11.InformationalResponse):
+                pass  # 100 Continue, 103 Early Hints: no body, the real response follows
+            elif isinstance(event, h11.Response):
+                head = event
+                length = _content_length(event)
+                if length is not None and length > self.max_response_bytes:
+                    raise self._too_large(f"Content-Length {length}")
+            elif isinstance(event, h11.Data):
+                body += event.data
+                if len(body) > self.max_response_bytes:
+                    raise self._too_large(f"body passed {len(body)} bytes")
+            elif isinstance(event, h11.EndOfMessage):
+                assert head is not None  # h11 sends the head before the end of a message
+                # raw_items: the header names as the server spelled them
+                fields = ((name.decode("latin-1"), value.decode("latin-1"))
+                          for name, value in head.headers.raw_items())
+                return Response(head.status_code, head.reason.decode("latin-1"), Headers(fields),
+                                bytes(body), f"HTTP/{head.http_version.decode('ascii')}")
+            else:  # h11 reports a close before the end of the response as an error (above)
+                raise ConnectionFailed(f"{peer}: unexpected {type(event).__name__} in a response")
 
-    def _read_response(self, method: str, deadline: float) -> Response:
-        while True:
-            version, status, reason, headers = self._read_head(deadline)
-            if status == 101:
-                raise MalformedResponse(f"{self.connection.peer} switched protocols; only HTTP/1.1 is spoken here")
-            if status >= 200:
-                break  # 1xx interim responses (100 Continue, 103) carry no body: skip them
-        if method.upper() == "HEAD" or status in _NO_BODY_STATUSES:
-            body = b""
-        elif "transfer-encoding" in {k.lower() for k in headers}:
-            body = self._read_chunked(headers, deadline)
-        elif "content-length" in {k.lower() for k in headers}:
-            body = self._read_exact(self._content_length(headers), deadline)
-        else:
-            body = self._read_to_close(deadline)
-        return Response(status, reason, headers, body, version)
+    def _protocol_failure(self, exc: h11.RemoteProtocolError, head: h11.Response | None,
+                          received: int, body_bytes: int) -> TransportError:
+        peer = self.connection.peer
+        if self.connection.closed:
+            if head is None:
+                return ConnectionFailed(f"{peer} closed the connection before sending a complete response")
+            return ConnectionFailed(
+                f"{peer} closed the connection after {body_bytes} body bytes, "
+                f"before the response was complete")
+        if head is None and received > MAX_HEADER_BYTES:
+            return self._head_too_long()
+        return MalformedResponse(f"{peer}: malformed HTTP/1.1 response: {exc}")
 
-    def _content_length(self, headers: Headers) -> int:
-        values = {v.strip() for value in headers.get_all("Content-Length") for v in value.split(",")}
-        if len(values) != 1 or not next(iter(values)).isdigit():
-            raise MalformedResponse(f"{self.connection.peer}: bad Content-Length {sorted(values)}")
-        return int(values.pop())
+    def _head_too_long(self) -> MalformedResponse:
+        return MalformedResponse(
+            f"{self.connection.peer}: response headers longer than {MAX_HEADER_BYTES} bytes")
 
     def _too_large(self, size_hint: str) -> ResponseTooLarge:
         self._drop()  # the rest of the body is still on the wire: this connection is done
@@ -278,66 +280,13 @@ class HttpClient:
             f"response from {self.connection.peer} is larger than the limit of "
             f"{self.max_response_bytes} bytes ({size_hint})")
 
-    def _read_exact(self, length: int, deadline: float) -> bytes:
-        if length > self.max_response_bytes:
-            raise self._too_large(f"Content-Length {length}")
-        while len(self._buffer) < length:
-            if not self._fill(deadline):
-                raise ConnectionFailed(
-                    f"{self.connection.peer} closed the connection after {len(self._buffer)} "
-                    f"of {length} body bytes")
-        body = bytes(self._buffer[:length])
-        del self._buffer[:length]
-        return body
 
-    def _read_chunked(self, headers: Headers, deadline: float) -> bytes:
-        codings = [c.strip().lower() for value in headers.get_all("Transfer-Encoding")
-                   for c in value.split(",") if c.strip()]
-        if codings != ["chunked"]:
-            raise MalformedResponse(
-                f"{self.connection.peer}: unsupported Transfer-Encoding {', '.join(codings)}")
-        body = bytearray()
-        while True:
-            size_line = self._read_line(deadline, 1024, "chunk size line")
-            size_text = size_line.split(b";", 1)[0].strip()
-            try:
-                size = int(size_text, 16)
-            except ValueError:
-                raise MalformedResponse(f"{self.connection.peer}: bad chunk size {size_line[:40]!r}") from None
-            if size == 0:
-                break
-            if len(body) + size > self.max_response_bytes:
-                raise self._too_large(f"chunked body passed {len(body) + size} bytes")
-            body += self._read_exact(size, deadline)
-            if self._read_line(deadline, 2, "chunk end"):
-                raise MalformedResponse(f"{self.connection.peer}: chunk not followed by CRLF")
-        trailer_bytes = 0
-        while True:  # trailer fields: read and dropped
-            line = self._read_line(deadline, MAX_HEADER_BYTES, "chunked trailer")
-            trailer_bytes += len(line) + 2
-            if trailer_bytes > MAX_HEADER_BYTES:
-                raise MalformedResponse(f"{self.connection.peer}: chunked trailer too long")
-            if not line:
-                return bytes(body)
-
-    def _read_to_close(self, deadline: float) -> bytes:
-        # No length given: the body ends with the connection (HTTP/1.0 style).
-        self._reusable = False
-        while self._fill(deadline):
-            if len(self._buffer) > self.max_response_bytes:
-                raise self._too_large("body delimited by connection close")
-        body = bytes(self._buffer)
-        self._buffer.clear()
-        return body
-
-    @staticmethod
-    def _keeps_alive(response: Response) -> bool:
-        tokens = _connection_tokens(response.headers)
-        if "close" in tokens:
-            return False
-        if response.version == "HTTP/1.0":
-            return "keep-alive" in tokens
-        return True
+def _content_length(head: h11.Response) -> int | None:
+    """The Content-Length h11 has already validated, or None (chunked, to close, none)."""
+    for name, value in head.headers:
+        if name == b"content-length":
+            return int(value)
+    return None
 
 
 __all__ = ["HttpClient", "Response", "Headers", "HttpError", "MalformedResponse",

@@ -157,11 +157,13 @@ class PledgeDriver:
 
     # ------------------------------------------------------------------ actions
 
-    def _perform(self, action) -> pm.Event:
-        handler = getattr(self, "_do_" + type(action).__name__)
-        return handler(action)
+    def _perform(self, action: pm.Action) -> pm.Event:
+        perform = self.PERFORMERS.get(type(action))
+        if perform is None:
+            raise TypeError(f"the pledge driver cannot perform {type(action).__name__}")
+        return perform(self, action)
 
-    def _do_Connect(self, action: pm.Connect) -> pm.Event:
+    def _connect(self, action: pm.Connect) -> pm.Event:
         self._close()
         host = urlsplit(action.url).hostname or ""
         try:
@@ -188,7 +190,7 @@ class PledgeDriver:
             return False
         return True
 
-    def _do_BuildVoucherRequest(self, action: pm.BuildVoucherRequest) -> pm.Event:
+    def _build_voucher_request(self, action: pm.BuildVoucherRequest) -> pm.Event:
         try:
             request = Voucher(
                 is_request=True, assertion="proximity", serial_number=self.identity.serial,
@@ -200,7 +202,7 @@ class PledgeDriver:
             return pm.KeyOperationFailed(f"signing the voucher-request failed: {exc}")
         return pm.VoucherRequestBuilt(body)
 
-    def _do_SendRequest(self, action: pm.SendRequest) -> pm.Event:
+    def _send_request(self, action: pm.SendRequest) -> pm.Event:
         if self._http is None:
             return pm.ConnectFailed("no connection")
         parts = urlsplit(action.url)
@@ -219,7 +221,7 @@ class PledgeDriver:
         return pm.Response(status=response.status, headers=tuple(response.headers.items()),
                            body=response.body, received_at=time.time())
 
-    def _do_VerifyVoucher(self, action: pm.VerifyVoucher) -> pm.Event:
+    def _verify_voucher(self, action: pm.VerifyVoucher) -> pm.Event:
         media = (action.content_type or "").split(";")[0].strip().lower()
         if media != VOUCHER_MEDIA_TYPE:
             return pm.VoucherRejected(f"voucher media type {action.content_type!r}, expected {VOUCHER_MEDIA_TYPE}")
@@ -241,7 +243,7 @@ class PledgeDriver:
         return pm.VoucherVerified(voucher.pinned_domain_cert, voucher.est_domain,
                                   voucher.additional_configuration)
 
-    def _do_CheckServerAgainstPin(self, action: pm.CheckServerAgainstPin) -> pm.Event:
+    def _check_server_against_pin(self, action: pm.CheckServerAgainstPin) -> pm.Event:
         chain = self._conn.server_chain if self._conn and self._conn.server_chain[0] == action.server_cert_der \
             else [action.server_cert_der]
         try:
@@ -250,7 +252,7 @@ class PledgeDriver:
             return pm.ServerPinMismatch(str(exc))
         return pm.ServerMatchesPin()
 
-    def _do_GenerateCsr(self, action: pm.GenerateCsr) -> pm.Event:
+    def _generate_csr(self, action: pm.GenerateCsr) -> pm.Event:
         try:
             asked = CsrAttributes.decode(action.csr_attributes) if action.csr_attributes else CsrAttributes()
             if self._ldevid_signer is None:
@@ -287,7 +289,7 @@ class PledgeDriver:
             return signer, str(uri) if isinstance(uri, TpmUri) else _with_pin_source(uri, base)
         raise KeyExistsError(f"no free slot for a new LDevID key after {_MAX_KEY_SLOTS} tries")
 
-    def _do_CheckCertificate(self, action: pm.CheckCertificate) -> pm.Event:
+    def _check_certificate(self, action: pm.CheckCertificate) -> pm.Event:
         try:
             issued = parse_certs_only(action.enroll_response, "enrollment response")
             ours = self._ldevid_signer.public_key_der()
@@ -312,10 +314,22 @@ class PledgeDriver:
         self._ldevid = cert
         return pm.CertificateAccepted(to_der(cert))
 
-    def _do_Sleep(self, action: pm.Sleep) -> pm.Event:
+    def _sleep(self, action: pm.Sleep) -> pm.Event:
         self._close()  # nobody keeps a TLS session open across a wait
         self.cancel.wait(action.seconds)
         return pm.TimerFired()
+
+    #: How each action of the machine is performed; the terminal actions end the run instead.
+    PERFORMERS: dict[type[pm.Action], Callable[["PledgeDriver", pm.Action], pm.Event]] = {
+        pm.Connect: _connect,
+        pm.BuildVoucherRequest: _build_voucher_request,
+        pm.SendRequest: _send_request,
+        pm.VerifyVoucher: _verify_voucher,
+        pm.CheckServerAgainstPin: _check_server_against_pin,
+        pm.GenerateCsr: _generate_csr,
+        pm.CheckCertificate: _check_certificate,
+        pm.Sleep: _sleep,
+    }
 
     # ------------------------------------------------------------------ after enrolment
 

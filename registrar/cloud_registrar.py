@@ -39,11 +39,12 @@ import logging
 
 from aiohttp import web
 
+from pledgeforge.hsm.cloud_responses import CloudResponse
 from pledgeforge.hsm.wellknown import REQUEST_VOUCHER, VOUCHER_STATUS
 
 from .brski import nonce_text, parse_status_report, require_serial
 from .config import RegistrarConfig
-from .db import CLOUD_RESPONSES, CloudStore
+from .db import CloudStore
 from .tls import server_context
 from .voucher_relay import VoucherRelay, voucher_response
 from .web import Refusal, endpoint_of, new_app, read_body, require_content_type, text_response
@@ -79,28 +80,30 @@ class CloudRegistrar:
     async def request_voucher(self, request: web.Request) -> web.Response:
         overloaded = self.store.overloaded()
         if overloaded is not None:
-            raise Refusal(503, "the cloud registrar is overloaded; try again later",
+            raise Refusal(CloudResponse.OVERLOADED.status,
+                          "the cloud registrar is overloaded; try again later",
                           _retry_after(overloaded))
         pledge = await self.relay.read_request(request)
         endpoint = endpoint_of(request)
         record = self.store.take_response(pledge.serial, endpoint)
-        if record is None or record.response == "unknown":
-            raise Refusal(404, f"pledge {pledge.serial} is unknown to this cloud registrar")
-        status = CLOUD_RESPONSES[record.response]
-        log.info("pledge %s on %s: %s", pledge.serial, endpoint, record.response)
-        if record.response == "redirect":
-            return text_response(307, f"continue at {record.location}", {"Location": record.location})
-        if record.response == "voucher":
+        answer = CloudResponse.UNKNOWN if record is None else record.response
+        if answer is CloudResponse.UNKNOWN:
+            raise Refusal(answer.status, f"pledge {pledge.serial} is unknown to this cloud registrar")
+        log.info("pledge %s on %s: %s", pledge.serial, endpoint, answer)
+        if answer is CloudResponse.REDIRECT:
+            return text_response(answer.status, f"continue at {record.location}",
+                                 {"Location": record.location})
+        if answer is CloudResponse.VOUCHER:
             voucher = await self.relay.voucher_for(pledge)
             self.store.record_voucher(pledge.serial, nonce_text(pledge.request), voucher)
             return voucher_response(voucher)
         messages = {
-            "accepted": "the voucher is being prepared; ask again later",
-            "owner-unknown": "no owner is known for this pledge yet",
-            "bad-request": "the voucher-request is not acceptable",
-            "overloaded": "the cloud registrar is overloaded; try again later",
+            CloudResponse.ACCEPTED: "the voucher is being prepared; ask again later",
+            CloudResponse.OWNER_UNKNOWN: "no owner is known for this pledge yet",
+            CloudResponse.BAD_REQUEST: "the voucher-request is not acceptable",
+            CloudResponse.OVERLOADED: "the cloud registrar is overloaded; try again later",
         }
-        raise Refusal(status, messages[record.response], _retry_after(record.retry_after))
+        raise Refusal(answer.status, messages[answer], _retry_after(record.retry_after))
 
     async def voucher_status(self, request: web.Request) -> web.Response:
         serial = require_serial(self.relay.client_idevid(request))

@@ -27,6 +27,7 @@ from sqlalchemy import (Boolean, Column, DateTime, Engine, ForeignKey, Integer, 
 from sqlalchemy.exc import SQLAlchemyError
 
 from pledgeforge.errors import PledgeforgeError
+from pledgeforge.hsm.cloud_responses import CloudResponse
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 
@@ -165,17 +166,8 @@ class MasaStore:
 
 CLOUD_METADATA = MetaData()
 
-#: what the cloud registrar answers a voucher-request, per serial and endpoint
-CLOUD_RESPONSES = {
-    "redirect": 307,       # Location: the owner registrar (or another cloud registrar)
-    "voucher": 200,        # get a voucher from the MASA (est-domain flow)
-    "accepted": 202,       # + Retry-After: voucher being prepared
-    "owner-unknown": 401,  # + Retry-After: no owner known yet
-    "unknown": 404,        # the pledge is unknown (as if no record existed)
-    "bad-request": 400,    # treat the request as malformed
-    "overloaded": 503,     # + Retry-After
-}
-
+# What the cloud registrar answers a voucher-request, per serial and endpoint:
+# a CloudResponse name (pledgeforge.hsm.cloud_responses).
 cloud_pledges = Table(
     "cloud_pledges", CLOUD_METADATA,
     Column("serial", String(200), primary_key=True),
@@ -220,16 +212,19 @@ cloud_status_reports = Table(
 class CloudRecord:
     serial: str
     endpoint: str
-    response: str
+    response: CloudResponse
     location: str | None
     retry_after: int | None
     remaining: int | None
-    then_response: str | None
+    then_response: CloudResponse | None
 
 
-def _check_response(name: str | None, what: str) -> None:
-    if name is not None and name not in CLOUD_RESPONSES:
-        raise DatabaseError(f"{what} {name!r} is not one of {', '.join(CLOUD_RESPONSES)}")
+def _check_response(name: str | None, what: str) -> CloudResponse | None:
+    if name is None:
+        return None
+    if name not in CloudResponse.names():
+        raise DatabaseError(f"{what} {name!r} is not one of {', '.join(CloudResponse.names())}")
+    return CloudResponse(name)
 
 
 class CloudStore:
@@ -241,9 +236,9 @@ class CloudStore:
     def set_response(self, serial: str, response: str, *, endpoint: str = "main",
                      location: str | None = None, retry_after: int | None = None,
                      times: int | None = None, then: str | None = None) -> None:
-        _check_response(response, "cloud response")
-        _check_response(then, "follow-up response")
-        if "redirect" in (response, then) and not location:
+        response = _check_response(response, "cloud response")
+        then = _check_response(then, "follow-up response")
+        if CloudResponse.REDIRECT in (response, then) and not location:
             raise DatabaseError("a redirect needs a location (the URL to send the pledge to)")
         if (times is None) != (then is None):
             raise DatabaseError("give `times` and `then` together (answer N times, then switch)")
@@ -251,8 +246,8 @@ class CloudStore:
             raise DatabaseError("`times` must be at least 1")
         if retry_after is not None and retry_after < 0:
             raise DatabaseError("`retry_after` must be a number of seconds >= 0")
-        values = dict(response=response, location=location, retry_after=retry_after,
-                      remaining=times, then_response=then)
+        values = dict(response=response.value, location=location, retry_after=retry_after,
+                      remaining=times, then_response=then and then.value)
         key = (cloud_pledges.c.serial == serial) & (cloud_pledges.c.endpoint == endpoint)
         with self.engine.begin() as conn:
             if conn.execute(select(cloud_pledges.c.serial).where(key)).first():
@@ -274,12 +269,14 @@ class CloudStore:
             row = conn.execute(select(cloud_pledges).where(key)).mappings().first()
             if row is None:
                 return None
-            record = CloudRecord(row["serial"], row["endpoint"], row["response"], row["location"],
-                                 row["retry_after"], row["remaining"], row["then_response"])
+            then = row["then_response"]
+            record = CloudRecord(row["serial"], row["endpoint"], CloudResponse(row["response"]),
+                                 row["location"], row["retry_after"], row["remaining"],
+                                 None if then is None else CloudResponse(then))
             if record.remaining is not None:
                 if record.remaining <= 1:
                     conn.execute(update(cloud_pledges).where(key).values(
-                        response=record.then_response, remaining=None, then_response=None))
+                        response=then, remaining=None, then_response=None))
                 else:
                     conn.execute(update(cloud_pledges).where(key)
                                  .values(remaining=record.remaining - 1))

@@ -65,6 +65,7 @@ from pledgeforge.atomicfile import atomic_write
 from pledgeforge.errors import PledgeforgeError
 from pledgeforge.hsm import keystore as keystores
 from pledgeforge.hsm.chain import load_certificate_file
+from pledgeforge.hsm.cloud_responses import CloudResponse
 from pledgeforge.hsm.errors import KeyNotFoundError
 from pledgeforge.hsm.keyuri import Pkcs11Uri
 from pledgeforge.hsm.signer import KeyAlgorithm, Signer
@@ -459,29 +460,28 @@ class Lab:
                                      est_domain=self.url("owner") if flow == "est-domain" else None,
                                      additional_configuration_url=config_url)
         if flow == "redirect":
-            self.set_cloud_response(serial, "redirect")
+            self.set_cloud_response(serial, CloudResponse.REDIRECT)
         else:
-            self.set_cloud_response(serial, "voucher")
+            self.set_cloud_response(serial, CloudResponse.VOUCHER)
 
     def set_cloud_response(self, serial: str, response: str, *, location: str | None = None,
                            retry_after: int | None = None, times: int | None = None,
                            then: str | None = None, endpoint: str = "main") -> None:
         """What the cloud registrar answers `serial`'s voucher-requests on `endpoint`.
 
-        response: redirect (307, default location: the owner registrar), voucher (200),
-        accepted (202, needs retry_after), owner-unknown (401), unknown (404),
-        bad-request (400), overloaded (503). With times=N and then=R it answers
-        `response` N times, then R. Redirect chains and loops use the second
-        endpoint "var": e.g. main -> var (location=lab.url("cloud", "var")) and
-        var -> owner, or var -> main for a loop.
+        response and then: a CloudResponse or its name (pledgeforge.hsm.cloud_responses);
+        a redirect's location defaults to the owner registrar, and accepted needs
+        retry_after. With times=N and then=R it answers `response` N times, then R.
+        Redirect chains and loops use the second endpoint "var": e.g. main -> var
+        (location=lab.url("cloud", "var")) and var -> owner, or var -> main for a loop.
         """
-        if response == "redirect" or then == "redirect":
+        if CloudResponse.REDIRECT in (response, then):
             location = location or self.url("owner") + REQUEST_VOUCHER
         elif location is not None and "://" not in location:
             raise LabError(f"location {location!r} is not a URL")
         if location is not None and location.rstrip("/").count("/") == 2:
             location = location.rstrip("/") + REQUEST_VOUCHER
-        if response == "accepted" and retry_after is None:
+        if response == CloudResponse.ACCEPTED and retry_after is None:
             raise LabError("a 202 answer needs retry_after (RFC 7030 4.2.3)")
         self.cloud_store().set_response(serial, response, endpoint=endpoint, location=location,
                                         retry_after=retry_after, times=times, then=then)

@@ -12,7 +12,8 @@ from pledgeforge.commands.registrar import RESPONSES
 from pledgeforge.hsm.signer import KeyAlgorithm, SoftwareSigner
 from pledgeforge.hsm.x509 import make_ca, make_csr, to_der
 from pledgeforge.registrar.config import ConfigError, CsrAttrsSettings, load_config
-from pledgeforge.registrar.db import CLOUD_RESPONSES
+from pledgeforge.hsm.cloud_responses import CloudResponse
+from pledgeforge.registrar.db import CloudStore, DatabaseError
 from pledgeforge.hsm.est_wire import CsrAttributes, certs_only, encode_body, parse_certs_only
 from pledgeforge.registrar.est import check_csr_identity, csr_attributes_for, decode_request_body
 from pledgeforge.registrar.web import Refusal, accepts
@@ -94,8 +95,15 @@ def test_accept_header(header, ok):
     assert accepts(header, "application/voucher-cms+json") is ok
 
 
-def test_cli_offers_exactly_the_cloud_responses_the_database_knows():
-    assert RESPONSES == list(CLOUD_RESPONSES)
+def test_cli_and_database_speak_the_shared_cloud_response_vocabulary(tmp_path):
+    names = ["redirect", "voucher", "accepted", "owner-unknown", "unknown", "bad-request", "overloaded"]
+    assert RESPONSES == names == [answer.value for answer in CloudResponse]
+    store = CloudStore(f"sqlite:///{tmp_path / 'cloud.db'}")
+    with pytest.raises(DatabaseError, match="not one of " + ", ".join(names)):
+        store.set_response("PF-1", "teapot")
+    store.set_response("PF-1", "accepted", retry_after=5, times=1, then="voucher")
+    assert store.take_response("PF-1", "main").response is CloudResponse.ACCEPTED
+    assert store.take_response("PF-1", "main").response is CloudResponse.VOUCHER
 
 
 def _write(tmp_path, text: str):

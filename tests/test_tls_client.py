@@ -27,7 +27,8 @@ from tlslite.utils.rsakey import RSAKey
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from pledgeforge.firmware.http_client import HttpClient, ResponseTooLarge
+from pledgeforge.firmware.http_client import (MAX_HEADER_BYTES, HttpClient, MalformedResponse,
+                                              ResponseTooLarge)
 from pledgeforge.firmware.tls_client import (
     ConnectionFailed, ServerAuth, ServerAuthError, TlsHandshakeFailed, TlsTimeout, TransportError,
     connect, parse_target, validate_against_pin,
@@ -193,6 +194,47 @@ class _Handler(BaseHTTPRequestHandler):
             for _ in range(50):
                 self.wfile.write(b"1000\r\n" + b"y" * 0x1000 + b"\r\n")
             self.wfile.write(b"0\r\n\r\n")
+        elif self.path == "/big-to-close":  # no length: the body ends with the connection
+            self.send_response(200)
+            self.send_header("Connection", "close")
+            self.end_headers()
+            self.wfile.write(b"z" * 200_000)
+            self.close_connection = True
+        elif self.path == "/chunked-64k":  # exactly 64 KiB in uneven chunks
+            self.send_response(200)
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            for size in (1, 4095, 30_000, 31_440):
+                self.wfile.write(f"{size:X}\r\n".encode() + b"c" * size + b"\r\n")
+            self.wfile.write(b"0\r\n\r\n")
+        elif self.path in ("/stall-mid-body", "/stall-mid-chunk"):
+            self.send_response(200)
+            if self.path == "/stall-mid-body":
+                self.send_header("Content-Length", "100")
+                self.end_headers()
+                self.wfile.write(b"only ten b")
+            else:
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                self.wfile.write(b"a\r\nonly ten b\r\n64\r\nfirst part")
+            srv.stalled.set()
+            srv.release.wait(SERVER_WAIT)
+            self.close_connection = True
+        elif self.path == "/close-mid-body":
+            self.send_response(200)
+            self.send_header("Content-Length", "100")
+            self.end_headers()
+            self.wfile.write(b"only ten b")
+            self.close_connection = True
+        elif self.path == "/malformed-status":
+            self.wfile.write(b"HTTP/1.1 2x0 OK\r\nContent-Length: 0\r\n\r\n")
+            self.close_connection = True
+        elif self.path in ("/huge-headers", "/large-headers"):
+            self.send_response(200)
+            for n in range(40 if self.path == "/huge-headers" else 30):
+                self.send_header(f"X-Filler-{n}", "f" * 2000)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
         elif self.path == "/close":
             self._send(200, b"bye", {"Connection": "close"})
             self.close_connection = True
@@ -222,6 +264,7 @@ class TlsHttpServer(ThreadingHTTPServer):
         self.handshake_errors: list[Exception] = []
         self.requests: list[str] = []
         self.release = threading.Event()
+        self.stalled = threading.Event()
 
     @property
     def port(self) -> int:
@@ -580,7 +623,7 @@ def test_chunked_body_is_decoded_and_the_connection_stays_usable(http, server):
     assert server.connections == 1
 
 
-@pytest.mark.parametrize("path", ["/big", "/big-chunked"])
+@pytest.mark.parametrize("path", ["/big", "/big-chunked", "/big-to-close"])
 def test_oversize_body_is_refused(server, server_pki, ec_client, path):
     chain, signer = ec_client
     conn = open_client(server, chain, signer, ServerAuth.anchors([server_pki.root.cert]))
@@ -588,6 +631,59 @@ def test_oversize_body_is_refused(server, server_pki, ec_client, path):
     with pytest.raises(ResponseTooLarge, match="65536 bytes"):
         client.request("GET", path)
     assert not client.reusable and conn.closed
+
+
+def test_a_body_of_exactly_the_limit_in_uneven_chunks_is_read_whole(server, server_pki, ec_client):
+    chain, signer = ec_client
+    conn = open_client(server, chain, signer, ServerAuth.anchors([server_pki.root.cert]))
+    with HttpClient(conn, max_response_bytes=64 * 1024) as client:
+        response = client.request("GET", "/chunked-64k")
+        assert (response.status, response.body) == (200, b"c" * 64 * 1024)
+        assert response.headers["transfer-encoding"] == "chunked"
+        assert client.request("GET", "/whoami").body.decode().endswith("conn=1")
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("path", ["/stall-mid-body", "/stall-mid-chunk"])
+def test_a_server_that_stalls_mid_body_hits_the_deadline(http, server, path):
+    with pytest.raises(TlsTimeout, match=f"GET {path} to localhost:{server.port}: no complete "
+                                         f"response within 0.5 s"):
+        http.request("GET", path, timeout=0.5)
+    assert server.stalled.wait(SERVER_WAIT)  # the server did send the head and part of the body
+    assert not http.reusable
+
+
+def test_a_server_that_closes_mid_body_is_a_broken_connection(http, server):
+    with pytest.raises(ConnectionFailed, match=f"localhost:{server.port} closed the connection "
+                                               "after 10 body bytes"):
+        http.request("GET", "/close-mid-body")
+    assert not http.reusable
+
+
+def test_a_malformed_status_line_is_a_clear_error(http, server):
+    with pytest.raises(MalformedResponse) as info:
+        http.request("GET", "/malformed-status")
+    assert str(info.value) == (f"localhost:{server.port}: malformed HTTP/1.1 response: "
+                               "illegal status line: bytearray(b'HTTP/1.1 2x0 OK')")
+    assert not http.reusable
+
+
+def test_response_headers_over_the_limit_are_refused(http, server):
+    large = http.request("GET", "/large-headers")  # 30 x 2 kB: under the 64 KiB limit
+    assert large.headers["x-filler-29"] == "f" * 2000
+    with pytest.raises(MalformedResponse, match=f"localhost:{server.port}: response headers "
+                                                f"longer than {MAX_HEADER_BYTES} bytes"):
+        http.request("GET", "/huge-headers")  # 40 x 2 kB
+    assert not http.reusable
+
+
+def test_a_request_that_cannot_be_written_is_refused_before_anything_is_sent(http, server):
+    with pytest.raises(TransportError, match="cannot send GET /a b"):
+        http.request("GET", "/a b")
+    with pytest.raises(TransportError, match="cannot send G;T /whoami"):
+        http.request("G;T", "/whoami")
+    assert http.request("GET", "/whoami").status == 200
+    assert server.requests == ["/whoami"]
 
 
 def test_connection_close_ends_reuse(server, server_pki, ec_client):

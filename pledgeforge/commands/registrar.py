@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import click
 
+from pledgeforge.hsm.cloud_responses import CloudResponse
+
 from .common import UsageError
 
-RESPONSES = ["redirect", "voucher", "accepted", "owner-unknown", "unknown", "bad-request", "overloaded"]
+RESPONSES = CloudResponse.names()
 
 
 def _config(path: str, role: str | None = None):
@@ -53,7 +55,8 @@ def add_pledge(config_path, serial, flow):
 @registrar.command("set-response")
 @click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False))
 @click.option("--serial", required=True)
-@click.option("--response", type=click.Choice(RESPONSES), required=True)
+@click.option("--response", type=click.Choice(RESPONSES), required=True,
+              help="the answer, by name: " + ", ".join(f"{r} ({r.status:d})" for r in CloudResponse))
 @click.option("--location", help="redirect target URL")
 @click.option("--retry-after", type=click.IntRange(min=0), help="Retry-After seconds")
 @click.option("--times", type=click.IntRange(min=1), help="answer this many times, then --then")
