@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from pledgeforge.errors import PledgeforgeError
+from pledgeforge.hsm.identity_names import IdentityNameError, check_dns_name, check_name
 
 ROLES = ("masa", "cloud", "owner")
 
@@ -221,6 +222,14 @@ class _Table:
             raise self.fail(key, f"must be greater than 0, not {value}")
         return value
 
+    def name(self, key: str, default: Any = ...) -> str:
+        """A short record name (owner, endpoint, cloud registrar): see hsm/identity_names."""
+        value = self.text(key, default)
+        try:
+            return check_name(value, "a name")
+        except IdentityNameError as exc:
+            raise self.fail(key, f"is not valid: {exc}") from None
+
     def _resolve(self, key: str, value: str, must_exist: bool) -> Path:
         path = Path(value).expanduser()
         if not path.is_absolute():
@@ -247,6 +256,10 @@ def _server(table: _Table) -> ServerSettings:
             raise table.fail(f"extra_ports.{name}", "must be a TCP port (0-65535)")
         if name == "main":
             raise table.fail("extra_ports.main", "is reserved for the main port")
+        try:
+            check_name(name, "an endpoint name")  # a database key of the cloud registrar
+        except IdentityNameError as exc:
+            raise table.fail(f"extra_ports.{name}", f"is not valid: {exc}") from None
         extra_ports[name] = port
     return ServerSettings(
         host=table.text("host", "127.0.0.1"),
@@ -261,6 +274,17 @@ def _server(table: _Table) -> ServerSettings:
 def _signer(table: _Table, key: str = "signing_key", cert: str = "signing_cert",
             chain: str = "signing_chain") -> SignerSettings:
     return SignerSettings(table.text(key), table.path(cert), table.paths(chain, ()))
+
+
+def _san_templates(table: _Table) -> tuple[str, ...]:
+    """dNSName templates: with a serial number in place of "{serial}", each must be a DNS name."""
+    templates = table.strings("san_dns", ())
+    for template in templates:
+        try:
+            check_dns_name(template.replace("{serial}", "serial"), "a dNSName")
+        except IdentityNameError as exc:
+            raise table.fail("san_dns", f"entry {template!r} does not make a DNS name: {exc}") from None
+    return templates
 
 
 def _read(path: str | Path) -> tuple[Path, _Table]:
@@ -296,7 +320,7 @@ def load_config(path: str | Path) -> MasaConfig | RegistrarConfig:
             if not isinstance(entry, dict):
                 raise masa.fail(f"cloud_registrars[{i}]", "must be a table")
             t = _Table(entry, f"masa.cloud_registrars[{i}]", top.base, path)
-            clouds.append(TrustedCloudRegistrar(t.text("name"), t.path("anchor"),
+            clouds.append(TrustedCloudRegistrar(t.name("name"), t.path("anchor"),
                                                 t.strings("acts_for", ())))
         return MasaConfig(
             path=path, server=server, database_url=database_url, softhsm2_conf=softhsm2_conf,
@@ -320,7 +344,7 @@ def load_config(path: str | Path) -> MasaConfig | RegistrarConfig:
         attrs = e.table("csrattrs", required=False)
         csrattrs = CsrAttrsSettings()
         if attrs:
-            csrattrs = CsrAttrsSettings(attrs.strings("subject", ()), attrs.strings("san_dns", ()),
+            csrattrs = CsrAttrsSettings(attrs.strings("subject", ()), _san_templates(attrs),
                                         attrs.text("signature_algorithm", None))
         est = EstSettings(
             ca_key_uri=e.text("ca_key"), ca_cert=e.path("ca_cert"), ca_chain=e.paths("ca_chain", ()),

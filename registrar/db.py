@@ -12,7 +12,8 @@ runs in WAL mode with a busy timeout so that such a writer and a serving
 process do not trip over each other.
 
 Nothing here is called on a refused request: handlers only write after every
-check passed.
+check passed. Serial numbers and owner names are checked (hsm/identity_names)
+before they become keys, whoever writes them.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from sqlalchemy import (Boolean, Column, DateTime, Engine, ForeignKey, Integer, 
 from sqlalchemy.exc import SQLAlchemyError
 
 from pledgeforge.errors import PledgeforgeError
+from pledgeforge.hsm.identity_names import check_name, check_serial_number
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 
@@ -121,6 +123,7 @@ class MasaStore:
         self.engine = open_engine(url, MASA_METADATA)
 
     def add_owner(self, name: str, domain_ca_pem: str) -> None:
+        check_name(name, "owner name")
         with self.engine.begin() as conn:
             if conn.execute(select(masa_owners.c.name).where(masa_owners.c.name == name)).first():
                 conn.execute(update(masa_owners).where(masa_owners.c.name == name)
@@ -130,6 +133,7 @@ class MasaStore:
 
     def set_device(self, serial: str, owner: str, est_domain: str | None = None,
                    additional_configuration_url: str | None = None) -> None:
+        check_serial_number(serial)
         values = dict(owner=owner, est_domain=est_domain,
                       additional_configuration_url=additional_configuration_url)
         with self.engine.begin() as conn:
@@ -241,6 +245,7 @@ class CloudStore:
     def set_response(self, serial: str, response: str, *, endpoint: str = "main",
                      location: str | None = None, retry_after: int | None = None,
                      times: int | None = None, then: str | None = None) -> None:
+        check_serial_number(serial)
         _check_response(response, "cloud response")
         _check_response(then, "follow-up response")
         if "redirect" in (response, then) and not location:
@@ -363,6 +368,7 @@ class OwnerStore:
         self.engine = open_engine(url, OWNER_METADATA)
 
     def add_pledge(self, serial: str, flow: str) -> None:
+        check_serial_number(serial)
         if flow not in PLEDGE_FLOWS:
             raise DatabaseError(f"flow {flow!r} is not one of {', '.join(PLEDGE_FLOWS)}")
         with self.engine.begin() as conn:

@@ -137,3 +137,38 @@ def test_relative_paths_and_sqlite_files_are_taken_from_the_config_directory(tmp
     assert config.check_time is False
     assert config.cloud_registrars[0].acts_for == ("o",)
     assert config.manufacturer_cas == (tmp_path / "mfg.crt",)
+
+
+def test_registrar_names_and_dns_templates_are_checked_when_the_configuration_is_read(tmp_path):
+    for name in ("tls.crt", "tls.key", "signer.crt", "mfg.crt", "web.crt", "ca.crt"):
+        (tmp_path / name).write_text("x")
+    base = ('role = "owner"\n[server]\nport = 0\ntls_cert = "tls.crt"\ntls_key = "tls.key"\n'
+            '[database]\nurl = "sqlite:///owner.sqlite"\n'
+            '[registrar]\nsigning_key = "pkcs11:token=t;object=k"\nsigning_cert = "signer.crt"\n'
+            'manufacturer_cas = ["mfg.crt"]\nmasa_anchors = ["web.crt"]\n'
+            '[est]\nca_key = "pkcs11:token=t;object=ca"\nca_cert = "ca.crt"\n[est.csrattrs]\n')
+    good = load_config(_write(tmp_path, base + 'san_dns = ["{serial}.pledges.example", "x-{serial}"]\n'))
+    assert good.est.csrattrs.san_dns == ("{serial}.pledges.example", "x-{serial}")
+    for template in ("{serial}..example", "{serial}/x", "_{serial}.example", "{serial}.-x"):
+        with pytest.raises(ConfigError, match=r"est.csrattrs.san_dns entry .* does not make a DNS name"):
+            load_config(_write(tmp_path, base + f'san_dns = ["{template}"]\n'))
+    with pytest.raises(ConfigError, match=r"server.extra_ports.* is not valid"):
+        load_config(_write(tmp_path, base.replace("port = 0\n", 'port = 0\nextra_ports = { "a/b" = 1 }\n')))
+
+
+def test_dns_names_from_templates_are_valid_or_refused():
+    long_serial = "A" * 60
+    assert csr_attributes_for(POLICY, long_serial).subject_alt_names == [
+        x509.DNSName(f"{long_serial.lower()}.pledges.example")]
+    too_long = CsrAttrsSettings(subject=("CN",), san_dns=("pledge-{serial}.example",))
+    with pytest.raises(Refusal) as refused:
+        csr_attributes_for(too_long, long_serial)
+    assert refused.value.status == 403 and "label" in refused.value.message
+
+
+def test_without_templates_the_csr_names_are_certified_only_if_they_are_host_names():
+    policy = CsrAttrsSettings(subject=("CN",))
+    assert check_csr_identity(_csr("CN=x", ["Dev-1.example"]), policy, "SN-1") == ["dev-1.example"]
+    with pytest.raises(Refusal) as refused:
+        check_csr_identity(_csr("CN=x", ["../../etc.example"]), policy, "SN-1")
+    assert refused.value.status == 400 and "dNSName" in refused.value.message
