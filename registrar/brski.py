@@ -35,7 +35,7 @@ from pledgeforge.hsm.errors import (BadSignatureError, CmsError, DigestMismatchE
                                     UntrustedSignerError, VoucherError)
 from pledgeforge.hsm.identity_names import IdentityNameError, check_serial_number
 from pledgeforge.hsm.signer import Signer
-from pledgeforge.hsm.voucher import Voucher
+from pledgeforge.hsm.voucher import Voucher, parse_json
 from pledgeforge.hsm.x509 import serial_number_of, to_der
 
 from .db import ParsedReport
@@ -162,9 +162,9 @@ def parse_status_report(body: bytes) -> ParsedReport:
     `version` may be a number or, as in the RFC's own example, a string.
     """
     try:
-        obj = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise Refusal(400, f"the status report is not JSON: {exc}") from None
+        obj = parse_json(body, "the status report")
+    except VoucherError as exc:
+        raise Refusal(400, str(exc)) from None
     if not isinstance(obj, dict):
         raise Refusal(400, "the status report must be a JSON object")
     if not isinstance(obj.get("status"), bool):

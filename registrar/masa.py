@@ -50,7 +50,7 @@ from .brski import (PledgeRequest, check_serial, decode_cms_body, nonce_text,
 from .config import MasaConfig
 from .db import Device, MasaStore
 from .tls import server_context
-from .web import (Refusal, new_app, read_body, require_acceptable,
+from .web import (Refusal, loggable, new_app, read_body, require_acceptable,
                   require_content_type)
 
 log = logging.getLogger("pledgeforge.registrar.masa")
@@ -129,7 +129,7 @@ class Masa:
         require_acceptable(request, VOUCHER_MEDIA_TYPE)
         checked = self.check(await read_body(request))
         voucher = self.issue(checked)
-        log.info("voucher for %s issued to %s", checked.pledge.serial, checked.requester)
+        log.info("voucher for %s issued to %s", checked.pledge.serial, loggable(checked.requester))
         return web.Response(body=voucher, content_type=VOUCHER_MEDIA_TYPE)
 
     async def request_audit_log(self, request: web.Request) -> web.Response:
