@@ -35,6 +35,12 @@ or an operator's directory can be moved as a whole. Example (owner):
     san_dns = ["{serial}.pledges.example"]
     signature_algorithm = "ecdsa-with-SHA256"
 
+A MASA (role = "masa") has a [masa] table instead: signing_key,
+signing_cert, signing_chain, manufacturer_cas, cloud_registrars,
+nonceless_lifetime_s, max_request_age_s, max_request_future_s, and an
+optional [masa.rate_limits] table (see MasaRateLimits); keys these tables do
+not know are refused.
+
 Every mistake is reported as one ConfigError naming the file and the key.
 """
 
@@ -122,6 +128,21 @@ class EstSettings:
 
 
 @dataclass(frozen=True)
+class MasaRateLimits:
+    """Token buckets ([masa.rate_limits]). Every request from a source address takes a
+    token of that address, before anything is parsed; every new voucher takes a token of
+    the registrar (its signing certificate) that asked, once its right is checked. Repeated
+    requests answered with a voucher already issued take none of the registrar's."""
+
+    address_rate_per_s: float = 20.0
+    address_burst: int = 200
+    registrar_rate_per_s: float = 10.0
+    registrar_burst: int = 100
+    #: buckets kept per kind; beyond that the least recently used is forgotten
+    tracked_clients: int = 10_000
+
+
+@dataclass(frozen=True)
 class MasaConfig:
     path: Path
     server: ServerSettings
@@ -132,6 +153,11 @@ class MasaConfig:
     check_time: bool = True
     nonceless_lifetime_s: int = 1200
     cloud_registrars: tuple[TrustedCloudRegistrar, ...] = ()
+    #: how old (and how far ahead, for clock skew) a registrar voucher-request's
+    #: created-on may be; checked when check_time is on
+    max_request_age_s: int = 600
+    max_request_future_s: int = 300
+    rate_limits: MasaRateLimits = MasaRateLimits()
     role: str = "masa"
 
 
@@ -222,6 +248,12 @@ class _Table:
             raise self.fail(key, f"must be greater than 0, not {value}")
         return value
 
+    def only(self, *known: str) -> None:
+        """Refuse keys this table does not have (a typo would otherwise be ignored silently)."""
+        for key in self.data:
+            if key not in known:
+                raise self.fail(key, f"is not a known setting (known: {', '.join(known)})")
+
     def name(self, key: str, default: Any = ...) -> str:
         """A short record name (owner, endpoint, cloud registrar): see hsm/identity_names."""
         value = self.text(key, default)
@@ -287,6 +319,21 @@ def _san_templates(table: _Table) -> tuple[str, ...]:
     return templates
 
 
+def _rate_limits(table: _Table | None) -> MasaRateLimits:
+    default = MasaRateLimits()
+    if table is None:
+        return default
+    table.only("address_rate_per_s", "address_burst", "registrar_rate_per_s", "registrar_burst",
+               "tracked_clients")
+    return MasaRateLimits(
+        address_rate_per_s=table.positive("address_rate_per_s", float, default.address_rate_per_s),
+        address_burst=table.positive("address_burst", int, default.address_burst),
+        registrar_rate_per_s=table.positive("registrar_rate_per_s", float, default.registrar_rate_per_s),
+        registrar_burst=table.positive("registrar_burst", int, default.registrar_burst),
+        tracked_clients=table.positive("tracked_clients", int, default.tracked_clients),
+    )
+
+
 def _read(path: str | Path) -> tuple[Path, _Table]:
     path = Path(path).expanduser().resolve()
     try:
@@ -315,6 +362,8 @@ def load_config(path: str | Path) -> MasaConfig | RegistrarConfig:
 
     if role == "masa":
         masa = top.table("masa")
+        masa.only("signing_key", "signing_cert", "signing_chain", "manufacturer_cas", "cloud_registrars",
+                  "nonceless_lifetime_s", "max_request_age_s", "max_request_future_s", "rate_limits")
         clouds = []
         for i, entry in enumerate(masa.get("cloud_registrars", list, [])):
             if not isinstance(entry, dict):
@@ -328,6 +377,9 @@ def load_config(path: str | Path) -> MasaConfig | RegistrarConfig:
             check_time=check_time,
             nonceless_lifetime_s=masa.positive("nonceless_lifetime_s", int, 1200),
             cloud_registrars=tuple(clouds),
+            max_request_age_s=masa.positive("max_request_age_s", int, MasaConfig.max_request_age_s),
+            max_request_future_s=masa.positive("max_request_future_s", int, MasaConfig.max_request_future_s),
+            rate_limits=_rate_limits(masa.table("rate_limits", required=False)),
         )
 
     reg = top.table("registrar")

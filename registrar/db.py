@@ -159,6 +159,20 @@ class MasaStore:
         with self.engine.begin() as conn:
             conn.execute(insert(masa_vouchers).values(**values))
 
+    def issued_voucher(self, *, serial: str, requester: str, domain_id: str, nonce: str | None,
+                       issued_after: dt.datetime | None = None) -> bytes | None:
+        """The latest voucher issued to `requester` for `serial`, pinning `domain_id`, with
+        `nonce` (None: a nonceless one) and issued after `issued_after`; None if there is none."""
+        v = masa_vouchers.c
+        query = (select(v.voucher).where(v.serial == serial, v.requester == requester,
+                                         v.domain_id == domain_id,
+                                         v.nonce.is_(None) if nonce is None else v.nonce == nonce)
+                 .order_by(v.id.desc()).limit(1))
+        if issued_after is not None:
+            query = query.where(v.created_at > issued_after)
+        with self.engine.connect() as conn:
+            return conn.execute(query).scalar()
+
     def audit_events(self, serial: str) -> list[dict]:
         query = select(masa_vouchers).where(masa_vouchers.c.serial == serial).order_by(masa_vouchers.c.id)
         with self.engine.connect() as conn:

@@ -139,6 +139,32 @@ def test_relative_paths_and_sqlite_files_are_taken_from_the_config_directory(tmp
     assert config.manufacturer_cas == (tmp_path / "mfg.crt",)
 
 
+def test_masa_limits_and_names_are_checked_when_the_configuration_is_read(tmp_path):
+    for name in ("tls.crt", "tls.key", "masa.crt", "mfg.crt"):
+        (tmp_path / name).write_text("x")
+    base = ('role = "masa"\n[server]\nport = 0\ntls_cert = "tls.crt"\ntls_key = "tls.key"\n'
+            '[database]\nurl = "sqlite:///masa.sqlite"\n'
+            '[masa]\nsigning_key = "pkcs11:token=t;object=k"\nsigning_cert = "masa.crt"\n'
+            'manufacturer_cas = ["mfg.crt"]\n')
+    config = load_config(_write(tmp_path, base))
+    assert (config.max_request_age_s, config.max_request_future_s) == (600, 300)
+    assert config.rate_limits.registrar_burst == 100 and config.rate_limits.tracked_clients == 10_000
+    config = load_config(_write(tmp_path, base + "max_request_age_s = 60\n"
+                                "[masa.rate_limits]\naddress_rate_per_s = 0.5\naddress_burst = 2\n"))
+    assert config.max_request_age_s == 60
+    assert (config.rate_limits.address_rate_per_s, config.rate_limits.address_burst) == (0.5, 2)
+    for extra, problem in [
+        ("max_request_age = 60\n", r"masa.max_request_age is not a known setting"),
+        ("max_request_future_s = -1\n", r"masa.max_request_future_s must be greater than 0"),
+        ("[masa.rate_limits]\nregistrar_burts = 5\n", r"masa.rate_limits.registrar_burts is not a known"),
+        ("[masa.rate_limits]\nregistrar_rate_per_s = 0\n", r"registrar_rate_per_s must be greater than 0"),
+        ('cloud_registrars = [{ name = "bad\\nname", anchor = "masa.crt" }]\n',
+         r"cloud_registrars\[0\].name is not valid"),
+    ]:
+        with pytest.raises(ConfigError, match=problem):
+            load_config(_write(tmp_path, base + extra))
+
+
 def test_registrar_names_and_dns_templates_are_checked_when_the_configuration_is_read(tmp_path):
     for name in ("tls.crt", "tls.key", "signer.crt", "mfg.crt", "web.crt", "ca.crt"):
         (tmp_path / name).write_text("x")
