@@ -33,6 +33,8 @@ FILE_NAME_MAX = 255      # NAME_MAX of common file systems
 NAME_MAX = 60            # owners, endpoints: the width of their database columns
 
 _LABEL_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?")
+_LABEL_CHARACTER = re.compile(r"[A-Za-z0-9-]")
+_HOST_NAME_CHARACTER = re.compile(r"[A-Za-z0-9.-]")
 _FILE_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._ -]*")
 _SHOWN = 40
@@ -60,10 +62,6 @@ def _bad_character(value: str, allowed: re.Pattern, hint: str) -> str | None:
         if not allowed.fullmatch(ch):
             return f"contains {ch!r}; use {hint}"
     return None
-
-
-_LABEL_CHARACTER = re.compile(r"[A-Za-z0-9-]")
-_HOST_NAME_CHARACTER = re.compile(r"[A-Za-z0-9.-]")
 
 
 def _label_problem(label: str) -> str | None:
@@ -105,10 +103,6 @@ def check_serial_number(value: object, what: str = "serial number") -> str:
     if problem:
         raise _fail(what, value, problem)
     return value
-
-
-def is_serial_number(value: object) -> bool:
-    return isinstance(value, str) and _host_name_problem(value, SERIAL_NUMBER_MAX) is None
 
 
 def check_dns_label(value: object, what: str = "DNS label") -> str:
@@ -155,5 +149,5 @@ def check_name(value: object, what: str = "name") -> str:
     return value
 
 
-__all__ = ["IdentityNameError", "check_serial_number", "is_serial_number", "check_dns_label",
+__all__ = ["IdentityNameError", "check_serial_number", "check_dns_label",
            "check_dns_name", "check_file_name", "check_name", "shown", "SERIAL_NUMBER_MAX"]
