@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from pledgeforge.errors import PledgeforgeError
+from pledgeforge.hsm.identity_names import IdentityNameError, check_dns_label
 from pledgeforge.hsm.signer import KeyAlgorithm
 
 PROFILE_DIR = Path(__file__).resolve().parent / "profiles"
@@ -24,7 +25,6 @@ PROFILE_DIR = Path(__file__).resolve().parent / "profiles"
 KEYSTORE_TYPES = ("tpm", "pkcs11")
 LINE_ENDINGS = {"crlf": "\r\n", "lf": "\n"}
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
-_HOSTNAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]{0,62}$")
 
 
 class ProfileError(PledgeforgeError):
@@ -200,6 +200,14 @@ def _check_template(table: _Table, field: str, template: str) -> None:
                     + "}, {".join(TEMPLATE_FIELDS) + "}, and {{ }} for literal braces")
 
 
+def _hostname(table: _Table) -> str:
+    value = table.text("hostname")
+    try:
+        return check_dns_label(value, "value")  # the board's name on the network: one DNS label
+    except IdentityNameError as exc:
+        table._fail("hostname", f"is not valid: {exc}")
+
+
 def _parse(source: Path, data: dict) -> Profile:
     known_tables = ("board", "keystore", "console", "boot", "flash", "image", "registrar")
     for key in data:
@@ -213,7 +221,7 @@ def _parse(source: Path, data: dict) -> Profile:
         name=t.text("name", pattern=_NAME_RE, hint="use lower-case letters, digits, '-' and '_'"),
         description=t.text("description", "", nonempty=False),
         model=t.text("model"),
-        hostname=t.text("hostname", pattern=_HOSTNAME_RE, hint="letters, digits and '-', at most 63"),
+        hostname=_hostname(t),
         serial_prefix=t.text("serial_prefix", pattern=re.compile(r"^[A-Z0-9]{1,12}$"),
                             hint="1 to 12 upper-case letters or digits"),
     )

@@ -20,7 +20,6 @@ import fcntl
 import json
 import logging
 import os
-import re
 import secrets
 import threading
 import time
@@ -32,6 +31,7 @@ from typing import Callable
 
 from pledgeforge.atomicfile import atomic_write
 from pledgeforge.errors import PledgeforgeError
+from pledgeforge.hsm.identity_names import IdentityNameError, check_serial_number
 
 from . import boot
 from .board_keystore import BoardKeyStore
@@ -55,7 +55,6 @@ SERIAL_KINDS = ("pty", "rfc2217", "tcp")
 # (a FirmwareApp in a network call) can no longer print or write the flash.
 POWER_OFF_TIMEOUT = 2.0
 EVENT_LOG_LINES = 500
-_SERIAL_RE = re.compile(r"[A-Za-z0-9-]{1,64}")
 _log = logging.getLogger(__name__)
 
 
@@ -185,9 +184,11 @@ class Board:
         return fd
 
     def _check_serial(self, requested: str | None) -> None:
-        if requested is not None and not _SERIAL_RE.fullmatch(requested):
-            raise BoardError(f"serial number {requested!r} must be 1 to 64 letters, digits or '-' "
-                             "(it becomes the IDevID's X520SerialNumber)")
+        if requested is not None:
+            try:
+                check_serial_number(requested)
+            except IdentityNameError as exc:
+                raise BoardError(f"{exc} (it becomes the IDevID's X520SerialNumber)") from None
         current = self.flash.state.serial_number
         if requested and current and requested != current:
             raise BoardError(f"this board's flash already holds serial number {current}; "

@@ -57,6 +57,31 @@ _DATE_RE = re.compile(
     r"^(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$")
 
 
+#: Vouchers and status reports are two or three levels deep; extensions get some room.
+MAX_JSON_DEPTH = 32
+
+
+def parse_json(data: bytes | str, what: str) -> Any:
+    """JSON text to Python values; VoucherError when it is not JSON or nests deeper than
+    MAX_JSON_DEPTH. The json decoder recurses once per level, so a few kB of brackets end
+    in RecursionError, and anything deep makes every later walk over the value recursive."""
+    try:
+        obj = json.loads(data)
+    except RecursionError:
+        raise VoucherError(f"{what} is nested deeper than {MAX_JSON_DEPTH} levels") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise VoucherError(f"{what} is not valid JSON: {exc}") from None
+    pending = [(obj, 1)]
+    while pending:
+        value, depth = pending.pop()
+        if isinstance(value, (dict, list)):
+            if depth > MAX_JSON_DEPTH:
+                raise VoucherError(f"{what} is nested deeper than {MAX_JSON_DEPTH} levels")
+            pending.extend((child, depth + 1) for child in (value.values() if isinstance(value, dict)
+                                                            else value))
+    return obj
+
+
 def parse_date(text: str, leaf: str = "date") -> dt.datetime:
     """RFC 3339 date-and-time (YANG ietf-yang-types) to an aware datetime."""
     if not isinstance(text, str):
@@ -143,10 +168,7 @@ class Voucher:
     def from_json(cls, data: bytes | str | dict, *, expect_request: bool | None = None) -> "Voucher":
         """Parse a voucher or voucher-request; `expect_request` pins which one."""
         if isinstance(data, (bytes, str)):
-            try:
-                obj = json.loads(data)
-            except (ValueError, UnicodeDecodeError) as exc:
-                raise VoucherError(f"voucher is not valid JSON: {exc}") from None
+            obj = parse_json(data, "voucher")
         else:
             obj = data
         if not isinstance(obj, dict) or len(obj) != 1:
@@ -248,10 +270,7 @@ class StatusReport:
 
     @classmethod
     def from_json(cls, data: bytes | str) -> "StatusReport":
-        try:
-            obj = json.loads(data)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise VoucherError(f"status report is not valid JSON: {exc}") from None
+        obj = parse_json(data, "status report")
         if not isinstance(obj, dict):
             raise VoucherError("status report must be a JSON object")
         unknown = set(obj) - {"version", "status", "reason", "reason-context"}
@@ -279,5 +298,5 @@ class StatusReport:
         return json.dumps(obj, separators=(",", ":")).encode()
 
 
-__all__ = ["Voucher", "StatusReport", "parse_date", "format_date", "decode_binary",
+__all__ = ["Voucher", "StatusReport", "parse_json", "parse_date", "format_date", "decode_binary",
            "VOUCHER_KEY", "VOUCHER_REQUEST_KEY", "ASSERTIONS"]

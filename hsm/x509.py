@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509.oid import NameOID, ObjectIdentifier
 
 from .errors import CertificateError
+from .identity_names import check_dns_name, check_serial_number
 from .signer import Padding, Signer, hash_algorithm
 
 ID_PE_MASA_URL = ObjectIdentifier("1.3.6.1.5.5.7.1.32")
@@ -235,7 +236,9 @@ def issue_certificate(
         encipher_only=False, decipher_only=False), critical=True)
     if extended_key_usage:
         builder = builder.add_extension(x509.ExtendedKeyUsage(list(extended_key_usage)), critical=False)
-    sans: list[x509.GeneralName] = [x509.DNSName(d) for d in dns_names]
+    # A CA never certifies a dNSName that is no host name (TLS server names may be wildcards).
+    sans: list[x509.GeneralName] = [x509.DNSName(check_dns_name(d, "subjectAltName dNSName", wildcard=True))
+                                    for d in dns_names]
     sans += [x509.IPAddress(ipaddress.ip_address(i)) for i in ip_addresses]
     sans += list(other_names)
     if sans:
@@ -259,8 +262,7 @@ def issue_idevid(
     """An IEEE 802.1AR IDevID: subject serialNumber, notAfter 99991231235959Z,
     keyUsage digitalSignature (critical), SKI/AKI, id-pe-masa-url, optional
     hardwareModuleName otherName."""
-    if not serial:
-        raise CertificateError("an IDevID needs a device serial number")
+    check_serial_number(serial, "IDevID serial number")
     base = parse_dn(subject) if subject else x509.Name([])
     attrs = [a for a in base if a.oid != NameOID.SERIAL_NUMBER]
     if not any(a.oid == NameOID.COMMON_NAME for a in attrs):

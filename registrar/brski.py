@@ -33,8 +33,9 @@ from pledgeforge.hsm.cms import load_cms_input, sign_cms, verify_cms
 from pledgeforge.hsm.errors import (BadSignatureError, CmsError, DigestMismatchError,
                                     MalformedCmsError, UnexpectedContentTypeError,
                                     UntrustedSignerError, VoucherError)
+from pledgeforge.hsm.identity_names import IdentityNameError, check_serial_number
 from pledgeforge.hsm.signer import Signer
-from pledgeforge.hsm.voucher import Voucher
+from pledgeforge.hsm.voucher import Voucher, parse_json
 from pledgeforge.hsm.x509 import serial_number_of, to_der
 
 from .db import ParsedReport
@@ -83,11 +84,17 @@ class PledgeRequest:
 
 
 def require_serial(idevid: x509.Certificate) -> str:
+    """The device serial number of an IDevID: 403 without one, 400 when it is no valid
+    serial number (another manufacturer's CA may certify anything; the serial becomes
+    file names, database keys and the LDevID's dNSName here)."""
     serial = serial_number_of(idevid)
     if not serial:
         raise Refusal(403, f"the IDevID {idevid.subject.rfc4514_string()} carries no serialNumber, "
                            "so it names no device")
-    return serial
+    try:
+        return check_serial_number(serial, "the IDevID's serialNumber")
+    except IdentityNameError as exc:
+        raise Refusal(400, str(exc)) from None
 
 
 def check_serial(claimed: str | None, serial: str, what: str) -> None:
@@ -155,9 +162,9 @@ def parse_status_report(body: bytes) -> ParsedReport:
     `version` may be a number or, as in the RFC's own example, a string.
     """
     try:
-        obj = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise Refusal(400, f"the status report is not JSON: {exc}") from None
+        obj = parse_json(body, "the status report")
+    except VoucherError as exc:
+        raise Refusal(400, str(exc)) from None
     if not isinstance(obj, dict):
         raise Refusal(400, "the status report must be a JSON object")
     if not isinstance(obj.get("status"), bool):

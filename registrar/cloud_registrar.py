@@ -47,7 +47,8 @@ from .config import RegistrarConfig
 from .db import CloudStore
 from .tls import server_context
 from .voucher_relay import VoucherRelay, voucher_response
-from .web import Refusal, endpoint_of, new_app, read_body, require_content_type, text_response
+from .web import (Refusal, endpoint_of, loggable, new_app, read_body, require_content_type,
+                  text_response)
 
 log = logging.getLogger("pledgeforge.registrar.cloud")
 
@@ -110,5 +111,5 @@ class CloudRegistrar:
         require_content_type(request, "application/json")
         report = parse_status_report(await read_body(request))
         self.store.record_status(serial, "voucher_status", report)
-        log.info("voucher_status from %s: %s %s", serial, report.status, report.reason or "")
+        log.info("voucher_status from %s: %s %s", serial, report.status, loggable(report.reason or ""))
         return text_response(200, "status recorded")

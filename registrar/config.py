@@ -35,6 +35,12 @@ or an operator's directory can be moved as a whole. Example (owner):
     san_dns = ["{serial}.pledges.example"]
     signature_algorithm = "ecdsa-with-SHA256"
 
+A MASA (role = "masa") has a [masa] table instead: signing_key,
+signing_cert, signing_chain, manufacturer_cas, cloud_registrars,
+nonceless_lifetime_s, max_request_age_s, max_request_future_s, and an
+optional [masa.rate_limits] table (see MasaRateLimits); keys these tables do
+not know are refused.
+
 Every mistake is reported as one ConfigError naming the file and the key.
 """
 
@@ -46,6 +52,7 @@ from pathlib import Path
 from typing import Any
 
 from pledgeforge.errors import PledgeforgeError
+from pledgeforge.hsm.identity_names import IdentityNameError, check_dns_name, check_name
 
 ROLES = ("masa", "cloud", "owner")
 
@@ -121,6 +128,21 @@ class EstSettings:
 
 
 @dataclass(frozen=True)
+class MasaRateLimits:
+    """Token buckets ([masa.rate_limits]). Every request from a source address takes a
+    token of that address, before anything is parsed; every new voucher takes a token of
+    the registrar (its signing certificate) that asked, once its right is checked. Repeated
+    requests answered with a voucher already issued take none of the registrar's."""
+
+    address_rate_per_s: float = 20.0
+    address_burst: int = 200
+    registrar_rate_per_s: float = 10.0
+    registrar_burst: int = 100
+    #: buckets kept per kind; beyond that the least recently used is forgotten
+    tracked_clients: int = 10_000
+
+
+@dataclass(frozen=True)
 class MasaConfig:
     path: Path
     server: ServerSettings
@@ -131,6 +153,11 @@ class MasaConfig:
     check_time: bool = True
     nonceless_lifetime_s: int = 1200
     cloud_registrars: tuple[TrustedCloudRegistrar, ...] = ()
+    #: how old (and how far ahead, for clock skew) a registrar voucher-request's
+    #: created-on may be; checked when check_time is on
+    max_request_age_s: int = 600
+    max_request_future_s: int = 300
+    rate_limits: MasaRateLimits = MasaRateLimits()
     role: str = "masa"
 
 
@@ -221,6 +248,20 @@ class _Table:
             raise self.fail(key, f"must be greater than 0, not {value}")
         return value
 
+    def only(self, *known: str) -> None:
+        """Refuse keys this table does not have (a typo would otherwise be ignored silently)."""
+        for key in self.data:
+            if key not in known:
+                raise self.fail(key, f"is not a known setting (known: {', '.join(known)})")
+
+    def name(self, key: str, default: Any = ...) -> str:
+        """A short record name (owner, endpoint, cloud registrar): see hsm/identity_names."""
+        value = self.text(key, default)
+        try:
+            return check_name(value, "a name")
+        except IdentityNameError as exc:
+            raise self.fail(key, f"is not valid: {exc}") from None
+
     def _resolve(self, key: str, value: str, must_exist: bool) -> Path:
         path = Path(value).expanduser()
         if not path.is_absolute():
@@ -247,6 +288,10 @@ def _server(table: _Table) -> ServerSettings:
             raise table.fail(f"extra_ports.{name}", "must be a TCP port (0-65535)")
         if name == "main":
             raise table.fail("extra_ports.main", "is reserved for the main port")
+        try:
+            check_name(name, "an endpoint name")  # a database key of the cloud registrar
+        except IdentityNameError as exc:
+            raise table.fail(f"extra_ports.{name}", f"is not valid: {exc}") from None
         extra_ports[name] = port
     return ServerSettings(
         host=table.text("host", "127.0.0.1"),
@@ -261,6 +306,32 @@ def _server(table: _Table) -> ServerSettings:
 def _signer(table: _Table, key: str = "signing_key", cert: str = "signing_cert",
             chain: str = "signing_chain") -> SignerSettings:
     return SignerSettings(table.text(key), table.path(cert), table.paths(chain, ()))
+
+
+def _san_templates(table: _Table) -> tuple[str, ...]:
+    """dNSName templates: with a serial number in place of "{serial}", each must be a DNS name."""
+    templates = table.strings("san_dns", ())
+    for template in templates:
+        try:
+            check_dns_name(template.replace("{serial}", "serial"), "a dNSName")
+        except IdentityNameError as exc:
+            raise table.fail("san_dns", f"entry {template!r} does not make a DNS name: {exc}") from None
+    return templates
+
+
+def _rate_limits(table: _Table | None) -> MasaRateLimits:
+    default = MasaRateLimits()
+    if table is None:
+        return default
+    table.only("address_rate_per_s", "address_burst", "registrar_rate_per_s", "registrar_burst",
+               "tracked_clients")
+    return MasaRateLimits(
+        address_rate_per_s=table.positive("address_rate_per_s", float, default.address_rate_per_s),
+        address_burst=table.positive("address_burst", int, default.address_burst),
+        registrar_rate_per_s=table.positive("registrar_rate_per_s", float, default.registrar_rate_per_s),
+        registrar_burst=table.positive("registrar_burst", int, default.registrar_burst),
+        tracked_clients=table.positive("tracked_clients", int, default.tracked_clients),
+    )
 
 
 def _read(path: str | Path) -> tuple[Path, _Table]:
@@ -291,12 +362,14 @@ def load_config(path: str | Path) -> MasaConfig | RegistrarConfig:
 
     if role == "masa":
         masa = top.table("masa")
+        masa.only("signing_key", "signing_cert", "signing_chain", "manufacturer_cas", "cloud_registrars",
+                  "nonceless_lifetime_s", "max_request_age_s", "max_request_future_s", "rate_limits")
         clouds = []
         for i, entry in enumerate(masa.get("cloud_registrars", list, [])):
             if not isinstance(entry, dict):
                 raise masa.fail(f"cloud_registrars[{i}]", "must be a table")
             t = _Table(entry, f"masa.cloud_registrars[{i}]", top.base, path)
-            clouds.append(TrustedCloudRegistrar(t.text("name"), t.path("anchor"),
+            clouds.append(TrustedCloudRegistrar(t.name("name"), t.path("anchor"),
                                                 t.strings("acts_for", ())))
         return MasaConfig(
             path=path, server=server, database_url=database_url, softhsm2_conf=softhsm2_conf,
@@ -304,6 +377,9 @@ def load_config(path: str | Path) -> MasaConfig | RegistrarConfig:
             check_time=check_time,
             nonceless_lifetime_s=masa.positive("nonceless_lifetime_s", int, 1200),
             cloud_registrars=tuple(clouds),
+            max_request_age_s=masa.positive("max_request_age_s", int, MasaConfig.max_request_age_s),
+            max_request_future_s=masa.positive("max_request_future_s", int, MasaConfig.max_request_future_s),
+            rate_limits=_rate_limits(masa.table("rate_limits", required=False)),
         )
 
     reg = top.table("registrar")
@@ -320,7 +396,7 @@ def load_config(path: str | Path) -> MasaConfig | RegistrarConfig:
         attrs = e.table("csrattrs", required=False)
         csrattrs = CsrAttrsSettings()
         if attrs:
-            csrattrs = CsrAttrsSettings(attrs.strings("subject", ()), attrs.strings("san_dns", ()),
+            csrattrs = CsrAttrsSettings(attrs.strings("subject", ()), _san_templates(attrs),
                                         attrs.text("signature_algorithm", None))
         est = EstSettings(
             ca_key_uri=e.text("ca_key"), ca_cert=e.path("ca_cert"), ca_chain=e.paths("ca_chain", ()),

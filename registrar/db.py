@@ -12,7 +12,8 @@ runs in WAL mode with a busy timeout so that such a writer and a serving
 process do not trip over each other.
 
 Nothing here is called on a refused request: handlers only write after every
-check passed.
+check passed. Serial numbers and owner names are checked (hsm/identity_names)
+before they become keys, whoever writes them.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from pledgeforge.errors import PledgeforgeError
 from pledgeforge.hsm.cloud_responses import CloudResponse
+from pledgeforge.hsm.identity_names import check_name, check_serial_number
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 
@@ -122,6 +124,7 @@ class MasaStore:
         self.engine = open_engine(url, MASA_METADATA)
 
     def add_owner(self, name: str, domain_ca_pem: str) -> None:
+        check_name(name, "owner name")
         with self.engine.begin() as conn:
             if conn.execute(select(masa_owners.c.name).where(masa_owners.c.name == name)).first():
                 conn.execute(update(masa_owners).where(masa_owners.c.name == name)
@@ -131,6 +134,7 @@ class MasaStore:
 
     def set_device(self, serial: str, owner: str, est_domain: str | None = None,
                    additional_configuration_url: str | None = None) -> None:
+        check_serial_number(serial)
         values = dict(owner=owner, est_domain=est_domain,
                       additional_configuration_url=additional_configuration_url)
         with self.engine.begin() as conn:
@@ -155,6 +159,20 @@ class MasaStore:
     def record_voucher(self, **values) -> None:
         with self.engine.begin() as conn:
             conn.execute(insert(masa_vouchers).values(**values))
+
+    def issued_voucher(self, *, serial: str, requester: str, domain_id: str, nonce: str | None,
+                       issued_after: dt.datetime | None = None) -> bytes | None:
+        """The latest voucher issued to `requester` for `serial`, pinning `domain_id`, with
+        `nonce` (None: a nonceless one) and issued after `issued_after`; None if there is none."""
+        v = masa_vouchers.c
+        query = (select(v.voucher).where(v.serial == serial, v.requester == requester,
+                                         v.domain_id == domain_id,
+                                         v.nonce.is_(None) if nonce is None else v.nonce == nonce)
+                 .order_by(v.id.desc()).limit(1))
+        if issued_after is not None:
+            query = query.where(v.created_at > issued_after)
+        with self.engine.connect() as conn:
+            return conn.execute(query).scalar()
 
     def audit_events(self, serial: str) -> list[dict]:
         query = select(masa_vouchers).where(masa_vouchers.c.serial == serial).order_by(masa_vouchers.c.id)
@@ -236,6 +254,7 @@ class CloudStore:
     def set_response(self, serial: str, response: str, *, endpoint: str = "main",
                      location: str | None = None, retry_after: int | None = None,
                      times: int | None = None, then: str | None = None) -> None:
+        check_serial_number(serial)
         response = _check_response(response, "cloud response")
         then = _check_response(then, "follow-up response")
         if CloudResponse.REDIRECT in (response, then) and not location:
@@ -360,6 +379,7 @@ class OwnerStore:
         self.engine = open_engine(url, OWNER_METADATA)
 
     def add_pledge(self, serial: str, flow: str) -> None:
+        check_serial_number(serial)
         if flow not in PLEDGE_FLOWS:
             raise DatabaseError(f"flow {flow!r} is not one of {', '.join(PLEDGE_FLOWS)}")
         with self.engine.begin() as conn:

@@ -12,7 +12,8 @@ allowed) of DER; no Content-Transfer-Encoding header is needed or looked at.
       serial number there; its value is then checked against the IDevID);
     * one extensionRequest attribute (1.2.840.113549.1.9.14) holding an
       Extensions with a subjectAltName that lists the dNSName values the
-      CSR must request ("{serial}" in the configuration becomes the serial);
+      CSR must request ("{serial}" in the configuration becomes the serial;
+      a name that comes out invalid is refused, never built);
     * the OBJECT IDENTIFIER of the signature algorithm the pledge should use
       (a hint, as in RFC 7030's example: it is not enforced, since an RSA
       key cannot follow an ECDSA hint).
@@ -42,6 +43,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from pledgeforge.hsm.chain import build_chain, load_certificate_file, load_certificate_files
 from pledgeforge.hsm.errors import CertificateError, UntrustedSignerError
 from pledgeforge.hsm.est_wire import CsrAttributes, certs_only, decode_body, encode_body
+from pledgeforge.hsm.identity_names import IdentityNameError, check_dns_name
 from pledgeforge.hsm.keystore import open_signer
 from pledgeforge.hsm.wellknown import (CERTS_ONLY_MEDIA_TYPE, CSRATTRS_MEDIA_TYPE, EST_PATH, PKCS7_MEDIA_TYPE,
                                        PKCS10_MEDIA_TYPE)
@@ -95,7 +97,20 @@ def signature_algorithm_oid(name: str) -> str:
 
 
 def requested_dns_names(policy: CsrAttrsSettings, serial: str) -> list[str]:
-    return [template.replace("{serial}", serial).lower() for template in policy.san_dns]
+    """The dNSName values a pledge must request: the templates with its serial number.
+
+    The serial number was checked (brski.require_serial) and the templates were checked
+    with a short one (config.py); a long serial can still overflow a label or the name,
+    and then this pledge gets no LDevID rather than one with an invalid name (403)."""
+    names = []
+    for template in policy.san_dns:
+        name = template.replace("{serial}", serial).lower()
+        try:
+            names.append(check_dns_name(name, "dNSName"))
+        except IdentityNameError as exc:
+            raise Refusal(403, f"serial number {serial} does not fit this registrar's dNSName "
+                               f"template {template!r}: {exc}") from None
+    return names
 
 
 def csr_attributes_for(policy: CsrAttrsSettings, serial: str) -> CsrAttributes:
@@ -131,7 +146,14 @@ def check_csr_identity(csr: x509.CertificateSigningRequest, policy: CsrAttrsSett
     if missing:
         raise Refusal(400, f"the CSR does not request the subjectAltName dNSName(s) "
                            f"{', '.join(missing)} that /csrattrs asks for")
-    return wanted if policy.san_dns else have
+    if policy.san_dns:
+        return wanted
+    for name in have:  # no template: the CSR's own names, if they are host names
+        try:
+            check_dns_name(name, "the CSR's dNSName")
+        except IdentityNameError as exc:
+            raise Refusal(400, str(exc)) from None
+    return have
 
 
 # --------------------------------------------------------------------------- the server

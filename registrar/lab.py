@@ -44,7 +44,6 @@ import datetime as dt
 import http.client
 import json
 import os
-import re
 import secrets
 import select
 import signal
@@ -67,6 +66,7 @@ from pledgeforge.hsm import keystore as keystores
 from pledgeforge.hsm.chain import load_certificate_file
 from pledgeforge.hsm.cloud_responses import CloudResponse
 from pledgeforge.hsm.errors import KeyNotFoundError
+from pledgeforge.hsm.identity_names import IdentityNameError, check_serial_number
 from pledgeforge.hsm.keyuri import Pkcs11Uri
 from pledgeforge.hsm.signer import KeyAlgorithm, Signer
 from pledgeforge.hsm.softhsm import SoftHsm
@@ -85,7 +85,6 @@ IDEVID_HANDLE = 0x81020000
 ID_KP_CMC_RA = ObjectIdentifier("1.3.6.1.5.5.7.3.28")
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 10.0
-_SERIAL_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 
 
 class LabError(PledgeforgeError):
@@ -499,8 +498,10 @@ class Lab:
         if kind not in ("tpm", "pkcs11"):
             raise LabError(f"keystore must be tpm or pkcs11, not {kind!r}")
         serial = serial or f"PF-{secrets.token_hex(4).upper()}"
-        if not _SERIAL_RE.fullmatch(serial):
-            raise LabError(f"serial {serial!r} must be 1-63 letters, digits, '.', '_' or '-'")
+        try:  # it names files here and keys in every server's database
+            check_serial_number(serial)
+        except IdentityNameError as exc:
+            raise LabError(str(exc)) from None
         if flow not in ("redirect", "est-domain"):
             raise LabError(f"flow must be redirect or est-domain, not {flow!r}")
         algo = KeyAlgorithm.parse(algorithm)

@@ -15,6 +15,25 @@ cloud registrar. In order, each failure with its status:
    and chains to the owner's domain CA, or to the anchor of a configured cloud
    registrar that may act for this owner.
 
+Before any of that, the source address must have a token in its rate-limit
+bucket (429 + Retry-After otherwise). After step 3, with time checks on, the
+registrar's created-on must lie at most max_request_age_s in the past and
+max_request_future_s in the future (400): a registrar signs its request just
+before sending it and retries within seconds, so what is older is a replay or
+comes from a registrar whose clock is wrong; the allowance is for clock skew.
+
+A repeated request is answered with the voucher already issued for it, byte
+for byte, with no new signature and no new audit record. A request repeats
+an earlier one when the same requester (registrar, or cloud registrar for an
+owner) asks for the same serial number and pinned domain with the same
+nonce. A nonceless request (RFC 8995 5.5: an offline or pre-provisioned
+voucher, with an expires-on) has no nonce to match: its voucher is good for
+any attempt of the pledge until it expires, so it repeats an earlier
+nonceless one to the same requester for the same device while that voucher
+still has more than half of its lifetime left (the registrar never gets one
+about to expire). Only a voucher that is new takes a token from the
+registrar's rate-limit bucket (429 + Retry-After when empty).
+
 The voucher: assertion "logged" (this MASA does not establish proximity),
 the pledge's nonce (or, for a nonceless request, an expires-on), serial-number,
 created-on, pinned-domain-cert = the owner's domain CA, and est-domain /
@@ -26,10 +45,13 @@ requesters with a right to the device (404 for others, as 5.8 says).
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import datetime as dt
 import hashlib
 import logging
+import time
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -49,8 +71,9 @@ from .brski import (PledgeRequest, check_serial, decode_cms_body, nonce_text,
                     parse_request_json, read_pledge_request, verified_signed_json)
 from .config import MasaConfig
 from .db import Device, MasaStore
+from .rate_limit import Limit, TokenBuckets, charge
 from .tls import server_context
-from .web import (Refusal, new_app, read_body, require_acceptable,
+from .web import (Refusal, loggable, new_app, read_body, require_acceptable,
                   require_content_type)
 
 log = logging.getLogger("pledgeforge.registrar.masa")
@@ -95,6 +118,28 @@ class CheckedRequest:
     device: Device
     domain_ca: x509.Certificate
     requester: str
+    #: the registrar's signing certificate (SHA-256): whose rate-limit bucket pays
+    registrar_id: bytes
+
+
+class _KeyedLocks:
+    """One asyncio lock per key, kept only while someone holds or awaits it: two identical
+    requests in flight at once must not both sign (the second waits and finds the first's)."""
+
+    def __init__(self):
+        self._locks: dict[object, list] = {}  # key -> [lock, holders and waiters]
+
+    @contextlib.asynccontextmanager
+    async def hold(self, key):
+        entry = self._locks.setdefault(key, [asyncio.Lock(), 0])
+        entry[1] += 1
+        try:
+            async with entry[0]:
+                yield
+        finally:
+            entry[1] -= 1
+            if entry[1] == 0:
+                del self._locks[key]
 
 
 class Masa:
@@ -107,6 +152,12 @@ class Masa:
         self.manufacturer_cas = load_certificate_files(config.manufacturer_cas, "manufacturer CA")
         self.clouds = [(c, load_certificate_files([c.anchor], "cloud registrar anchor"))
                        for c in config.cloud_registrars]
+        limits = config.rate_limits
+        self.per_address = TokenBuckets(Limit(limits.address_rate_per_s, limits.address_burst),
+                                        limits.tracked_clients)
+        self.per_registrar = TokenBuckets(Limit(limits.registrar_rate_per_s, limits.registrar_burst),
+                                          limits.tracked_clients)
+        self.issuing = _KeyedLocks()
 
     def ssl_context(self):
         # Registrars authenticate by signing their requests (RFC 8995 5.5.4),
@@ -125,14 +176,24 @@ class Masa:
     # ------------------------------------------------------------------ handlers
 
     async def request_voucher(self, request: web.Request) -> web.Response:
+        self.charge_address(request)
         require_content_type(request, VOUCHER_MEDIA_TYPE)
         require_acceptable(request, VOUCHER_MEDIA_TYPE)
         checked = self.check(await read_body(request))
-        voucher = self.issue(checked)
-        log.info("voucher for %s issued to %s", checked.pledge.serial, checked.requester)
+        requester = loggable(checked.requester)
+        async with self.issuing.hold(self.repeat_key(checked)):
+            voucher = self.issued_before(checked)
+            if voucher is not None:
+                log.info("voucher for %s sent again to %s (repeated request)", checked.pledge.serial,
+                         requester)
+            else:
+                charge(self.per_registrar, checked.registrar_id, requester, time.monotonic())
+                voucher = self.issue(checked)
+                log.info("voucher for %s issued to %s", checked.pledge.serial, requester)
         return web.Response(body=voucher, content_type=VOUCHER_MEDIA_TYPE)
 
     async def request_audit_log(self, request: web.Request) -> web.Response:
+        self.charge_address(request)
         require_content_type(request, VOUCHER_MEDIA_TYPE)
         require_acceptable(request, JSON_MEDIA_TYPE)
         try:
@@ -149,6 +210,25 @@ class Masa:
 
     # ------------------------------------------------------------------ checks
 
+    def charge_address(self, request: web.Request) -> None:
+        address = request.remote or "unknown"
+        charge(self.per_address, address, f"address {loggable(address)}", time.monotonic())
+
+    def check_created_on(self, created_on: dt.datetime | None) -> None:
+        """The registrar's created-on within the accepted window (see the module docstring)."""
+        if created_on is None:
+            raise Refusal(400, "the registrar voucher-request has no created-on, so its age cannot "
+                               "be checked; a registrar sets it when it signs (RFC 8995 5.5)")
+        age = (dt.datetime.now(dt.timezone.utc) - created_on).total_seconds()
+        if age > self.config.max_request_age_s:
+            raise Refusal(400, f"the registrar voucher-request was created on {format_date(created_on)}, "
+                               f"{age:.0f} s ago; this MASA accepts requests up to "
+                               f"{self.config.max_request_age_s} s old: send a new one")
+        if -age > self.config.max_request_future_s:
+            raise Refusal(400, f"the registrar voucher-request's created-on {format_date(created_on)} "
+                               f"lies {-age:.0f} s in the future (more than "
+                               f"{self.config.max_request_future_s} s): check the registrar's clock")
+
     def check(self, body: bytes) -> CheckedRequest:
         der = decode_cms_body(body, "registrar voucher-request")
         try:
@@ -160,6 +240,8 @@ class Masa:
         verified = verified_signed_json(der, [signer_cert], check_time=self.config.check_time,
                                         what="registrar voucher-request")
         registrar_request = parse_request_json(verified.content, "registrar voucher-request")
+        if self.config.check_time:
+            self.check_created_on(registrar_request.created_on)
         prior = registrar_request.prior_signed_voucher_request
         if prior is None:
             raise Refusal(400, "the registrar voucher-request lacks prior-signed-voucher-request; "
@@ -173,7 +255,8 @@ class Masa:
             raise Refusal(404, f"device {pledge.serial} is not known to this MASA")
         domain_ca = x509.load_pem_x509_certificate(device.domain_ca_pem.encode())
         requester = self.authorize(signer_cert, embedded, device, domain_ca)
-        return CheckedRequest(pledge, device, domain_ca, requester)
+        return CheckedRequest(pledge, device, domain_ca, requester,
+                              hashlib.sha256(to_der(signer_cert)).digest())
 
     def authorize(self, signer: x509.Certificate, embedded: list[x509.Certificate], device: Device,
                   domain_ca: x509.Certificate) -> str:
@@ -200,6 +283,20 @@ class Masa:
                            f"{device.owner} nor a cloud registrar acting for it")
 
     # ------------------------------------------------------------------ issuing
+
+    def repeat_key(self, checked: CheckedRequest) -> tuple:
+        return (checked.requester, checked.pledge.serial, domain_id(checked.domain_ca),
+                nonce_text(checked.pledge.request))
+
+    def issued_before(self, checked: CheckedRequest) -> bytes | None:
+        """The voucher already issued for this request, if it is a repeat (module docstring)."""
+        requester, serial, domain, nonce = self.repeat_key(checked)
+        issued_after = None
+        if nonce is None:
+            half_life = dt.timedelta(seconds=self.config.nonceless_lifetime_s / 2)
+            issued_after = dt.datetime.now(dt.timezone.utc) - half_life
+        return self.store.issued_voucher(serial=serial, requester=requester, domain_id=domain,
+                                         nonce=nonce, issued_after=issued_after)
 
     def issue(self, checked: CheckedRequest) -> bytes:
         now = dt.datetime.now(dt.timezone.utc)

@@ -21,7 +21,7 @@ from pledgeforge.hsm.x509 import masa_base_url, masa_url_of
 
 from .config import UpstreamSettings
 from .tls import client_context
-from .web import Refusal, media_type
+from .web import Refusal, loggable, media_type
 
 log = logging.getLogger("pledgeforge.registrar.masa_client")
 
@@ -92,8 +92,8 @@ class MasaClient:
                 problem, timed_out = f"no answer within {self.settings.timeout_s:g} s", True
             except aiohttp.ClientError as exc:
                 problem, timed_out = f"{exc.__class__.__name__}: {exc}", False
-            log.warning("MASA %s attempt %d/%d failed: %s", url, attempt + 1, self.settings.attempts,
-                        problem)
+            log.warning("MASA %s attempt %d/%d failed: %s", loggable(url), attempt + 1,
+                        self.settings.attempts, loggable(problem))
         raise Refusal(504 if timed_out else 502,
                       f"could not get a voucher from the MASA at {url} after "
                       f"{self.settings.attempts} attempt(s): {problem}")

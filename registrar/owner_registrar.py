@@ -24,6 +24,7 @@ import logging
 
 from aiohttp import web
 
+from pledgeforge.hsm.identity_names import IdentityNameError, check_file_name, shown
 from pledgeforge.hsm.wellknown import ENROLL_STATUS, REQUEST_VOUCHER, VOUCHER_STATUS
 from pledgeforge.hsm.x509 import to_pem
 
@@ -33,7 +34,7 @@ from .db import OwnerStore
 from .est import EstServer
 from .tls import server_context
 from .voucher_relay import VoucherRelay, voucher_response
-from .web import Refusal, new_app, read_body, require_content_type, text_response
+from .web import Refusal, loggable, new_app, read_body, require_content_type, text_response
 
 log = logging.getLogger("pledgeforge.registrar.owner")
 
@@ -82,15 +83,19 @@ class OwnerRegistrar:
             report = parse_status_report(await read_body(request))
             self.store.record_status(client.serial, kind, report, to_pem(client.certificate).decode())
             log.info("%s from %s (%s): %s %s", kind, client.serial, client.kind, report.status,
-                     report.reason or "")
+                     loggable(report.reason or ""))
             return text_response(200, "status recorded")
         return handler
 
     async def additional_configuration(self, request: web.Request) -> web.Response:
         directory = self.config.est.additional_configuration_dir
         name = request.match_info["name"]
-        path = directory / name if directory and name and not name.startswith(".") else None
-        if path is None or "/" in name or not path.is_file():
-            raise Refusal(404, f"no configuration {name!r}")
+        try:
+            check_file_name(name, "configuration")
+        except IdentityNameError as exc:  # no such file can exist: not found, whatever the name
+            raise Refusal(404, str(exc)) from None
+        path = directory / name if directory else None
+        if path is None or not path.is_file():
+            raise Refusal(404, f"no configuration {shown(name)}")
         return web.Response(body=path.read_bytes(), content_type="application/json"
                             if name.endswith(".json") else "application/octet-stream")

@@ -1,7 +1,8 @@
 """What the three aiohttp servers share: refusals, the client certificate, serving until SIGTERM.
 
 Handlers raise `Refusal(status, message)`; the middleware turns it into the
-plain-text UTF-8 error body RFC 8995 5.6 asks for and logs it. Handlers write
+plain-text UTF-8 error body RFC 8995 5.6 asks for and logs it. Whatever a
+request carries goes into the log through `loggable`. Handlers write
 to their database only after every check passed, so a refusal leaves no trace
 but the log line.
 """
@@ -45,19 +46,31 @@ def text_response(status: int, message: str, headers: dict[str, str] | None = No
                         charset="utf-8", headers=headers)
 
 
+def loggable(value: object) -> str:
+    """Request data for a log line: every character that could end or rewrite the line
+    (control characters, Unicode line separators) escaped as in a Python literal, so
+    that no client can write a line of its own into the log (`%0A` in a path, a newline
+    in a status report's reason)."""
+    text = str(value)
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
+
+
 @web.middleware
 async def refusal_middleware(request: web.Request, handler):
+    path = loggable(request.path)
     try:
         response = await handler(request)
     except Refusal as refusal:
-        log.info("%s %s -> %d %s", request.method, request.path, refusal.status, refusal.message)
+        log.info("%s %s -> %d %s", request.method, path, refusal.status, loggable(refusal.message))
         return text_response(refusal.status, refusal.message, refusal.headers)
     except web.HTTPException:
         raise
     except Exception:  # the pledge gets a 500; the operator gets the traceback
-        log.exception("%s %s failed", request.method, request.path)
+        log.exception("%s %s failed", request.method, path)
         return text_response(500, "internal error; see the server log")
-    log.info("%s %s -> %d", request.method, request.path, response.status)
+    log.info("%s %s -> %d", request.method, path, response.status)
     return response
 
 

@@ -38,12 +38,14 @@ class StandIn:
     cert_path: Path
 
     @classmethod
-    def create(cls, directory: Path, serial: str, issue) -> "StandIn":
-        """`issue(public_key, serial) -> certificate` makes its IDevID."""
+    def create(cls, directory: Path, serial: str, issue, file_stem: str | None = None) -> "StandIn":
+        """`issue(public_key, serial) -> certificate` makes its IDevID; its files are named
+        after the serial unless `file_stem` is given (for serials that are no file name)."""
         key = SoftwareSigner.generate(KeyAlgorithm.EC_P256)
         cert = issue(key.public_key, serial)
         directory.mkdir(parents=True, exist_ok=True)
-        key_path, cert_path = directory / f"{serial}.key", directory / f"{serial}.crt"
+        stem = file_stem or serial
+        key_path, cert_path = directory / f"{stem}.key", directory / f"{stem}.crt"
         key_path.write_bytes(key.private_key.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
         os.chmod(key_path, 0o600)

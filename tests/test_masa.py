@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import time
+from contextlib import contextmanager
 
 import pytest
 from cryptography import x509
@@ -110,22 +111,23 @@ def _wait_for_health(proc: subprocess.Popen, url: str, anchor, timeout: float = 
             pass
 
 
-@pytest.fixture(scope="module")
-def masa(world, softhsm):
+@contextmanager
+def running_masa(world, softhsm, name: str, *, check_time: bool, masa_settings: str = ""):
+    """`pledgeforge masa serve` with the world's keys, its own database and port."""
     tmp = world["tmp"]
     import socket
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    config = tmp / "masa.toml"
+    config = tmp / f"{name}.toml"
     config.write_text(
-        'role = "masa"\ncheck_time = false\n'
+        f'role = "masa"\ncheck_time = {str(check_time).lower()}\n'
         f'[server]\nport = {port}\ntls_cert = "tls.crt"\ntls_key = "tls.key"\n'
-        '[database]\nurl = "sqlite:///masa.sqlite"\n'
+        f'[database]\nurl = "sqlite:///{name}.sqlite"\n'
         f'[hsm]\nsofthsm2_conf = "{softhsm.conf}"\n'
         f'[masa]\nsigning_key = "{world["token"].with_object("masa")}"\nsigning_cert = "masa.crt"\n'
         f'signing_chain = ["mfg.crt"]\nmanufacturer_cas = ["{APPC / "vendor.crt"}", "mfg.crt"]\n'
-        'cloud_registrars = [{ name = "test-cloud", anchor = "cloud.crt" }]\n')
+        'cloud_registrars = [{ name = "test-cloud", anchor = "cloud.crt" }]\n' + masa_settings)
     env = {**os.environ, "SOFTHSM2_CONF": str(softhsm.conf)}
     added = run_cli("masa", "add-owner", "--config", config, "--name", "vector-owner",
                     "--domain-ca", APPC / "ownerca_secp384r1.crt", env=env)
@@ -138,7 +140,7 @@ def masa(world, softhsm):
     url = f"https://127.0.0.1:{port}"
     try:
         _wait_for_health(proc, url, tmp / "web.crt")
-        store = MasaStore(f"sqlite:///{tmp / 'masa.sqlite'}")
+        store = MasaStore(f"sqlite:///{tmp / f'{name}.sqlite'}")
         store.add_owner("test-owner", to_pem(world["owner"].cert).decode())
         store.add_owner("stranger", to_pem(world["stranger"].cert).decode())
         yield dict(url=url, store=store, anchor=tmp / "web.crt", proc=proc)
@@ -153,6 +155,13 @@ def masa(world, softhsm):
     assert proc.returncode == 0, proc.stderr.read().decode()
 
 
+@pytest.fixture(scope="module")
+def masa(world, softhsm):
+    """Time checks off: RFC 8995 C.2.2's request was created (and its certificates expired) long ago."""
+    with running_masa(world, softhsm, "masa", check_time=False) as server:
+        yield server
+
+
 def _post(masa, body: bytes, path: str = REQUEST_VOUCHER, content_type: str = VOUCHER_MEDIA_TYPE,
           accept: str = VOUCHER_MEDIA_TYPE):
     return https(masa["url"] + path, "POST", body, anchors=[masa["anchor"]],
@@ -164,12 +173,15 @@ def _pledge(world, tmp_path, serial: str, issuer=None) -> StandIn:
     return StandIn.create(tmp_path, serial, lambda pub, s: issue_idevid(key, cert, pub, s))
 
 
+NOW = object()
+
+
 def registrar_request(pledge_cms: bytes, party: Party, *, serial: str, nonce: bytes | None = None,
-                      chain=()) -> bytes:
-    """A registrar voucher-request around a pledge's, signed by `party`."""
+                      chain=(), created_on=NOW) -> bytes:
+    """A registrar voucher-request around a pledge's, signed by `party` (created now by default)."""
     request = Voucher(is_request=True, serial_number=serial,
-                      created_on=dt.datetime.now(dt.timezone.utc), nonce=nonce,
-                      prior_signed_voucher_request=pledge_cms)
+                      created_on=dt.datetime.now(dt.timezone.utc) if created_on is NOW else created_on,
+                      nonce=nonce, prior_signed_voucher_request=pledge_cms)
     return sign_cms(request.to_json(), party.key, party.cert, chain)
 
 
@@ -307,3 +319,128 @@ def test_audit_log_is_not_for_registrars_of_other_owners(world, masa, tmp_path):
     body = registrar_request(cms, world["stranger_registrar"], serial="MASA-REF-1", nonce=nonce)
     answer = _post(masa, body, REQUEST_AUDIT_LOG, accept="application/json")
     assert answer.status == 404
+
+
+# --------------------------------------------------------------------------- replays and floods
+
+@pytest.fixture(scope="module")
+def strict_masa(world, softhsm):
+    """Time checks on (this world's certificates are current); each registrar may have three
+    new vouchers, then one more every 5000 s."""
+    settings = ("max_request_age_s = 600\nmax_request_future_s = 300\n"
+                "[masa.rate_limits]\nregistrar_rate_per_s = 0.0002\nregistrar_burst = 3\n")
+    with running_masa(world, softhsm, "strict-masa", check_time=True, masa_settings=settings) as server:
+        yield server
+
+
+def _device(masa, world, tmp_path, serial: str) -> StandIn:
+    masa["store"].set_device(serial, "test-owner")
+    return _pledge(world, tmp_path, serial)
+
+
+def test_repeated_requests_are_answered_with_the_voucher_already_issued(world, strict_masa, tmp_path):
+    registrar = world["owner"].issue("replaying registrar")
+    pledge = _device(strict_masa, world, tmp_path, "REPLAY-1")
+    cms, nonce = pledge.voucher_request()
+    body = registrar_request(cms, registrar, serial="REPLAY-1", nonce=nonce)
+    answers = [_post(strict_masa, body) for _ in range(5)]
+    assert [a.status for a in answers] == [200] * 5, answers[-1].body
+    assert len({a.body for a in answers}) == 1  # one signature, sent five times
+    assert len(strict_masa["store"].audit_events("REPLAY-1")) == 1
+    voucher = Voucher.from_json(_openssl_verify(tmp_path, answers[0].body, world["mfg_cert"]))
+    assert voucher.nonce == nonce
+    # The registrar asking again for the same pledge request (a new signature of its own,
+    # a later created-on) repeats the request too.
+    again = _post(strict_masa, registrar_request(cms, registrar, serial="REPLAY-1", nonce=nonce))
+    assert again.status == 200 and again.body == answers[0].body
+    assert len(strict_masa["store"].audit_events("REPLAY-1")) == 1
+    # A new attempt of the pledge (a new nonce) and another requester each get a voucher of their own.
+    cms2, nonce2 = pledge.voucher_request()
+    fresh = _post(strict_masa, registrar_request(cms2, registrar, serial="REPLAY-1", nonce=nonce2))
+    cloud = _post(strict_masa, registrar_request(cms, world["cloud"], serial="REPLAY-1", nonce=nonce))
+    assert fresh.status == 200 and cloud.status == 200, (fresh.body, cloud.body)
+    assert len({answers[0].body, fresh.body, cloud.body}) == 3
+    assert len(strict_masa["store"].audit_events("REPLAY-1")) == 3
+
+
+def test_identical_requests_in_flight_at_once_get_one_voucher(world, strict_masa, tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    registrar = world["owner"].issue("hasty registrar")
+    pledge = _device(strict_masa, world, tmp_path, "REPLAY-AT-ONCE")
+    cms, nonce = pledge.voucher_request()
+    body = registrar_request(cms, registrar, serial="REPLAY-AT-ONCE", nonce=nonce)
+    with ThreadPoolExecutor(max_workers=5) as pool:
+        answers = list(pool.map(lambda _: _post(strict_masa, body), range(5)))
+    assert [a.status for a in answers] == [200] * 5
+    assert len({a.body for a in answers}) == 1
+    assert len(strict_masa["store"].audit_events("REPLAY-AT-ONCE")) == 1
+
+
+def test_nonceless_requests_repeat_while_the_voucher_has_most_of_its_life(world, strict_masa, tmp_path):
+    registrar = world["owner"].issue("offline registrar")
+    pledge = _device(strict_masa, world, tmp_path, "REPLAY-NONCELESS")
+    bodies = [registrar_request(pledge.voucher_request(nonceless=True)[0], registrar,
+                                serial="REPLAY-NONCELESS") for _ in range(3)]
+    answers = [_post(strict_masa, body) for body in bodies]
+    assert [a.status for a in answers] == [200] * 3
+    assert len({a.body for a in answers}) == 1
+    voucher = Voucher.from_json(_openssl_verify(tmp_path, answers[0].body, world["mfg_cert"]))
+    assert voucher.nonce is None and voucher.expires_on is not None
+    assert len(strict_masa["store"].audit_events("REPLAY-NONCELESS")) == 1
+
+
+def test_created_on_outside_the_accepted_window_is_refused(world, strict_masa, tmp_path):
+    registrar = world["owner"].issue("registrar with a clock")
+    pledge = _device(strict_masa, world, tmp_path, "STALE-1")
+    now = dt.datetime.now(dt.timezone.utc)
+    before = table_contents(strict_masa["store"].engine, MASA_METADATA)
+    for created_on, words in ((now - dt.timedelta(days=30), "s ago"),
+                              (now - dt.timedelta(hours=1), "s ago"),
+                              (now + dt.timedelta(days=1), "in the future"),
+                              (None, "no created-on")):
+        cms, nonce = pledge.voucher_request()
+        answer = _post(strict_masa, registrar_request(cms, registrar, serial="STALE-1", nonce=nonce,
+                                                      created_on=created_on))
+        assert answer.status == 400, f"{created_on}: {answer.status} {answer.body!r}"
+        assert words in answer.body.decode(), answer.body
+    assert table_contents(strict_masa["store"].engine, MASA_METADATA) == before
+    cms, nonce = pledge.voucher_request()
+    assert _post(strict_masa, registrar_request(cms, registrar, serial="STALE-1", nonce=nonce)).status == 200
+
+
+def test_each_registrar_has_a_bounded_rate_of_new_vouchers(world, strict_masa, tmp_path):
+    busy = world["owner"].issue("busy registrar")
+    pledge = _device(strict_masa, world, tmp_path, "RATE-1")
+    requests = []
+    for _ in range(4):
+        cms, nonce = pledge.voucher_request()
+        requests.append(registrar_request(cms, busy, serial="RATE-1", nonce=nonce))
+    answers = [_post(strict_masa, body) for body in requests]
+    assert [a.status for a in answers] == [200, 200, 200, 429], answers[-1].body
+    retry_after = answers[-1].header("retry-after")
+    assert retry_after is not None and int(retry_after) >= 1
+    assert b"too many requests" in answers[-1].body
+    assert len(strict_masa["store"].audit_events("RATE-1")) == 3
+    # What it already has costs nothing; another registrar has its own bucket.
+    repeat = _post(strict_masa, requests[0])
+    assert repeat.status == 200 and repeat.body == answers[0].body
+    cms, nonce = pledge.voucher_request()
+    other = world["owner"].issue("quiet registrar")
+    assert _post(strict_masa, registrar_request(cms, other, serial="RATE-1", nonce=nonce)).status == 200
+
+
+def test_each_source_address_has_a_bounded_request_rate(world, softhsm, tmp_path):
+    settings = "[masa.rate_limits]\naddress_rate_per_s = 0.0002\naddress_burst = 4\n"
+    with running_masa(world, softhsm, "flooded-masa", check_time=True, masa_settings=settings) as masa:
+        masa["store"].set_device("FLOOD-1", "test-owner")
+        pledge = _pledge(world, tmp_path, "FLOOD-1")
+        cms, nonce = pledge.voucher_request()
+        valid = registrar_request(cms, world["registrar"], serial="FLOOD-1", nonce=nonce)
+        statuses = [_post(masa, b"garbage").status for _ in range(4)]
+        assert statuses == [400] * 4  # refused, but each took a token
+        answer = _post(masa, valid)
+        assert answer.status == 429, answer.body
+        assert int(answer.header("retry-after")) >= 1
+        assert _post(masa, valid, REQUEST_AUDIT_LOG, accept="application/json").status == 429
+        assert masa["store"].audit_events("FLOOD-1") == []

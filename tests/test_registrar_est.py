@@ -145,3 +145,64 @@ def test_relative_paths_and_sqlite_files_are_taken_from_the_config_directory(tmp
     assert config.check_time is False
     assert config.cloud_registrars[0].acts_for == ("o",)
     assert config.manufacturer_cas == (tmp_path / "mfg.crt",)
+
+
+def test_masa_limits_and_names_are_checked_when_the_configuration_is_read(tmp_path):
+    for name in ("tls.crt", "tls.key", "masa.crt", "mfg.crt"):
+        (tmp_path / name).write_text("x")
+    base = ('role = "masa"\n[server]\nport = 0\ntls_cert = "tls.crt"\ntls_key = "tls.key"\n'
+            '[database]\nurl = "sqlite:///masa.sqlite"\n'
+            '[masa]\nsigning_key = "pkcs11:token=t;object=k"\nsigning_cert = "masa.crt"\n'
+            'manufacturer_cas = ["mfg.crt"]\n')
+    config = load_config(_write(tmp_path, base))
+    assert (config.max_request_age_s, config.max_request_future_s) == (600, 300)
+    assert config.rate_limits.registrar_burst == 100 and config.rate_limits.tracked_clients == 10_000
+    config = load_config(_write(tmp_path, base + "max_request_age_s = 60\n"
+                                "[masa.rate_limits]\naddress_rate_per_s = 0.5\naddress_burst = 2\n"))
+    assert config.max_request_age_s == 60
+    assert (config.rate_limits.address_rate_per_s, config.rate_limits.address_burst) == (0.5, 2)
+    for extra, problem in [
+        ("max_request_age = 60\n", r"masa.max_request_age is not a known setting"),
+        ("max_request_future_s = -1\n", r"masa.max_request_future_s must be greater than 0"),
+        ("[masa.rate_limits]\nregistrar_burts = 5\n", r"masa.rate_limits.registrar_burts is not a known"),
+        ("[masa.rate_limits]\nregistrar_rate_per_s = 0\n", r"registrar_rate_per_s must be greater than 0"),
+        ('cloud_registrars = [{ name = "bad\\nname", anchor = "masa.crt" }]\n',
+         r"cloud_registrars\[0\].name is not valid"),
+    ]:
+        with pytest.raises(ConfigError, match=problem):
+            load_config(_write(tmp_path, base + extra))
+
+
+def test_registrar_names_and_dns_templates_are_checked_when_the_configuration_is_read(tmp_path):
+    for name in ("tls.crt", "tls.key", "signer.crt", "mfg.crt", "web.crt", "ca.crt"):
+        (tmp_path / name).write_text("x")
+    base = ('role = "owner"\n[server]\nport = 0\ntls_cert = "tls.crt"\ntls_key = "tls.key"\n'
+            '[database]\nurl = "sqlite:///owner.sqlite"\n'
+            '[registrar]\nsigning_key = "pkcs11:token=t;object=k"\nsigning_cert = "signer.crt"\n'
+            'manufacturer_cas = ["mfg.crt"]\nmasa_anchors = ["web.crt"]\n'
+            '[est]\nca_key = "pkcs11:token=t;object=ca"\nca_cert = "ca.crt"\n[est.csrattrs]\n')
+    good = load_config(_write(tmp_path, base + 'san_dns = ["{serial}.pledges.example", "x-{serial}"]\n'))
+    assert good.est.csrattrs.san_dns == ("{serial}.pledges.example", "x-{serial}")
+    for template in ("{serial}..example", "{serial}/x", "_{serial}.example", "{serial}.-x"):
+        with pytest.raises(ConfigError, match=r"est.csrattrs.san_dns entry .* does not make a DNS name"):
+            load_config(_write(tmp_path, base + f'san_dns = ["{template}"]\n'))
+    with pytest.raises(ConfigError, match=r"server.extra_ports.* is not valid"):
+        load_config(_write(tmp_path, base.replace("port = 0\n", 'port = 0\nextra_ports = { "a/b" = 1 }\n')))
+
+
+def test_dns_names_from_templates_are_valid_or_refused():
+    long_serial = "A" * 60
+    assert csr_attributes_for(POLICY, long_serial).subject_alt_names == [
+        x509.DNSName(f"{long_serial.lower()}.pledges.example")]
+    too_long = CsrAttrsSettings(subject=("CN",), san_dns=("pledge-{serial}.example",))
+    with pytest.raises(Refusal) as refused:
+        csr_attributes_for(too_long, long_serial)
+    assert refused.value.status == 403 and "label" in refused.value.message
+
+
+def test_without_templates_the_csr_names_are_certified_only_if_they_are_host_names():
+    policy = CsrAttrsSettings(subject=("CN",))
+    assert check_csr_identity(_csr("CN=x", ["Dev-1.example"]), policy, "SN-1") == ["dev-1.example"]
+    with pytest.raises(Refusal) as refused:
+        check_csr_identity(_csr("CN=x", ["../../etc.example"]), policy, "SN-1")
+    assert refused.value.status == 400 and "dNSName" in refused.value.message

@@ -7,6 +7,7 @@ import click
 from pledgeforge.hsm import keystore
 from pledgeforge.hsm import x509 as hx509
 from pledgeforge.hsm.chain import load_certificate_file
+from pledgeforge.hsm.identity_names import check_serial_number
 
 from .common import key_uri, pin_env_option, read_input, write_output
 
@@ -33,13 +34,15 @@ def init(uri, subject, days, out, pin_env):
 @click.option("--ca-key", "ca_uri", required=True, help="the CA key's URI")
 @click.option("--ca-cert", required=True, type=click.Path(dir_okay=False))
 @click.option("--csr", "csr_path", required=True, type=click.Path(dir_okay=False))
-@click.option("--serial", required=True, help="device serial number (subject serialNumber)")
+@click.option("--serial", required=True,
+              help="device serial number (subject serialNumber): up to 64 letters, digits, '-' and '.'")
 @click.option("--masa-url", help="id-pe-masa-url, e.g. masa.example.com:9443")
 @click.option("--hw-type", help="hardwareModuleName type OID (adds the otherName SAN)")
 @click.option("--out", required=True, help="IDevID certificate (PEM)")
 @pin_env_option
 def issue_idevid(ca_uri, ca_cert, csr_path, serial, masa_url, hw_type, out, pin_env):
     """Issue an IEEE 802.1AR IDevID for a CSR whose key lives in the device."""
+    check_serial_number(serial, "serial number (--serial)")  # before the HSM is opened
     ca_signer = keystore.open_signer(key_uri(ca_uri, pin_env))
     cert = load_certificate_file(ca_cert, "CA certificate")[0]
     csr = hx509.load_csr(read_input(csr_path, "CSR"))
