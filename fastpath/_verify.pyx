@@ -2291,6 +2291,10 @@ cdef int cms_signature_scheme(const Cms *m, int *scheme, int *hash_id) noexcept 
     if a.oid.vlen == 6 and memcmp(a.oid.val, PF_OID_ECDSA, 6) == 0:
         scheme[0] = S_ECDSA
         hash_id[0] = m.digest_hash
+    elif oid_is(&a.oid, PF_OID_EC_PUBKEY, 7):
+        # id-ecPublicKey, as deployed pledges write it: ECDSA with the digestAlgorithm's hash
+        scheme[0] = S_ECDSA
+        hash_id[0] = m.digest_hash
     elif a.oid.vlen == 7 and memcmp(a.oid.val, PF_OID_ECDSA, 6) == 0 and a.oid.val[6] == 0x01:
         return -1                                       # ecdsa-with-SHA1
     elif a.oid.vlen == 8 and memcmp(a.oid.val, PF_OID_ECDSA, 6) == 0 and a.oid.val[6] == 0x03 \
