@@ -1084,6 +1084,9 @@ cdef struct Cert:
     bint has_ski
     const uint8_t *ski
     size_t ski_len
+    bint has_akid               # authorityKeyIdentifier with a keyIdentifier
+    const uint8_t *akid
+    size_t akid_len
     # public key
     EVP_PKEY *pkey
     int key_kind
@@ -1252,6 +1255,7 @@ cdef void cert_read_extensions(Cert *c) noexcept nogil:
     c.ext_ok = True
     c.is_ca = False
     c.has_ski = False
+    c.has_akid = False
     if c.extensions.tag == 0:
         # X.509 v1 certificates predate extensions; they count as CAs.
         c.is_ca = c.version == 0
@@ -1374,7 +1378,10 @@ cdef int ext_value_check(const Tlv *oid, const Tlv *octets, Cert *c) noexcept no
         if v.tag != 0x30:
             return -1
         cur_init(&w, &v)
-        cur_take(&w, &t, 0x80)                  # keyIdentifier: not read
+        if cur_take(&w, &t, 0x80):              # keyIdentifier
+            c.has_akid = True
+            c.akid = t.val
+            c.akid_len = t.vlen
         if cur_take(&w, &t, 0xa1):
             t.tag = 0x30
             if general_names_check(&t) < 0:
@@ -1806,13 +1813,29 @@ cdef struct Chain:
 
 cdef int issued_by(Chain *ch, Cert *child, Cert *parent) noexcept nogil:
     """hsm.chain._issued_by: names compared as text first (both must decode), then the
-    exact issuer/subject encodings and the signature."""
+    exact issuer/subject encodings and the signature, then the key identifiers."""
+    cdef int r
     if not child.issuer_decodable or not parent.subject_decodable:
         return CH_UNREADABLE
     if child.issuer.tlen != parent.subject.tlen or \
             memcmp(child.issuer.hdr, parent.subject.hdr, child.issuer.tlen) != 0:
         return CH_NONE
-    return signed_by(ch.w, child, parent)
+    r = signed_by(ch.w, child, parent)
+    if r != 1:
+        return r
+    # OpenSSL's X509_check_akid (X509_V_ERR_AKID_SKID_MISMATCH): the child's
+    # authorityKeyIdentifier keyIdentifier must equal the parent's subjectKeyIdentifier
+    # when both are present. The reference reads the parent's extensions only when the
+    # child names a key.
+    if not child.ext_ok:
+        return CH_UNREADABLE
+    if child.has_akid:
+        if not parent.ext_ok:
+            return CH_UNREADABLE
+        if parent.has_ski and (parent.ski_len != child.akid_len or
+                               memcmp(parent.ski, child.akid, child.akid_len) != 0):
+            return CH_NONE
+    return 1
 
 
 cdef inline bint in_time(EngineC *e, Cert *c) noexcept nogil:
