@@ -268,8 +268,9 @@ cdef bint der_framed(const uint8_t *p, size_t n) noexcept nogil:
     """Whether the item is DER-framed: exactly one element; every element, through
     every constructed one, read by der_read (low tag number, definite minimal length);
     universal constructed elements only SEQUENCE and SET (no BER constructed strings);
-    at most MAX_NESTING constructed elements deep. pledgeforge.fastpath.reference
-    applies the same rule before the reference verifier, which also reads BER."""
+    at most MAX_NESTING constructed elements deep. pledgeforge.fastpath.der_framing
+    applies the same rule before the reference verifier (which also reads BER) and in
+    the stream reader."""
     cdef size_t ends[MAX_NESTING]
     cdef int depth = 0
     cdef size_t pos = 0, limit
