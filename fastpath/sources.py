@@ -8,7 +8,7 @@ from typing import BinaryIO, Iterable, Iterator, NamedTuple
 
 from pledgeforge.errors import PledgeforgeError
 
-from .der_framing import children, der_framed, element_header
+from .der_framing import children, der_framed
 
 #: Larger objects are not vouchers, requests or certificates; refusing them bounds memory.
 MAX_ITEM_BYTES = 16 * 1024 * 1024
