@@ -10,6 +10,8 @@ from __future__ import annotations
 import base64
 import json
 
+from pledgeforge.errors import PledgeforgeError
+
 from .console import ResetRequested
 from .shell import BUILTINS, CommandContext, CommandRegistry
 
@@ -128,12 +130,11 @@ def _voucher_content(voucher: bytes):
         return json.loads(voucher)
     except ValueError:
         pass
-    try:
-        from asn1crypto import cms
+    from pledgeforge.hsm.cms import unverified_content
 
-        info = cms.ContentInfo.load(voucher)
-        return json.loads(info["content"]["encap_content_info"]["content"].native)
-    except Exception:   # anything unparseable is shown as base64 instead
+    try:
+        return json.loads(unverified_content(voucher))
+    except (PledgeforgeError, ValueError):  # anything unparseable is shown as base64 instead
         return None
 
 

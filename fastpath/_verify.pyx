@@ -268,8 +268,9 @@ cdef bint der_framed(const uint8_t *p, size_t n) noexcept nogil:
     """Whether the item is DER-framed: exactly one element; every element, through
     every constructed one, read by der_read (low tag number, definite minimal length);
     universal constructed elements only SEQUENCE and SET (no BER constructed strings);
-    at most MAX_NESTING constructed elements deep. pledgeforge.fastpath.reference
-    applies the same rule before the reference verifier, which also reads BER."""
+    at most MAX_NESTING constructed elements deep. pledgeforge.fastpath.der_framing
+    applies the same rule before the reference verifier (which also reads BER) and in
+    the stream reader."""
     cdef size_t ends[MAX_NESTING]
     cdef int depth = 0
     cdef size_t pos = 0, limit
@@ -1084,6 +1085,9 @@ cdef struct Cert:
     bint has_ski
     const uint8_t *ski
     size_t ski_len
+    bint has_akid               # authorityKeyIdentifier with a keyIdentifier
+    const uint8_t *akid
+    size_t akid_len
     # public key
     EVP_PKEY *pkey
     int key_kind
@@ -1252,6 +1256,7 @@ cdef void cert_read_extensions(Cert *c) noexcept nogil:
     c.ext_ok = True
     c.is_ca = False
     c.has_ski = False
+    c.has_akid = False
     if c.extensions.tag == 0:
         # X.509 v1 certificates predate extensions; they count as CAs.
         c.is_ca = c.version == 0
@@ -1374,7 +1379,10 @@ cdef int ext_value_check(const Tlv *oid, const Tlv *octets, Cert *c) noexcept no
         if v.tag != 0x30:
             return -1
         cur_init(&w, &v)
-        cur_take(&w, &t, 0x80)                  # keyIdentifier: not read
+        if cur_take(&w, &t, 0x80):              # keyIdentifier
+            c.has_akid = True
+            c.akid = t.val
+            c.akid_len = t.vlen
         if cur_take(&w, &t, 0xa1):
             t.tag = 0x30
             if general_names_check(&t) < 0:
@@ -1806,13 +1814,29 @@ cdef struct Chain:
 
 cdef int issued_by(Chain *ch, Cert *child, Cert *parent) noexcept nogil:
     """hsm.chain._issued_by: names compared as text first (both must decode), then the
-    exact issuer/subject encodings and the signature."""
+    exact issuer/subject encodings and the signature, then the key identifiers."""
+    cdef int r
     if not child.issuer_decodable or not parent.subject_decodable:
         return CH_UNREADABLE
     if child.issuer.tlen != parent.subject.tlen or \
             memcmp(child.issuer.hdr, parent.subject.hdr, child.issuer.tlen) != 0:
         return CH_NONE
-    return signed_by(ch.w, child, parent)
+    r = signed_by(ch.w, child, parent)
+    if r != 1:
+        return r
+    # OpenSSL's X509_check_akid (X509_V_ERR_AKID_SKID_MISMATCH): the child's
+    # authorityKeyIdentifier keyIdentifier must equal the parent's subjectKeyIdentifier
+    # when both are present. The reference reads the parent's extensions only when the
+    # child names a key.
+    if not child.ext_ok:
+        return CH_UNREADABLE
+    if child.has_akid:
+        if not parent.ext_ok:
+            return CH_UNREADABLE
+        if parent.has_ski and (parent.ski_len != child.akid_len or
+                               memcmp(parent.ski, child.akid, child.akid_len) != 0):
+            return CH_NONE
+    return 1
 
 
 cdef inline bint in_time(EngineC *e, Cert *c) noexcept nogil:
@@ -2289,6 +2313,10 @@ cdef int cms_signature_scheme(const Cms *m, int *scheme, int *hash_id) noexcept 
     a.params = g[1]
     hash_id[0] = H_NONE
     if a.oid.vlen == 6 and memcmp(a.oid.val, PF_OID_ECDSA, 6) == 0:
+        scheme[0] = S_ECDSA
+        hash_id[0] = m.digest_hash
+    elif oid_is(&a.oid, PF_OID_EC_PUBKEY, 7):
+        # id-ecPublicKey, as deployed pledges write it: ECDSA with the digestAlgorithm's hash
         scheme[0] = S_ECDSA
         hash_id[0] = m.digest_hash
     elif a.oid.vlen == 7 and memcmp(a.oid.val, PF_OID_ECDSA, 6) == 0 and a.oid.val[6] == 0x01:

@@ -97,7 +97,8 @@ class BulkVerifier:
 
     def verify(self, source, *, certificates: bool = False) -> Iterator[ItemResult]:
         """Results for a list of bytes, a directory, or a file of concatenated DER."""
-        return self.verify_items(items_from(source), certificates=certificates)
+        return self.verify_items(items_from(source, certificates=certificates),
+                                 certificates=certificates)
 
 
 def verify_bulk(source, anchors: Sequence[x509.Certificate | bytes], *,

@@ -25,7 +25,11 @@ from pledgeforge.hsm.errors import (BadSignatureError, DigestMismatchError,
                                     ExpiredCertificateError, MalformedCmsError,
                                     UnexpectedContentTypeError, UntrustedSignerError)
 
+from .der_framing import MAX_NESTING, der_framed
 from .results import Result
+
+__all__ = ["MAX_NESTING", "der_framed", "subject_serial", "verify_certificate_item",
+           "verify_cms_item"]
 
 # Most specific first: ExpiredCertificateError is an UntrustedSignerError.
 _CODES = (
@@ -36,58 +40,6 @@ _CODES = (
     (ExpiredCertificateError, Result.EXPIRED),
     (UntrustedSignerError, Result.UNTRUSTED_SIGNER),
 )
-
-
-#: Constructed elements inside each other in one item; deeper is MALFORMED.
-MAX_NESTING = 64
-
-
-def _header(data: bytes, pos: int, limit: int) -> tuple[int, int, int] | None:
-    """(identifier, header length, content length) of a DER element within limit."""
-    if limit - pos < 2 or data[pos] & 0x1F == 0x1F:
-        return None
-    first = data[pos + 1]
-    if first < 0x80:
-        header, length = 2, first
-    else:
-        count = first & 0x7F
-        if count == 0 or count > 4 or limit - pos < 2 + count or data[pos + 2] == 0:
-            return None                         # indefinite, too long, or padded
-        length = int.from_bytes(data[pos + 2:pos + 2 + count], "big")
-        if length < 0x80:
-            return None                         # long form where the short one fits
-        header = 2 + count
-    if length > limit - pos - header:
-        return None
-    return data[pos], header, length
-
-
-def der_framed(data: bytes) -> bool:
-    """Exactly one element; every element, through every constructed one, with a low
-    tag number and a definite, minimal length; universal constructed elements only
-    SEQUENCE and SET; at most MAX_NESTING constructed elements deep."""
-    ends: list[int] = []
-    pos = 0
-    if not data:
-        return False
-    while True:
-        while ends and pos == ends[-1]:
-            ends.pop()
-        if not ends and pos > 0:
-            return pos == len(data)
-        parsed = _header(data, pos, ends[-1] if ends else len(data))
-        if parsed is None:
-            return False
-        tag, header, length = parsed
-        if tag & 0x20:
-            if tag & 0xC0 == 0 and tag not in (0x30, 0x31):
-                return False                    # a BER constructed string
-            if len(ends) == MAX_NESTING:
-                return False
-            ends.append(pos + header + length)
-            pos += header
-        else:
-            pos += header + length
 
 
 def _code(exc: Exception) -> Result:

@@ -4,8 +4,9 @@ BRSKI trusts exactly the anchors it is given (a manufacturer CA, a
 pinned-domain-cert), not a system store, and must be able to check a path at
 a given time or with time checks off (the published test vectors expired
 years ago). The rules are those `openssl verify -partial_chain` applies to
-such paths: issuer name match, signature, CA basicConstraints on every issuer
-that is not the anchor itself, validity of every certificate when asked.
+such paths: issuer name match, authorityKeyIdentifier against the issuer's
+subjectKeyIdentifier, signature, CA basicConstraints on every issuer that is
+not the anchor itself, validity of every certificate when asked.
 """
 
 from __future__ import annotations
@@ -14,12 +15,34 @@ import datetime as dt
 from typing import Iterable, Sequence
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
 from .errors import CertificateError, ExpiredCertificateError, UntrustedSignerError
 
 MAX_DEPTH = 8
+
+#: What cryptography raises for a certificate it cannot read lazily (a name, an
+#: extension, a key): the path cannot be judged, which is not "untrusted".
+_UNREADABLE = (ValueError, TypeError, UnsupportedAlgorithm, x509.DuplicateExtension)
+
+
+def _key_identifiers_agree(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    """OpenSSL's X509_check_akid for key identifiers: when the certificate's
+    authorityKeyIdentifier has a keyIdentifier and the issuer has a
+    subjectKeyIdentifier, they must be equal (else X509_V_ERR_AKID_SKID_MISMATCH).
+    The issuer's extensions are read only when the certificate names a key."""
+    try:
+        aki = cert.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value.key_identifier
+    except x509.ExtensionNotFound:
+        return True
+    if aki is None:
+        return True
+    try:
+        ski = issuer.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
+    except x509.ExtensionNotFound:
+        return True
+    return aki == ski
 
 
 def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
@@ -29,7 +52,9 @@ def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
         cert.verify_directly_issued_by(issuer)
     except (InvalidSignature, ValueError, TypeError):
         return False
-    return True
+    # Signed by this key, yet OpenSSL does not take it as the issuer when the key
+    # identifiers disagree; extensions are read only once the signature holds.
+    return _key_identifiers_agree(cert, issuer)
 
 
 def _is_ca(cert: x509.Certificate) -> bool:
@@ -98,14 +123,19 @@ def build_chain(
                     return found
         return None
 
-    found = extend([leaf])
-    if found:
-        return found
-    if time_problem:
-        raise ExpiredCertificateError(time_problem)
-    raise UntrustedSignerError(
-        f"certificate {leaf.subject.rfc4514_string() or '(empty subject)'} does not chain to any of "
-        f"{len(anchors)} trust anchor(s)")
+    try:
+        found = extend([leaf])
+        if found:
+            return found
+        if time_problem:
+            raise ExpiredCertificateError(time_problem)
+        leaf_name = leaf.subject.rfc4514_string() or "(empty subject)"
+    except _UNREADABLE as exc:
+        # A name, an extension or a key on the way that cryptography cannot read.
+        raise CertificateError(f"a certificate on the path to the trust anchors cannot be read: "
+                               f"{exc}") from None
+    raise UntrustedSignerError(f"certificate {leaf_name} does not chain to any of "
+                               f"{len(anchors)} trust anchor(s)")
 
 
 def load_certificates(data: bytes, what: str = "certificate file") -> list[x509.Certificate]:

@@ -4,6 +4,12 @@ Vouchers and voucher-requests are SignedData over JSON. RFC 8366 §5.4 names
 the eContentType id-ct-animaJSONVoucher; every published implementation emits
 id-data. We emit the RFC's by default and accept both.
 
+Versions (RFC 5652 §5.1, §5.3): we write SignedData version 3 when the
+eContentType is not id-data (version 1 otherwise), and the SignerInfo version
+that goes with its sid form (1 for issuerAndSerialNumber, 3 for
+subjectKeyIdentifier). Reading, the version is not judged, as OpenSSL does not:
+older implementations write version 1 with id-ct-animaJSONVoucher.
+
 Verification runs its checks in a fixed order so every failure has one name
 (the fastpath reproduces the same order item by item):
 malformed -> content type -> message digest -> signature -> chain (untrusted / expired).
@@ -22,12 +28,14 @@ from typing import Iterable, Sequence
 from asn1crypto import algos, cms, core
 from asn1crypto import x509 as asn1_x509
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
+from .asn1_messages import asn1_problem
 from .chain import build_chain
-from .errors import (BadSignatureError, CmsError, DigestMismatchError, MalformedCmsError,
-                     UnexpectedContentTypeError)
+from .errors import (BadSignatureError, CertificateError, CmsError, DigestMismatchError,
+                     MalformedCmsError, UnexpectedContentTypeError)
 from .signer import Padding, Signer, verify_signature
 
 ID_DATA = "1.2.840.113549.1.7.1"
@@ -35,13 +43,19 @@ ID_CT_ANIMA_JSON_VOUCHER = "1.2.840.113549.1.9.16.1.40"
 ACCEPTED_CONTENT_TYPES = (ID_DATA, ID_CT_ANIMA_JSON_VOUCHER)
 CONTENT_TYPES = {"voucher": ID_CT_ANIMA_JSON_VOUCHER, "data": ID_DATA}
 
-# Teach asn1crypto the voucher content type so its eContent parses as the
-# OCTET STRING it is (unknown types fall back to an untyped value).
+# Teach asn1crypto the voucher content type. A version-1 SignedData is read
+# with PKCS #7's ContentInfo, whose content is untyped unless the type is
+# known: there the voucher's eContent is the OCTET STRING it is. Other
+# versions are read with CMS's EncapsulatedContentInfo, whose eContent is
+# already an OCTET STRING: a spec there would look for a second one inside it.
 if ID_CT_ANIMA_JSON_VOUCHER not in cms.ContentType._map:
     cms.ContentType._map[ID_CT_ANIMA_JSON_VOUCHER] = "anima_json_voucher"
     cms.ContentType._reverse_map = None
     cms.ContentInfo._oid_specs["anima_json_voucher"] = core.OctetString
-    cms.EncapsulatedContentInfo._oid_specs["anima_json_voucher"] = core.OctetString
+
+#: SignerInfo signatureAlgorithm id-ecPublicKey: deployed pledges send it with a
+#: SHA-2 digestAlgorithm, and OpenSSL verifies it as ECDSA with that hash.
+ID_EC_PUBLIC_KEY = "1.2.840.10045.2.1"
 
 _DIGESTS = {"sha256", "sha384", "sha512"}
 _EC_SIG_ALGS = {"sha256": "sha256_ecdsa", "sha384": "sha384_ecdsa", "sha512": "sha512_ecdsa"}
@@ -116,10 +130,11 @@ def sign_cms(
     signature = signer.sign(signed_attrs.dump(), hash_name, pad)
 
     asn1_cert = asn1_x509.Certificate.load(cert.public_bytes(serialization.Encoding.DER))
+    sid = cms.SignerIdentifier({"issuer_and_serial_number": cms.IssuerAndSerialNumber({
+        "issuer": asn1_cert.issuer, "serial_number": asn1_cert.serial_number})})
     signer_info = cms.SignerInfo({
-        "version": "v1",
-        "sid": cms.SignerIdentifier({"issuer_and_serial_number": cms.IssuerAndSerialNumber({
-            "issuer": asn1_cert.issuer, "serial_number": asn1_cert.serial_number})}),
+        "version": _SIGNER_INFO_VERSION[sid.name],
+        "sid": sid,
         "digest_algorithm": {"algorithm": hash_name},
         "signed_attrs": signed_attrs,
         "signature_algorithm": _signature_algorithm(signer, hash_name, pad),
@@ -128,7 +143,7 @@ def sign_cms(
     certs = [asn1_cert] + [asn1_x509.Certificate.load(c.public_bytes(serialization.Encoding.DER))
                            for c in chain]
     signed_data = cms.SignedData({
-        "version": "v1",
+        "version": _signed_data_version(ct_oid, [signer_info]),
         "digest_algorithms": [{"algorithm": hash_name}],
         "encap_content_info": {"content_type": ct_oid, "content": content},
         "certificates": certs,
@@ -137,9 +152,29 @@ def sign_cms(
     return cms.ContentInfo({"content_type": "signed_data", "content": signed_data}).dump()
 
 
+#: RFC 5652 §5.3: the SignerInfo version follows the form of its sid.
+_SIGNER_INFO_VERSION = {"issuer_and_serial_number": "v1", "subject_key_identifier": "v3"}
+
+
+def _signed_data_version(econtent_type: str, signer_infos: Sequence[cms.SignerInfo]) -> str:
+    """RFC 5652 §5.1 for what we write (certificates only, no CRLs of other formats):
+    3 when eContentType is not id-data or a SignerInfo is version 3, else 1."""
+    if econtent_type != ID_DATA or any(si["version"].native == "v3" for si in signer_infos):
+        return "v3"
+    return "v1"
+
+
 # --------------------------------------------------------------------------- input
 
 _PEM_RE = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----(.*?)-----END \1-----", re.S)
+
+
+_PEM_CMS_LABELS = {b"CMS", b"PKCS7", b"PKCS #7 SIGNED DATA"}
+
+
+def _json_text(data: bytes) -> bool:
+    """Whether the input is JSON text: what an unsigned voucher looks like."""
+    return data.lstrip()[:1] in (b"{", b"[")
 
 
 def load_cms_input(data: bytes) -> bytes:
@@ -147,7 +182,12 @@ def load_cms_input(data: bytes) -> bytes:
     stripped = data.strip()
     if stripped[:1] == b"\x30":
         return data
+    if _json_text(stripped):
+        raise MalformedCmsError("expected a CMS SignedData (DER, PEM or base64), got JSON text: "
+                                "unsigned vouchers and voucher-requests are not accepted")
     match = _PEM_RE.search(stripped)
+    if match and match.group(1) not in _PEM_CMS_LABELS:
+        raise MalformedCmsError(f"expected a CMS SignedData, got a PEM {match.group(1).decode()}")
     body = match.group(2) if match else stripped
     try:
         der = base64.b64decode(b"".join(body.split()), validate=True)
@@ -175,6 +215,9 @@ class _Parsed:
 
 
 def _parse(der: bytes, extra_certs: Iterable[x509.Certificate]) -> _Parsed:
+    if _json_text(der):
+        raise MalformedCmsError("expected a DER CMS SignedData, got JSON text: unsigned vouchers "
+                                "and voucher-requests are not accepted")
     try:
         info = cms.ContentInfo.load(der, strict=True)
         if info["content_type"].dotted != "1.2.840.113549.1.7.2":
@@ -213,17 +256,25 @@ def _parse(der: bytes, extra_certs: Iterable[x509.Certificate]) -> _Parsed:
             raise MalformedCmsError(f"unsupported digest algorithm {digest_name}")
         signed_attrs_der = b"\x31" + signed_attrs.dump()[1:]
         embedded = []
-        for choice in sd["certificates"] or []:
+        for number, choice in enumerate(sd["certificates"] or [], 1):
             if choice.name == "certificate":
-                embedded.append(x509.load_der_x509_certificate(choice.chosen.dump()))
+                embedded.append(_embedded_certificate(choice, number))
         sid = si["sid"]
     except MalformedCmsError:
         raise
     except (ValueError, TypeError, KeyError, AttributeError, IndexError, OverflowError) as exc:
-        raise MalformedCmsError(f"not a well-formed CMS SignedData: {exc}") from None
+        raise MalformedCmsError(f"not a well-formed CMS SignedData: {asn1_problem(exc)}") from None
     signer_cert = _find_signer(sid, embedded + list(extra_certs))
     return _Parsed(content, econtent_type, si, signed_attrs_der, attr_content_type,
                    message_digest, digest_name, signer_cert, embedded, signing_time)
+
+
+def _embedded_certificate(choice, number: int) -> x509.Certificate:
+    try:
+        return x509.load_der_x509_certificate(choice.chosen.dump())
+    except ValueError as exc:
+        raise MalformedCmsError(f"certificate {number} of the SignedData is not a readable "
+                                f"X.509 certificate ({asn1_problem(exc)})") from None
 
 
 def _econtent(encap) -> bytes:
@@ -258,8 +309,8 @@ def _find_signer(sid: cms.SignerIdentifier, candidates: list[x509.Certificate]) 
             for cert in candidates:
                 if _ski(cert) == key_id:
                     return cert
-    except (ValueError, TypeError) as exc:
-        raise MalformedCmsError(f"unreadable signer identifier: {exc}") from None
+    except (ValueError, TypeError, x509.DuplicateExtension) as exc:
+        raise MalformedCmsError(f"unreadable signer identifier: {asn1_problem(exc)}") from None
     raise MalformedCmsError("the signer's certificate is neither in the CMS nor among the extra certificates")
 
 
@@ -286,6 +337,10 @@ def _signature_params(si: cms.SignerInfo, digest_name: str, public_key) -> tuple
     elif name == "ed25519":
         wanted = ed25519.Ed25519PublicKey
         hash_name, pad = digest_name, Padding.PKCS1V15
+    elif alg["algorithm"].dotted == ID_EC_PUBLIC_KEY:
+        name = "id-ecPublicKey"
+        wanted = ec.EllipticCurvePublicKey
+        hash_name, pad = digest_name, Padding.PKCS1V15
     else:
         raise MalformedCmsError(f"unsupported signature algorithm {alg['algorithm'].dotted}")
     if hash_name not in _DIGESTS:
@@ -307,11 +362,14 @@ def verify_cms(
     """Verify a SignedData and its signer's chain to `anchors`; raise the CmsError that names the failure."""
     extra = list(extra_certs)
     p = _parse(der, extra)
-    public_key = p.signer_cert.public_key()
+    try:
+        public_key = p.signer_cert.public_key()
+    except (ValueError, UnsupportedAlgorithm) as exc:
+        raise MalformedCmsError(f"the signer's public key cannot be used: {exc}") from None
     try:
         hash_name, pad = _signature_params(p.signer_info, p.digest_name, public_key)
     except (ValueError, TypeError, KeyError) as exc:
-        raise MalformedCmsError(f"unreadable signature algorithm: {exc}") from None
+        raise MalformedCmsError(f"unreadable signature algorithm: {asn1_problem(exc)}") from None
 
     if p.econtent_type not in accept_content_types:
         raise UnexpectedContentTypeError(f"unexpected content type {p.econtent_type}")
@@ -322,12 +380,18 @@ def verify_cms(
     if hashlib.new(p.digest_name, p.content).digest() != p.message_digest:
         raise DigestMismatchError("messageDigest does not match the content (content altered)")
 
-    signature = p.signer_info["signature"].native
+    try:
+        signature = p.signer_info["signature"].native
+    except (ValueError, TypeError) as exc:
+        raise MalformedCmsError(f"unreadable SignerInfo signature: {asn1_problem(exc)}") from None
     if not verify_signature(public_key, signature, p.signed_attrs_der, hash_name, pad):
         raise BadSignatureError("the signature does not verify with the signer's public key")
 
-    chain = build_chain(p.signer_cert, anchors, p.embedded + extra, at_time=at_time,
-                        check_time=check_time)
+    try:
+        chain = build_chain(p.signer_cert, anchors, p.embedded + extra, at_time=at_time,
+                            check_time=check_time)
+    except CertificateError as exc:
+        raise MalformedCmsError(f"the signer's certificate path cannot be read: {exc}") from None
     return VerifiedCms(p.content, p.econtent_type, p.signer_cert, chain, p.signing_time)
 
 
@@ -335,10 +399,10 @@ def embedded_certificates(der: bytes) -> list[x509.Certificate]:
     """The certificates a SignedData carries (e.g. the pledge's IDevID in a voucher-request)."""
     try:
         sd = cms.ContentInfo.load(der, strict=True)["content"]
-        return [x509.load_der_x509_certificate(c.chosen.dump())
-                for c in (sd["certificates"] or []) if c.name == "certificate"]
+        return [_embedded_certificate(c, number)
+                for number, c in enumerate(sd["certificates"] or [], 1) if c.name == "certificate"]
     except (ValueError, TypeError, KeyError) as exc:
-        raise MalformedCmsError(f"not a well-formed CMS SignedData: {exc}") from None
+        raise MalformedCmsError(f"not a well-formed CMS SignedData: {asn1_problem(exc)}") from None
 
 
 def signer_certificate(der: bytes, extra_certs: Iterable[x509.Certificate] = ()) -> x509.Certificate:
@@ -348,8 +412,10 @@ def signer_certificate(der: bytes, extra_certs: Iterable[x509.Certificate] = ())
 
 def unverified_content(der: bytes) -> bytes:
     """The encapsulated content, without verifying anything (for routing and logs only)."""
+    if _json_text(der):
+        raise MalformedCmsError("expected a DER CMS SignedData, got JSON text")
     try:
         encap = cms.ContentInfo.load(der, strict=True)["content"]["encap_content_info"]
         return _econtent(encap)
     except (ValueError, TypeError, KeyError) as exc:
-        raise MalformedCmsError(f"not a well-formed CMS SignedData: {exc}") from None
+        raise MalformedCmsError(f"not a well-formed CMS SignedData: {asn1_problem(exc)}") from None

@@ -23,6 +23,7 @@ from asn1crypto import x509 as asn1_x509
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from .asn1_messages import asn1_problem
 from .errors import CertificateError
 
 ID_EXTENSION_REQUEST = "1.2.840.113549.1.9.14"
@@ -79,7 +80,7 @@ def parse_certs_only(body: bytes, what: str = "certs-only PKCS#7") -> list[x509.
     except CertificateError:
         raise
     except (ValueError, TypeError, KeyError) as exc:
-        raise CertificateError(f"{what} is malformed: {exc}") from None
+        raise CertificateError(f"{what} is malformed: {asn1_problem(exc)}") from None
     if not certs:
         raise CertificateError(f"{what} carries no certificate")
     return certs
@@ -166,7 +167,7 @@ class CsrAttributes:
         except CertificateError:
             raise
         except (ValueError, TypeError, KeyError) as exc:
-            raise CertificateError(f"CSR attributes are malformed: {exc}") from None
+            raise CertificateError(f"CSR attributes are malformed: {asn1_problem(exc)}") from None
         return result
 
 
@@ -176,7 +177,7 @@ def _general_names(der: bytes) -> list[x509.GeneralName]:
     try:
         parsed = list(asn1_x509.GeneralNames.load(der, strict=True))
     except ValueError as exc:
-        raise CertificateError(f"subjectAltName in CSR attributes is malformed: {exc}") from None
+        raise CertificateError(f"subjectAltName in CSR attributes is malformed: {asn1_problem(exc)}") from None
     for gn in parsed:
         if gn.name == "dns_name":
             names.append(x509.DNSName(gn.native))

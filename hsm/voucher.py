@@ -8,6 +8,10 @@ YANG module ("module:leaf") are augmentations and are kept as they are.
 
 The registrar never trusts `serial-number` here: it takes the serial from
 the IDevID certificate and compares.
+
+A nonce keeps the text it arrived in (`nonce_text`) next to its bytes:
+pledges that compare nonces as strings get back exactly the string they sent
+(base64url without padding stays so), while checks compare the bytes.
 """
 
 from __future__ import annotations
@@ -144,6 +148,9 @@ class Voucher:
     pinned_domain_cert: bytes | None = None
     domain_cert_revocation_checks: bool | None = None
     nonce: bytes | None = None
+    #: the nonce as it was written in the JSON this voucher was read from; a voucher
+    #: made with nonce_text=<a request's nonce_text> repeats that string exactly
+    nonce_text: str | None = field(default=None, compare=False, repr=False)
     pinned_domain_pubk: bytes | None = None
     pinned_domain_pubk_sha256: bytes | None = None
     last_renewal_date: dt.datetime | None = None
@@ -199,6 +206,8 @@ class Voucher:
                 values[attr] = parse_date(raw, name)
             elif kind == "binary":
                 values[attr] = decode_binary(raw, name)
+                if attr == "nonce":
+                    values["nonce_text"] = raw
             elif kind == "bool":
                 values[attr] = _decode_bool(raw, name)
             elif kind == "enum":
@@ -228,6 +237,8 @@ class Voucher:
                 continue
             if kind == "date":
                 body[name] = format_date(value)
+            elif attr == "nonce" and self._nonce_text_fits():
+                body[name] = self.nonce_text
             elif kind == "binary":
                 body[name] = base64.b64encode(value).decode("ascii")
             else:
@@ -237,6 +248,15 @@ class Voucher:
 
     def to_json(self) -> bytes:
         return json.dumps(self.to_dict(), separators=(",", ":")).encode()
+
+    def _nonce_text_fits(self) -> bool:
+        """Whether nonce_text still spells the nonce (a replace() may have changed the bytes)."""
+        if self.nonce_text is None:
+            return False
+        try:
+            return decode_binary(self.nonce_text, "nonce") == self.nonce
+        except VoucherError:
+            return False
 
     def replace(self, **changes) -> "Voucher":
         return replace(self, **changes)

@@ -14,8 +14,10 @@ import datetime as dt
 import functools
 import ipaddress
 import secrets
+from dataclasses import dataclass
 from typing import Iterable, Sequence
 
+from asn1crypto import core as asn1_core
 from asn1crypto import csr as asn1_csr
 from asn1crypto import keys as asn1_keys
 from asn1crypto import x509 as asn1_x509
@@ -24,6 +26,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509.oid import NameOID, ObjectIdentifier
 
+from .asn1_messages import asn1_problem
 from .errors import CertificateError
 from .identity_names import check_dns_name, check_serial_number
 from .signer import Padding, Signer, hash_algorithm
@@ -86,19 +89,54 @@ def serial_number_of(cert: x509.Certificate) -> str | None:
     return str(values[0].value) if values else None
 
 
-def masa_url_of(cert: x509.Certificate) -> str | None:
-    """The raw id-pe-masa-url (IA5String) of an IDevID, or None."""
+@dataclass(frozen=True)
+class MasaUrl:
+    """id-pe-masa-url as read: its text and the string type it came in.
+
+    RFC 8995 §2.3.2 makes it an IA5String; some deployed IDevIDs carry a
+    UTF8String, which OpenSSL accepts. We read both and say so (`problem`);
+    we write IA5String only.
+    """
+
+    url: str
+    string_type: str        # "IA5String" or "UTF8String"
+
+    @property
+    def problem(self) -> str | None:
+        """The non-conformance, or None for the RFC's encoding."""
+        if self.string_type == "IA5String":
+            return None
+        return (f"id-pe-masa-url is a {self.string_type}; RFC 8995 section 2.3.2 requires an "
+                "IA5String (read anyway)")
+
+
+_MASA_URL_TYPES = {asn1_core.IA5String: "IA5String", asn1_core.UTF8String: "UTF8String"}
+
+
+def read_masa_url(cert: x509.Certificate) -> MasaUrl | None:
+    """The id-pe-masa-url of an IDevID (IA5String, or the UTF8String some vendors write), or None."""
     try:
         raw = cert.extensions.get_extension_for_oid(ID_PE_MASA_URL).value.value
     except x509.ExtensionNotFound:
         return None
-    if len(raw) < 2 or raw[0] != 0x16:
-        raise CertificateError("id-pe-masa-url is not an IA5String")
-    length, offset = raw[1], 2
-    if length & 0x80:
-        n = length & 0x7F
-        length, offset = int.from_bytes(raw[2:2 + n], "big"), 2 + n
-    return raw[offset:offset + length].decode("ascii")
+    try:
+        value = asn1_core.Asn1Value.load(raw, strict=True)
+        string_type = _MASA_URL_TYPES.get(type(value))
+        text = value.native if string_type else None
+    except (ValueError, TypeError) as exc:
+        raise CertificateError(f"id-pe-masa-url is not a readable string: {asn1_problem(exc)}") from None
+    if string_type is None:
+        raise CertificateError(f"id-pe-masa-url is a {type(value).__name__}, "
+                               "not an IA5String (nor the UTF8String some vendors write)")
+    if not text:
+        raise CertificateError("id-pe-masa-url is empty")
+    return MasaUrl(text, string_type)
+
+
+def masa_url_of(cert: x509.Certificate) -> str | None:
+    """The text of an IDevID's id-pe-masa-url, or None (see read_masa_url)."""
+    found = read_masa_url(cert)
+    return found.url if found else None
 
 
 def masa_base_url(masa_url: str) -> str:

@@ -144,6 +144,7 @@ def registrar_voucher_request(pledge: PledgeRequest, signer: Signer, cert: x509.
         serial_number=pledge.serial,
         created_on=dt.datetime.now(dt.timezone.utc),
         nonce=pledge.request.nonce,
+        nonce_text=pledge.request.nonce_text,
         idevid_issuer=_authority_key_id(pledge.idevid),
         prior_signed_voucher_request=pledge.cms,
     )

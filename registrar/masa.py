@@ -306,6 +306,7 @@ class Masa:
             assertion="logged",
             serial_number=checked.pledge.serial,
             nonce=nonce,
+            nonce_text=checked.pledge.request.nonce_text,   # the pledge's string, not re-encoded
             created_on=now,
             # RFC 8995 5.6: expires-on is for nonceless vouchers.
             expires_on=None if nonce is not None else now + dt.timedelta(

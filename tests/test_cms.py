@@ -46,6 +46,11 @@ def test_cms_signed_in_softhsm_verifies_with_openssl(token, tmp_path, algorithm,
     expected = b"(1.2.840.113549.1.9.16.1.40)" if content_type == "voucher" else b"pkcs7-data"
     econtent_line = next(l for l in printed.splitlines() if b"eContentType:" in l)
     assert expected in econtent_line
+    # RFC 5652 5.1: version 3 when eContentType is not id-data; the SignerInfo (sid
+    # issuerAndSerialNumber) is version 1.
+    versions = [l.strip() for l in printed.splitlines() if l.strip().startswith(b"version:")]
+    assert versions[0] == (b"version: 3" if content_type == "voucher" else b"version: 1")
+    assert versions[-1] == b"version: 1"
     for attr in (b"contentType", b"signingTime", b"messageDigest"):
         assert attr in printed
     ours = verify_cms(der, [ca_cert])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import io
 import json
 import os
 import threading
@@ -15,6 +16,7 @@ from hypothesis import strategies as st
 
 from vectors import APPC
 from pledgeforge.fastpath import BulkVerifier, Result, read_der_stream, verify_bulk
+from pledgeforge.fastpath.sources import MAX_ITEM_BYTES
 from pledgeforge.fastpath.reference import verify_certificate_item, verify_cms_item
 from pledgeforge.hsm import keystore
 from pledgeforge.hsm.chain import load_certificate_file
@@ -280,7 +282,62 @@ def test_stream_with_broken_header_ends_with_one_malformed_item(tmp_path, rfc_pk
     path = tmp_path / "s.der"
     path.write_bytes(vectors[0] + b"\x30\x80garbage")
     results = list(verify_bulk(path, [rfc_pki["vendor"]], check_time=False))
-    assert [r.code for r in results] == [Result.OK, Result.MALFORMED]
+    assert [(r.code, r.item_offset) for r in results] == [(Result.OK, 0), (Result.MALFORMED, len(vectors[0]))]
+
+
+def _damaged(item: bytes, damage: str) -> bytes:
+    """One item whose outer length (or header) no longer fits its content."""
+    broken = bytearray(item)
+    assert broken[:2] == b"\x30\x82"
+    if damage == "longer":
+        broken[3] += 5                          # swallows the start of the next item
+    elif damage == "shorter":
+        broken[3] -= 5                          # ends inside its own content
+    elif damage == "indefinite":
+        broken[1:4] = b"\x80"                   # not DER at all
+    elif damage == "two-gib":
+        broken[1:4] = b"\x84\x7f\xff\xff\xff"
+    return bytes(broken)
+
+
+@pytest.mark.parametrize("damage", ["longer", "shorter", "indefinite", "two-gib"])
+@pytest.mark.parametrize("certificates", [False, True])
+def test_a_broken_length_costs_one_item_and_reading_resynchronises(tmp_path, rfc_pki, vectors,
+                                                                   damage, certificates):
+    """The broken item is MALFORMED at its own offset; every item after it is verified
+    as if it were alone (fastpath and reference alike)."""
+    if certificates:
+        items = [c.public_bytes(Encoding.DER) for c in rfc_pki.values()] * 2
+    else:
+        items = vectors * 2
+    anchors, extra = [rfc_pki["vendor"], rfc_pki["owner"]], [rfc_pki["masa"]]
+    kw = dict(extra_certs=extra, check_time=False, certificates=certificates, threads=1)
+    alone = [r.code for r in verify_bulk(items, anchors, **kw)]
+    assert alone.count(Result.OK) >= 4
+    hit = 2
+    damaged = items[:hit] + [_damaged(items[hit], damage)] + items[hit + 1:]
+    path = tmp_path / "stream.der"
+    path.write_bytes(b"".join(damaged))
+    offsets = [sum(len(i) for i in damaged[:k]) for k in range(len(damaged))]
+    results = list(verify_bulk(path, anchors, **kw))
+    assert [(r.code, r.item_offset) for r in results] == \
+        [(Result.MALFORMED if k == hit else code, offsets[k]) for k, code in enumerate(alone)]
+    with open(path, "rb") as fh:
+        read = list(read_der_stream(fh, certificates=certificates))
+    assert [i.data for i in read] == damaged
+    check = verify_certificate_item if certificates else verify_cms_item
+    assert [check(i.data, anchors, extra, check_time=False)[0] for i in read] == [r.code for r in results]
+
+
+def test_garbage_between_items_is_one_malformed_item(tmp_path, rfc_pki, vectors):
+    garbage = b"\x00\x00" * 500 + b"\x30\x82\x06\x09\x2a" + b"not DER"
+    path = tmp_path / "s.der"
+    path.write_bytes(garbage + vectors[0] + garbage + vectors[1])
+    results = list(verify_bulk(path, [rfc_pki["vendor"]], extra_certs=[rfc_pki["masa"]], check_time=False))
+    size = len(garbage) + len(vectors[0])
+    assert [(r.code, r.item_offset) for r in results] == [
+        (Result.MALFORMED, 0), (Result.OK, len(garbage)), (Result.MALFORMED, size),
+        (Result.OK, size + len(garbage))]
 
 
 def test_a_stream_is_read_one_batch_ahead_at_most(owner_ca):
@@ -377,11 +434,22 @@ def test_random_bytes_are_malformed_not_crashes(blob):
     assert all(r.code is Result.MALFORMED for r in got)
 
 
-def test_stream_reader_refuses_a_header_claiming_two_gib(tmp_path, rfc_pki):
+def test_stream_reader_refuses_a_header_claiming_two_gib(tmp_path, rfc_pki, vectors):
     path = tmp_path / "lie.der"
-    path.write_bytes(b"\x30\x84\x7f\xff\xff\xff" + b"x" * 10)
-    with open(path, "rb") as fh:
+    lie = b"\x30\x84\x7f\xff\xff\xff" + b"x" * 10
+    path.write_bytes(lie + vectors[0])
+    asked = []
+
+    class Recording(io.BufferedReader):
+        def read(self, size=-1):
+            asked.append(size)
+            return super().read(size)
+
+    with Recording(io.FileIO(path)) as fh:
         items = list(read_der_stream(fh))
-    # Nothing past the header is read (no 2 GiB buffer), and the item is MALFORMED.
-    assert [i.data for i in items] == [b"\x30\x84\x7f\xff\xff\xff"]
-    assert [r.code for r in verify_bulk(path, [rfc_pki["vendor"]])] == [Result.MALFORMED]
+    # The lie is one MALFORMED item up to the next ContentInfo, which still verifies;
+    # no read asks for anything near 2 GiB.
+    assert [(i.data, i.offset) for i in items] == [(lie, 0), (vectors[0], len(lie))]
+    assert 0 < max(asked) <= MAX_ITEM_BYTES
+    results = list(verify_bulk(path, [rfc_pki["vendor"]], check_time=False))
+    assert [(r.code, r.item_offset) for r in results] == [(Result.MALFORMED, 0), (Result.OK, len(lie))]

@@ -45,6 +45,21 @@ def test_json_lines(tmp_path):
     assert result.exit_code == 1
 
 
+def test_a_broken_length_is_reported_at_its_offset_and_the_rest_is_verified(tmp_path):
+    good = (APPC / "vr_00-D0-E5-F2-00-02.der").read_bytes()
+    broken = bytearray(good)
+    broken[3] += 7                              # the outer length now reaches into the next item
+    stream = tmp_path / "batch.der"
+    stream.write_bytes(good + bytes(broken) + good + good)
+    result = CliRunner().invoke(main, ["verify", "--bulk", str(stream), "--anchors",
+                                       str(APPC / "vendor.crt"), "--no-check-time", "--json"])
+    rows = [json.loads(line) for line in result.output.splitlines()]
+    assert rows[:-1] == [{"index": 1, "name": "batch.der", "offset": len(good), "result": "MALFORMED",
+                          "serial": None}]
+    assert rows[-1]["summary"]["OK"] == 3 and rows[-1]["items"] == 4
+    assert result.exit_code == 1
+
+
 def test_all_ok_exits_zero_and_bad_anchor_file_is_one_clear_error(tmp_path):
     stream, anchors = _setup(tmp_path)
     good_only = tmp_path / "good.der"

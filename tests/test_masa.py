@@ -205,6 +205,8 @@ def test_rfc8995_c22_registrar_request_gets_a_voucher_that_openssl_verifies(worl
     assert voucher.serial_number == VECTOR_SERIAL
     assert voucher.assertion == "logged"
     assert voucher.nonce == decode_binary("-_XE9zK9q8Ll1qylMtLKeg", "nonce")
+    # Copied as the pledge wrote it (base64url, no padding), not re-encoded.
+    assert json.loads(content)["ietf-voucher:voucher"]["nonce"] == "-_XE9zK9q8Ll1qylMtLKeg"
     owner_ca = load_certificate_file(str(APPC / "ownerca_secp384r1.crt"))[0]
     assert voucher.pinned_domain_cert == to_der(owner_ca)
     assert voucher.est_domain is None and voucher.expires_on is None

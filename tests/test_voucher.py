@@ -41,6 +41,20 @@ def test_base64url_nonce_of_appendix_c():
     assert v.created_on == dt.datetime(2021, 4, 13, 21, 43, 23, 747000, tzinfo=dt.timezone.utc)
 
 
+def test_a_nonce_keeps_the_string_it_came_in():
+    """Pledges compare nonces as strings: a voucher made from a request repeats the request's
+    string (base64url without padding stays so); a changed nonce is written as base64."""
+    request = Voucher.from_json(_load(VECTORS / "rfc8995-appendixC/vr_00-D0-E5-F2-00-02.json"))
+    assert request.nonce_text == "-_XE9zK9q8Ll1qylMtLKeg"
+    assert b'"nonce":"-_XE9zK9q8Ll1qylMtLKeg"' in request.to_json()
+    voucher = Voucher(serial_number="x", nonce=request.nonce, nonce_text=request.nonce_text)
+    assert voucher.to_dict()["ietf-voucher:voucher"]["nonce"] == "-_XE9zK9q8Ll1qylMtLKeg"
+    assert voucher == Voucher(serial_number="x", nonce=request.nonce)     # same nonce, same voucher
+    changed = voucher.replace(nonce=b"other")
+    assert changed.to_dict()["ietf-voucher:voucher"]["nonce"] == "b3RoZXI="
+    assert Voucher(serial_number="x", nonce=b"\xfb\xff").to_dict()["ietf-voucher:voucher"]["nonce"] == "+/8="
+
+
 @pytest.mark.parametrize("body,message", [
     ({"created-on": 12}, "date-and-time"),
     ({"created-on": "yesterday"}, "RFC 3339"),
