@@ -144,7 +144,7 @@ class Console:
 
     # -- client side ----------------------------------------------------------
 
-    def attach(self, send: Callable[[bytes], None], *, replay: bool = True) -> Attachment:
+    def attach(self, send: Callable[[bytes], None], *, replay: bool = False) -> Attachment:
         """Start sending output to `send`, which must queue and return at once.
         With `replay`, the recent output is sent first."""
         attachment = Attachment(self, send)

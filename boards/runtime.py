@@ -193,15 +193,16 @@ class Board:
             raise BoardError(f"this board's flash already holds serial number {current}; "
                              f"--serial-number {requested} only applies to a new board")
 
-    def open_console(self, kind: str = "pty", port: int = 0):
-        """Expose the console as a pty (DIR/console), RFC 2217 or raw TCP on loopback."""
+    def open_console(self, kind: str = "pty", port: int = 0, *, replay: bool = False):
+        """Expose the console as a pty (DIR/console), RFC 2217 or raw TCP on loopback.
+        `replay`: network clients get the recent output when they connect."""
         baud = self.profile.console.baud
         if kind == "pty":
             transport = PtyTransport(self.console, self.state_dir / CONSOLE_LINK, baudrate=baud)
         elif kind == "rfc2217":
-            transport = Rfc2217Transport(self.console, port, baudrate=baud)
+            transport = Rfc2217Transport(self.console, port, baudrate=baud, replay=replay)
         elif kind == "tcp":
-            transport = TcpTransport(self.console, port)
+            transport = TcpTransport(self.console, port, replay=replay)
         else:
             raise BoardError(f"unknown console transport {kind!r}; use one of {', '.join(SERIAL_KINDS)}")
         self.transports.append(transport)

@@ -11,7 +11,12 @@
 Each transport runs one thread around a selector. Output from the board is
 queued per client and flushed when the client's socket (or the pty) can take
 it; a client that stops reading loses its oldest queued bytes instead of
-stalling the board. Network clients get the console's recent output first.
+stalling the board.
+
+A network client sees output from the moment it connects, as with ser2net: a
+script that waits for a prompt must not match one printed for an earlier
+client. With `replay=True` a client is sent the console's recent output first
+(for a human attaching late who wants to see the boot).
 """
 
 from __future__ import annotations
@@ -164,8 +169,9 @@ class _Channel:
 class _SocketClient(_Channel):
     """A network client of the console; subclasses add the wire protocol."""
 
-    def __init__(self, console: Console, sock: socket.socket, loop: _Loop):
+    def __init__(self, console: Console, sock: socket.socket, loop: _Loop, *, replay: bool = False):
         self.console = console
+        self.replay = replay
         self.sock = sock
         self.fileobj = sock
         self.loop = loop
@@ -178,7 +184,7 @@ class _SocketClient(_Channel):
         self.attachment: Attachment | None = None
 
     def start(self) -> None:
-        self.attachment = self.console.attach(self._queue, replay=True)
+        self.attachment = self.console.attach(self._queue, replay=self.replay)
 
     def _queue(self, data: bytes) -> None:
         self.outbox.put(data)
@@ -251,12 +257,14 @@ class _Listener(_Channel):
 
 
 class _NetworkTransport:
-    """A loopback TCP server; each connection is one console client."""
+    """A loopback TCP server; each connection is one console client.
+    `replay`: send each new client the recent output before the live output."""
 
     scheme = ""
 
-    def __init__(self, console: Console, port: int = 0, host: str = LOOPBACK):
+    def __init__(self, console: Console, port: int = 0, host: str = LOOPBACK, *, replay: bool = False):
         self.console = console
+        self.replay = replay
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
@@ -289,7 +297,7 @@ class TcpTransport(_NetworkTransport):
     scheme = "socket"
 
     def _make_client(self, conn, loop):
-        return _SocketClient(self.console, conn, loop)
+        return _SocketClient(self.console, conn, loop, replay=self.replay)
 
 
 class VirtualUart:
@@ -323,8 +331,8 @@ class VirtualUart:
 
 
 class _Rfc2217Client(_SocketClient):
-    def __init__(self, console, sock, loop, baudrate: int):
-        super().__init__(console, sock, loop)
+    def __init__(self, console, sock, loop, baudrate: int, *, replay: bool = False):
+        super().__init__(console, sock, loop, replay=replay)
         self.uart = VirtualUart(baudrate)
         # PortManager sends Telnet replies through `self.write` and starts
         # negotiating at once, so it is created after the queue exists.
@@ -353,12 +361,13 @@ class Rfc2217Transport(_NetworkTransport):
 
     scheme = "rfc2217"
 
-    def __init__(self, console: Console, port: int = 0, host: str = LOOPBACK, *, baudrate: int = 115200):
+    def __init__(self, console: Console, port: int = 0, host: str = LOOPBACK, *, baudrate: int = 115200,
+                 replay: bool = False):
         self.baudrate = baudrate
-        super().__init__(console, port, host)
+        super().__init__(console, port, host, replay=replay)
 
     def _make_client(self, conn, loop):
-        return _Rfc2217Client(self.console, conn, loop, self.baudrate)
+        return _Rfc2217Client(self.console, conn, loop, self.baudrate, replay=self.replay)
 
 
 class _PtyMaster(_Channel):

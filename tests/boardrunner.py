@@ -10,6 +10,7 @@ import socket
 
 import pexpect.fdpexpect
 
+from clirunner import run_cli
 from pledgeforge import bench
 
 EXPECT_TIMEOUT = 30
@@ -22,6 +23,14 @@ class BoardProcess(bench.BoardProcess):
         host_port = self.info["console"].split("://", 1)[1]
         host, port = host_port.rsplit(":", 1)
         return host, int(port)
+
+    def wait_for_phase(self, phase: str, attempts: int = 100) -> None:
+        """Wait, without reading the console, until the power switch reports `phase`."""
+        for _ in range(attempts):
+            status = run_cli("board", "power", "status", "--state", self.state_dir)
+            if f"({phase})".encode() in status.stdout:
+                return
+        raise AssertionError(f"board never reached {phase}: {status.stdout!r}")
 
     def open_pty(self, logfile=None) -> pexpect.fdpexpect.fdspawn:
         return bench.open_console(self.state_dir / "console", EXPECT_TIMEOUT, logfile)

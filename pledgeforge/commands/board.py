@@ -29,6 +29,9 @@ def board() -> None:
               help="how the console is offered: a pty linked from DIR/console, RFC 2217 or raw TCP")
 @click.option("--port", type=click.IntRange(0, 65535), default=0, show_default=True,
               help="TCP port for rfc2217/tcp on 127.0.0.1 (0 picks a free one)")
+@click.option("--replay", is_flag=True,
+              help="rfc2217/tcp: send each client the recent output when it connects (off by default, "
+                   "so a script waiting for a prompt never matches one printed before it connected)")
 @click.option("--lab", "lab_dir", type=click.Path(file_okay=False, exists=True),
               help="lab directory whose registrars and manufacturer CA the pledge firmware uses")
 @click.option("--flow", type=click.Choice(["redirect", "est-domain"]), default="redirect", show_default=True,
@@ -36,9 +39,12 @@ def board() -> None:
                    "manufactured (307 to the owner registrar, or a voucher naming the EST server)")
 @click.option("--serial-number", help="serial number for a new board (default: generated)")
 @click.option("--power-off", is_flag=True, help="start with the power off (switch it on with `board power on`)")
-def run(profile_name, state_dir, serial_kind, port, lab_dir, flow, serial_number, power_off):
+def run(profile_name, state_dir, serial_kind, port, replay, lab_dir, flow, serial_number, power_off):
     """Run one board until interrupted. Prints one JSON line once the console is up:
     the console path or URL, the power-control address and the key store."""
+    if replay and serial_kind == "pty":
+        raise click.UsageError("--replay applies to --serial rfc2217|tcp; a pty keeps the latest "
+                               "output for its next reader anyway")
     logging.basicConfig(level=logging.WARNING, format="board: %(message)s")
     profile = load_profile(profile_name)
     app = load_firmware_app(Path(lab_dir) if lab_dir else None, flow)
@@ -46,7 +52,7 @@ def run(profile_name, state_dir, serial_kind, port, lab_dir, flow, serial_number
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, lambda *_: stop.set())
     with Board(profile, state_dir, app=app, serial_number=serial_number) as running:
-        running.open_console(serial_kind, port)
+        running.open_console(serial_kind, port, replay=replay)
         running.serve_power()
         if not power_off:
             running.power_on()
