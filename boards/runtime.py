@@ -40,6 +40,7 @@ from .flash import Flash
 from .image_slots import ImageSlots, NoBootableImageError
 from .power import PowerServer
 from .profile import Profile
+from .rtc import Rtc
 from .shell import Shell, ShellExit
 from .shell_commands import BOARD_COMMANDS
 from .smp_framing import SmpLineDecoder, encode_smp_frames
@@ -147,9 +148,11 @@ class Board:
                                    log_bytes=profile.console.log_kib * 1024)
             self.keystore = BoardKeyStore(profile, self.state_dir)
             self.slots = ImageSlots(self.state_dir, profile.image)
+            self.rtc = Rtc()
             self._smp_server = SmpServer(self.slots, self.request_reset,
                                          SmpParams(node_name=profile.board.hostname,
-                                                   machine=profile.board.name))
+                                                   machine=profile.board.name),
+                                         rtc=self.rtc, run_command=self._smp_shell_command)
             self._smp_decoder = SmpLineDecoder(self._smp_server.params.max_packet)
             self._flash_capacity = profile.flash.size_kib * 1024
             # Opened now so that a damaged flash file is reported before anything runs.
@@ -274,6 +277,7 @@ class Board:
                     _log.info("firmware thread still busy after power-off; it can no longer "
                               "print or write the flash")
             self.keystore.power_off()
+            self.rtc.lose_power()
             self.console.clear_history()
             self._session = None
             self.firmware_version = None
@@ -473,13 +477,17 @@ class Board:
                 raise
             return self.profile.image.version
 
+    def _new_shell(self, write: Callable[[str], None]) -> Shell:
+        console = self.profile.console
+        return Shell(BOARD_COMMANDS, write, board=self,
+                     variables={"HOSTNAME": self.profile.board.hostname, "HOME": "/root",
+                                "USER": console.username, "PS1": console.prompt},
+                     on_error=lambda name, exc: _log.error("command %s failed: %s", name,
+                                                           traceback.format_exc()))
+
     def _shell_session(self, session: _PowerSession, term: Terminal) -> None:
         console = self.profile.console
-        shell = Shell(BOARD_COMMANDS, lambda text: term.print(text, end=""), board=self,
-                      variables={"HOSTNAME": self.profile.board.hostname, "HOME": "/root",
-                                 "USER": console.username, "PS1": console.prompt},
-                      on_error=lambda name, exc: _log.error("command %s failed: %s", name,
-                                                            traceback.format_exc()))
+        shell = self._new_shell(lambda text: term.print(text, end=""))
         self._set_phase("shell")
         if self.profile.boot.motd:
             term.print(boot.banner(self.profile.boot.motd, self._template_fields()))
@@ -499,6 +507,22 @@ class Board:
             except ShellExit:
                 self.log_event("logout")
                 return
+
+    def _smp_shell_command(self, argv: list[str]) -> tuple[str, int]:
+        """SMP shell exec: the command line through a shell of its own with its
+        output captured, as Zephyr runs it on a dummy shell backend beside the
+        UART's shell. Runs in the firmware thread, which serves SMP."""
+        output: list[str] = []
+        shell = self._new_shell(output.append)
+        try:
+            status = shell.execute(" ".join(argv))
+        except ShellExit as exc:
+            status = exc.status
+        except ResetRequested:
+            # `reboot` and the like: answer first, then reset, as the SMP reset command does.
+            self.request_reset()
+            status = 0
+        return "".join(output), status
 
     def _smp_line(self, raw: bytes) -> None:
         """One SMP console line: reassemble, answer, and reset afterwards if asked."""

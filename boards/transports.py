@@ -421,6 +421,43 @@ class _PtyMaster(_Channel):
         os.close(self.slave)
 
 
+def open_raw_pty(baudrate: int) -> tuple[int, int, str]:
+    """A pseudo-terminal that passes bytes through untouched: (master fd, slave fd, slave path).
+
+    Raw mode on our own end of the slave: no echo of board output back to the
+    board, no CR/LF rewriting; a client may still set its own modes when it
+    opens it. The master is non-blocking. Keeping the slave open means the pty
+    outlives each client that opens and closes it.
+    """
+    master, slave = os.openpty()
+    tty.setraw(slave)
+    attrs = termios.tcgetattr(slave)
+    speed = getattr(termios, f"B{baudrate}", None)
+    if speed is not None:
+        attrs[4] = attrs[5] = speed
+        termios.tcsetattr(slave, termios.TCSANOW, attrs)
+    flags = fcntl.fcntl(master, fcntl.F_GETFL)
+    fcntl.fcntl(master, fcntl.F_SETFL, flags | os.O_NONBLOCK)
+    return master, slave, os.ttyname(slave)
+
+
+def link_pty(path: str, link: Path) -> None:
+    """Point `link` at the pty `path`, replacing whatever link was there in one step."""
+    tmp = link.with_name(f".{link.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    os.symlink(path, tmp)
+    os.replace(tmp, link)
+
+
+def unlink_pty(path: str, link: Path) -> None:
+    """Remove `link` if it still points at `path` (another process may have taken it over)."""
+    try:
+        if os.readlink(link) == path:
+            link.unlink()
+    except OSError:
+        pass
+
+
 class PtyTransport:
     """A pseudo-terminal for the console, linked from `link` (e.g. DIR/console)."""
 
@@ -429,19 +466,7 @@ class PtyTransport:
     def __init__(self, console: Console, link: str | os.PathLike, *, baudrate: int = 115200):
         self.console = console
         self.link = Path(link)
-        master, slave = os.openpty()
-        # Raw mode on our own end of the slave: the pty must pass bytes through
-        # untouched (no echo of board output back to the board, no CR/LF
-        # rewriting); a client may still set its own modes when it opens it.
-        tty.setraw(slave)
-        attrs = termios.tcgetattr(slave)
-        speed = getattr(termios, f"B{baudrate}", None)
-        if speed is not None:
-            attrs[4] = attrs[5] = speed
-            termios.tcsetattr(slave, termios.TCSANOW, attrs)
-        flags = fcntl.fcntl(master, fcntl.F_GETFL)
-        fcntl.fcntl(master, fcntl.F_SETFL, flags | os.O_NONBLOCK)
-        self.path = os.ttyname(slave)
+        master, slave, self.path = open_raw_pty(baudrate)
         self._channel = _PtyMaster(console, master, slave)
         self._loop = _Loop(f"console-pty-{os.path.basename(self.path)}")
         self._channel.loop = self._loop
@@ -449,14 +474,8 @@ class PtyTransport:
         # The kernel's pty buffer already holds recent output for the next
         # reader, so nothing is replayed here.
         self._channel.attachment = console.attach(self._channel.queue, replay=False)
-        self._link()
+        link_pty(self.path, self.link)
         self._loop.start()
-
-    def _link(self) -> None:
-        tmp = self.link.with_name(f".{self.link.name}.{os.getpid()}.tmp")
-        tmp.unlink(missing_ok=True)
-        os.symlink(self.path, tmp)
-        os.replace(tmp, self.link)
 
     @property
     def address(self) -> str:
@@ -464,8 +483,4 @@ class PtyTransport:
 
     def close(self) -> None:
         self._loop.stop()
-        try:
-            if os.readlink(self.link) == self.path:
-                self.link.unlink()
-        except OSError:
-            pass
+        unlink_pty(self.path, self.link)

@@ -1,4 +1,4 @@
-"""`pledgeforge board run|power|profiles`: emulated boards on the bench."""
+"""`pledgeforge board run|power|profiles|pty-bridge`: emulated boards on the bench."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import click
 
 from pledgeforge.boards.power import power_request
 from pledgeforge.boards.profile import load_profile, profile_names
+from pledgeforge.boards.pty_bridge import BridgeError, PtyBridge
 from pledgeforge.boards.runtime import SERIAL_KINDS, Board, load_firmware_app
 
 
@@ -71,6 +72,31 @@ def power(action, state_dir, timeout):
     """Switch a running board's power (what lab tools' power hooks call)."""
     reply = power_request(state_dir, action, timeout=timeout)
     click.echo(f"power {reply['power']}" + (f" ({reply['phase']})" if reply.get("phase") else ""))
+
+
+@board.command("pty-bridge")
+@click.option("--url", required=True,
+              help="the board's network console: rfc2217://HOST:PORT or socket://HOST:PORT "
+                   "(what `board run --serial rfc2217|tcp` prints)")
+@click.option("--link", "link", required=True, type=click.Path(dir_okay=False),
+              help="where to put a symlink to the pty (give this path to smpmgr --port)")
+@click.option("--baud", type=click.IntRange(300, 4_000_000), default=115200, show_default=True,
+              help="line speed asked of an RFC 2217 server and set on the pty")
+def pty_bridge(url, link, baud):
+    """Offer a network console as a local pty, for tools that only open serial
+    ports by path (smpmgr, smpclient). Prints one JSON line once the pty is up
+    and runs until interrupted or until the console closes the connection."""
+    bridge = PtyBridge(url, link, baudrate=baud)
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, lambda *_: bridge.closed.set())
+    try:
+        click.echo(json.dumps(bridge.describe()))
+        while not bridge.closed.wait(3600):
+            pass
+    finally:
+        bridge.close()
+    if bridge.error:
+        raise BridgeError(bridge.error)
 
 
 @board.command()
