@@ -45,6 +45,7 @@ from .shell import Shell, ShellExit
 from .shell_commands import BOARD_COMMANDS
 from .smp_framing import SmpLineDecoder, encode_smp_frames
 from .smp_server import SmpParams, SmpServer
+from .transcript import TranscriptRecorder, transcript_path
 from .transports import PtyTransport, Rfc2217Transport, TcpTransport
 
 LOCK_FILE = "board.lock"
@@ -56,6 +57,8 @@ SERIAL_KINDS = ("pty", "rfc2217", "tcp")
 # (a FirmwareApp in a network call) can no longer print or write the flash.
 POWER_OFF_TIMEOUT = 2.0
 EVENT_LOG_LINES = 500
+# How long power-off and shutdown wait for the console transcript to reach the disk.
+TRANSCRIPT_FLUSH_TIMEOUT = 2.0
 _SERIAL_RE = re.compile(r"[A-Za-z0-9-]{1,64}")
 _log = logging.getLogger(__name__)
 
@@ -143,9 +146,15 @@ class Board:
         self.app = app
         self._firmware_local = threading.local()
         self._lock_fd = self._lock_state_dir()
+        self.transcript: TranscriptRecorder | None = None
         try:
+            if profile.console.transcript_files:
+                self.transcript = TranscriptRecorder(transcript_path(self.state_dir),
+                                                     file_bytes=profile.console.transcript_kib * 1024,
+                                                     files=profile.console.transcript_files)
             self.console = Console(line_ending=profile.console.line_ending,
-                                   log_bytes=profile.console.log_kib * 1024)
+                                   log_bytes=profile.console.log_kib * 1024,
+                                   tap=self.transcript.record if self.transcript else None)
             self.keystore = BoardKeyStore(profile, self.state_dir)
             self.slots = ImageSlots(self.state_dir, profile.image)
             self.rtc = Rtc()
@@ -159,6 +168,8 @@ class Board:
             self._flash = Flash.in_state_dir(self.state_dir, self._flash_capacity)
             self._check_serial(serial_number)
         except BaseException:
+            if self.transcript is not None:
+                self.transcript.close(TRANSCRIPT_FLUSH_TIMEOUT)
             os.close(self._lock_fd)
             raise
         self._serial_request = serial_number
@@ -226,6 +237,8 @@ class Board:
         self.power_off()
         for transport in self.transports:
             transport.close()
+        if self.transcript is not None:
+            self.transcript.close(TRANSCRIPT_FLUSH_TIMEOUT)
         (self.state_dir / INFO_FILE).unlink(missing_ok=True)
         os.close(self._lock_fd)
 
@@ -252,6 +265,7 @@ class Board:
             self._flash.record_power_on()
             self.keystore.power_on()
             session = _PowerSession(self._flash)
+            self._transcript_event("power on")
             self.events.clear()
             self.console.flush_input()
             self._smp_decoder.reset()
@@ -283,6 +297,14 @@ class Board:
             self.firmware_version = None
             self._set_phase("off")
             self._write_info()
+            self._transcript_event("power off")
+            if self.transcript is not None:
+                # Bounded: a stalled disk must not stop the power switch.
+                self.transcript.flush(TRANSCRIPT_FLUSH_TIMEOUT)
+
+    def _transcript_event(self, text: str) -> None:
+        if self.transcript is not None:
+            self.transcript.event(text)
 
     def power_cycle(self) -> None:
         with self._power_lock:
@@ -371,6 +393,7 @@ class Board:
             "pid": os.getpid(),
             "console": self.transports[0].address if self.transports else None,
             "consoles": [{"type": t.scheme, "address": t.address} for t in self.transports],
+            "transcript": str(self.transcript.path) if self.transcript else None,
             "baud": self.profile.console.baud,
             "power": self.power_server.address if self.power_server else None,
             "powered": self.powered,

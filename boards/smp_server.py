@@ -63,6 +63,16 @@ OS_ECHO, OS_DATETIME, OS_RESET, OS_MCUMGR_PARAMS, OS_INFO, OS_BOOTLOADER_INFO = 
 # Enumeration group commands.
 ENUM_COUNT, ENUM_LIST, ENUM_SINGLE, ENUM_DETAILS = 0, 1, 2, 3
 SHELL_EXEC = 0
+# What a transcript calls each command.
+COMMAND_NAMES = {
+    (GROUP_OS, OS_ECHO): "os echo", (GROUP_OS, OS_DATETIME): "os datetime",
+    (GROUP_OS, OS_RESET): "os reset", (GROUP_OS, OS_MCUMGR_PARAMS): "os mcumgr-params",
+    (GROUP_OS, OS_INFO): "os info", (GROUP_OS, OS_BOOTLOADER_INFO): "os bootloader-info",
+    (GROUP_IMAGE, 0): "image state", (GROUP_IMAGE, 1): "image upload", (GROUP_IMAGE, 5): "image erase",
+    (GROUP_SHELL, SHELL_EXEC): "shell exec",
+    (GROUP_ENUM, ENUM_COUNT): "enum count", (GROUP_ENUM, ENUM_LIST): "enum list",
+    (GROUP_ENUM, ENUM_SINGLE): "enum single", (GROUP_ENUM, ENUM_DETAILS): "enum details",
+}
 
 # MGMT_ERR: the general return codes.
 EOK, EUNKNOWN, ENOMEM, EINVAL, ETIMEOUT, ENOENT, EBADSTATE, EMSGSIZE, ENOTSUP, ECORRUPT = range(10)

@@ -1,10 +1,12 @@
-"""`pledgeforge board run|power|profiles|pty-bridge`: emulated boards on the bench."""
+"""`pledgeforge board run|power|profiles|console-log|pty-bridge`: emulated boards on the bench."""
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
+import sys
 import threading
 from pathlib import Path
 
@@ -14,6 +16,8 @@ from pledgeforge.boards.power import power_request
 from pledgeforge.boards.profile import load_profile, profile_names
 from pledgeforge.boards.pty_bridge import BridgeError, PtyBridge
 from pledgeforge.boards.runtime import SERIAL_KINDS, Board, load_firmware_app
+from pledgeforge.boards.transcript import follow_lines, parse_line, read_lines, transcript_path
+from pledgeforge.commands.common import UsageError
 
 
 @click.group()
@@ -97,6 +101,39 @@ def pty_bridge(url, link, baud):
         bridge.close()
     if bridge.error:
         raise BridgeError(bridge.error)
+
+
+@board.command("console-log")
+@click.option("--state", "state_dir", required=True, type=click.Path(file_okay=False),
+              help="the board's state directory")
+@click.option("--follow", "-f", is_flag=True,
+              help="keep printing new lines as the board writes them (across rotation) until "
+                   "interrupted")
+@click.option("--lines", "-n", "last", type=click.IntRange(1), help="start with the last N lines only")
+@click.option("--json", "as_json", is_flag=True,
+              help="one JSON object per line: time (UTC), dir (out, in or event) and text")
+def console_log(state_dir, follow, last, as_json):
+    """Show a board's console transcript: everything its console sent (out) and
+    received (in), with a timestamp per line, from DIR/console.log and its
+    rotated predecessors."""
+    state = Path(state_dir)
+    path = transcript_path(state)
+    if not state.is_dir():
+        raise UsageError(f"no board state directory {state} (give the --state of `board run`)")
+    if not follow and not path.exists():
+        raise UsageError(f"no console transcript in {state}: a board writes {path} while it runs "
+                         "(unless its profile sets transcript_files = 0)")
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, lambda *_: stop.set())
+    lines = follow_lines(state, stop, last) if follow else read_lines(state, last)
+    try:
+        for line in lines:
+            click.echo(json.dumps(parse_line(line)) if as_json else line.rstrip("\n"))
+    except BrokenPipeError:
+        # The reader went away (`| head`): not an error. Point stdout at
+        # /dev/null so that the interpreter's last flush does not complain.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 @board.command()
