@@ -69,8 +69,8 @@ def test_a_long_line_is_cut_into_records():
 
 
 def test_smp_frames_become_one_summary_per_packet_in_either_direction():
-    request = bytes(ExecuteRequest(argv=["echo", "hi"]))
-    big = encode_smp_frames(bytes(EchoWriteRequest(d="x" * 400)))
+    request = bytes(ExecuteRequest(sequence=0, argv=["echo", "hi"]))
+    big = encode_smp_frames(bytes(EchoWriteRequest(sequence=1, d="x" * 400)))
     response = bytes(EchoWriteResponse(sequence=7, r="pong"))
     r = Renderer()
     got = r.feed(T0, IN, encode_smp_frames(request))
