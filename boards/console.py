@@ -4,7 +4,7 @@ Three pieces, from the wire inwards:
 
 - `Console` is the UART seen from both sides. Transports (pty, RFC 2217, raw
   TCP) attach to it; everything the board writes goes to every attached
-  client and into a bounded log that a client attaching later receives first.
+  client and into a bounded log that a client attaching later may be sent first.
   Writing never blocks: each transport's `send` only queues, and a transport
   that cannot keep up drops its oldest bytes, as a UART overrun does. Input
   from any client lands in one bounded input buffer. A tap (the transcript)

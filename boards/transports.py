@@ -16,7 +16,8 @@ stalling the board.
 A network client sees output from the moment it connects, as with ser2net: a
 script that waits for a prompt must not match one printed for an earlier
 client. With `replay=True` a client is sent the console's recent output first
-(for a human attaching late who wants to see the boot).
+(for a human attaching late who wants to see the boot). pyserial's RFC 2217
+client clears its input once the port is open, so it may drop a replay.
 """
 
 from __future__ import annotations
