@@ -4,10 +4,11 @@ Three pieces, from the wire inwards:
 
 - `Console` is the UART seen from both sides. Transports (pty, RFC 2217, raw
   TCP) attach to it; everything the board writes goes to every attached
-  client and into a bounded log that a client attaching later receives first.
+  client and into a bounded log that a client attaching later may be sent first.
   Writing never blocks: each transport's `send` only queues, and a transport
   that cannot keep up drops its oldest bytes, as a UART overrun does. Input
-  from any client lands in one bounded input buffer.
+  from any client lands in one bounded input buffer. A tap (the transcript)
+  sees both directions.
 - `LineEditor` is the pure line discipline: echo, backspace, Ctrl-C, CR, LF
   and CRLF line ends, escape sequences and garbage bytes ignored, and SMP
   console frames (lines starting 06 09 or 04 14, as Zephyr's mcumgr uses on a
@@ -19,6 +20,7 @@ Three pieces, from the wire inwards:
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections import deque
@@ -37,6 +39,7 @@ _MAX_ESCAPE = 16
 # How long a read waits before re-checking the board's state; power-off and
 # reset also wake it at once through `Console.wake`.
 _READ_SLICE = 0.5
+_HIDDEN = re.compile(rb"[^\r\n]")
 
 
 class OutputLog:
@@ -79,8 +82,12 @@ class Console:
     """The UART: board output fanned out to clients, client input queued for the board."""
 
     def __init__(self, *, line_ending: str = "\r\n", log_bytes: int = 64 * 1024,
-                 input_limit: int = DEFAULT_INPUT_LIMIT):
+                 input_limit: int = DEFAULT_INPUT_LIMIT,
+                 tap: Callable[[str, bytes], None] | None = None):
+        """`tap("out"|"in", data)` sees every byte written and received, in
+        order (the transcript); it must queue and return at once."""
         self.line_ending = line_ending
+        self._tap = tap
         self._log = OutputLog(log_bytes)
         self._out_lock = threading.Lock()
         self._attachments: list[Attachment] = []
@@ -89,6 +96,9 @@ class Console:
         self._cond = threading.Condition()
         self._woken = False
         self.dropped_input = 0
+        # Set while the board reads without echo (a password): the tap then sees
+        # every input byte but a line end as "*", so no transcript holds it.
+        self.hide_input = False
 
     # -- board side -----------------------------------------------------------
 
@@ -97,6 +107,8 @@ class Console:
         if not data:
             return
         with self._out_lock:
+            if self._tap is not None:
+                self._tap("out", data)
             self._log.append(data)
             for attachment in self._attachments:
                 attachment.send(data)
@@ -144,7 +156,7 @@ class Console:
 
     # -- client side ----------------------------------------------------------
 
-    def attach(self, send: Callable[[bytes], None], *, replay: bool = True) -> Attachment:
+    def attach(self, send: Callable[[bytes], None], *, replay: bool = False) -> Attachment:
         """Start sending output to `send`, which must queue and return at once.
         With `replay`, the recent output is sent first."""
         attachment = Attachment(self, send)
@@ -166,6 +178,8 @@ class Console:
         if not data:
             return
         with self._cond:
+            if self._tap is not None:
+                self._tap("in", _HIDDEN.sub(b"*", data) if self.hide_input else data)
             room = self._input_limit - len(self._input)
             if room < len(data):
                 self.dropped_input += len(data) - max(room, 0)
@@ -387,6 +401,7 @@ class Terminal:
     def read_line(self, *, echo: bool = True) -> Line | None:
         """The next line typed; None when Ctrl-C abandoned it."""
         self.editor.echo = echo
+        self.console.hide_input = not echo
         try:
             while True:
                 while self._items:
@@ -406,6 +421,7 @@ class Terminal:
                         self._items.append(item)
         finally:
             self.editor.echo = True
+            self.console.hide_input = False
 
     def wait_key(self, timeout: float) -> bool:
         """True if a key was pressed within `timeout` (the key is consumed).

@@ -56,6 +56,8 @@ class ConsoleConfig:
     username: str
     password: str
     log_kib: int                # output kept for clients that attach later
+    transcript_kib: int         # size of one console transcript file before it is rotated
+    transcript_files: int       # transcript files kept (the newest included); 0: no transcript
 
 
 @dataclass(frozen=True)
@@ -248,6 +250,10 @@ def _parse(source: Path, data: dict) -> Profile:
                        hint="no spaces"),
         password=t.text("password", "" if not login else None, nonempty=login),
         log_kib=t.integer("log_kib", 64, low=1, high=16 * 1024),
+        # 4 files of 1 MiB: tens of thousands of console lines. A record can take
+        # 16 KiB once escaped, so a file holds at least one.
+        transcript_kib=t.integer("transcript_kib", 1024, low=16, high=1024 * 1024),
+        transcript_files=t.integer("transcript_files", 4, low=0, high=100),
     )
     if "\n" in console.prompt or "\r" in console.prompt:
         tables["console"]._fail("prompt", "must be a single line")

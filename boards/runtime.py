@@ -40,10 +40,12 @@ from .flash import Flash
 from .image_slots import ImageSlots, NoBootableImageError
 from .power import PowerServer
 from .profile import Profile
+from .rtc import Rtc
 from .shell import Shell, ShellExit
 from .shell_commands import BOARD_COMMANDS
 from .smp_framing import SmpLineDecoder, encode_smp_frames
 from .smp_server import SmpParams, SmpServer
+from .transcript import TranscriptRecorder, transcript_path
 from .transports import PtyTransport, Rfc2217Transport, TcpTransport
 
 LOCK_FILE = "board.lock"
@@ -55,6 +57,8 @@ SERIAL_KINDS = ("pty", "rfc2217", "tcp")
 # (a FirmwareApp in a network call) can no longer print or write the flash.
 POWER_OFF_TIMEOUT = 2.0
 EVENT_LOG_LINES = 500
+# How long power-off and shutdown wait for the console transcript to reach the disk.
+TRANSCRIPT_FLUSH_TIMEOUT = 2.0
 _log = logging.getLogger(__name__)
 
 
@@ -141,20 +145,30 @@ class Board:
         self.app = app
         self._firmware_local = threading.local()
         self._lock_fd = self._lock_state_dir()
+        self.transcript: TranscriptRecorder | None = None
         try:
+            if profile.console.transcript_files:
+                self.transcript = TranscriptRecorder(transcript_path(self.state_dir),
+                                                     file_bytes=profile.console.transcript_kib * 1024,
+                                                     files=profile.console.transcript_files)
             self.console = Console(line_ending=profile.console.line_ending,
-                                   log_bytes=profile.console.log_kib * 1024)
+                                   log_bytes=profile.console.log_kib * 1024,
+                                   tap=self.transcript.record if self.transcript else None)
             self.keystore = BoardKeyStore(profile, self.state_dir)
             self.slots = ImageSlots(self.state_dir, profile.image)
+            self.rtc = Rtc()
             self._smp_server = SmpServer(self.slots, self.request_reset,
                                          SmpParams(node_name=profile.board.hostname,
-                                                   machine=profile.board.name))
+                                                   machine=profile.board.name),
+                                         rtc=self.rtc, run_command=self._smp_shell_command)
             self._smp_decoder = SmpLineDecoder(self._smp_server.params.max_packet)
             self._flash_capacity = profile.flash.size_kib * 1024
             # Opened now so that a damaged flash file is reported before anything runs.
             self._flash = Flash.in_state_dir(self.state_dir, self._flash_capacity)
             self._check_serial(serial_number)
         except BaseException:
+            if self.transcript is not None:
+                self.transcript.close(TRANSCRIPT_FLUSH_TIMEOUT)
             os.close(self._lock_fd)
             raise
         self._serial_request = serial_number
@@ -194,15 +208,16 @@ class Board:
             raise BoardError(f"this board's flash already holds serial number {current}; "
                              f"--serial-number {requested} only applies to a new board")
 
-    def open_console(self, kind: str = "pty", port: int = 0):
-        """Expose the console as a pty (DIR/console), RFC 2217 or raw TCP on loopback."""
+    def open_console(self, kind: str = "pty", port: int = 0, *, replay: bool = False):
+        """Expose the console as a pty (DIR/console), RFC 2217 or raw TCP on loopback.
+        `replay`: network clients get the recent output when they connect."""
         baud = self.profile.console.baud
         if kind == "pty":
             transport = PtyTransport(self.console, self.state_dir / CONSOLE_LINK, baudrate=baud)
         elif kind == "rfc2217":
-            transport = Rfc2217Transport(self.console, port, baudrate=baud)
+            transport = Rfc2217Transport(self.console, port, baudrate=baud, replay=replay)
         elif kind == "tcp":
-            transport = TcpTransport(self.console, port)
+            transport = TcpTransport(self.console, port, replay=replay)
         else:
             raise BoardError(f"unknown console transport {kind!r}; use one of {', '.join(SERIAL_KINDS)}")
         self.transports.append(transport)
@@ -223,6 +238,8 @@ class Board:
         self.power_off()
         for transport in self.transports:
             transport.close()
+        if self.transcript is not None:
+            self.transcript.close(TRANSCRIPT_FLUSH_TIMEOUT)
         (self.state_dir / INFO_FILE).unlink(missing_ok=True)
         os.close(self._lock_fd)
 
@@ -249,6 +266,7 @@ class Board:
             self._flash.record_power_on()
             self.keystore.power_on()
             session = _PowerSession(self._flash)
+            self._transcript_event("power on")
             self.events.clear()
             self.console.flush_input()
             self._smp_decoder.reset()
@@ -274,11 +292,20 @@ class Board:
                     _log.info("firmware thread still busy after power-off; it can no longer "
                               "print or write the flash")
             self.keystore.power_off()
+            self.rtc.lose_power()
             self.console.clear_history()
             self._session = None
             self.firmware_version = None
             self._set_phase("off")
             self._write_info()
+            self._transcript_event("power off")
+            if self.transcript is not None:
+                # Bounded: a stalled disk must not stop the power switch.
+                self.transcript.flush(TRANSCRIPT_FLUSH_TIMEOUT)
+
+    def _transcript_event(self, text: str) -> None:
+        if self.transcript is not None:
+            self.transcript.event(text)
 
     def power_cycle(self) -> None:
         with self._power_lock:
@@ -367,6 +394,7 @@ class Board:
             "pid": os.getpid(),
             "console": self.transports[0].address if self.transports else None,
             "consoles": [{"type": t.scheme, "address": t.address} for t in self.transports],
+            "transcript": str(self.transcript.path) if self.transcript else None,
             "baud": self.profile.console.baud,
             "power": self.power_server.address if self.power_server else None,
             "powered": self.powered,
@@ -473,13 +501,17 @@ class Board:
                 raise
             return self.profile.image.version
 
+    def _new_shell(self, write: Callable[[str], None]) -> Shell:
+        console = self.profile.console
+        return Shell(BOARD_COMMANDS, write, board=self,
+                     variables={"HOSTNAME": self.profile.board.hostname, "HOME": "/root",
+                                "USER": console.username, "PS1": console.prompt},
+                     on_error=lambda name, exc: _log.error("command %s failed: %s", name,
+                                                           traceback.format_exc()))
+
     def _shell_session(self, session: _PowerSession, term: Terminal) -> None:
         console = self.profile.console
-        shell = Shell(BOARD_COMMANDS, lambda text: term.print(text, end=""), board=self,
-                      variables={"HOSTNAME": self.profile.board.hostname, "HOME": "/root",
-                                 "USER": console.username, "PS1": console.prompt},
-                      on_error=lambda name, exc: _log.error("command %s failed: %s", name,
-                                                            traceback.format_exc()))
+        shell = self._new_shell(lambda text: term.print(text, end=""))
         self._set_phase("shell")
         if self.profile.boot.motd:
             term.print(boot.banner(self.profile.boot.motd, self._template_fields()))
@@ -499,6 +531,22 @@ class Board:
             except ShellExit:
                 self.log_event("logout")
                 return
+
+    def _smp_shell_command(self, argv: list[str]) -> tuple[str, int]:
+        """SMP shell exec: the command line through a shell of its own with its
+        output captured, as Zephyr runs it on a dummy shell backend beside the
+        UART's shell. Runs in the firmware thread, which serves SMP."""
+        output: list[str] = []
+        shell = self._new_shell(output.append)
+        try:
+            status = shell.execute(" ".join(argv))
+        except ShellExit as exc:
+            status = exc.status
+        except ResetRequested:
+            # `reboot` and the like: answer first, then reset, as the SMP reset command does.
+            self.request_reset()
+            status = 0
+        return "".join(output), status
 
     def _smp_line(self, raw: bytes) -> None:
         """One SMP console line: reassemble, answer, and reset afterwards if asked."""

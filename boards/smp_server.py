@@ -1,4 +1,4 @@
-"""An MCUmgr SMP server for an emulated board: OS and image management groups.
+"""An MCUmgr SMP server for an emulated board: OS, image, shell and enumeration groups.
 
 It answers what Zephyr's SMP server answers, with its error conventions:
 - an SMP packet is an 8-byte header (op, version, flags, length, group, sequence,
@@ -17,20 +17,33 @@ it (answered with the current offset); any other off-0 request starts over.
 The last response carries `match` when a full SHA-256 was given. Uploads land in
 the secondary slot (see image_slots.py); nothing is verified until boot.
 
+The OS group's datetime command reads and sets the board's RTC (rtc.py) in
+Zephyr's text form `yyyy-mm-ddThh:mm:ss`; reading an RTC nobody set is the
+group error RTC_NOT_SET. Shell exec joins `argv` with spaces, runs the line
+through the board's shell and answers `{"o": output, "ret": status}`; the
+output is cut to fit one SMP buffer, as Zephyr's dummy shell backend cuts it.
+The enumeration group lists the groups this server answers, with Zephyr's
+names and handler counts. A group whose part the board lacks (no RTC, no shell)
+is not registered, so it answers ENOTSUP and is not enumerated.
+
 Framing (base64 lines on the console) lives in smp_framing.py; this module sees
 whole packets only.
 """
 
 from __future__ import annotations
 
+import re
 import struct
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Callable
 
 import cbor2
 
+from .console import MAX_LINE
 from .image_slots import ImageSlots, SlotError, SlotRefusal, UploadWriter
 from .mcuboot import HEADER_SIZE, IMAGE_MAGIC
+from .rtc import Rtc
 
 HEADER = struct.Struct(">BBHHBB")
 
@@ -39,6 +52,27 @@ SMP_V1, SMP_V2 = 0, 1
 
 GROUP_OS = 0
 GROUP_IMAGE = 1
+GROUP_SHELL = 9
+GROUP_ENUM = 10
+# The names Zephyr gives its groups (CONFIG_MCUMGR_GRP_ENUM_DETAILS_NAME).
+GROUP_NAMES = {GROUP_OS: "os mgmt", GROUP_IMAGE: "img mgmt", GROUP_SHELL: "shell mgmt",
+               GROUP_ENUM: "enum mgmt"}
+
+# OS group commands.
+OS_ECHO, OS_DATETIME, OS_RESET, OS_MCUMGR_PARAMS, OS_INFO, OS_BOOTLOADER_INFO = 0, 4, 5, 6, 7, 8
+# Enumeration group commands.
+ENUM_COUNT, ENUM_LIST, ENUM_SINGLE, ENUM_DETAILS = 0, 1, 2, 3
+SHELL_EXEC = 0
+# What a transcript calls each command.
+COMMAND_NAMES = {
+    (GROUP_OS, OS_ECHO): "os echo", (GROUP_OS, OS_DATETIME): "os datetime",
+    (GROUP_OS, OS_RESET): "os reset", (GROUP_OS, OS_MCUMGR_PARAMS): "os mcumgr-params",
+    (GROUP_OS, OS_INFO): "os info", (GROUP_OS, OS_BOOTLOADER_INFO): "os bootloader-info",
+    (GROUP_IMAGE, 0): "image state", (GROUP_IMAGE, 1): "image upload", (GROUP_IMAGE, 5): "image erase",
+    (GROUP_SHELL, SHELL_EXEC): "shell exec",
+    (GROUP_ENUM, ENUM_COUNT): "enum count", (GROUP_ENUM, ENUM_LIST): "enum list",
+    (GROUP_ENUM, ENUM_SINGLE): "enum single", (GROUP_ENUM, ENUM_DETAILS): "enum details",
+}
 
 # MGMT_ERR: the general return codes.
 EOK, EUNKNOWN, ENOMEM, EINVAL, ETIMEOUT, ENOENT, EBADSTATE, EMSGSIZE, ENOTSUP, ECORRUPT = range(10)
@@ -48,6 +82,18 @@ UNSUPPORTED_TOO_NEW = 13
 OS_ERR_UNKNOWN = 1
 OS_ERR_INVALID_FORMAT = 2
 OS_ERR_QUERY_YIELDS_NO_ANSWER = 3
+OS_ERR_RTC_NOT_SET = 4
+OS_ERR_RTC_COMMAND_FAILED = 5
+
+# Shell management group codes.
+SHELL_ERR_UNKNOWN = 1
+SHELL_ERR_COMMAND_TOO_LONG = 2
+SHELL_ERR_EMPTY_COMMAND = 3
+
+# Enumeration management group codes.
+ENUM_ERR_UNKNOWN = 1
+ENUM_ERR_TOO_MANY_GROUP_ENTRIES = 2
+ENUM_ERR_INDEX_TOO_LARGE = 4
 
 # Image management group codes (Zephyr's img_mgmt_err_code_t).
 IMG_ERR_UNKNOWN = 1
@@ -85,8 +131,22 @@ _IMG_TO_MGMT = {IMG_ERR_NO_IMAGE: ENOENT, 4: ENOENT,
                 IMG_ERR_INVALID_SLOT: EINVAL, 19: EINVAL, IMG_ERR_INVALID_OFFSET: EINVAL,
                 IMG_ERR_INVALID_LENGTH: EINVAL, IMG_ERR_INVALID_IMAGE_HEADER: EINVAL,
                 IMG_ERR_INVALID_HASH: EINVAL, 25: EINVAL}
-_OS_TO_MGMT = {OS_ERR_INVALID_FORMAT: EINVAL, OS_ERR_QUERY_YIELDS_NO_ANSWER: ENOENT}
-_TRANSLATE = {GROUP_IMAGE: _IMG_TO_MGMT, GROUP_OS: _OS_TO_MGMT}
+_OS_TO_MGMT = {OS_ERR_INVALID_FORMAT: EINVAL, OS_ERR_QUERY_YIELDS_NO_ANSWER: ENOENT,
+               OS_ERR_RTC_NOT_SET: ENOENT}
+_SHELL_TO_MGMT = {SHELL_ERR_COMMAND_TOO_LONG: EINVAL, SHELL_ERR_EMPTY_COMMAND: EINVAL}
+_ENUM_TO_MGMT = {ENUM_ERR_TOO_MANY_GROUP_ENTRIES: EINVAL}
+_TRANSLATE = {GROUP_IMAGE: _IMG_TO_MGMT, GROUP_OS: _OS_TO_MGMT, GROUP_SHELL: _SHELL_TO_MGMT,
+              GROUP_ENUM: _ENUM_TO_MGMT}
+
+# Zephyr's datetime text: 19 to 25 characters (a longer one is refused), six
+# numbers each followed by one delimiter of any kind, read as strtol reads them.
+_DATETIME_MIN_LEN, _DATETIME_MAX_LEN = 19, 25
+_DATETIME_FIELD = re.compile(r"\s*[+-]?\d+")
+_DATETIME_RANGES = ((1900, 11899), (1, 12), (1, 31), (0, 23), (0, 59), (0, 59))
+# The largest group number enum's "single" accepts as an index.
+_MAX_GROUPS = 65535
+# Room for the response header and the CBOR around shell output.
+_SHELL_RESPONSE_OVERHEAD = 32
 
 # MCUboot modes as the bootloader-info "mode" query reports them.
 MCUBOOT_MODE_SINGLE_SLOT = 0
@@ -158,32 +218,55 @@ def _field(payload: dict, key: str, kind: type, default=None):
     return value
 
 
+RunCommand = Callable[[list[str]], tuple[str, int]]
+
+
 class SmpServer:
     """Answers SMP packets for one board; `handle` returns the response packet.
 
     `request_reset` is called while a reset request is being answered: it must only
     schedule the reset, which the caller carries out after writing the response
     (as Zephyr replies first and resets a moment later).
+    `rtc` is the board's real-time clock (the datetime command); `run_command`
+    runs one shell command line given as argv and returns its output and exit
+    status (shell exec). Without them those commands answer ENOTSUP.
     """
 
     def __init__(self, slots: ImageSlots, request_reset: Callable[[], None],
-                 params: SmpParams = SmpParams()):
+                 params: SmpParams = SmpParams(), *, rtc: Rtc | None = None,
+                 run_command: RunCommand | None = None):
         self.slots = slots
         self.request_reset = request_reset
         self.params = params
+        self.rtc = rtc
+        self.run_command = run_command
         self._upload: _Upload | None = None
         self._handlers = {
-            (GROUP_OS, 0, OP_READ): self._echo,
-            (GROUP_OS, 0, OP_WRITE): self._echo,
-            (GROUP_OS, 5, OP_WRITE): self._reset,
-            (GROUP_OS, 6, OP_READ): self._mcumgr_params,
-            (GROUP_OS, 7, OP_READ): self._app_info,
-            (GROUP_OS, 8, OP_READ): self._bootloader_info,
+            (GROUP_OS, OS_ECHO, OP_READ): self._echo,
+            (GROUP_OS, OS_ECHO, OP_WRITE): self._echo,
+            (GROUP_OS, OS_RESET, OP_WRITE): self._reset,
+            (GROUP_OS, OS_MCUMGR_PARAMS, OP_READ): self._mcumgr_params,
+            (GROUP_OS, OS_INFO, OP_READ): self._app_info,
+            (GROUP_OS, OS_BOOTLOADER_INFO, OP_READ): self._bootloader_info,
             (GROUP_IMAGE, 0, OP_READ): self._state_read,
             (GROUP_IMAGE, 0, OP_WRITE): self._state_write,
             (GROUP_IMAGE, 1, OP_WRITE): self._image_upload,
             (GROUP_IMAGE, 5, OP_WRITE): self._image_erase,
+            (GROUP_ENUM, ENUM_COUNT, OP_READ): self._enum_count,
+            (GROUP_ENUM, ENUM_LIST, OP_READ): self._enum_list,
+            (GROUP_ENUM, ENUM_SINGLE, OP_READ): self._enum_single,
+            (GROUP_ENUM, ENUM_DETAILS, OP_READ): self._enum_details,
         }
+        if rtc is not None:
+            self._handlers[(GROUP_OS, OS_DATETIME, OP_READ)] = self._datetime_read
+            self._handlers[(GROUP_OS, OS_DATETIME, OP_WRITE)] = self._datetime_write
+        if run_command is not None:
+            self._handlers[(GROUP_SHELL, SHELL_EXEC, OP_WRITE)] = self._shell_exec
+        # Registered groups in order, with their handler table sizes as Zephyr
+        # counts them (the highest command id + 1).
+        self._groups: dict[int, int] = {}
+        for group, command, _op in sorted(self._handlers):
+            self._groups[group] = max(self._groups.get(group, 0), command + 1)
 
     # -- packets -------------------------------------------------------------
 
@@ -270,6 +353,80 @@ class SmpServer:
                 else MCUBOOT_MODE_SINGLE_SLOT
             return {"mode": mode}
         raise _GroupError(OS_ERR_QUERY_YIELDS_NO_ANSWER)
+
+    def _datetime_read(self, request: _Request, payload: dict) -> dict:
+        now = self.rtc.now()
+        if now is None:
+            raise _GroupError(OS_ERR_RTC_NOT_SET)
+        return {"datetime": now.strftime("%Y-%m-%dT%H:%M:%S")}
+
+    def _datetime_write(self, request: _Request, payload: dict) -> dict:
+        text = _field(payload, "datetime", str, "")
+        if not _DATETIME_MIN_LEN <= len(text.encode()) <= _DATETIME_MAX_LEN:
+            raise _BadRequest()
+        fields = []
+        pos = 0
+        for low, high in _DATETIME_RANGES:
+            if pos >= len(text):
+                raise _BadRequest()            # the text ended early
+            match = _DATETIME_FIELD.match(text, pos)
+            if match is None or not low <= int(match.group()) <= high:
+                raise _BadRequest()
+            fields.append(int(match.group()))
+            pos = match.end() + 1              # one delimiter, whatever it is
+        try:
+            when = datetime(*fields)
+        except ValueError:
+            # In range field by field but not a date (31 February): the RTC refuses it.
+            raise _GroupError(OS_ERR_RTC_COMMAND_FAILED) from None
+        self.rtc.set(when)
+        return {}
+
+    # -- shell group ---------------------------------------------------------
+
+    def _shell_exec(self, request: _Request, payload: dict) -> dict:
+        argv = payload.get("argv")
+        if not isinstance(argv, list) or not all(isinstance(arg, str) for arg in argv):
+            raise _BadRequest()
+        if not argv:
+            raise _GroupError(SHELL_ERR_EMPTY_COMMAND)
+        if len(" ".join(argv)) > MAX_LINE:      # longer than the shell's line buffer
+            raise _GroupError(SHELL_ERR_COMMAND_TOO_LONG)
+        try:
+            output, status = self.run_command(argv)
+        except Exception:   # a broken command must not take the SMP server down
+            raise _GroupError(SHELL_ERR_UNKNOWN) from None
+        room = self.params.buf_size - HEADER.size - _SHELL_RESPONSE_OVERHEAD
+        output = output.encode()[:room].decode(errors="ignore")
+        return {"o": output, "ret": status}
+
+    # -- enumeration group -----------------------------------------------------
+
+    def _enum_count(self, request: _Request, payload: dict) -> dict:
+        return {"count": len(self._groups)}
+
+    def _enum_list(self, request: _Request, payload: dict) -> dict:
+        return {"groups": list(self._groups)}
+
+    def _enum_single(self, request: _Request, payload: dict) -> dict:
+        index = _field(payload, "index", int, 0)
+        if index > _MAX_GROUPS:
+            raise _BadRequest()
+        groups = list(self._groups)
+        if index >= len(groups):
+            raise _GroupError(ENUM_ERR_INDEX_TOO_LARGE)
+        response = {"group": groups[index]}
+        if index == len(groups) - 1:
+            response["end"] = True
+        return response
+
+    def _enum_details(self, request: _Request, payload: dict) -> dict:
+        wanted = _field(payload, "groups", list, [])
+        if any(isinstance(g, bool) or not isinstance(g, int) or g < 0 for g in wanted):
+            raise _BadRequest()
+        return {"groups": [{"group": group, "name": GROUP_NAMES[group], "handlers": handlers}
+                           for group, handlers in self._groups.items()
+                           if not wanted or group in wanted]}
 
     # -- image group ---------------------------------------------------------
 

@@ -11,7 +11,13 @@
 Each transport runs one thread around a selector. Output from the board is
 queued per client and flushed when the client's socket (or the pty) can take
 it; a client that stops reading loses its oldest queued bytes instead of
-stalling the board. Network clients get the console's recent output first.
+stalling the board.
+
+A network client sees output from the moment it connects, as with ser2net: a
+script that waits for a prompt must not match one printed for an earlier
+client. With `replay=True` a client is sent the console's recent output first
+(for a human attaching late who wants to see the boot). pyserial's RFC 2217
+client clears its input once the port is open, so it may drop a replay.
 """
 
 from __future__ import annotations
@@ -164,8 +170,9 @@ class _Channel:
 class _SocketClient(_Channel):
     """A network client of the console; subclasses add the wire protocol."""
 
-    def __init__(self, console: Console, sock: socket.socket, loop: _Loop):
+    def __init__(self, console: Console, sock: socket.socket, loop: _Loop, *, replay: bool = False):
         self.console = console
+        self.replay = replay
         self.sock = sock
         self.fileobj = sock
         self.loop = loop
@@ -178,7 +185,7 @@ class _SocketClient(_Channel):
         self.attachment: Attachment | None = None
 
     def start(self) -> None:
-        self.attachment = self.console.attach(self._queue, replay=True)
+        self.attachment = self.console.attach(self._queue, replay=self.replay)
 
     def _queue(self, data: bytes) -> None:
         self.outbox.put(data)
@@ -251,12 +258,14 @@ class _Listener(_Channel):
 
 
 class _NetworkTransport:
-    """A loopback TCP server; each connection is one console client."""
+    """A loopback TCP server; each connection is one console client.
+    `replay`: send each new client the recent output before the live output."""
 
     scheme = ""
 
-    def __init__(self, console: Console, port: int = 0, host: str = LOOPBACK):
+    def __init__(self, console: Console, port: int = 0, host: str = LOOPBACK, *, replay: bool = False):
         self.console = console
+        self.replay = replay
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
@@ -289,7 +298,7 @@ class TcpTransport(_NetworkTransport):
     scheme = "socket"
 
     def _make_client(self, conn, loop):
-        return _SocketClient(self.console, conn, loop)
+        return _SocketClient(self.console, conn, loop, replay=self.replay)
 
 
 class VirtualUart:
@@ -323,8 +332,8 @@ class VirtualUart:
 
 
 class _Rfc2217Client(_SocketClient):
-    def __init__(self, console, sock, loop, baudrate: int):
-        super().__init__(console, sock, loop)
+    def __init__(self, console, sock, loop, baudrate: int, *, replay: bool = False):
+        super().__init__(console, sock, loop, replay=replay)
         self.uart = VirtualUart(baudrate)
         # PortManager sends Telnet replies through `self.write` and starts
         # negotiating at once, so it is created after the queue exists.
@@ -353,12 +362,13 @@ class Rfc2217Transport(_NetworkTransport):
 
     scheme = "rfc2217"
 
-    def __init__(self, console: Console, port: int = 0, host: str = LOOPBACK, *, baudrate: int = 115200):
+    def __init__(self, console: Console, port: int = 0, host: str = LOOPBACK, *, baudrate: int = 115200,
+                 replay: bool = False):
         self.baudrate = baudrate
-        super().__init__(console, port, host)
+        super().__init__(console, port, host, replay=replay)
 
     def _make_client(self, conn, loop):
-        return _Rfc2217Client(self.console, conn, loop, self.baudrate)
+        return _Rfc2217Client(self.console, conn, loop, self.baudrate, replay=self.replay)
 
 
 class _PtyMaster(_Channel):
@@ -412,6 +422,43 @@ class _PtyMaster(_Channel):
         os.close(self.slave)
 
 
+def open_raw_pty(baudrate: int) -> tuple[int, int, str]:
+    """A pseudo-terminal that passes bytes through untouched: (master fd, slave fd, slave path).
+
+    Raw mode on our own end of the slave: no echo of board output back to the
+    board, no CR/LF rewriting; a client may still set its own modes when it
+    opens it. The master is non-blocking. Keeping the slave open means the pty
+    outlives each client that opens and closes it.
+    """
+    master, slave = os.openpty()
+    tty.setraw(slave)
+    attrs = termios.tcgetattr(slave)
+    speed = getattr(termios, f"B{baudrate}", None)
+    if speed is not None:
+        attrs[4] = attrs[5] = speed
+        termios.tcsetattr(slave, termios.TCSANOW, attrs)
+    flags = fcntl.fcntl(master, fcntl.F_GETFL)
+    fcntl.fcntl(master, fcntl.F_SETFL, flags | os.O_NONBLOCK)
+    return master, slave, os.ttyname(slave)
+
+
+def link_pty(path: str, link: Path) -> None:
+    """Point `link` at the pty `path`, replacing whatever link was there in one step."""
+    tmp = link.with_name(f".{link.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    os.symlink(path, tmp)
+    os.replace(tmp, link)
+
+
+def unlink_pty(path: str, link: Path) -> None:
+    """Remove `link` if it still points at `path` (another process may have taken it over)."""
+    try:
+        if os.readlink(link) == path:
+            link.unlink()
+    except OSError:
+        pass
+
+
 class PtyTransport:
     """A pseudo-terminal for the console, linked from `link` (e.g. DIR/console)."""
 
@@ -420,19 +467,7 @@ class PtyTransport:
     def __init__(self, console: Console, link: str | os.PathLike, *, baudrate: int = 115200):
         self.console = console
         self.link = Path(link)
-        master, slave = os.openpty()
-        # Raw mode on our own end of the slave: the pty must pass bytes through
-        # untouched (no echo of board output back to the board, no CR/LF
-        # rewriting); a client may still set its own modes when it opens it.
-        tty.setraw(slave)
-        attrs = termios.tcgetattr(slave)
-        speed = getattr(termios, f"B{baudrate}", None)
-        if speed is not None:
-            attrs[4] = attrs[5] = speed
-            termios.tcsetattr(slave, termios.TCSANOW, attrs)
-        flags = fcntl.fcntl(master, fcntl.F_GETFL)
-        fcntl.fcntl(master, fcntl.F_SETFL, flags | os.O_NONBLOCK)
-        self.path = os.ttyname(slave)
+        master, slave, self.path = open_raw_pty(baudrate)
         self._channel = _PtyMaster(console, master, slave)
         self._loop = _Loop(f"console-pty-{os.path.basename(self.path)}")
         self._channel.loop = self._loop
@@ -440,14 +475,8 @@ class PtyTransport:
         # The kernel's pty buffer already holds recent output for the next
         # reader, so nothing is replayed here.
         self._channel.attachment = console.attach(self._channel.queue, replay=False)
-        self._link()
+        link_pty(self.path, self.link)
         self._loop.start()
-
-    def _link(self) -> None:
-        tmp = self.link.with_name(f".{self.link.name}.{os.getpid()}.tmp")
-        tmp.unlink(missing_ok=True)
-        os.symlink(self.path, tmp)
-        os.replace(tmp, self.link)
 
     @property
     def address(self) -> str:
@@ -455,8 +484,4 @@ class PtyTransport:
 
     def close(self) -> None:
         self._loop.stop()
-        try:
-            if os.readlink(self.link) == self.path:
-                self.link.unlink()
-        except OSError:
-            pass
+        unlink_pty(self.path, self.link)

@@ -40,6 +40,7 @@ class BoardSummary:
     idevid_subject: str | None = None
     ldevid_subject: str | None = None
     console: str | None = None
+    transcript: str | None = None
     attach: str | None = None
     power: str | None = None
     pid: int | None = None
@@ -126,6 +127,7 @@ def run_demo(directory: Path, *, keep: bool = False, say: Callable[[str], None] 
             boards.append(process)
             process.start()
             summary.console = process.info["console"]
+            summary.transcript = process.info.get("transcript")
             summary.power = process.info.get("power")
             summary.pid = process.proc.pid
             summary.attach = f"picocom -b {profile.console.baud} {state_dir / 'console'}"
@@ -157,6 +159,9 @@ def summary_text(result: dict) -> str:
             f"  IDevID : {board['idevid_subject'] or '-'}",
             f"  LDevID : {board['ldevid_subject'] or '-'}",
         ]
+        if result["dir"] and board["transcript"]:
+            lines.append(f"  console: {board['transcript']} "
+                         f"(pledgeforge board console-log --state {board['state_dir']})")
         if result["kept_running"]:
             lines.append(f"  attach : {board['attach']}")
             lines.append(f"  stop   : kill {board['pid']}")

@@ -6,10 +6,14 @@ which the demo uses too); tests add the raw TCP console and shorter expects.
 
 from __future__ import annotations
 
+import json
+import select
 import socket
+import subprocess
 
 import pexpect.fdpexpect
 
+from clirunner import PLEDGEFORGE, run_cli
 from pledgeforge import bench
 
 EXPECT_TIMEOUT = 30
@@ -23,6 +27,14 @@ class BoardProcess(bench.BoardProcess):
         host, port = host_port.rsplit(":", 1)
         return host, int(port)
 
+    def wait_for_phase(self, phase: str, attempts: int = 100) -> None:
+        """Wait, without reading the console, until the power switch reports `phase`."""
+        for _ in range(attempts):
+            status = run_cli("board", "power", "status", "--state", self.state_dir)
+            if f"({phase})".encode() in status.stdout:
+                return
+        raise AssertionError(f"board never reached {phase}: {status.stdout!r}")
+
     def open_pty(self, logfile=None) -> pexpect.fdpexpect.fdspawn:
         return bench.open_console(self.state_dir / "console", EXPECT_TIMEOUT, logfile)
 
@@ -31,3 +43,39 @@ class BoardProcess(bench.BoardProcess):
         child = pexpect.fdpexpect.fdspawn(sock, timeout=EXPECT_TIMEOUT)
         child._socket = sock  # keep the socket object alive as long as the spawn
         return child
+
+
+class BridgeProcess:
+    """`pledgeforge board pty-bridge` as a child process; `info` is the JSON line it printed."""
+
+    def __init__(self, url: str, link):
+        self.url = url
+        self.link = link
+        self.proc: subprocess.Popen | None = None
+        self.info: dict = {}
+
+    def __enter__(self) -> "BridgeProcess":
+        self.proc = subprocess.Popen([PLEDGEFORGE, "board", "pty-bridge", "--url", self.url,
+                                      "--link", str(self.link)],
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        ready, _, _ = select.select([self.proc.stdout], [], [], bench.START_TIMEOUT_S)
+        line = self.proc.stdout.readline() if ready else b""
+        if not line:
+            self.stop()
+            raise AssertionError(f"pty-bridge did not start: {self.proc.stderr.read()!r}")
+        self.info = json.loads(line)
+        return self
+
+    def stop(self) -> int:
+        """SIGTERM, as a user's Ctrl-C or a service manager stops it; the exit status."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        try:
+            return self.proc.wait(bench.STOP_TIMEOUT_S)
+        finally:
+            self.proc.stdout.close()
+            self.proc.stderr.close()
+
+    def __exit__(self, *exc) -> None:
+        if self.proc.returncode is None:
+            self.stop()

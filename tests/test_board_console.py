@@ -14,7 +14,7 @@ from smp.packet import encode as smp_encode
 
 from pledgeforge.boards.console import (Cancel, Console, Line, LineEditor, OutputLog, PowerLost,
                                         SmpFrame, Terminal)
-from pledgeforge.boards.transports import TcpTransport
+from pledgeforge.boards.transports import Rfc2217Transport, TcpTransport
 
 
 def lines(items) -> list[str]:
@@ -114,16 +114,19 @@ def test_console_fans_out_and_replays_to_late_clients():
     console.attach(early.append)
     console.print("booted")
     late: list[bytes] = []
-    attachment = console.attach(late.append)
+    attachment = console.attach(late.append, replay=True)
+    live_only: list[bytes] = []
+    console.attach(live_only.append)
     console.print("after")
     assert b"".join(early) == b"booted\r\nafter\r\n"
     assert b"".join(late) == b"booted\r\nafter\r\n"      # replay, then live
+    assert b"".join(live_only) == b"after\r\n"              # no replay unless asked for
     attachment.detach()
     console.print("gone")
     assert b"gone" not in b"".join(late)
     console.clear_history()
     fresh: list[bytes] = []
-    console.attach(fresh.append)
+    console.attach(fresh.append, replay=True)
     assert fresh == []
 
 
@@ -185,9 +188,11 @@ def test_tcp_transport_clients_see_each_other_and_a_stuck_one_is_bounded():
         stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         stuck.connect((transport.host, transport.port))
         reader = socket.create_connection((transport.host, transport.port), timeout=10)
-        assert _recv_until(reader, b"hello\r\n").endswith(b"hello\r\n")     # replayed
         reader.sendall(b"typed")
-        assert _read_console(console, 5) == b"typed"
+        assert _read_console(console, 5) == b"typed"        # so both clients are attached
+        console.print("live")
+        # Output from before the connection is not replayed: the first bytes are live.
+        assert _recv_until(reader, b"live\r\n") == b"live\r\n"
         # 2 MB to a client that never reads: every write returns at once.
         for n in range(2000):
             console.print(f"{n:04d} " + "x" * 1000)
@@ -199,6 +204,25 @@ def test_tcp_transport_clients_see_each_other_and_a_stuck_one_is_bounded():
         assert len(got) < 500_000                          # the oldest output was dropped
         stuck.close()
         reader.close()
+    finally:
+        transport.close()
+
+
+@pytest.mark.parametrize("kind", [TcpTransport, Rfc2217Transport])
+def test_network_clients_get_the_recent_output_only_with_replay(kind):
+    console = Console(log_bytes=4096)
+    transport = kind(console, replay=True)
+    try:
+        console.print("from before the connection")
+        sock = socket.create_connection((transport.host, transport.port), timeout=10)
+        got = _recv_until(sock, b"connection\r\n")
+        if kind is TcpTransport:
+            assert got == b"from before the connection\r\n"
+        else:
+            # After the server's Telnet option negotiation. (pyserial's RFC 2217
+            # client purges its input once the port is open, so it may never show these.)
+            assert got.startswith(b"\xff") and got.endswith(b"from before the connection\r\n")
+        sock.close()
     finally:
         transport.close()
 

@@ -22,6 +22,8 @@ def test_shipped_profiles_cover_the_three_kinds_of_board():
         assert profile.registrar.cloud_url.startswith("https://")
     gateway = profiles["gateway-tpm"]
     assert gateway.console.login and gateway.console.prompt == "root@gateway:~# "
+    # Transcripts are on by default and bounded: 4 files of 1 MiB.
+    assert (gateway.console.transcript_files, gateway.console.transcript_kib) == (4, 1024)
 
 
 def write_profile(tmp_path, old: str, new: str):
@@ -50,6 +52,10 @@ def test_a_users_profile_is_loaded_by_path(tmp_path):
     ("autoboot_seconds = 1", "autoboot_seconds = -1", "[boot] autoboot_seconds must be between 0.0 and 60.0"),
     ("motd = \"\"", 'motd = "{nosuch}"', "[boot] motd has a bad placeholder"),
     ("slots = 2", "slots = 3", "[image] slots must be between 1 and 2, got 3"),
+    ("baud = 115200", "baud = 115200\ntranscript_kib = 4",
+     "[console] transcript_kib must be between 16 and 1048576, got 4"),
+    ("baud = 115200", "baud = 115200\ntranscript_files = -1",
+     "[console] transcript_files must be between 0 and 100, got -1"),
     ('cloud_url = "https://', 'cloud_url = "http://', "[registrar] cloud_url 'http://"),
     ("[flash]", "[flashh]", "unknown table [flashh]"),
     ('model = "PledgeForge MC-20 Sensor Node"\n', "", "[board] model is missing"),

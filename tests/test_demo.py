@@ -7,7 +7,7 @@ from pathlib import Path
 
 from clirunner import openssl, run_cli
 from pledgeforge.boards.profile import load_profile
-from pledgeforge.demo import BoardConsole
+from pledgeforge.demo import BoardConsole, summary_text
 from pledgeforge.registrar.lab import stop_process
 from pledgeforge.bench import run
 
@@ -40,6 +40,14 @@ def test_demo_json_from_a_clean_directory(tmp_path):
         assert board["states"][0] == "cloud-connect" and board["states"][-1] == "enrolled"
         assert board["serial"] in board["idevid_subject"] and board["serial"] in board["ldevid_subject"]
         assert not _alive(board["pid"])
+    for board in boards.values():
+        # Each console's transcript stays in the board's state directory, and the summary says where.
+        transcript = Path(board["state_dir"]) / "console.log"
+        assert board["transcript"] == str(transcript)
+        text = transcript.read_text()
+        assert " in  bootstrap\n" in text and " out -> enrolled" in text
+        assert text.rstrip().endswith("--- transcript stopped")
+        assert f"console: {transcript} (pledgeforge board console-log --state" in summary_text(result)
     assert "redirected" in boards["gateway-tpm"]["states"]
     assert "redirected" not in boards["mcu-se"]["states"] and "est-connect" in boards["mcu-se"]["states"]
     status = json.loads(run_cli("lab", "status", "--dir", result["lab"], "--json").stdout)

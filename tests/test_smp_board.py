@@ -1,5 +1,7 @@
 """Flashing a running board (`pledgeforge board run`) over its console pty with smpmgr and
-smpclient, with images signed by `pledgeforge image sign` using a firmware key in SoftHSM."""
+smpclient, with images signed by `pledgeforge image sign` using a firmware key in SoftHSM;
+the shell, enumeration and datetime commands; smpmgr through `board pty-bridge` to boards
+whose console is RFC 2217 or raw TCP."""
 
 from __future__ import annotations
 
@@ -8,12 +10,15 @@ import re
 from pathlib import Path
 
 import pytest
+import serial
+from smp import os_management as osm
 from smpclient import SMPClient
-from smpclient.generics import success
+from smpclient.generics import error, success
 from smpclient.requests.image_management import ImageStatesRead
+from smpclient.requests.os_management import DateTimeRead, DateTimeWrite
 from smpclient.transport.serial import SMPSerialTransport
 
-from boardrunner import BoardProcess
+from boardrunner import BoardProcess, BridgeProcess
 from clirunner import run_cli, smpmgr
 from pledgeforge.boards.image_signing import firmware_payload
 from pledgeforge.boards.image_slots import ImageSlots
@@ -191,3 +196,115 @@ def test_power_off_during_an_upload_boots_the_last_good_image(bench):
         assert asyncio.run(image_versions(board.console_path)) == [(0, "1.0.0")]
         assert asyncio.run(upload(board.console_path, image))[-1] == len(image)
         assert asyncio.run(image_versions(board.console_path)) == [(0, "1.0.0"), (1, "1.2.0")]
+
+
+# -- shell, enumeration and datetime ----------------------------------------------------
+
+def test_smpmgr_shell_runs_board_commands_and_reports_their_status(tmp_path):
+    with BoardProcess("mcu-se", tmp_path / "mcu") as board:
+        port = board.console_path
+        status = smpmgr(port, "shell", "status").stdout
+        assert re.search(rf"serial: +{board.info['serial_number']}", status)
+        assert "state:     unprovisioned" in status
+        # The line goes through the board's shell: lists and $? work, the status comes back.
+        failed = smpmgr(port, "shell", "echo one; false").stdout
+        assert "Return code: 1" in failed and "one" in failed
+        missing = smpmgr(port, "shell", "no-such-command").stdout
+        assert "Return code: 127" in missing and "sh: no-such-command: not found" in missing
+        # The console's own shell is undisturbed.
+        board.wait_for_phase("shell")
+        con = board.open_pty()
+        con.send("\r")
+        con.expect_exact(PROMPT)
+        assert "PledgeForge" in run(con, "uname", PROMPT)
+
+        # `reboot` answers first, then the board resets.
+        assert "Rebooting..." in smpmgr(port, "shell", "reboot").stdout
+        con.expect_exact("*** Booting Zephyr OS")
+        con.close()
+
+
+def test_smpmgr_enumerates_the_groups(tmp_path):
+    with BoardProcess("mcu-se", tmp_path / "mcu") as board:
+        groups = smpmgr(board.console_path, "enum", "get-supported-groups").stdout
+        for name in ("OS_MANAGEMENT: 0", "IMAGE_MANAGEMENT: 1", "SHELL_MANAGEMENT: 9",
+                     "ENUM_MANAGEMENT: 10"):
+            assert name in groups
+        details = smpmgr(board.console_path, "enum", "get-group-details", "9", "10").stdout
+        assert re.findall(r"name='([^']+)',\s+handlers=(\d+)", details) == [
+            ("shell mgmt", "1"), ("enum mgmt", "4")]
+
+
+async def rtc_session(port: str, write: str | None = None):
+    """smpclient (what smpmgr is built on; smpmgr has no datetime command): read the RTC,
+    after setting it when `write` is given."""
+    client = SMPClient(SMPSerialTransport(), port, timeout_s=10)
+    await client.connect()
+    try:
+        if write is not None:
+            assert success(await client.request(DateTimeWrite(datetime=write)))
+        return await client.request(DateTimeRead())
+    finally:
+        await client.disconnect()
+
+
+def test_datetime_is_set_read_and_lost_at_power_off(tmp_path):
+    state = tmp_path / "mcu"
+    with BoardProcess("mcu-se", state) as board:
+        port = board.console_path
+        unset = asyncio.run(rtc_session(port))
+        assert error(unset) and unset.err.rc == osm.OS_MGMT_RET_RC.RTC_NOT_SET
+        read = asyncio.run(rtc_session(port, write="2030-01-02T03:04:05"))
+        assert success(read)
+        assert "2030-01-02T03:04:05" <= read.datetime < "2030-01-02T03:05"
+        smpmgr(port, "shell", "reboot")                    # a warm reset keeps the RTC
+        assert asyncio.run(rtc_session(port)).datetime.startswith("2030-01-02T03:0")
+        assert run_cli("board", "power", "cycle", "--state", state).returncode == 0
+        assert error(asyncio.run(rtc_session(port)))       # no battery: lost with the power
+
+
+# -- a pty bridge for network consoles ---------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["rfc2217", "tcp"])
+def test_smpmgr_through_a_pty_bridge(tmp_path, kind):
+    with BoardProcess("mcu-se", tmp_path / "mcu", "--serial", kind) as board:
+        link = tmp_path / "bridge"
+        with BridgeProcess(board.info["console"], link) as bridge:
+            assert bridge.info["url"] == board.info["console"] and link.resolve() == \
+                Path(bridge.info["pty"])
+            uname = smpmgr(str(link), "shell", "uname -a").stdout
+            assert "PledgeForge sensor" in uname and "mcu-se" in uname
+            assert "SHELL_MANAGEMENT: 9" in smpmgr(str(link), "enum", "get-supported-groups").stdout
+            assert bridge.stop() == 0                      # SIGTERM: a clean stop
+            assert not link.exists()
+
+
+def test_pty_bridge_reports_bad_urls_and_a_console_that_goes_away(tmp_path):
+    result = run_cli("board", "pty-bridge", "--url", "/dev/ttyS0", "--link", tmp_path / "x")
+    assert result.returncode != 0 and not (tmp_path / "x").exists()
+    assert b"use rfc2217://HOST:PORT or socket://HOST:PORT" in result.stderr
+    with BoardProcess("mcu-se", tmp_path / "mcu", "--serial", "tcp") as board:
+        url = board.info["console"]
+        with BridgeProcess(url, tmp_path / "bridge") as bridge:
+            board.stop()
+            assert bridge.proc.wait(30) == 1
+            assert b"went away" in bridge.proc.stderr.read()
+    refused = run_cli("board", "pty-bridge", "--url", url, "--link", tmp_path / "x")
+    assert refused.returncode == 1 and b"cannot open the console at " + url.encode() in refused.stderr
+
+
+def test_smpmgr_upgrade_through_a_pty_bridge_to_an_rfc2217_board(bench):
+    image = bench.sign("1.1.0")
+    with BoardProcess(bench.profile, bench.state, "--serial", "rfc2217") as board:
+        url = board.info["console"]
+        link = str(bench.tmp / "bridge")
+        with BridgeProcess(url, link):
+            watcher = serial.serial_for_url(url, timeout=60)
+            try:
+                assert "Upgrade complete." in smpmgr(link, "upgrade", "--slot", "1", image).stdout
+                booted = b"I: Booting image version 1.1.0 (test, not confirmed)"
+                assert watcher.read_until(booted).endswith(booted)
+            finally:
+                watcher.close()
+            board.wait_for_phase("shell")
+            assert "PledgeForge sensor 1.1.0" in smpmgr(link, "shell", "uname -a").stdout

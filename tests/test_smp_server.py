@@ -7,12 +7,15 @@ import struct
 
 import cbor2
 import pytest
+from smp import enumeration_management as enum
 from smp import error as smperr
 from smp import header as smphdr
 from smp import image_management as img
 from smp import os_management as osm
+from smp import shell_management as shell
 
 from firmware_images import build_images, make_slots
+from pledgeforge.boards.rtc import Rtc
 from pledgeforge.boards.smp_server import SmpParams, SmpServer
 
 V1 = smphdr.Version.V1
@@ -27,11 +30,11 @@ def images(tmp_path_factory):
 class Board:
     """Slots booted once and an SMP server in front of them."""
 
-    def __init__(self, tmp_path, images, slots=2):
+    def __init__(self, tmp_path, images, slots=2, **parts):
         self.slots = make_slots(tmp_path / "state", images, slots)
         self.slots.boot(lambda line: None)
         self.resets = 0
-        self.server = SmpServer(self.slots, self._reset, SmpParams(buf_size=4096))
+        self.server = SmpServer(self.slots, self._reset, SmpParams(buf_size=4096), **parts)
 
     def _reset(self):
         self.resets += 1
@@ -244,7 +247,7 @@ def decode(response: bytes) -> tuple[int, dict]:
 
 
 @pytest.mark.parametrize("packet,expected", [
-    (raw(0, 9, 0, cbor2.dumps({})), {"rc": 8}),                      # unsupported group
+    (raw(0, 2, 0, cbor2.dumps({})), {"rc": 8}),                      # unsupported group
     (raw(0, 0, 99, cbor2.dumps({})), {"rc": 8}),                     # unsupported command
     (raw(2, 0, 6, cbor2.dumps({})), {"rc": 8}),                      # params is read-only
     (raw(2, 0, 0, b"\xff\x00"), {"rc": 3}),                          # not CBOR
@@ -283,3 +286,111 @@ def test_single_slot_board_refuses_a_bad_upload(tmp_path, images):
     assert board.slots.boot(lambda line: None).version == "1.0.0"
     assert board.upload_all(images.v2).off == len(images.v2)
     assert board.slots.boot(lambda line: None).version == "1.1.0"
+
+
+# -- datetime, shell exec, enumeration ------------------------------------------------
+
+class Clock:
+    """A clock the test moves by hand, so the RTC's running can be checked exactly."""
+
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_datetime_is_unset_until_written_then_runs(tmp_path, images):
+    clock = Clock()
+    rtc = Rtc(clock)
+    board = Board(tmp_path, images, rtc=rtc)
+    unset = board.ask(osm.DateTimeReadRequest(), osm.OSManagementErrorV2)
+    assert (unset.err.group, unset.err.rc) == (smphdr.GroupId.OS_MANAGEMENT, 4)   # RTC_NOT_SET
+    legacy = board.ask(osm.DateTimeReadRequest(version=V1), osm.OSManagementErrorV1)
+    assert legacy.rc == smperr.MGMT_ERR.ENOENT
+
+    board.ask(osm.DateTimeWriteRequest(datetime="2024-02-29T23:59:58"), osm.DateTimeWriteResponse)
+    clock.now += 3.5
+    read = board.ask(osm.DateTimeReadRequest(), osm.DateTimeReadResponse)
+    assert read.datetime == "2024-03-01T00:00:01"
+    # Zephyr reads six numbers with one delimiter after each and ignores the rest.
+    board.ask(osm.DateTimeWriteRequest(datetime="2031 7 4 5 6 7.250+02:00"), osm.DateTimeWriteResponse)
+    assert board.ask(osm.DateTimeReadRequest(), osm.DateTimeReadResponse).datetime == "2031-07-04T05:06:07"
+    rtc.lose_power()
+    assert isinstance(board.ask(osm.DateTimeReadRequest(), osm.OSManagementErrorV2), osm.OSManagementErrorV2)
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("2024-01-02T03:04", {"rc": 3}),                         # too short
+    ("2024-01-02T03:04:05.123456", {"rc": 3}),                # 26 characters: too long
+    ("2024-13-02T03:04:05", {"rc": 3}),                       # month out of range
+    ("1899-01-02T03:04:05", {"rc": 3}),                       # year out of range
+    ("2024-01-02T03:04:60", {"rc": 3}),                       # second out of range
+    ("2024-01-02Txx:04:05", {"rc": 3}),                       # not a number
+    ("2023-02-29T03:04:05", {"err": {"group": 0, "rc": 5}}),  # no such day: the RTC refuses it
+])
+def test_datetime_write_errors(tmp_path, images, text, expected):
+    board = Board(tmp_path, images, rtc=Rtc())
+    _, body = decode(board.server.handle(raw(2, 0, 4, cbor2.dumps({"datetime": text}))))
+    assert body == expected
+    _, body = decode(board.server.handle(raw(2, 0, 4, cbor2.dumps({"datetime": 2024}))))
+    assert body == {"rc": 3}
+
+
+def test_shell_exec_runs_the_joined_line_and_reports_output_and_status(tmp_path, images):
+    lines: list[str] = []
+
+    def run_command(argv):
+        lines.append(" ".join(argv))
+        return ("hello\n" if argv[0] == "echo" else "sh: nope: not found\n"), \
+            (0 if argv[0] == "echo" else 127)
+
+    board = Board(tmp_path, images, run_command=run_command)
+    ok = board.ask(shell.ExecuteRequest(argv=["echo", "hello"]), shell.ExecuteResponse)
+    assert (ok.o, ok.ret) == ("hello\n", 0)
+    missing = board.ask(shell.ExecuteRequest(argv=["nope"]), shell.ExecuteResponse)
+    assert (missing.o, missing.ret) == ("sh: nope: not found\n", 127)
+    assert lines == ["echo hello", "nope"]
+
+    # Zephyr's EMPTY_COMMAND (3) is newer than the smp package's list of shell codes: raw CBOR.
+    empty = board.server.handle(shell.ExecuteRequest(argv=[]).BYTES)
+    assert decode(empty)[1] == {"err": {"group": 9, "rc": 3}}
+    long_line = board.ask(shell.ExecuteRequest(argv=["echo", "x" * 1100]), shell.ShellManagementErrorV2)
+    assert long_line.err.rc == 2
+    legacy = board.ask(shell.ExecuteRequest(argv=[], version=V1), shell.ShellManagementErrorV1)
+    assert legacy.rc == smperr.MGMT_ERR.EINVAL
+    assert lines == ["echo hello", "nope"]               # refused lines never ran
+    for body in ({}, {"argv": "echo hi"}, {"argv": ["echo", 5]}):
+        assert decode(board.server.handle(raw(2, 9, 0, cbor2.dumps(body))))[1] == {"rc": 3}
+
+
+def test_shell_output_is_cut_to_one_smp_buffer(tmp_path, images):
+    board = Board(tmp_path, images, run_command=lambda argv: ("é" * 5000, 0))
+    response = board.server.handle(shell.ExecuteRequest(argv=["big"]).BYTES)
+    assert len(response) <= 4096
+    body = cbor2.loads(response[8:])
+    assert body["ret"] == 0 and 1000 < len(body["o"]) < 2048 and set(body["o"]) == {"é"}
+
+
+def test_enumeration_lists_the_groups_the_board_has(tmp_path, images):
+    full = Board(tmp_path / "full", images, rtc=Rtc(), run_command=lambda argv: ("", 0))
+    assert full.ask(enum.GroupCountRequest(), enum.GroupCountResponse).count == 4
+    groups = full.ask(enum.ListOfGroupsRequest(), enum.ListOfGroupsResponse).groups
+    assert list(groups) == [0, 1, 9, 10]
+    first = full.ask(enum.GroupIdRequest(), enum.GroupIdResponse)
+    assert (first.group, first.end) == (0, None)
+    last = full.ask(enum.GroupIdRequest(index=3), enum.GroupIdResponse)
+    assert (last.group, last.end) == (10, True)
+    beyond = full.ask(enum.GroupIdRequest(index=4), enum.EnumManagementErrorV2)
+    assert (beyond.err.group, beyond.err.rc) == (smphdr.GroupId.ENUM_MANAGEMENT, 4)
+    details = full.ask(enum.GroupDetailsRequest(), enum.GroupDetailsResponse).groups
+    assert [(d.group, d.name, d.handlers) for d in details] == [
+        (0, "os mgmt", 9), (1, "img mgmt", 6), (9, "shell mgmt", 1), (10, "enum mgmt", 4)]
+    some = full.ask(enum.GroupDetailsRequest(groups=(9, 63)), enum.GroupDetailsResponse).groups
+    assert [d.group for d in some] == [9]
+
+    # A board without an RTC or a shell has neither group.
+    bare = Board(tmp_path / "bare", images)
+    assert list(bare.ask(enum.ListOfGroupsRequest(), enum.ListOfGroupsResponse).groups) == [0, 1, 10]
+    assert decode(bare.server.handle(raw(0, 0, 4, cbor2.dumps({}))))[1] == {"rc": 8}
+    assert decode(bare.server.handle(raw(2, 9, 0, cbor2.dumps({"argv": ["x"]}))))[1] == {"rc": 8}
