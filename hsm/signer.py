@@ -20,7 +20,12 @@ from .errors import UnsupportedAlgorithmError
 
 
 class KeyAlgorithm(enum.Enum):
-    """Key types pledgeforge generates. The value is the CLI spelling."""
+    """Key types every key store of pledgeforge generates. The value is the CLI spelling.
+
+    A key store may offer more (`keystore.algorithms(scheme)` lists what one
+    generates); such keys are described by `OtherKeyAlgorithm`, which answers
+    the same questions (`value`, `is_ec`, `curve`, `default_hash`).
+    """
 
     EC_P256 = "ec-p256"
     EC_P384 = "ec-p384"
@@ -38,15 +43,12 @@ class KeyAlgorithm(enum.Enum):
             ) from None
 
     @classmethod
-    def of_public_key(cls, public_key) -> "KeyAlgorithm":
+    def of_public_key(cls, public_key) -> "KeyAlgorithm | OtherKeyAlgorithm":
+        """The algorithm of an EC or RSA public key; keys outside this enum get an OtherKeyAlgorithm."""
         if isinstance(public_key, ec.EllipticCurvePublicKey):
-            by_curve = {"secp256r1": cls.EC_P256, "secp384r1": cls.EC_P384}
-            if public_key.curve.name in by_curve:
-                return by_curve[public_key.curve.name]
-        elif isinstance(public_key, rsa.RSAPublicKey):
-            by_size = {2048: cls.RSA_2048, 3072: cls.RSA_3072}
-            if public_key.key_size in by_size:
-                return by_size[public_key.key_size]
+            return algorithm_named(_ec_spelling(public_key.curve.name))
+        if isinstance(public_key, rsa.RSAPublicKey):
+            return algorithm_named(f"rsa-{public_key.key_size}")
         raise UnsupportedAlgorithmError(f"unsupported public key {public_key!r}")
 
     @property
@@ -69,6 +71,66 @@ class KeyAlgorithm(enum.Enum):
     def default_hash(self) -> str:
         """The hash that matches the key's strength (SHA-384 for P-384)."""
         return "sha384" if self is KeyAlgorithm.EC_P384 else "sha256"
+
+
+@dataclass(frozen=True)
+class OtherKeyAlgorithm:
+    """An EC curve or RSA size outside KeyAlgorithm that some key store offers (e.g. ec-p521)."""
+
+    value: str
+    is_ec: bool
+    rsa_bits: int = 0
+    curve_name: str = ""
+
+    @property
+    def curve(self) -> ec.EllipticCurve:
+        if not self.is_ec:
+            raise UnsupportedAlgorithmError(f"{self.value} is not an EC algorithm")
+        return _CURVES[self.curve_name]()
+
+    @property
+    def default_hash(self) -> str:
+        """SHA-512 for curves above 384 bits, SHA-384 for above 256, else SHA-256."""
+        bits = self.curve.key_size if self.is_ec else 0
+        return "sha512" if bits > 384 else "sha384" if bits > 256 else "sha256"
+
+
+# Curves a key store may offer, by their SECG/RFC 5639 names. NIST curves keep
+# their short CLI spelling; the others are spelt ec-NAME.
+_CURVES = {"secp256r1": ec.SECP256R1, "secp384r1": ec.SECP384R1, "secp521r1": ec.SECP521R1,
+           "secp256k1": ec.SECP256K1, "brainpoolP256r1": ec.BrainpoolP256R1,
+           "brainpoolP384r1": ec.BrainpoolP384R1, "brainpoolP512r1": ec.BrainpoolP512R1}
+_NIST_SPELLINGS = {"secp256r1": "ec-p256", "secp384r1": "ec-p384", "secp521r1": "ec-p521"}
+
+
+def _ec_spelling(curve_name: str) -> str:
+    return _NIST_SPELLINGS.get(curve_name, f"ec-{curve_name}")
+
+
+def algorithm_named(text: str) -> "KeyAlgorithm | OtherKeyAlgorithm":
+    """The algorithm a CLI spelling names: a KeyAlgorithm when it is one, else an
+    OtherKeyAlgorithm for another curve of _CURVES or RSA size.
+
+    Whether a key store can generate it is the key store's answer, not this one's.
+    """
+    text = text.strip()
+    try:
+        return KeyAlgorithm(text.lower())
+    except ValueError:
+        pass
+    family, _, rest = text.partition("-")
+    family = family.lower()
+    if family == "ec" and rest:
+        by_spelling = {v: k for k, v in _NIST_SPELLINGS.items()}
+        curve_name = by_spelling.get(text.lower()) or next(
+            (name for name in _CURVES if name.lower() == rest.lower()), None)
+        if curve_name is not None:
+            return OtherKeyAlgorithm(_ec_spelling(curve_name), is_ec=True, curve_name=curve_name)
+    if family == "rsa" and rest.isdigit() and int(rest) >= 1024:
+        return OtherKeyAlgorithm(text, is_ec=False, rsa_bits=int(rest))
+    names = ", ".join(a.value for a in KeyAlgorithm)
+    raise UnsupportedAlgorithmError(f"unknown key algorithm {text!r}; choose one of {names} "
+                                    "(or ec-CURVE / rsa-BITS where the key store offers it)")
 
 
 class Padding(enum.Enum):
@@ -144,7 +206,7 @@ class Signer(ABC):
         """The cryptography public key object."""
 
     @property
-    def algorithm(self) -> KeyAlgorithm:
+    def algorithm(self) -> KeyAlgorithm | OtherKeyAlgorithm:
         return KeyAlgorithm.of_public_key(self.public_key)
 
     @abstractmethod

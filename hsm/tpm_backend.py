@@ -36,8 +36,8 @@ from tpm2_pytss.types import (TPM2B_DIGEST, TPM2B_PUBLIC, TPMT_PUBLIC, TPMT_SIG_
 from .errors import (HandleInUseError, KeyNotFoundError, KeyStoreError, KeyUriError,  # noqa: E402
                      TpmUnreachableError, UnsupportedAlgorithmError)
 from .keyuri import TpmUri  # noqa: E402
-from .signer import (KeyAlgorithm, Padding, Signer, check_digest_length,  # noqa: E402
-                     ecdsa_raw_to_der)
+from .signer import (KeyAlgorithm, OtherKeyAlgorithm, Padding, Signer,  # noqa: E402
+                     check_digest_length, ecdsa_raw_to_der)
 
 T = TypeVar("T")
 
@@ -52,6 +52,8 @@ _HASH_ALGS = {"sha256": TPM2_ALG.SHA256, "sha384": TPM2_ALG.SHA384, "sha512": TP
 _EC_PARAMS = {KeyAlgorithm.EC_P256: (TPM2_ECC.NIST_P256, 32, TPM2_ALG.SHA256),
               KeyAlgorithm.EC_P384: (TPM2_ECC.NIST_P384, 48, TPM2_ALG.SHA384)}
 _RSA_NAME_ALG = {KeyAlgorithm.RSA_2048: TPM2_ALG.SHA256, KeyAlgorithm.RSA_3072: TPM2_ALG.SHA384}
+#: what `generate` makes (what swtpm and the TPMs we know implement)
+ALGORITHMS = tuple(a.value for a in (*_EC_PARAMS, *_RSA_NAME_ALG))
 
 # TPM 2.0 Part 2 §7.4: the owner persists into 0x81000000-0x817FFFFF, the
 # platform (firmware) into 0x81800000-0x81FFFFFF.
@@ -270,7 +272,7 @@ class TpmSigner(Signer):
         return self._public_key
 
     @property
-    def algorithm(self) -> KeyAlgorithm:
+    def algorithm(self) -> KeyAlgorithm | OtherKeyAlgorithm:
         return self._algorithm
 
     def _scheme(self, hash_name: str, pad: Padding) -> TPMT_SIG_SCHEME:
@@ -310,7 +312,7 @@ class TpmSigner(Signer):
             raise _failure(exc, f"signing with TPM key 0x{self.handle:08x}") from None
         if self._algorithm.is_ec:
             # The TPM may drop leading zero bytes of r and s: pad each to the coordinate size.
-            size = _EC_PARAMS[self._algorithm][1]
+            size = (self._public_key.curve.key_size + 7) // 8
             r = bytes(signature.signature.ecdsa.signatureR)
             s = bytes(signature.signature.ecdsa.signatureS)
             return ecdsa_raw_to_der(r.rjust(size, b"\0") + s.rjust(size, b"\0"))
@@ -322,6 +324,10 @@ class TpmSigner(Signer):
         # The ESYS_TR is shared per TCTI by every signer of this handle; it
         # costs no TPM resource and goes with `disconnect()`.
         pass
+
+
+def open_signer(uri: TpmUri) -> TpmSigner:
+    return TpmSigner(uri)
 
 
 def _template(algorithm: KeyAlgorithm) -> TPM2B_PUBLIC:
@@ -462,4 +468,5 @@ def list_keys(uri: TpmUri) -> list[TpmKeyInfo]:
     return out
 
 
-__all__ = ["TpmSigner", "TpmKeyInfo", "generate", "list_keys", "disconnect", "KEY_ATTRIBUTES"]
+__all__ = ["TpmSigner", "TpmKeyInfo", "ALGORITHMS", "open_signer", "generate", "list_keys",
+           "disconnect", "KEY_ATTRIBUTES"]

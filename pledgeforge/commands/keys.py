@@ -12,7 +12,9 @@ from pledgeforge.hsm.signer import KeyAlgorithm
 
 from .common import key_uri, pin_env_option, write_output
 
-ALGORITHMS = [a.value for a in KeyAlgorithm]
+ALGORITHMS_HELP = (f"{', '.join(a.value for a in KeyAlgorithm)} (every key store), or what a key "
+                   "store offers besides (PKCS#11: ec-p521, rsa-4096); anything else is refused "
+                   "with the list of what the key store generates")
 
 
 @click.group()
@@ -22,7 +24,7 @@ def keys() -> None:
 
 @keys.command()
 @click.option("--key", "uri", required=True, help="where the new key goes: pkcs11:token=T;object=O or tpm:handle=0x81...")
-@click.option("--algorithm", type=click.Choice(ALGORITHMS), default="ec-p256", show_default=True)
+@click.option("--algorithm", default="ec-p256", show_default=True, help=ALGORITHMS_HELP)
 @click.option("--out", "out", help="also write the public key PEM here")
 @pin_env_option
 def generate(uri, algorithm, out, pin_env):
@@ -52,3 +54,4 @@ def list_(uri, as_json, pin_env):
         if "handle" in row:  # TPM handles read as tpm2-tools prints them
             row["handle"] = f"0x{row['handle']:08x}"
         click.echo(json.dumps(row) if as_json else "  ".join(f"{k}={v}" for k, v in row.items()))
+
