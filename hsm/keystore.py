@@ -1,4 +1,4 @@
-"""Key stores by URI scheme: parse, open, generate and list keys wherever they live.
+"""Key stores by URI scheme: parse, open, generate, list and delete keys wherever they live.
 
 This is the only place that dispatches on the URI scheme; everything else
 takes a `Signer`. A backend is registered under its scheme with the parser
@@ -13,6 +13,7 @@ The implementation module (or any object) provides
     open_signer(uri) -> Signer
     generate(uri, algorithm) -> Signer   algorithm: KeyAlgorithm | OtherKeyAlgorithm
     list_keys(uri) -> list               dataclasses describing each key
+    delete(uri) -> str                   what was deleted, for the user
 
 Built in: `pkcs11:` (RFC 7512, python-pkcs11) and `tpm:` (tpm2-pytss). A
 remote signer or a cloud KMS registers its own scheme the same way. An
@@ -121,6 +122,12 @@ def list_keys(uri: str | KeyUri, *, pin_env: str | None = None) -> list:
     return backend.list_keys(uri)
 
 
+def delete_key(uri: str | KeyUri, *, pin_env: str | None = None) -> str:
+    """Delete the key `uri` names, for good; returns what was deleted."""
+    uri, backend = _implementation(uri, pin_env)
+    return backend.delete(uri)
+
+
 def _load(module: str) -> Callable[[], object]:
     return lambda: importlib.import_module(f"{__package__}.{module}")
 
@@ -130,4 +137,4 @@ register_backend("tpm", parse_tpm_uri, _load("tpm_backend"))
 
 
 __all__ = ["register_backend", "unregister_backend", "schemes", "algorithms", "parse_key_uri",
-           "open_signer", "generate_key", "list_keys", "KeyUri", "Pkcs11Uri", "TpmUri"]
+           "open_signer", "generate_key", "list_keys", "delete_key", "KeyUri", "Pkcs11Uri", "TpmUri"]

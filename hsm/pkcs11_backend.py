@@ -11,8 +11,8 @@ instance reads its environment once. So:
 - otherwise it is loaded in a module host: a child process started with that
   environment, reached over a socket pair (`pkcs11_host.HostedModule`).
 
-Both answer the same operations (public_key, sign, generate, list_keys)
-on plain values, so `Pkcs11Signer` does not know which one it has.
+Both answer the same operations (public_key, sign, generate, list_keys,
+delete) on plain values, so `Pkcs11Signer` does not know which one it has.
 One process can thus use two SoftHSM configurations, and the process
 environment is never changed. The host costs one round trip per signature.
 
@@ -347,6 +347,26 @@ class LocalModule:
                             bool(obj[Attribute.SENSITIVE]), bool(obj[Attribute.EXTRACTABLE])))
         return out
 
+    def delete(self, token: str, pin: str | None, label: str | None,
+               key_id: bytes | None) -> tuple[int, int]:
+        """Destroy the private key the URI names and its public key; (private, public) destroyed."""
+        with self.lock:
+            priv = self._private_key(token, pin, label, key_id)[0]
+            session = self._session(token, pin)
+            pubs = _find(session, ObjectClass.PUBLIC_KEY, label, key_id)
+            if not pubs and priv[Attribute.ID]:
+                pubs = _find(session, ObjectClass.PUBLIC_KEY, None, priv[Attribute.ID])
+            try:
+                priv.destroy()
+                for pub in pubs:
+                    pub.destroy()
+            except p11err.PKCS11Error as exc:
+                raise KeyStoreError(f"deleting {_key_name(token, label, key_id)} failed: "
+                                    f"{type(exc).__name__}") from None
+            finally:
+                self._keys.pop((token, label, key_id), None)
+        return 1, len(pubs)
+
 
 def _generation_spec(algorithm: str) -> str | int:
     """The curve name (EC) or modulus size (RSA) for an algorithm in ALGORITHMS."""
@@ -454,3 +474,12 @@ def list_keys(uri: Pkcs11Uri) -> list[Pkcs11KeyInfo]:
         raise KeyUriError("the pkcs11 URI names no token (add token=LABEL)")
     return [Pkcs11KeyInfo(*row) for row in module_for(uri).list_keys(uri.token, uri.pin())]
 
+
+def delete(uri: Pkcs11Uri) -> str:
+    """Destroy the key pair (private and public objects) the URI names."""
+    if uri.token is None:
+        raise KeyUriError("the pkcs11 URI names no token (add token=LABEL)")
+    _template(uri.object, uri.id)  # a URI naming no key must not reach the token
+    private, public = module_for(uri).delete(uri.token, uri.pin(), uri.object, uri.id)
+    return (f"{_key_name(uri.token, uri.object, uri.id)}: {private} private and "
+            f"{public} public key object(s) destroyed")

@@ -13,7 +13,8 @@ The protocol is one request, one answer, each a length-prefixed frame
     request   (operation, arguments)
     answer    ("ok", result) | ("error", exception class name, message)
 
-with the operations of LocalModule: public_key, sign, generate, list_keys. The first frame the host sends is ("ok", module description) once
+with the operations of LocalModule: public_key, sign, generate, list_keys,
+delete. The first frame the host sends is ("ok", module description) once
 the module is loaded, or the error that stopped it. Both ends are the same
 Python (sys.executable), so marshal's format always matches. PINs travel in
 the frames only: never on a command line, in the environment or in a log.
@@ -45,7 +46,7 @@ CALL_TIMEOUT_S = 300.0
 STOP_TIMEOUT_S = 5.0
 MAX_FRAME = 1 << 20
 
-OPERATIONS = ("public_key", "sign", "generate", "list_keys")
+OPERATIONS = ("public_key", "sign", "generate", "list_keys", "delete")
 
 
 def _error_class(name: str) -> type[KeyStoreError]:
@@ -80,6 +81,9 @@ class HostedModule:
 
     def list_keys(self, token, pin) -> list[tuple]:
         return self._call("list_keys", token, pin)
+
+    def delete(self, token, pin, label, key_id) -> tuple[int, int]:
+        return self._call("delete", token, pin, label, key_id)
 
     # ------------------------------------------------------------------ the host process
 

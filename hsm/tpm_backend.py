@@ -402,6 +402,31 @@ def generate(uri: TpmUri, algorithm: KeyAlgorithm) -> TpmSigner:
     return TpmSigner(uri)
 
 
+def delete(uri: TpmUri) -> str:
+    """Evict the persistent key at uri.handle (TPM2_EvictControl): the TPM forgets it for good."""
+    handle = _require_handle(uri)
+    if handle >= _PLATFORM_PERSISTENT_FIRST:
+        raise KeyUriError(f"TPM handle 0x{handle:08x} is in the platform range; only the "
+                          "platform firmware may evict it")
+    tpm = _tpm_for(uri.tcti)
+
+    def evict(esys: ESAPI) -> None:
+        tr = tpm.persistent(esys, handle, refresh=True)
+        esys.evict_control(ESYS_TR.OWNER, tr, handle)
+
+    with tpm.lock:
+        try:
+            tpm.run(evict, retry=False)
+        except TSS2_Exception as exc:
+            if exc.error in _NO_OBJECT:
+                raise KeyNotFoundError(f"no key at TPM handle 0x{handle:08x} ({uri.tcti})") from None
+            raise _failure(exc, f"evicting TPM key 0x{handle:08x}") from None
+        finally:
+            # ESAPI keeps the evicted object's ESYS_TR; it names nothing now.
+            tpm.forget(handle)
+    return f"TPM key 0x{handle:08x} ({uri.tcti}) evicted"
+
+
 @dataclass(frozen=True)
 class TpmKeyInfo:
     """One persistent object of a TPM."""
@@ -468,5 +493,5 @@ def list_keys(uri: TpmUri) -> list[TpmKeyInfo]:
     return out
 
 
-__all__ = ["TpmSigner", "TpmKeyInfo", "ALGORITHMS", "open_signer", "generate", "list_keys",
+__all__ = ["TpmSigner", "TpmKeyInfo", "ALGORITHMS", "open_signer", "generate", "list_keys", "delete",
            "disconnect", "KEY_ATTRIBUTES"]

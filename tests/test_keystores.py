@@ -1,5 +1,5 @@
 """The key-store registry: schemes, module configuration that travels with the key, two
-SoftHSM configurations in one process, p11-kit module names, open algorithm lists."""
+SoftHSM configurations in one process, p11-kit module names, open algorithm lists, deletion."""
 
 from __future__ import annotations
 
@@ -269,3 +269,45 @@ def test_an_algorithm_one_key_store_offers_works_end_to_end(token, swtpm, tmp_pa
     with pytest.raises(UnsupportedAlgorithmError, match="unknown key algorithm 'ec-p999'"):
         keystore.generate_key(token.uri("bad"), "ec-p999")
 
+
+# --------------------------------------------------------------------------- deletion
+
+def _one_line_error(result) -> str:
+    assert result.returncode != 0
+    err = result.stderr.decode().strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    return err
+
+
+def test_keys_delete_pkcs11_needs_yes_then_removes_both_halves(token):
+    keystore.generate_key(token.uri("doomed"), "rsa-2048")
+    keystore.generate_key(token.uri("kept"), "ec-p256")
+    listing = lambda: pkcs11_tool(token.hsm, token.label, "--login", "--pin", token.pin, "--list-objects")
+    assert listing().count("label:      doomed") == 2  # private and public key objects
+    refused = run_cli("keys", "delete", "--key", token.uri_text("doomed"))
+    assert "--yes" in _one_line_error(refused)
+    assert listing().count("label:      doomed") == 2
+    done = run_cli("keys", "delete", "--key", token.uri_text("doomed"), "--yes")
+    assert done.returncode == 0, done.stderr
+    assert b"1 private and 1 public" in done.stdout
+    assert "doomed" not in listing() and listing().count("label:      kept") == 2
+    with pytest.raises(KeyNotFoundError, match="doomed"):
+        keystore.open_signer(token.uri("doomed"))
+    again = run_cli("keys", "delete", "--key", token.uri_text("doomed"), "--yes")
+    assert "no private key" in _one_line_error(again)
+
+
+def test_keys_delete_tpm_evicts_the_persistent_handle(swtpm):
+    uri = swtpm.key_uri(0x81020005)
+    keystore.generate_key(uri, "ec-p256")
+    readpublic = lambda: subprocess.run(["tpm2_readpublic", "-c", "0x81020005"], env=swtpm.env(),
+                                        capture_output=True, timeout=60)
+    assert readpublic().returncode == 0
+    assert "--yes" in _one_line_error(run_cli("keys", "delete", "--key", str(uri)))
+    assert readpublic().returncode == 0
+    done = run_cli("keys", "delete", "--key", str(uri), "--yes")
+    assert done.returncode == 0, done.stderr
+    assert readpublic().returncode != 0
+    assert "0x81020005" not in {k.handle_hex for k in keystore.list_keys(uri)}
+    with pytest.raises(KeyNotFoundError):
+        keystore.delete_key(uri)

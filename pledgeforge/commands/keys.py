@@ -1,4 +1,4 @@
-"""`pledgeforge keys generate|public|list`: keys that live in a TPM or PKCS#11 token."""
+"""`pledgeforge keys generate|public|list|delete`: keys that live in a TPM or PKCS#11 token."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import click
 from pledgeforge.hsm import keystore
 from pledgeforge.hsm.signer import KeyAlgorithm
 
-from .common import key_uri, pin_env_option, write_output
+from .common import UsageError, key_uri, pin_env_option, write_output
 
 ALGORITHMS_HELP = (f"{', '.join(a.value for a in KeyAlgorithm)} (every key store), or what a key "
                    "store offers besides (PKCS#11: ec-p521, rsa-4096); anything else is refused "
@@ -19,7 +19,7 @@ ALGORITHMS_HELP = (f"{', '.join(a.value for a in KeyAlgorithm)} (every key store
 
 @click.group()
 def keys() -> None:
-    """Generate and inspect keys in TPMs and PKCS#11 tokens."""
+    """Generate, inspect and delete keys in TPMs and PKCS#11 tokens."""
 
 
 @keys.command()
@@ -55,3 +55,15 @@ def list_(uri, as_json, pin_env):
             row["handle"] = f"0x{row['handle']:08x}"
         click.echo(json.dumps(row) if as_json else "  ".join(f"{k}={v}" for k, v in row.items()))
 
+
+@keys.command()
+@click.option("--key", "uri", required=True, help="the key's URI")
+@click.option("--yes", is_flag=True, help="really delete: the key cannot be brought back")
+@pin_env_option
+def delete(uri, yes, pin_env):
+    """Delete a key from its key store (PKCS#11: private and public objects; TPM: evict the handle)."""
+    parsed = key_uri(uri, pin_env)
+    if not yes:
+        raise UsageError(f"refusing to delete {parsed} without --yes: a deleted key cannot be "
+                         "brought back, and what it signed can no longer be renewed")
+    click.echo(f"deleted {keystore.delete_key(parsed)}")
