@@ -28,7 +28,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from .chain import build_chain
 from .errors import (BadSignatureError, CmsError, DigestMismatchError, MalformedCmsError,
                      UnexpectedContentTypeError)
-from .signer import Padding, Signer, verify_signature
+from .signer import (Padding, SignatureRequest, Signer, SigningSteps, async_signing_function,
+                     signing_function, verify_signature)
 
 ID_DATA = "1.2.840.113549.1.7.1"
 ID_CT_ANIMA_JSON_VOUCHER = "1.2.840.113549.1.9.16.1.40"
@@ -81,7 +82,7 @@ def _pss_params(hash_name: str) -> algos.RSASSAPSSParams:
     })
 
 
-def sign_cms(
+def signed_data_steps(
     content: bytes,
     signer: Signer,
     cert: x509.Certificate,
@@ -90,7 +91,7 @@ def sign_cms(
     hash_name: str | None = None,
     pad: Padding = Padding.PKCS1V15,
     signing_time: dt.datetime | None = None,
-) -> bytes:
+) -> SigningSteps[bytes]:
     """DER ContentInfo/SignedData over `content`, the signature made inside `signer`."""
     ct_oid = CONTENT_TYPES.get(content_type, content_type)
     if ct_oid not in ACCEPTED_CONTENT_TYPES:
@@ -113,7 +114,7 @@ def sign_cms(
     # attributes before checking, so an unsorted set would not verify there.
     attrs.sort(key=lambda a: a.dump())
     signed_attrs = cms.CMSAttributes(attrs)
-    signature = signer.sign(signed_attrs.dump(), hash_name, pad)
+    signature = yield SignatureRequest(signer, signed_attrs.dump(), hash_name, pad)
 
     asn1_cert = asn1_x509.Certificate.load(cert.public_bytes(serialization.Encoding.DER))
     signer_info = cms.SignerInfo({
@@ -135,6 +136,11 @@ def sign_cms(
         "signer_infos": [signer_info],
     })
     return cms.ContentInfo({"content_type": "signed_data", "content": signed_data}).dump()
+
+
+sign_cms = signing_function(signed_data_steps)
+#: sign_cms for servers: the event loop keeps serving while the key signs
+sign_cms_async = async_signing_function(signed_data_steps)
 
 
 # --------------------------------------------------------------------------- input

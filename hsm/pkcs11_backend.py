@@ -18,7 +18,8 @@ environment is never changed. The host costs one round trip per signature.
 
 python-pkcs11 calls C_Initialize without locking arguments, so SoftHSM2 runs
 unlocked and two threads inside one module crash the process. Every call on
-a module instance therefore goes through that instance's one lock.
+a module instance therefore goes through that instance's one lock, and its
+async signatures queue on one worker thread.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import hmac
 import os
 import secrets
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import pkcs11
@@ -143,6 +145,8 @@ class LocalModule:
         self.sessions: dict[str, tuple[pkcs11.Session, bytes]] = {}
         # (token, label, id) -> (session it was found in, private key object, its key type)
         self._keys: dict[tuple, tuple[pkcs11.Session, object, KeyType]] = {}
+        #: one worker (started on first use): async signatures on this module wait their turn here
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix="pkcs11")
 
     # ------------------------------------------------------------------ tokens and sessions
 
@@ -428,6 +432,10 @@ class Pkcs11Signer(Signer):
     @property
     def algorithm(self) -> KeyAlgorithm | OtherKeyAlgorithm:
         return self._algorithm
+
+    @property
+    def executor(self):
+        return self._module.executor
 
     @property
     def in_process(self) -> bool:

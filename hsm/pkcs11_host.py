@@ -34,6 +34,7 @@ import socket
 import subprocess
 import sys
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.connection import Connection
 
 from . import errors
@@ -66,6 +67,8 @@ class HostedModule:
         self._lock = threading.Lock()
         self._proc: subprocess.Popen | None = None
         self._conn: Connection | None = None
+        #: one worker (started on first use): async signatures on this host wait their turn here
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix="pkcs11-host")
         atexit.register(self.close)
 
     # ------------------------------------------------------------------ operations

@@ -4,14 +4,26 @@ A `Signer` knows its public key and algorithm and signs a digest. CMS, X.509,
 CSRs and TLS CertificateVerify are all built on `sign_digest`, so the same
 code signs with a TPM, a PKCS#11 token or (for throwaway test CAs only) a
 software key.
+
+Servers sign with `sign_digest_async`: the blocking key-store call runs on
+the signer's executor (one worker per token or TPM where the backend must
+serialise), so an event loop never waits on a key. Code that builds what is
+signed (CMS, certificates) is written once as `SigningSteps`, a generator that
+yields what to sign and receives the signature; `signing_function` and
+`async_signing_function` turn it into the blocking and the awaitable entry
+point.
 """
 
 from __future__ import annotations
 
+import asyncio
 import enum
+import functools
 import hashlib
 from abc import ABC, abstractmethod
+from concurrent.futures import Executor
 from dataclasses import dataclass
+from typing import Awaitable, Callable, Generator, TypeVar
 
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
@@ -190,15 +202,77 @@ class SignatureSpec:
     padding: Padding = Padding.PKCS1V15
 
 
+@dataclass(frozen=True)
+class SignatureRequest:
+    """What a SigningSteps generator asks its driver for: `signer`'s signature over `data`."""
+
+    signer: "Signer"
+    data: bytes
+    hash_name: str = "sha256"
+    padding: Padding = Padding.PKCS1V15
+
+
+T = TypeVar("T")
+#: Code that builds a signed object: yields SignatureRequests, receives each
+#: signature (DER for ECDSA), returns the object.
+SigningSteps = Generator[SignatureRequest, bytes, T]
+
+
+def run_signing(steps: SigningSteps[T]) -> T:
+    """Drive `steps` with blocking signatures."""
+    try:
+        request = next(steps)
+        while True:
+            request = steps.send(request.signer.sign(request.data, request.hash_name, request.padding))
+    except StopIteration as done:
+        return done.value
+
+
+async def run_signing_async(steps: SigningSteps[T]) -> T:
+    """Drive `steps`, awaiting each signature (the event loop keeps serving meanwhile)."""
+    try:
+        request = next(steps)
+        while True:
+            signature = await request.signer.sign_async(request.data, request.hash_name,
+                                                        request.padding)
+            request = steps.send(signature)
+    except StopIteration as done:
+        return done.value
+
+
+def signing_function(steps_function: Callable[..., SigningSteps[T]]) -> Callable[..., T]:
+    """The blocking entry point of a SigningSteps function (same arguments and docs)."""
+    @functools.wraps(steps_function)
+    def sign(*args, **kwargs) -> T:
+        return run_signing(steps_function(*args, **kwargs))
+    return sign
+
+
+def async_signing_function(steps_function: Callable[..., SigningSteps[T]]) -> Callable[..., Awaitable[T]]:
+    """The awaitable entry point of a SigningSteps function, for servers (same arguments)."""
+    @functools.wraps(steps_function)
+    async def sign(*args, **kwargs) -> T:
+        return await run_signing_async(steps_function(*args, **kwargs))
+    return sign
+
+
 class Signer(ABC):
     """A private key that signs digests and never hands out its secret.
 
     Implementations must be safe to call from several threads (serialise
-    inside if the backend is not).
+    inside if the backend is not). The async form runs the blocking call on
+    `executor`: a backend whose key store handles one call at a time returns
+    one single-worker executor per token or TPM, so waiting signatures queue
+    there instead of holding threads of the loop's shared pool.
     """
 
     #: A short description for logs and errors (never a PIN).
     description: str = "signer"
+
+    @property
+    def executor(self) -> Executor | None:
+        """Where `sign_digest_async` runs the blocking call (None: the loop's default pool)."""
+        return None
 
     @property
     @abstractmethod
@@ -218,6 +292,18 @@ class Signer(ABC):
     def sign(self, data: bytes, hash_name: str = "sha256", pad: Padding = Padding.PKCS1V15) -> bytes:
         """Hash `data` here, then sign the digest inside the key store."""
         return self.sign_digest(digest(data, hash_name), hash_name, pad)
+
+    async def sign_digest_async(
+        self, dgst: bytes, hash_name: str = "sha256", pad: Padding = Padding.PKCS1V15
+    ) -> bytes:
+        """`sign_digest` without blocking the running event loop."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, self.sign_digest, dgst, hash_name, pad)
+
+    async def sign_async(self, data: bytes, hash_name: str = "sha256",
+                         pad: Padding = Padding.PKCS1V15) -> bytes:
+        """`sign` without blocking the running event loop."""
+        return await self.sign_digest_async(digest(data, hash_name), hash_name, pad)
 
     def public_key_pem(self) -> bytes:
         return self.public_key.public_bytes(

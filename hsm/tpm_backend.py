@@ -11,6 +11,7 @@ One ESAPI context per TCTI string, reused, behind one lock: ESAPI contexts are
 not thread-safe, and a TPM without a resource manager (swtpm) holds only three
 transient objects, so everything transient we create is flushed at once and
 persistent keys are reached through ESYS_TRs that are cached per context.
+Async signatures of one TPM queue on one worker thread.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import os
 import secrets
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, TypeVar
 
@@ -87,6 +89,8 @@ class _Tpm:
         self.lock = threading.RLock()
         self._esys: ESAPI | None = None
         self._persistent: dict[int, ESYS_TR] = {}
+        #: one worker (started on first use): async signatures on this TPM wait their turn here
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix="tpm")
 
     def _context(self) -> ESAPI:
         if self._esys is None:
@@ -274,6 +278,10 @@ class TpmSigner(Signer):
     @property
     def algorithm(self) -> KeyAlgorithm | OtherKeyAlgorithm:
         return self._algorithm
+
+    @property
+    def executor(self) -> ThreadPoolExecutor:
+        return self._tpm.executor
 
     def _scheme(self, hash_name: str, pad: Padding) -> TPMT_SIG_SCHEME:
         """The per-signature scheme (the key's own is NULL), built once per kind."""
