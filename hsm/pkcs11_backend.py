@@ -14,7 +14,8 @@ instance reads its environment once. So:
 Both answer the same operations (public_key, sign, generate, list_keys,
 delete) on plain values, so `Pkcs11Signer` does not know which one it has.
 One process can thus use two SoftHSM configurations, and the process
-environment is never changed. The host costs one round trip per signature.
+environment is never changed. The host costs one round trip per signature
+(benchmarks/pkcs11_sign_rate.py measures it).
 
 python-pkcs11 calls C_Initialize without locking arguments, so SoftHSM2 runs
 unlocked and two threads inside one module crash the process. Every call on
