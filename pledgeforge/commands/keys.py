@@ -65,5 +65,5 @@ def delete(uri, yes, pin_env):
     parsed = key_uri(uri, pin_env)
     if not yes:
         raise UsageError(f"refusing to delete {parsed} without --yes: a deleted key cannot be "
-                         "brought back, and what it signed can no longer be renewed")
+                         "brought back")
     click.echo(f"deleted {keystore.delete_key(parsed)}")
