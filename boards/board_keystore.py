@@ -91,13 +91,18 @@ class BoardKeyStore:
             handle = int(name, 0) if isinstance(name, str) else name
             return str(TpmUri(handle=handle, tcti=self.swtpm.tcti))
         return str(Pkcs11Uri(token=self.config.token, object=name, module_path=SOFTHSM2_MODULE,
-                             pin_source=f"file:{self.pin_file}"))
+                             pin_source=f"file:{self.pin_file}").with_module_env(self._softhsm_env))
+
+    @property
+    def _softhsm_env(self) -> dict[str, str]:
+        """What the PKCS#11 module needs to find this board's token (it travels in the key URI)."""
+        return {"SOFTHSM2_CONF": str(self._dir / "softhsm2.conf")}
 
     def env(self) -> dict[str, str]:
         """Environment for a process that uses this key store."""
         if self.type == "tpm":
             return self.swtpm.env() if self.swtpm is not None and self.swtpm.running else dict(os.environ)
-        return {**os.environ, "SOFTHSM2_CONF": str(self._dir / "softhsm2.conf")}
+        return {**os.environ, **self._softhsm_env}
 
     def describe(self) -> dict:
         if self.type == "tpm":

@@ -15,7 +15,6 @@ during enrollment leaves the last good state.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Callable
 
@@ -53,7 +52,6 @@ class LabPledgeApp(FirmwareApp):
     # ------------------------------------------------------------------ the factory
 
     def provision(self, board: Board) -> None:
-        _use_board_keystore(board)
         uri = _key_uri(board, IDEVID_TPM_HANDLE, IDEVID_LABEL)
         signer = keystore.generate_key(uri, board.keystore.algorithm)
         idevid = self.lab.issue_idevid(signer.public_key, board.serial_number)
@@ -72,7 +70,6 @@ class LabPledgeApp(FirmwareApp):
         if identity is None:
             emit_line("no IDevID on this board (manufacturing failed; see `log`)")
             return False
-        _use_board_keystore(board)
         pledge = PledgeIdentity(
             idevid_key_uri=_current_uri(board, identity.key_uri),
             idevid=_certificate(identity.idevid_pem),
@@ -104,13 +101,6 @@ class LabPledgeApp(FirmwareApp):
 
 
 # ---------------------------------------------------------------------- key store glue
-
-def _use_board_keystore(board: Board) -> None:
-    """Point this process's PKCS#11 module at the board's token (one board per process)."""
-    conf = board.keystore.env().get("SOFTHSM2_CONF")
-    if board.keystore.type == "pkcs11" and conf:
-        os.environ["SOFTHSM2_CONF"] = conf
-
 
 def _key_uri(board: Board, handle: int, label: str) -> str:
     return board.keystore.key_uri(handle if board.keystore.type == "tpm" else label)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 from urllib.parse import urlsplit
 
@@ -391,5 +391,6 @@ def _authority_key_id(cert: x509.Certificate) -> bytes | None:
 
 
 def _with_pin_source(uri: Pkcs11Uri, base: Pkcs11Uri) -> str:
-    """The new key's URI, keeping how the PIN is found (never the PIN itself)."""
-    return str(Pkcs11Uri(uri.token, uri.object, None, base.module_path, base.pin_source, None, base.pin_env))
+    """The new key's URI, keeping its module, the module's configuration and how the PIN
+    is found (never the PIN itself)."""
+    return str(replace(uri, id=None, pin_source=base.pin_source, pin_value=None))

@@ -36,7 +36,8 @@ from .asn1_messages import asn1_problem
 from .chain import build_chain
 from .errors import (BadSignatureError, CertificateError, CmsError, DigestMismatchError,
                      MalformedCmsError, UnexpectedContentTypeError)
-from .signer import Padding, Signer, verify_signature
+from .signer import (Padding, SignatureRequest, Signer, SigningSteps, async_signing_function,
+                     signing_function, verify_signature)
 
 ID_DATA = "1.2.840.113549.1.7.1"
 ID_CT_ANIMA_JSON_VOUCHER = "1.2.840.113549.1.9.16.1.40"
@@ -95,7 +96,7 @@ def _pss_params(hash_name: str) -> algos.RSASSAPSSParams:
     })
 
 
-def sign_cms(
+def signed_data_steps(
     content: bytes,
     signer: Signer,
     cert: x509.Certificate,
@@ -104,7 +105,7 @@ def sign_cms(
     hash_name: str | None = None,
     pad: Padding = Padding.PKCS1V15,
     signing_time: dt.datetime | None = None,
-) -> bytes:
+) -> SigningSteps[bytes]:
     """DER ContentInfo/SignedData over `content`, the signature made inside `signer`."""
     ct_oid = CONTENT_TYPES.get(content_type, content_type)
     if ct_oid not in ACCEPTED_CONTENT_TYPES:
@@ -127,7 +128,7 @@ def sign_cms(
     # attributes before checking, so an unsorted set would not verify there.
     attrs.sort(key=lambda a: a.dump())
     signed_attrs = cms.CMSAttributes(attrs)
-    signature = signer.sign(signed_attrs.dump(), hash_name, pad)
+    signature = yield SignatureRequest(signer, signed_attrs.dump(), hash_name, pad)
 
     asn1_cert = asn1_x509.Certificate.load(cert.public_bytes(serialization.Encoding.DER))
     sid = cms.SignerIdentifier({"issuer_and_serial_number": cms.IssuerAndSerialNumber({
@@ -162,6 +163,11 @@ def _signed_data_version(econtent_type: str, signer_infos: Sequence[cms.SignerIn
     if econtent_type != ID_DATA or any(si["version"].native == "v3" for si in signer_infos):
         return "v3"
     return "v1"
+
+
+sign_cms = signing_function(signed_data_steps)
+#: sign_cms for servers: the event loop keeps serving while the key signs
+sign_cms_async = async_signing_function(signed_data_steps)
 
 
 # --------------------------------------------------------------------------- input

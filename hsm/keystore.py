@@ -1,56 +1,140 @@
-"""Open, generate and list keys by URI, whatever key store holds them.
+"""Key stores by URI scheme: parse, open, generate, list and delete keys wherever they live.
 
 This is the only place that dispatches on the URI scheme; everything else
-takes a `Signer`.
+takes a `Signer`. A backend is registered under its scheme with the parser
+of its URIs and a loader of its implementation (imported on first use, so
+that parsing a `tpm:` URI does not load the TPM libraries):
+
+    register_backend("pkcs11", parse_pkcs11_uri, _load("pkcs11_backend"))
+
+The implementation module (or any object) provides
+
+    ALGORITHMS: tuple[str, ...]          what it can generate, in CLI spelling
+    open_signer(uri) -> Signer
+    generate(uri, algorithm) -> Signer   algorithm: KeyAlgorithm | OtherKeyAlgorithm
+    list_keys(uri) -> list               dataclasses describing each key
+    delete(uri) -> str                   what was deleted, for the user
+
+Built in: `pkcs11:` (RFC 7512, python-pkcs11) and `tpm:` (tpm2-pytss). A
+remote signer or a cloud KMS registers its own scheme the same way. An
+unknown scheme is an error naming the registered ones.
 """
 
 from __future__ import annotations
 
-from .keyuri import KeyUri, Pkcs11Uri, TpmUri, parse_key_uri
-from .signer import KeyAlgorithm, Signer
+import importlib
+import threading
+from dataclasses import dataclass
+from typing import Callable
+
+from .errors import KeyUriError, UnsupportedAlgorithmError
+from .keyuri import KeyUri, Pkcs11Uri, TpmUri, parse_pkcs11_uri, parse_tpm_uri
+from .signer import KeyAlgorithm, OtherKeyAlgorithm, Signer, algorithm_named
+
+#: parse(text after "scheme:", pin_env) -> KeyUri
+Parser = Callable[[str, "str | None"], KeyUri]
 
 
-def _uri(uri: str | KeyUri, pin_env: str | None = None) -> KeyUri:
-    return parse_key_uri(uri, pin_env=pin_env) if isinstance(uri, str) else uri
+@dataclass(frozen=True)
+class Backend:
+    scheme: str
+    parse: Parser
+    #: returns the implementation (see the module docstring)
+    load: Callable[[], object]
+
+
+_backends: dict[str, Backend] = {}
+_lock = threading.Lock()
+
+
+def register_backend(scheme: str, parse: Parser, load: Callable[[], object]) -> None:
+    """Make `scheme:` URIs parse with `parse` and act through the object `load()` returns."""
+    scheme = scheme.lower()
+    with _lock:
+        if scheme in _backends:
+            raise ValueError(f"a key store is already registered for {scheme}:")
+        _backends[scheme] = Backend(scheme, parse, load)
+
+
+def unregister_backend(scheme: str) -> None:
+    with _lock:
+        _backends.pop(scheme.lower(), None)
+
+
+def schemes() -> list[str]:
+    with _lock:
+        return sorted(_backends)
+
+
+def _known() -> str:
+    return ", ".join(f"{s}:" for s in schemes())
+
+
+def _backend(scheme: str) -> Backend:
+    with _lock:
+        backend = _backends.get(scheme.lower())
+    if backend is None:
+        raise KeyUriError(f"unknown key URI scheme {scheme!r}; key stores registered: {_known()}")
+    return backend
+
+
+def parse_key_uri(text: str, *, pin_env: str | None = None) -> KeyUri:
+    """The KeyUri of `text`, parsed by its scheme's backend. `pin_env` is the configured PIN variable."""
+    if not isinstance(text, str) or ":" not in text:
+        raise KeyUriError(f"not a key URI: {text!r} (expected one of {_known()} followed by the key's name)")
+    scheme, rest = text.split(":", 1)
+    return _backend(scheme).parse(rest, pin_env)
+
+
+def _implementation(uri: str | KeyUri, pin_env: str | None) -> tuple[KeyUri, object]:
+    if isinstance(uri, str):
+        uri = parse_key_uri(uri, pin_env=pin_env)
+    return uri, _backend(uri.scheme).load()
+
+
+def algorithms(scheme: str) -> tuple[str, ...]:
+    """What the `scheme:` key store can generate (CLI spellings)."""
+    return tuple(_backend(scheme).load().ALGORITHMS)
 
 
 def open_signer(uri: str | KeyUri, *, pin_env: str | None = None) -> Signer:
     """The existing key named by `uri` as a Signer."""
-    uri = _uri(uri, pin_env)
-    if isinstance(uri, Pkcs11Uri):
-        from .pkcs11_backend import Pkcs11Signer
-
-        return Pkcs11Signer(uri)
-    from .tpm_backend import TpmSigner
-
-    return TpmSigner(uri)
+    uri, backend = _implementation(uri, pin_env)
+    return backend.open_signer(uri)
 
 
-def generate_key(uri: str | KeyUri, algorithm: KeyAlgorithm | str, *,
+def generate_key(uri: str | KeyUri, algorithm: KeyAlgorithm | OtherKeyAlgorithm | str, *,
                  pin_env: str | None = None) -> Signer:
     """Generate a new non-extractable key where `uri` says; refuse to overwrite."""
-    uri = _uri(uri, pin_env)
+    uri, backend = _implementation(uri, pin_env)
     if isinstance(algorithm, str):
-        algorithm = KeyAlgorithm.parse(algorithm)
-    if isinstance(uri, Pkcs11Uri):
-        from . import pkcs11_backend
-
-        return pkcs11_backend.generate(uri, algorithm)
-    from . import tpm_backend
-
-    return tpm_backend.generate(uri, algorithm)
+        algorithm = algorithm_named(algorithm)
+    if algorithm.value not in backend.ALGORITHMS:
+        raise UnsupportedAlgorithmError(
+            f"the {uri.scheme}: key store cannot generate {algorithm.value} keys; "
+            f"it generates {', '.join(backend.ALGORITHMS)}")
+    return backend.generate(uri, algorithm)
 
 
 def list_keys(uri: str | KeyUri, *, pin_env: str | None = None) -> list:
     """Keys in the token (pkcs11) or persistent handles (tpm) the URI names."""
-    uri = _uri(uri, pin_env)
-    if isinstance(uri, Pkcs11Uri):
-        from . import pkcs11_backend
-
-        return pkcs11_backend.list_keys(uri)
-    from . import tpm_backend
-
-    return tpm_backend.list_keys(uri)
+    uri, backend = _implementation(uri, pin_env)
+    return backend.list_keys(uri)
 
 
-__all__ = ["open_signer", "generate_key", "list_keys", "KeyUri", "Pkcs11Uri", "TpmUri"]
+def delete_key(uri: str | KeyUri, *, pin_env: str | None = None) -> str:
+    """Delete the key `uri` names, for good; returns what was deleted."""
+    uri, backend = _implementation(uri, pin_env)
+    return backend.delete(uri)
+
+
+def _load(module: str) -> Callable[[], object]:
+    return lambda: importlib.import_module(f"{__package__}.{module}")
+
+
+register_backend("pkcs11", parse_pkcs11_uri, _load("pkcs11_backend"))
+register_backend("tpm", parse_tpm_uri, _load("tpm_backend"))
+
+
+__all__ = ["register_backend", "unregister_backend", "schemes", "algorithms", "parse_key_uri",
+           "open_signer", "generate_key", "list_keys", "delete_key", "KeyUri", "Pkcs11Uri", "TpmUri"]

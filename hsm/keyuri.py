@@ -1,17 +1,29 @@
 """Key URIs: RFC 7512 `pkcs11:` and pledgeforge's `tpm:`.
 
-    pkcs11:token=mfg;object=idevid-ca?module-path=/usr/lib/softhsm/libsofthsm2.so&pin-source=file:/run/pin
+    pkcs11:token=mfg;object=idevid-ca?module-name=softhsm2&x-module-env=SOFTHSM2_CONF=/lab/softhsm2.conf&pin-source=file:/run/pin
     tpm:handle=0x81020000?tcti=swtpm:host=127.0.0.1,port=2321
 
 PINs come from `pin-value`, `pin-source=file:PATH` or `pin-source=env:NAME` in
 the URI, or from an environment variable named in configuration. The PIN is
 never part of `str(uri)` or `repr(uri)`, so a URI can be logged.
+
+A PKCS#11 module's configuration travels with the key: `module-name=` (a
+module registered with p11-kit) or `module-path=` says which module, and the
+vendor attribute `x-module-env=NAME=VALUE` (repeatable) gives an environment
+variable the module reads when it initialises, such as SoftHSM2's
+SOFTHSM2_CONF. The process environment is never changed for it: see
+pkcs11_backend.py for how such a module is loaded.
+
+Each scheme's parser lives here; hsm/keystore.py maps schemes to parsers and
+backends, and `parse_key_uri` goes through it.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass, field, replace
+from typing import ClassVar, Mapping
 from urllib.parse import quote, unquote, unquote_to_bytes
 
 from .errors import KeyUriError, PinError
@@ -24,11 +36,15 @@ DEFAULT_TCTI = "device:/dev/tpmrm0"
 _PKCS11_PATH_ATTRS = {"token", "object", "id", "type", "manufacturer", "model", "serial",
                       "library-manufacturer", "library-description", "library-version",
                       "slot-id", "slot-description", "slot-manufacturer"}
-_PKCS11_QUERY_ATTRS = {"module-path", "module-name", "pin-source", "pin-value"}
+MODULE_ENV_ATTR = "x-module-env"
+_PKCS11_QUERY_ATTRS = {"module-path", "module-name", "pin-source", "pin-value", MODULE_ENV_ATTR}
+_ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
-def _split_attrs(text: str, sep: str, what: str) -> dict[str, str]:
-    attrs: dict[str, str] = {}
+def _split_attrs(text: str, sep: str, what: str,
+                 repeatable: frozenset[str] = frozenset()) -> dict[str, str | list[str]]:
+    """name=value pairs; names in `repeatable` collect a list, others may appear once."""
+    attrs: dict[str, str | list[str]] = {}
     if not text:
         return attrs
     for part in text.split(sep):
@@ -38,11 +54,28 @@ def _split_attrs(text: str, sep: str, what: str) -> dict[str, str]:
             raise KeyUriError(f"{what} attribute {part!r} has no '=' (expected name=value)")
         name, value = part.split("=", 1)
         name = name.strip().lower()
-        if name in attrs:
-            raise KeyUriError(f"{what} attribute {name!r} is given twice")
         # `id` is binary (RFC 7512 §2.3); everything else is UTF-8 text.
-        attrs[name] = unquote_to_bytes(value).decode("latin-1") if name == "id" else unquote(value)
+        value = unquote_to_bytes(value).decode("latin-1") if name == "id" else unquote(value)
+        if name in repeatable:
+            attrs.setdefault(name, []).append(value)
+        elif name in attrs:
+            raise KeyUriError(f"{what} attribute {name!r} is given twice")
+        else:
+            attrs[name] = value
     return attrs
+
+
+def _module_env(entries: list[str]) -> tuple[tuple[str, str], ...]:
+    env: dict[str, str] = {}
+    for entry in entries:
+        name, eq, value = entry.partition("=")
+        if not eq or not _ENV_NAME_RE.fullmatch(name):
+            raise KeyUriError(f"{MODULE_ENV_ATTR}={entry!r} must be NAME=VALUE "
+                              "(e.g. x-module-env=SOFTHSM2_CONF=/path/softhsm2.conf)")
+        if name in env and env[name] != value:
+            raise KeyUriError(f"{MODULE_ENV_ATTR} gives {name} twice")
+        env[name] = value
+    return tuple(sorted(env.items()))
 
 
 def _read_pin_source(source: str) -> str:
@@ -65,8 +98,14 @@ def _read_pin_source(source: str) -> str:
     raise KeyUriError(f"pin-source {source!r} is not supported (use file:PATH or env:NAME)")
 
 
+class KeyUri:
+    """What every key URI type is: a scheme and a text form that is safe to log."""
+
+    scheme: ClassVar[str]
+
+
 @dataclass(frozen=True)
-class Pkcs11Uri:
+class Pkcs11Uri(KeyUri):
     token: str | None = None
     object: str | None = None
     id: bytes | None = None
@@ -74,6 +113,10 @@ class Pkcs11Uri:
     pin_source: str | None = None
     pin_value: str | None = field(default=None, repr=False)
     pin_env: str | None = None
+    #: the p11-kit name the module was given by (module_path is then its file)
+    module_name: str | None = None
+    #: environment the module needs at C_Initialize, as sorted (NAME, VALUE) pairs
+    module_env: tuple[tuple[str, str], ...] = ()
 
     scheme = "pkcs11"
 
@@ -90,8 +133,13 @@ class Pkcs11Uri:
         return None
 
     def with_object(self, label: str | None, key_id: bytes | None = None) -> "Pkcs11Uri":
-        return Pkcs11Uri(self.token, label, key_id, self.module_path, self.pin_source,
-                         self.pin_value, self.pin_env)
+        """Another object on the same token, reached the same way (module, its configuration, PIN)."""
+        return replace(self, object=label, id=key_id)
+
+    def with_module_env(self, env: Mapping[str, str]) -> "Pkcs11Uri":
+        """This key with the module configuration `env` (added to what the URI gives)."""
+        merged = {**dict(self.module_env), **env}
+        return replace(self, module_env=tuple(sorted(merged.items())))
 
     def __str__(self) -> str:
         path = []
@@ -102,8 +150,12 @@ class Pkcs11Uri:
         if self.id is not None:
             path.append("id=" + "".join(f"%{b:02X}" for b in self.id))
         query = []
-        if self.module_path != SOFTHSM2_MODULE:
+        if self.module_name is not None:
+            query.append("module-name=" + quote(self.module_name, safe=""))
+        elif self.module_path != SOFTHSM2_MODULE:
             query.append("module-path=" + quote(self.module_path, safe="/"))
+        for name, value in self.module_env:
+            query.append(f"{MODULE_ENV_ATTR}={name}=" + quote(value, safe="/:=,@+"))
         if self.pin_source:
             query.append("pin-source=" + quote(self.pin_source, safe="/:"))
         text = "pkcs11:" + ";".join(path)
@@ -111,7 +163,7 @@ class Pkcs11Uri:
 
 
 @dataclass(frozen=True)
-class TpmUri:
+class TpmUri(KeyUri):
     handle: int | None = None
     tcti: str = DEFAULT_TCTI
     hierarchy: str = "endorsement"
@@ -126,26 +178,18 @@ class TpmUri:
         return f"tpm:{path}?" + "&".join(query)
 
 
-KeyUri = Pkcs11Uri | TpmUri
-
-
 def parse_key_uri(text: str, *, pin_env: str | None = None) -> KeyUri:
-    """Parse a `pkcs11:` or `tpm:` key URI. `pin_env` is the configured PIN variable."""
-    if not isinstance(text, str) or ":" not in text:
-        raise KeyUriError(f"not a key URI: {text!r} (expected pkcs11:... or tpm:...)")
-    scheme, rest = text.split(":", 1)
-    scheme = scheme.lower()
+    """Parse a key URI of any registered scheme. `pin_env` is the configured PIN variable."""
+    from .keystore import parse_key_uri as parse  # the registry of schemes (it imports this module)
+
+    return parse(text, pin_env=pin_env)
+
+
+def parse_pkcs11_uri(rest: str, pin_env: str | None = None) -> Pkcs11Uri:
+    """An RFC 7512 URI, given what follows `pkcs11:`."""
     path, _, query = rest.partition("?")
-    if scheme == "pkcs11":
-        return _parse_pkcs11(path, query, pin_env)
-    if scheme == "tpm":
-        return _parse_tpm(path, query)
-    raise KeyUriError(f"unsupported key URI scheme {scheme!r} (expected pkcs11: or tpm:)")
-
-
-def _parse_pkcs11(path: str, query: str, pin_env: str | None) -> Pkcs11Uri:
     p = _split_attrs(path, ";", "pkcs11 path")
-    q = _split_attrs(query, "&", "pkcs11 query")
+    q = _split_attrs(query, "&", "pkcs11 query", repeatable=frozenset({MODULE_ENV_ATTR}))
     unknown_q = set(q) - _PKCS11_QUERY_ATTRS
     if unknown_q:
         raise KeyUriError(f"unknown pkcs11 query attribute(s): {', '.join(sorted(unknown_q))}")
@@ -159,8 +203,12 @@ def _parse_pkcs11(path: str, query: str, pin_env: str | None) -> Pkcs11Uri:
         # unquote() already turned %xx into characters; id is binary.
         key_id = p["id"].encode("latin-1")
     module = q.get("module-path")
-    if module is None and "module-name" in q:
-        module = f"/usr/lib/x86_64-linux-gnu/{q['module-name']}.so"
+    module_name = q.get("module-name")
+    if module is None and module_name is not None:
+        # RFC 7512: module-path, when given, wins over module-name.
+        from .p11kit import module_path
+
+        module = module_path(module_name)
     return Pkcs11Uri(
         token=p.get("token"),
         object=p.get("object"),
@@ -169,6 +217,8 @@ def _parse_pkcs11(path: str, query: str, pin_env: str | None) -> Pkcs11Uri:
         pin_source=q.get("pin-source"),
         pin_value=q.get("pin-value"),
         pin_env=pin_env,
+        module_name=module_name if "module-path" not in q else None,
+        module_env=_module_env(q.get(MODULE_ENV_ATTR, [])),
     )
 
 
@@ -179,7 +229,9 @@ def default_tcti() -> str:
     return DEFAULT_TCTI
 
 
-def _parse_tpm(path: str, query: str) -> TpmUri:
+def parse_tpm_uri(rest: str, pin_env: str | None = None) -> TpmUri:
+    """A `tpm:` URI, given what follows `tpm:` (TPM keys here have no PIN)."""
+    path, _, query = rest.partition("?")
     p = _split_attrs(path, ";", "tpm path")
     q = _split_attrs(query, "&", "tpm query")
     unknown = (set(p) - {"handle"}) | (set(q) - {"tcti", "hierarchy"})

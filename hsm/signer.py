@@ -4,14 +4,26 @@ A `Signer` knows its public key and algorithm and signs a digest. CMS, X.509,
 CSRs and TLS CertificateVerify are all built on `sign_digest`, so the same
 code signs with a TPM, a PKCS#11 token or (for throwaway test CAs only) a
 software key.
+
+Servers sign with `sign_digest_async`: the blocking key-store call runs on
+the signer's executor (one worker per token or TPM where the backend must
+serialise), so an event loop never waits on a key. Code that builds what is
+signed (CMS, certificates) is written once as `SigningSteps`, a generator that
+yields what to sign and receives the signature; `signing_function` and
+`async_signing_function` turn it into the blocking and the awaitable entry
+point.
 """
 
 from __future__ import annotations
 
+import asyncio
 import enum
+import functools
 import hashlib
 from abc import ABC, abstractmethod
+from concurrent.futures import Executor
 from dataclasses import dataclass
+from typing import Awaitable, Callable, Generator, TypeVar
 
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
@@ -20,7 +32,12 @@ from .errors import UnsupportedAlgorithmError
 
 
 class KeyAlgorithm(enum.Enum):
-    """Key types pledgeforge generates. The value is the CLI spelling."""
+    """Key types every key store of pledgeforge generates. The value is the CLI spelling.
+
+    A key store may offer more (`keystore.algorithms(scheme)` lists what one
+    generates); such keys are described by `OtherKeyAlgorithm`, which answers
+    the same questions (`value`, `is_ec`, `curve`, `default_hash`).
+    """
 
     EC_P256 = "ec-p256"
     EC_P384 = "ec-p384"
@@ -38,15 +55,12 @@ class KeyAlgorithm(enum.Enum):
             ) from None
 
     @classmethod
-    def of_public_key(cls, public_key) -> "KeyAlgorithm":
+    def of_public_key(cls, public_key) -> "KeyAlgorithm | OtherKeyAlgorithm":
+        """The algorithm of an EC or RSA public key; keys outside this enum get an OtherKeyAlgorithm."""
         if isinstance(public_key, ec.EllipticCurvePublicKey):
-            by_curve = {"secp256r1": cls.EC_P256, "secp384r1": cls.EC_P384}
-            if public_key.curve.name in by_curve:
-                return by_curve[public_key.curve.name]
-        elif isinstance(public_key, rsa.RSAPublicKey):
-            by_size = {2048: cls.RSA_2048, 3072: cls.RSA_3072}
-            if public_key.key_size in by_size:
-                return by_size[public_key.key_size]
+            return algorithm_named(_ec_spelling(public_key.curve.name))
+        if isinstance(public_key, rsa.RSAPublicKey):
+            return algorithm_named(f"rsa-{public_key.key_size}")
         raise UnsupportedAlgorithmError(f"unsupported public key {public_key!r}")
 
     @property
@@ -69,6 +83,66 @@ class KeyAlgorithm(enum.Enum):
     def default_hash(self) -> str:
         """The hash that matches the key's strength (SHA-384 for P-384)."""
         return "sha384" if self is KeyAlgorithm.EC_P384 else "sha256"
+
+
+@dataclass(frozen=True)
+class OtherKeyAlgorithm:
+    """An EC curve or RSA size outside KeyAlgorithm that some key store offers (e.g. ec-p521)."""
+
+    value: str
+    is_ec: bool
+    rsa_bits: int = 0
+    curve_name: str = ""
+
+    @property
+    def curve(self) -> ec.EllipticCurve:
+        if not self.is_ec:
+            raise UnsupportedAlgorithmError(f"{self.value} is not an EC algorithm")
+        return _CURVES[self.curve_name]()
+
+    @property
+    def default_hash(self) -> str:
+        """SHA-512 for curves above 384 bits, SHA-384 for above 256, else SHA-256."""
+        bits = self.curve.key_size if self.is_ec else 0
+        return "sha512" if bits > 384 else "sha384" if bits > 256 else "sha256"
+
+
+# Curves a key store may offer, by their SECG/RFC 5639 names. NIST curves keep
+# their short CLI spelling; the others are spelt ec-NAME.
+_CURVES = {"secp256r1": ec.SECP256R1, "secp384r1": ec.SECP384R1, "secp521r1": ec.SECP521R1,
+           "secp256k1": ec.SECP256K1, "brainpoolP256r1": ec.BrainpoolP256R1,
+           "brainpoolP384r1": ec.BrainpoolP384R1, "brainpoolP512r1": ec.BrainpoolP512R1}
+_NIST_SPELLINGS = {"secp256r1": "ec-p256", "secp384r1": "ec-p384", "secp521r1": "ec-p521"}
+
+
+def _ec_spelling(curve_name: str) -> str:
+    return _NIST_SPELLINGS.get(curve_name, f"ec-{curve_name}")
+
+
+def algorithm_named(text: str) -> "KeyAlgorithm | OtherKeyAlgorithm":
+    """The algorithm a CLI spelling names: a KeyAlgorithm when it is one, else an
+    OtherKeyAlgorithm for another curve of _CURVES or RSA size.
+
+    Whether a key store can generate it is the key store's answer, not this one's.
+    """
+    text = text.strip()
+    try:
+        return KeyAlgorithm(text.lower())
+    except ValueError:
+        pass
+    family, _, rest = text.partition("-")
+    family = family.lower()
+    if family == "ec" and rest:
+        by_spelling = {v: k for k, v in _NIST_SPELLINGS.items()}
+        curve_name = by_spelling.get(text.lower()) or next(
+            (name for name in _CURVES if name.lower() == rest.lower()), None)
+        if curve_name is not None:
+            return OtherKeyAlgorithm(_ec_spelling(curve_name), is_ec=True, curve_name=curve_name)
+    if family == "rsa" and rest.isdigit() and int(rest) >= 1024:
+        return OtherKeyAlgorithm(text, is_ec=False, rsa_bits=int(rest))
+    names = ", ".join(a.value for a in KeyAlgorithm)
+    raise UnsupportedAlgorithmError(f"unknown key algorithm {text!r}; choose one of {names} "
+                                    "(or ec-CURVE / rsa-BITS where the key store offers it)")
 
 
 class Padding(enum.Enum):
@@ -128,15 +202,77 @@ class SignatureSpec:
     padding: Padding = Padding.PKCS1V15
 
 
+@dataclass(frozen=True)
+class SignatureRequest:
+    """What a SigningSteps generator asks its driver for: `signer`'s signature over `data`."""
+
+    signer: "Signer"
+    data: bytes
+    hash_name: str = "sha256"
+    padding: Padding = Padding.PKCS1V15
+
+
+T = TypeVar("T")
+#: Code that builds a signed object: yields SignatureRequests, receives each
+#: signature (DER for ECDSA), returns the object.
+SigningSteps = Generator[SignatureRequest, bytes, T]
+
+
+def run_signing(steps: SigningSteps[T]) -> T:
+    """Drive `steps` with blocking signatures."""
+    try:
+        request = next(steps)
+        while True:
+            request = steps.send(request.signer.sign(request.data, request.hash_name, request.padding))
+    except StopIteration as done:
+        return done.value
+
+
+async def run_signing_async(steps: SigningSteps[T]) -> T:
+    """Drive `steps`, awaiting each signature (the event loop keeps serving meanwhile)."""
+    try:
+        request = next(steps)
+        while True:
+            signature = await request.signer.sign_async(request.data, request.hash_name,
+                                                        request.padding)
+            request = steps.send(signature)
+    except StopIteration as done:
+        return done.value
+
+
+def signing_function(steps_function: Callable[..., SigningSteps[T]]) -> Callable[..., T]:
+    """The blocking entry point of a SigningSteps function (same arguments and docs)."""
+    @functools.wraps(steps_function)
+    def sign(*args, **kwargs) -> T:
+        return run_signing(steps_function(*args, **kwargs))
+    return sign
+
+
+def async_signing_function(steps_function: Callable[..., SigningSteps[T]]) -> Callable[..., Awaitable[T]]:
+    """The awaitable entry point of a SigningSteps function, for servers (same arguments)."""
+    @functools.wraps(steps_function)
+    async def sign(*args, **kwargs) -> T:
+        return await run_signing_async(steps_function(*args, **kwargs))
+    return sign
+
+
 class Signer(ABC):
     """A private key that signs digests and never hands out its secret.
 
     Implementations must be safe to call from several threads (serialise
-    inside if the backend is not).
+    inside if the backend is not). The async form runs the blocking call on
+    `executor`: a backend whose key store handles one call at a time returns
+    one single-worker executor per token or TPM, so waiting signatures queue
+    there instead of holding threads of the loop's shared pool.
     """
 
     #: A short description for logs and errors (never a PIN).
     description: str = "signer"
+
+    @property
+    def executor(self) -> Executor | None:
+        """Where `sign_digest_async` runs the blocking call (None: the loop's default pool)."""
+        return None
 
     @property
     @abstractmethod
@@ -144,7 +280,7 @@ class Signer(ABC):
         """The cryptography public key object."""
 
     @property
-    def algorithm(self) -> KeyAlgorithm:
+    def algorithm(self) -> KeyAlgorithm | OtherKeyAlgorithm:
         return KeyAlgorithm.of_public_key(self.public_key)
 
     @abstractmethod
@@ -156,6 +292,18 @@ class Signer(ABC):
     def sign(self, data: bytes, hash_name: str = "sha256", pad: Padding = Padding.PKCS1V15) -> bytes:
         """Hash `data` here, then sign the digest inside the key store."""
         return self.sign_digest(digest(data, hash_name), hash_name, pad)
+
+    async def sign_digest_async(
+        self, dgst: bytes, hash_name: str = "sha256", pad: Padding = Padding.PKCS1V15
+    ) -> bytes:
+        """`sign_digest` without blocking the running event loop."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, self.sign_digest, dgst, hash_name, pad)
+
+    async def sign_async(self, data: bytes, hash_name: str = "sha256",
+                         pad: Padding = Padding.PKCS1V15) -> bytes:
+        """`sign` without blocking the running event loop."""
+        return await self.sign_digest_async(digest(data, hash_name), hash_name, pad)
 
     def public_key_pem(self) -> bytes:
         return self.public_key.public_bytes(

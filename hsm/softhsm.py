@@ -1,10 +1,10 @@
 """A SoftHSM2 instance of our own: its config and token directory under one state dir.
 
 SoftHSM2 is the HSM in tests and in the lab. It reads SOFTHSM2_CONF when the
-PKCS#11 module is initialised, so `activate()` must run before the first key
-operation in this process (the PKCS#11 backend re-initialises the module when
-the variable changes later). Tokens are created with `softhsm2-util`, a tool
-nobody here wrote, so what we create is what any PKCS#11 user would see.
+PKCS#11 module is initialised, so the URIs of its keys carry that setting
+(`x-module-env=SOFTHSM2_CONF=...`, see keyuri.py); the PKCS#11 backend loads
+the module with it. Tokens are created with `softhsm2-util`, a tool nobody
+here wrote, so what we create is what any PKCS#11 user would see.
 """
 
 from __future__ import annotations
@@ -43,13 +43,14 @@ class SoftHsm:
             tmp.replace(self.conf)
         return self
 
-    def env(self) -> dict[str, str]:
-        """Environment for child processes (pkcs11-tool, other pledgeforge runs)."""
-        return {**os.environ, "SOFTHSM2_CONF": str(self.conf)}
+    @property
+    def module_env(self) -> dict[str, str]:
+        """What the PKCS#11 module needs to find this instance's tokens."""
+        return {"SOFTHSM2_CONF": str(self.conf)}
 
-    def activate(self) -> None:
-        """Point this process's PKCS#11 module at this instance."""
-        os.environ["SOFTHSM2_CONF"] = str(self.conf)
+    def env(self) -> dict[str, str]:
+        """Environment for child processes (pkcs11-tool, softhsm2-util, other pledgeforge runs)."""
+        return {**os.environ, **self.module_env}
 
     def token_labels(self) -> list[str]:
         out = self._util("--show-slots").stdout
@@ -65,7 +66,8 @@ class SoftHsm:
     def token_uri(self, label: str, *, pin_file: str | os.PathLike | None = None,
                   pin_value: str | None = None) -> Pkcs11Uri:
         return Pkcs11Uri(token=label, module_path=self.module_path,
-                         pin_source=f"file:{pin_file}" if pin_file else None, pin_value=pin_value)
+                         pin_source=f"file:{pin_file}" if pin_file else None,
+                         pin_value=pin_value).with_module_env(self.module_env)
 
     def _util(self, *args: str) -> subprocess.CompletedProcess:
         # PINs go on this child's argv; softhsm2-util has no other way to take

@@ -17,6 +17,7 @@ One ESAPI context per TCTI string, reused, behind one lock: ESAPI contexts are
 not thread-safe, and a TPM without a resource manager (swtpm) holds only three
 transient objects, so everything transient we create is flushed at once and
 persistent keys are reached through ESYS_TRs that are cached per context.
+Async signatures of one TPM queue on one worker thread.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from __future__ import annotations
 import os
 import secrets
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, TypeVar
 
@@ -42,8 +44,8 @@ from tpm2_pytss.types import (TPM2B_DIGEST, TPM2B_PUBLIC, TPMT_PUBLIC, TPMT_SIG_
 from .errors import (HandleInUseError, KeyNotFoundError, KeyStoreError, KeyUriError,  # noqa: E402
                      TpmUnreachableError, UnsupportedAlgorithmError)
 from .keyuri import TpmUri  # noqa: E402
-from .signer import (KeyAlgorithm, Padding, Signer, check_digest_length,  # noqa: E402
-                     ecdsa_raw_to_der)
+from .signer import (KeyAlgorithm, OtherKeyAlgorithm, Padding, Signer,  # noqa: E402
+                     check_digest_length, ecdsa_raw_to_der)
 
 T = TypeVar("T")
 
@@ -58,6 +60,8 @@ _HASH_ALGS = {"sha256": TPM2_ALG.SHA256, "sha384": TPM2_ALG.SHA384, "sha512": TP
 _EC_PARAMS = {KeyAlgorithm.EC_P256: (TPM2_ECC.NIST_P256, 32, TPM2_ALG.SHA256),
               KeyAlgorithm.EC_P384: (TPM2_ECC.NIST_P384, 48, TPM2_ALG.SHA384)}
 _RSA_NAME_ALG = {KeyAlgorithm.RSA_2048: TPM2_ALG.SHA256, KeyAlgorithm.RSA_3072: TPM2_ALG.SHA384}
+#: what `generate` makes (what swtpm and the TPMs we know implement)
+ALGORITHMS = tuple(a.value for a in (*_EC_PARAMS, *_RSA_NAME_ALG))
 
 # TPM 2.0 Part 2 §7.4: the owner persists into 0x81000000-0x817FFFFF, the
 # platform (firmware) into 0x81800000-0x81FFFFFF.
@@ -91,6 +95,8 @@ class _Tpm:
         self.lock = threading.RLock()
         self._esys: ESAPI | None = None
         self._persistent: dict[int, ESYS_TR] = {}
+        #: one worker (started on first use): async signatures on this TPM wait their turn here
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix="tpm")
 
     def _context(self) -> ESAPI:
         if self._esys is None:
@@ -277,8 +283,12 @@ class TpmSigner(Signer):
         return self._public_key
 
     @property
-    def algorithm(self) -> KeyAlgorithm:
+    def algorithm(self) -> KeyAlgorithm | OtherKeyAlgorithm:
         return self._algorithm
+
+    @property
+    def executor(self) -> ThreadPoolExecutor:
+        return self._tpm.executor
 
     def _scheme(self, hash_name: str, pad: Padding) -> TPMT_SIG_SCHEME:
         """The per-signature scheme (the key's own is NULL), built once per kind."""
@@ -317,7 +327,7 @@ class TpmSigner(Signer):
             raise _failure(exc, f"signing with TPM key 0x{self.handle:08x}") from None
         if self._algorithm.is_ec:
             # The TPM may drop leading zero bytes of r and s: pad each to the coordinate size.
-            size = _EC_PARAMS[self._algorithm][1]
+            size = (self._public_key.curve.key_size + 7) // 8
             r = bytes(signature.signature.ecdsa.signatureR)
             s = bytes(signature.signature.ecdsa.signatureS)
             return ecdsa_raw_to_der(r.rjust(size, b"\0") + s.rjust(size, b"\0"))
@@ -329,6 +339,10 @@ class TpmSigner(Signer):
         # The ESYS_TR is shared per TCTI by every signer of this handle; it
         # costs no TPM resource and goes with `disconnect()`.
         pass
+
+
+def open_signer(uri: TpmUri) -> TpmSigner:
+    return TpmSigner(uri)
 
 
 def _template(algorithm: KeyAlgorithm) -> TPM2B_PUBLIC:
@@ -403,6 +417,31 @@ def generate(uri: TpmUri, algorithm: KeyAlgorithm) -> TpmSigner:
     return TpmSigner(uri)
 
 
+def delete(uri: TpmUri) -> str:
+    """Evict the persistent key at uri.handle (TPM2_EvictControl): the TPM forgets it for good."""
+    handle = _require_handle(uri)
+    if handle >= _PLATFORM_PERSISTENT_FIRST:
+        raise KeyUriError(f"TPM handle 0x{handle:08x} is in the platform range; only the "
+                          "platform firmware may evict it")
+    tpm = _tpm_for(uri.tcti)
+
+    def evict(esys: ESAPI) -> None:
+        tr = tpm.persistent(esys, handle, refresh=True)
+        esys.evict_control(ESYS_TR.OWNER, tr, handle)
+
+    with tpm.lock:
+        try:
+            tpm.run(evict, retry=False)
+        except TSS2_Exception as exc:
+            if exc.error in _NO_OBJECT:
+                raise KeyNotFoundError(f"no key at TPM handle 0x{handle:08x} ({uri.tcti})") from None
+            raise _failure(exc, f"evicting TPM key 0x{handle:08x}") from None
+        finally:
+            # ESAPI keeps the evicted object's ESYS_TR; it names nothing now.
+            tpm.forget(handle)
+    return f"TPM key 0x{handle:08x} ({uri.tcti}) evicted"
+
+
 @dataclass(frozen=True)
 class TpmKeyInfo:
     """One persistent object of a TPM."""
@@ -469,4 +508,5 @@ def list_keys(uri: TpmUri) -> list[TpmKeyInfo]:
     return out
 
 
-__all__ = ["TpmSigner", "TpmKeyInfo", "generate", "list_keys", "disconnect", "KEY_ATTRIBUTES"]
+__all__ = ["TpmSigner", "TpmKeyInfo", "ALGORITHMS", "open_signer", "generate", "list_keys", "delete",
+           "disconnect", "KEY_ATTRIBUTES"]

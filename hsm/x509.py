@@ -29,7 +29,8 @@ from cryptography.x509.oid import NameOID, ObjectIdentifier
 from .asn1_messages import asn1_problem
 from .errors import CertificateError
 from .identity_names import check_dns_name, check_serial_number
-from .signer import Padding, Signer, hash_algorithm
+from .signer import (Padding, SignatureRequest, Signer, SigningSteps, async_signing_function,
+                     hash_algorithm, run_signing, signing_function)
 
 ID_PE_MASA_URL = ObjectIdentifier("1.3.6.1.5.5.7.1.32")
 ID_ON_HARDWARE_MODULE_NAME = ObjectIdentifier("1.3.6.1.5.5.7.8.4")
@@ -186,12 +187,12 @@ def _builder_args(signer: Signer, hash_name: str, pad: Padding) -> dict:
     return args
 
 
-def _sign_certificate(builder: x509.CertificateBuilder, signer: Signer, hash_name: str,
-                      pad: Padding) -> x509.Certificate:
+def _certificate_steps(builder: x509.CertificateBuilder, signer: Signer, hash_name: str,
+                       pad: Padding) -> SigningSteps[x509.Certificate]:
     draft = asn1_x509.Certificate.load(
         builder.sign(**_builder_args(signer, hash_name, pad)).public_bytes(serialization.Encoding.DER))
     tbs = draft["tbs_certificate"]
-    signature = signer.sign(tbs.dump(), hash_name, pad)
+    signature = yield SignatureRequest(signer, tbs.dump(), hash_name, pad)
     final = asn1_x509.Certificate({"tbs_certificate": tbs,
                                    "signature_algorithm": draft["signature_algorithm"],
                                    "signature_value": signature})
@@ -228,10 +229,10 @@ def make_ca(signer: Signer, subject: str | x509.Name, *, days: int = 3650,
                                             encipher_only=False, decipher_only=False), critical=True)
                .add_extension(_ski(pub), critical=False)
                .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(pub), critical=False))
-    return _sign_certificate(builder, signer, _defaults(signer, hash_name), pad)
+    return run_signing(_certificate_steps(builder, signer, _defaults(signer, hash_name), pad))
 
 
-def issue_certificate(
+def issued_certificate_steps(
     ca_signer: Signer,
     ca_cert: x509.Certificate,
     public_key,
@@ -248,7 +249,7 @@ def issue_certificate(
     extra_extensions: Iterable[tuple[x509.ExtensionType, bool]] = (),
     hash_name: str | None = None,
     pad: Padding = Padding.PKCS1V15,
-) -> x509.Certificate:
+) -> SigningSteps[x509.Certificate]:
     """A certificate for `public_key`, issued by `ca_cert` with the key in `ca_signer`."""
     if ca_cert.public_key().public_bytes(serialization.Encoding.DER,
                                          serialization.PublicFormat.SubjectPublicKeyInfo) \
@@ -283,7 +284,12 @@ def issue_certificate(
         builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
     for ext, critical in extra_extensions:
         builder = builder.add_extension(ext, critical=critical)
-    return _sign_certificate(builder, ca_signer, _defaults(ca_signer, hash_name), pad)
+    return (yield from _certificate_steps(builder, ca_signer, _defaults(ca_signer, hash_name), pad))
+
+
+issue_certificate = signing_function(issued_certificate_steps)
+#: issue_certificate for servers: the event loop keeps serving while the CA key signs
+issue_certificate_async = async_signing_function(issued_certificate_steps)
 
 
 def issue_idevid(

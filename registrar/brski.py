@@ -29,7 +29,7 @@ from typing import Iterable, Sequence
 
 from cryptography import x509
 
-from pledgeforge.hsm.cms import load_cms_input, sign_cms, verify_cms
+from pledgeforge.hsm.cms import load_cms_input, sign_cms_async, verify_cms
 from pledgeforge.hsm.errors import (BadSignatureError, CmsError, DigestMismatchError,
                                     MalformedCmsError, UnexpectedContentTypeError,
                                     UntrustedSignerError, VoucherError)
@@ -136,8 +136,8 @@ def _authority_key_id(cert: x509.Certificate) -> bytes | None:
         return None
 
 
-def registrar_voucher_request(pledge: PledgeRequest, signer: Signer, cert: x509.Certificate,
-                              chain: Sequence[x509.Certificate] = ()) -> bytes:
+async def registrar_voucher_request(pledge: PledgeRequest, signer: Signer, cert: x509.Certificate,
+                                    chain: Sequence[x509.Certificate] = ()) -> bytes:
     """RFC 8995 5.5: serial from the IDevID, nonce copied, the pledge's request enclosed."""
     request = Voucher(
         is_request=True,
@@ -148,7 +148,7 @@ def registrar_voucher_request(pledge: PledgeRequest, signer: Signer, cert: x509.
         idevid_issuer=_authority_key_id(pledge.idevid),
         prior_signed_voucher_request=pledge.cms,
     )
-    return sign_cms(request.to_json(), signer, cert, chain, content_type="voucher")
+    return await sign_cms_async(request.to_json(), signer, cert, chain, content_type="voucher")
 
 
 def nonce_text(voucher: Voucher) -> str | None:

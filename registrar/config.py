@@ -16,7 +16,8 @@ or an operator's directory can be moved as a whole. Example (owner):
     url = "sqlite:///db/owner.sqlite"  # relative SQLite paths are resolved too
 
     [hsm]
-    softhsm2_conf = "softhsm/softhsm2.conf"   # optional: SOFTHSM2_CONF for the signing keys
+    softhsm2_conf = "softhsm/softhsm2.conf"   # optional: SoftHSM2 configuration of the PKCS#11
+                                              # keys below that do not give their own
 
     [registrar]
     signing_key = "pkcs11:token=owner;object=registrar?module-path=...&pin-source=file:..."
@@ -41,11 +42,16 @@ nonceless_lifetime_s, max_request_age_s, max_request_future_s, and an
 optional [masa.rate_limits] table (see MasaRateLimits); keys these tables do
 not know are refused.
 
+Key URIs are parsed when the file is read. `[hsm] softhsm2_conf` is module
+configuration for the PKCS#11 keys of this file: each one that does not say
+otherwise gets `x-module-env=SOFTHSM2_CONF=...` (see hsm/keyuri.py).
+
 Every mistake is reported as one ConfigError naming the file and the key.
 """
 
 from __future__ import annotations
 
+import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,8 +59,12 @@ from typing import Any
 
 from pledgeforge.errors import PledgeforgeError
 from pledgeforge.hsm.identity_names import IdentityNameError, check_dns_name, check_name
+from pledgeforge.hsm.errors import KeyStoreError
+from pledgeforge.hsm.keystore import parse_key_uri
+from pledgeforge.hsm.keyuri import KeyUri, Pkcs11Uri
 
 ROLES = ("masa", "cloud", "owner")
+SOFTHSM2_LIBRARY = "libsofthsm2.so"
 
 
 class ConfigError(PledgeforgeError):
@@ -80,7 +90,7 @@ class ServerSettings:
 class SignerSettings:
     """A signing key in an HSM (by URI) and the certificate(s) that go with it."""
 
-    key_uri: str
+    key_uri: KeyUri
     cert: Path
     chain: tuple[Path, ...] = ()
 
@@ -118,7 +128,7 @@ class CsrAttrsSettings:
 
 @dataclass(frozen=True)
 class EstSettings:
-    ca_key_uri: str
+    ca_key_uri: KeyUri
     ca_cert: Path
     ca_chain: tuple[Path, ...] = ()
     certificate_days: int = 365
@@ -236,6 +246,18 @@ class _Table:
             raise self.fail(key, "must be a list of non-empty strings")
         return tuple(values)
 
+    def key_uri(self, key: str, softhsm2_conf: Path | None) -> KeyUri:
+        """A key URI; SoftHSM2 keys get the file's SoftHSM2 configuration unless they give their own."""
+        try:
+            uri = parse_key_uri(self.text(key))
+        except KeyStoreError as exc:
+            raise self.fail(key, f"is not a usable key URI: {exc}") from None
+        if (softhsm2_conf is not None and isinstance(uri, Pkcs11Uri)
+                and os.path.basename(os.path.realpath(uri.module_path)) == SOFTHSM2_LIBRARY
+                and "SOFTHSM2_CONF" not in dict(uri.module_env)):
+            uri = uri.with_module_env({"SOFTHSM2_CONF": str(softhsm2_conf)})
+        return uri
+
     def port(self, key: str, default: Any = ...) -> int:
         value = self.get(key, int, default)
         if not 0 <= value <= 65535:
@@ -303,9 +325,9 @@ def _server(table: _Table) -> ServerSettings:
     )
 
 
-def _signer(table: _Table, key: str = "signing_key", cert: str = "signing_cert",
-            chain: str = "signing_chain") -> SignerSettings:
-    return SignerSettings(table.text(key), table.path(cert), table.paths(chain, ()))
+def _signer(table: _Table, softhsm2_conf: Path | None, key: str = "signing_key",
+            cert: str = "signing_cert", chain: str = "signing_chain") -> SignerSettings:
+    return SignerSettings(table.key_uri(key, softhsm2_conf), table.path(cert), table.paths(chain, ()))
 
 
 def _san_templates(table: _Table) -> tuple[str, ...]:
@@ -373,7 +395,7 @@ def load_config(path: str | Path) -> MasaConfig | RegistrarConfig:
                                                 t.strings("acts_for", ())))
         return MasaConfig(
             path=path, server=server, database_url=database_url, softhsm2_conf=softhsm2_conf,
-            signer=_signer(masa), manufacturer_cas=masa.paths("manufacturer_cas"),
+            signer=_signer(masa, softhsm2_conf), manufacturer_cas=masa.paths("manufacturer_cas"),
             check_time=check_time,
             nonceless_lifetime_s=masa.positive("nonceless_lifetime_s", int, 1200),
             cloud_registrars=tuple(clouds),
@@ -399,7 +421,7 @@ def load_config(path: str | Path) -> MasaConfig | RegistrarConfig:
             csrattrs = CsrAttrsSettings(attrs.strings("subject", ()), _san_templates(attrs),
                                         attrs.text("signature_algorithm", None))
         est = EstSettings(
-            ca_key_uri=e.text("ca_key"), ca_cert=e.path("ca_cert"), ca_chain=e.paths("ca_chain", ()),
+            ca_key_uri=e.key_uri("ca_key", softhsm2_conf), ca_cert=e.path("ca_cert"), ca_chain=e.paths("ca_chain", ()),
             certificate_days=e.positive("certificate_days", int, 365), csrattrs=csrattrs,
             additional_configuration_dir=e.path("additional_configuration_dir", None,
                                                 must_exist=False),
@@ -408,7 +430,7 @@ def load_config(path: str | Path) -> MasaConfig | RegistrarConfig:
         raise top.fail("est", "is only for owner registrars (a cloud registrar is no EST server)")
     return RegistrarConfig(
         path=path, role=role, server=server, database_url=database_url,
-        softhsm2_conf=softhsm2_conf, signer=_signer(reg),
+        softhsm2_conf=softhsm2_conf, signer=_signer(reg, softhsm2_conf),
         manufacturer_cas=reg.paths("manufacturer_cas"), upstream=upstream, check_time=check_time,
         require_pledge_list=reg.get("require_pledge_list", bool, True), est=est,
     )

@@ -47,7 +47,7 @@ from pledgeforge.hsm.identity_names import IdentityNameError, check_dns_name
 from pledgeforge.hsm.keystore import open_signer
 from pledgeforge.hsm.wellknown import (CERTS_ONLY_MEDIA_TYPE, CSRATTRS_MEDIA_TYPE, EST_PATH, PKCS7_MEDIA_TYPE,
                                        PKCS10_MEDIA_TYPE)
-from pledgeforge.hsm.x509 import check_csr, issue_certificate, load_csr, parse_dn, to_pem
+from pledgeforge.hsm.x509 import check_csr, issue_certificate_async, load_csr, parse_dn, to_pem
 
 from .brski import require_serial
 from .config import CsrAttrsSettings, EstSettings
@@ -237,8 +237,8 @@ class EstServer:
             raise Refusal(400, str(exc)) from None
         return csr
 
-    def _issue(self, csr: x509.CertificateSigningRequest, dns_names: list[str]) -> x509.Certificate:
-        return issue_certificate(
+    async def _issue(self, csr: x509.CertificateSigningRequest, dns_names: list[str]) -> x509.Certificate:
+        return await issue_certificate_async(
             self.ca_signer, self.ca_cert, csr.public_key(), csr.subject,
             days=self.settings.certificate_days, extended_key_usage=[ExtendedKeyUsageOID.CLIENT_AUTH],
             dns_names=dns_names)
@@ -252,7 +252,7 @@ class EstServer:
         self.may_enroll(client)
         csr = await self._read_csr(request)
         dns_names = check_csr_identity(csr, self.settings.csrattrs, client.serial)
-        cert = self._issue(csr, dns_names)
+        cert = await self._issue(csr, dns_names)
         self.store.record_enrollment(client.serial, "enroll", f"{cert.serial_number:x}",
                                      cert.subject.rfc4514_string(), to_pem(cert).decode())
         return self._answer(cert)
@@ -273,7 +273,7 @@ class EstServer:
             current = []
         if sorted(_csr_dns_names(csr)) != sorted(n.lower() for n in current):
             raise Refusal(400, "a re-enrollment CSR must request the current certificate's subjectAltName")
-        cert = self._issue(csr, [n.lower() for n in current])
+        cert = await self._issue(csr, [n.lower() for n in current])
         self.store.record_enrollment(client.serial, "reenroll", f"{cert.serial_number:x}",
                                      cert.subject.rfc4514_string(), to_pem(cert).decode())
         return self._answer(cert)

@@ -34,8 +34,9 @@ certificates and the LDevIDs, and is the pinned-domain-cert of every voucher.
 
 The pledge side uses `Lab.load(dir)`, `provision_pledge(...)` and
 `set_cloud_response(...)`; servers read their databases per request, so
-registering while they run takes effect at once. Calling `provision_pledge`
-points this process's PKCS#11 module at the lab's SoftHSM (SOFTHSM2_CONF).
+registering while they run takes effect at once. Every key URI of the lab
+carries the lab's SoftHSM configuration (x-module-env=SOFTHSM2_CONF=...), so
+any process can use the lab's keys beside keys of other SoftHSM instances.
 """
 
 from __future__ import annotations
@@ -326,12 +327,14 @@ class Lab:
         log = open(self.log_path(role), "ab")
         try:
             # A session of its own: the server outlives `lab up` and ignores its terminal.
+            # Its environment already names the lab's SoftHSM, so the server loads
+            # the module in-process rather than in a module host.
             return subprocess.Popen(
                 [sys.executable, "-m", "pledgeforge.registrar.server", "--config",
                  str(self.config_path(role))],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True, close_fds=True, cwd=self.dir,
-                env={**os.environ, "SOFTHSM2_CONF": str(self.softhsm.conf)})
+                env=self.softhsm.env())
         finally:
             log.close()
 
@@ -437,7 +440,6 @@ class Lab:
 
     def issue_idevid(self, public_key, serial: str) -> x509.Certificate:
         """An IDevID for `public_key`, issued by the manufacturer CA in SoftHSM, naming the MASA."""
-        self.softhsm.activate()
         ca = keystores.open_signer(self.key_uri("vendor", "manufacturer-ca"))
         ca_cert = load_certificate_file(str(self.pki("manufacturer-ca")))[0]
         return issue_idevid(ca, ca_cert, public_key, serial, masa_url=self.masa_url)
@@ -508,7 +510,6 @@ class Lab:
         directory = self.dir / "pledges" / serial
         if (directory / "idevid.crt").exists():
             raise LabError(f"pledge {serial} is already provisioned in {directory}; choose another serial")
-        self.softhsm.activate()
         tpm = None
         token_uri = None
         if kind == "pkcs11":
@@ -590,7 +591,6 @@ def _create(directory: Path) -> Lab:
     data["servers"]["cloud"]["ports"]["var"] = _free_port()
     lab = Lab(directory, data)
     lab.softhsm.ensure()
-    lab.softhsm.activate()
     for token in TOKENS:
         lab.softhsm.ensure_token(token, pin, so_pin)
 
@@ -657,12 +657,11 @@ def _create(directory: Path) -> Lab:
 def _write_configs(lab: Lab) -> None:
     d = lab.dir
     q = _toml_string
-    hsm = f"[hsm]\nsofthsm2_conf = {q(lab.softhsm.conf)}\n"
 
     def server(role: str, tls: str, extra: str = "") -> str:
         return (f"[server]\nhost = {q(HOST)}\nport = {lab.port(role)}\n"
                 f"tls_cert = {q(d / 'tls' / f'{tls}.crt')}\ntls_key = {q(d / 'tls' / f'{tls}.key')}\n{extra}\n"
-                f"[database]\nurl = {q(lab.database_url(role))}\n\n{hsm}")
+                f"[database]\nurl = {q(lab.database_url(role))}\n")
 
     masa = ("# The lab's MASA (written by `pledgeforge lab up`).\nrole = \"masa\"\n\n"
             + server("masa", "masa") +

@@ -60,7 +60,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ObjectIdentifier
 
 from pledgeforge.hsm.chain import build_chain, load_certificate_file, load_certificate_files
-from pledgeforge.hsm.cms import embedded_certificates, sign_cms, signer_certificate
+from pledgeforge.hsm.cms import embedded_certificates, sign_cms_async, signer_certificate
 from pledgeforge.hsm.errors import MalformedCmsError, UntrustedSignerError
 from pledgeforge.hsm.keystore import open_signer
 from pledgeforge.hsm.voucher import Voucher, format_date
@@ -188,7 +188,7 @@ class Masa:
                          requester)
             else:
                 charge(self.per_registrar, checked.registrar_id, requester, time.monotonic())
-                voucher = self.issue(checked)
+                voucher = await self.issue(checked)
                 log.info("voucher for %s issued to %s", checked.pledge.serial, requester)
         return web.Response(body=voucher, content_type=VOUCHER_MEDIA_TYPE)
 
@@ -298,7 +298,7 @@ class Masa:
         return self.store.issued_voucher(serial=serial, requester=requester, domain_id=domain,
                                          nonce=nonce, issued_after=issued_after)
 
-    def issue(self, checked: CheckedRequest) -> bytes:
+    async def issue(self, checked: CheckedRequest) -> bytes:
         now = dt.datetime.now(dt.timezone.utc)
         nonce = checked.pledge.request.nonce
         device = checked.device
@@ -316,7 +316,8 @@ class Masa:
             est_domain=device.est_domain,
             additional_configuration=device.additional_configuration_url,
         )
-        signed = sign_cms(voucher.to_json(), self.signer, self.cert, self.chain, content_type="voucher")
+        signed = await sign_cms_async(voucher.to_json(), self.signer, self.cert, self.chain,
+                                      content_type="voucher")
         self.store.record_voucher(serial=checked.pledge.serial, owner=device.owner,
                                   domain_id=domain_id(checked.domain_ca),
                                   nonce=nonce_text(checked.pledge.request), assertion="logged",

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -49,9 +48,6 @@ def configure_logging() -> None:
 
 def run(config: MasaConfig | RegistrarConfig) -> None:
     """Serve until SIGTERM or SIGINT, then shut down gracefully."""
-    if config.softhsm2_conf is not None:
-        # Must be set before the first PKCS#11 call in this process.
-        os.environ["SOFTHSM2_CONF"] = str(config.softhsm2_conf)
     try:
         asyncio.run(_serve(config))
     except OSError as exc:

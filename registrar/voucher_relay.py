@@ -55,7 +55,7 @@ class VoucherRelay:
 
     async def voucher_for(self, pledge: PledgeRequest) -> bytes:
         """Sign a registrar voucher-request around the pledge's and get the MASA's voucher."""
-        request = registrar_voucher_request(pledge, self.signer, self.signer_cert, self.signer_chain)
+        request = await registrar_voucher_request(pledge, self.signer, self.signer_cert, self.signer_chain)
         url = self.masa.base_url(pledge.idevid) + "/requestvoucher"
         body, content_type = await self.masa.post(url, request)
         if content_type != VOUCHER_MEDIA_TYPE:

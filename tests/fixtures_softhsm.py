@@ -1,14 +1,15 @@
 """SoftHSM2 fixtures: one real SoftHSM2 instance per test session, in a temp dir.
 
-SoftHSM2 reads its config when the PKCS#11 module is initialised, and
-python-pkcs11 keeps one module per process, so the instance is session-wide;
-tests get fresh tokens (unique labels) instead of fresh instances.
+Its keys' URIs carry its configuration (x-module-env=SOFTHSM2_CONF=...), so
+the tests reach it without touching the environment. Starting an instance
+costs a module host, so it is session-wide; tests get fresh tokens (unique
+labels) instead of fresh instances.
 """
 
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -30,10 +31,12 @@ class Token:
     pin: str
     pin_file: Path
 
-    def uri(self, obj: str | None = None) -> Pkcs11Uri:
-        """URI of an object on this token, PIN read from a file (as users would)."""
-        return Pkcs11Uri(token=self.label, object=obj, module_path=self.hsm.module_path,
-                         pin_source=f"file:{self.pin_file}")
+    def uri(self, obj: str | None = None, **attributes) -> Pkcs11Uri:
+        """URI of an object on this token, PIN read from a file (as users would);
+        `attributes` replace fields (e.g. pin_source=None)."""
+        uri = Pkcs11Uri(token=self.label, object=obj, module_path=self.hsm.module_path,
+                        pin_source=f"file:{self.pin_file}").with_module_env(self.hsm.module_env)
+        return replace(uri, **attributes)
 
     def uri_text(self, obj: str | None = None) -> str:
         return str(self.uri(obj))
@@ -41,9 +44,7 @@ class Token:
 
 @pytest.fixture(scope="session")
 def softhsm(tmp_path_factory) -> SoftHsm:
-    hsm = SoftHsm(tmp_path_factory.mktemp("softhsm")).ensure()
-    hsm.activate()
-    return hsm
+    return SoftHsm(tmp_path_factory.mktemp("softhsm")).ensure()
 
 
 @pytest.fixture

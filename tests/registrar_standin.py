@@ -116,10 +116,9 @@ def post_voucher_request(url: str, cms: bytes, **kwargs) -> Answer:
 
 @contextmanager
 def running_lab(directory: Path):
-    """A lab with its three servers for the duration; this process's SoftHSM setting is restored after."""
+    """A lab with its three servers for the duration."""
     from pledgeforge.registrar.lab import Lab
 
-    saved = os.environ.get("SOFTHSM2_CONF")
     lab = None
     try:
         lab, _ = Lab.up(directory)
@@ -127,10 +126,6 @@ def running_lab(directory: Path):
     finally:
         if lab is not None:
             lab.down()
-        if saved is None:
-            os.environ.pop("SOFTHSM2_CONF", None)
-        else:
-            os.environ["SOFTHSM2_CONF"] = saved
 
 
 def tls_refusal(request) -> str:

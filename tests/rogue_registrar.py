@@ -141,7 +141,6 @@ class VoucherForge:
     """Vouchers as the lab MASA would sign them, with whatever the test gets wrong on purpose."""
 
     def __init__(self, lab):
-        lab.softhsm.activate()
         self.signer = keystore.open_signer(lab.key_uri("masa", "voucher-signer"))
         self.cert = load_certificate_file(str(lab.pki("masa-signer")))[0]
         self.owner_ca = load_certificate_file(str(lab.pki("owner-ca")))[0]

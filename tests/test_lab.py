@@ -140,4 +140,6 @@ def test_lab_api_refuses_bad_input(lab):
         lab.provision_pledge("../escape")
     with pytest.raises(LabError, match="retry_after"):
         lab.set_cloud_response("X", "accepted")
-    assert os.environ.get("SOFTHSM2_CONF") == str(lab.softhsm.conf)
+    # The lab's keys carry its SoftHSM configuration; this process's environment is left alone.
+    assert dict(lab.key_uri("vendor", "web-ca").module_env)["SOFTHSM2_CONF"] == str(lab.softhsm.conf)
+    assert os.environ.get("SOFTHSM2_CONF") != str(lab.softhsm.conf)

@@ -10,7 +10,7 @@ import pytest
 from pledgeforge.hsm import keystore
 from pledgeforge.hsm.errors import (KeyExistsError, KeyNotFoundError, KeyUriError, PinError,
                                     TokenNotFoundError)
-from pledgeforge.hsm.keyuri import Pkcs11Uri, parse_key_uri
+from pledgeforge.hsm.keyuri import parse_key_uri
 from pledgeforge.hsm.signer import KeyAlgorithm, Padding, verify_signature
 
 
@@ -68,7 +68,7 @@ def test_wrong_pin_is_named_and_pin_not_leaked(token, tmp_path):
     keystore.generate_key(token.uri("k"), "ec-p256")
     bad = tmp_path / "bad.pin"
     bad.write_text("987654")
-    uri = Pkcs11Uri(token=token.label, object="k", pin_source=f"file:{bad}")
+    uri = token.uri("k", pin_source=f"file:{bad}")
     with pytest.raises(PinError, match="wrong PIN") as info:
         keystore.open_signer(uri)
     assert "987654" not in str(info.value)
@@ -78,21 +78,21 @@ def test_wrong_pin_is_named_and_pin_not_leaked(token, tmp_path):
 
 def test_missing_token_missing_key_missing_pin(token):
     with pytest.raises(TokenNotFoundError, match="no-such-token"):
-        keystore.open_signer(Pkcs11Uri(token="no-such-token", object="k", pin_value="1"))
+        keystore.open_signer(token.uri("k", token="no-such-token", pin_source=None, pin_value="1"))
     with pytest.raises(KeyNotFoundError, match="absent"):
         keystore.open_signer(token.uri("absent"))
     with pytest.raises(PinError, match="needs a PIN"):
-        keystore.open_signer(Pkcs11Uri(token=token.label, object="k"))
+        keystore.open_signer(token.uri("k", pin_source=None))
 
 
 def test_pin_from_environment_variable_named_in_config(token, monkeypatch):
     keystore.generate_key(token.uri("envkey"), "ec-p256")
     monkeypatch.setenv("PF_TEST_PIN", token.pin)
-    signer = keystore.open_signer(f"pkcs11:token={token.label};object=envkey", pin_env="PF_TEST_PIN")
+    signer = keystore.open_signer(str(token.uri("envkey", pin_source=None)), pin_env="PF_TEST_PIN")
     assert signer.sign(b"data")
     monkeypatch.delenv("PF_TEST_PIN")
     with pytest.raises(PinError, match="PF_TEST_PIN"):
-        keystore.open_signer(f"pkcs11:token={token.label};object=envkey?pin-source=env:PF_TEST_PIN")
+        keystore.open_signer(str(token.uri("envkey", pin_source="env:PF_TEST_PIN")))
 
 
 def test_uri_parsing_errors():

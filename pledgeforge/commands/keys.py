@@ -1,4 +1,4 @@
-"""`pledgeforge keys generate|public|list`: keys that live in a TPM or PKCS#11 token."""
+"""`pledgeforge keys generate|public|list|delete`: keys that live in a TPM or PKCS#11 token."""
 
 from __future__ import annotations
 
@@ -10,19 +10,21 @@ import click
 from pledgeforge.hsm import keystore
 from pledgeforge.hsm.signer import KeyAlgorithm
 
-from .common import key_uri, pin_env_option, write_output
+from .common import UsageError, key_uri, pin_env_option, write_output
 
-ALGORITHMS = [a.value for a in KeyAlgorithm]
+ALGORITHMS_HELP = (f"{', '.join(a.value for a in KeyAlgorithm)} (every key store), or what a key "
+                   "store offers besides (PKCS#11: ec-p521, rsa-4096); anything else is refused "
+                   "with the list of what the key store generates")
 
 
 @click.group()
 def keys() -> None:
-    """Generate and inspect keys in TPMs and PKCS#11 tokens."""
+    """Generate, inspect and delete keys in TPMs and PKCS#11 tokens."""
 
 
 @keys.command()
 @click.option("--key", "uri", required=True, help="where the new key goes: pkcs11:token=T;object=O or tpm:handle=0x81...")
-@click.option("--algorithm", type=click.Choice(ALGORITHMS), default="ec-p256", show_default=True)
+@click.option("--algorithm", default="ec-p256", show_default=True, help=ALGORITHMS_HELP)
 @click.option("--out", "out", help="also write the public key PEM here")
 @pin_env_option
 def generate(uri, algorithm, out, pin_env):
@@ -52,3 +54,16 @@ def list_(uri, as_json, pin_env):
         if "handle" in row:  # TPM handles read as tpm2-tools prints them
             row["handle"] = f"0x{row['handle']:08x}"
         click.echo(json.dumps(row) if as_json else "  ".join(f"{k}={v}" for k, v in row.items()))
+
+
+@keys.command()
+@click.option("--key", "uri", required=True, help="the key's URI")
+@click.option("--yes", is_flag=True, help="really delete: the key cannot be brought back")
+@pin_env_option
+def delete(uri, yes, pin_env):
+    """Delete a key from its key store (PKCS#11: private and public objects; TPM: evict the handle)."""
+    parsed = key_uri(uri, pin_env)
+    if not yes:
+        raise UsageError(f"refusing to delete {parsed} without --yes: a deleted key cannot be "
+                         "brought back")
+    click.echo(f"deleted {keystore.delete_key(parsed)}")
