@@ -45,7 +45,6 @@ def _pem_key(signer: SoftwareSigner) -> bytes:
 
 
 def _lab_ca(lab, token: str, name: str) -> tuple:
-    lab.softhsm.activate()
     return keystore.open_signer(lab.key_uri(token, name)), load_certificate_file(str(lab.pki(name)))[0]
 
 
