@@ -403,7 +403,9 @@ class Board:
         """A firmware fault: say so on the console and hang until reset or power-off."""
         self._set_phase("halted")
         self.log_event(f"panic: {type(exc).__name__}: {exc}")
-        _log.error("firmware fault: %s", traceback.format_exc())
+        # Called after the except block has ended, so the traceback comes from
+        # the exception itself (format_exc() would find none: "NoneType: None").
+        _log.error("firmware fault: %s: %s", type(exc).__name__, exc, exc_info=exc)
         term.print()
         term.print(f"Kernel panic - not syncing: {type(exc).__name__}: {exc}")
         term.print("---[ end Kernel panic: power-cycle or reset the board ]---")

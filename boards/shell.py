@@ -115,12 +115,11 @@ def tokenize(line: str) -> list[Word | Op]:
             i = _double_quoted(line, i + 1, segments)
             in_word = True
         elif c == "\\":
-            if i + 1 < n:
-                flush_bare()
-                segments.append(Segment(line[i + 1], "lit"))
-                i += 2
-            else:
-                i += 1                              # a trailing backslash continues nothing
+            # A backslash quotes the next character; one that ends the input
+            # has nothing to quote and stands for itself, as in dash and bash.
+            flush_bare()
+            segments.append(Segment(line[i + 1:i + 2] or "\\", "lit"))
+            i += 2
             in_word = True
         elif c == "`" or line.startswith("$(", i):
             raise ShellSyntaxError("command substitution is not supported on this board")
