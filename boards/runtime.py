@@ -36,12 +36,13 @@ from pledgeforge.errors import PledgeforgeError
 from . import boot
 from .board_keystore import BoardKeyStore
 from .console import Console, PowerLost, ResetRequested, Terminal
+from .filesystem import BoardFiles
 from .flash import Flash
 from .image_slots import ImageSlots, NoBootableImageError
 from .power import PowerServer
 from .profile import Profile
 from .shell import Shell, ShellExit
-from .shell_commands import BOARD_COMMANDS
+from .shell_commands import board_registry
 from .smp_framing import SmpLineDecoder, encode_smp_frames
 from .smp_server import SmpParams, SmpServer
 from .transports import PtyTransport, Rfc2217Transport, TcpTransport
@@ -152,8 +153,9 @@ class Board:
                                                    machine=profile.board.name))
             self._smp_decoder = SmpLineDecoder(self._smp_server.params.max_packet)
             self._flash_capacity = profile.flash.size_kib * 1024
+            self._files_capacity = profile.flash.files_kib * 1024
             # Opened now so that a damaged flash file is reported before anything runs.
-            self._flash = Flash.in_state_dir(self.state_dir, self._flash_capacity)
+            self._flash = Flash.in_state_dir(self.state_dir, self._flash_capacity, self._files_capacity)
             self._check_serial(serial_number)
         except BaseException:
             os.close(self._lock_fd)
@@ -243,7 +245,7 @@ class Board:
                 return
             if self._closed:
                 raise BoardError("the board has been shut down")
-            self._flash = Flash.in_state_dir(self.state_dir, self._flash_capacity)
+            self._flash = Flash.in_state_dir(self.state_dir, self._flash_capacity, self._files_capacity)
             self._manufacture(self._flash)
             self._flash.record_power_on()
             self.keystore.power_on()
@@ -458,11 +460,12 @@ class Board:
         ctx.fields = self._template_fields()
         boot.firmware_banner(ctx)
         self._write_info()
+        files = None if session.flash.files is None else BoardFiles(session.flash.files)  # a fresh /tmp
         while True:
             if self.profile.console.login:
                 self._set_phase("login")
                 boot.login(ctx)
-            self._shell_session(session, term)
+            self._shell_session(session, term, files)
 
     def _load_image(self, term: Terminal) -> str:
         """Boot the image in the slots as MCUboot would, or the factory firmware
@@ -474,9 +477,9 @@ class Board:
                 raise
             return self.profile.image.version
 
-    def _shell_session(self, session: _PowerSession, term: Terminal) -> None:
+    def _shell_session(self, session: _PowerSession, term: Terminal, files: BoardFiles | None) -> None:
         console = self.profile.console
-        shell = Shell(BOARD_COMMANDS, lambda text: term.print(text, end=""), board=self,
+        shell = Shell(board_registry(files is not None), term, board=self, files=files,
                       variables={"HOSTNAME": self.profile.board.hostname, "HOME": "/root",
                                  "USER": console.username, "PS1": console.prompt},
                       on_error=lambda name, exc: _log.error("command %s failed: %s", name,

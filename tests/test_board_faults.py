@@ -18,16 +18,20 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from pledgeforge.boards.file_commands import FILE_COMMANDS
+from pledgeforge.boards.filesystem import BoardFiles
+from pledgeforge.boards.flash import Flash
 from pledgeforge.boards.profile import load_profile, profile_names
 from pledgeforge.boards.runtime import Board
-from pledgeforge.boards.shell import ShellSyntaxError, parse
+from pledgeforge.boards.shell import BUILTINS, CapturedConsole, Shell, ShellExit, ShellSyntaxError, parse
 
 PROFILES = [load_profile(name) for name in profile_names()]
 # Lines made of the grammar's own pieces reach the parser's corners far more
 # often than random text does.
 FRAGMENTS = ["\\", ";", "|", ">", ">>", "<", "2>", ">&", "'", '"', "$", "${", "$?", "$@", "{", "}",
              "(", ")", "&&", "||", "&", "!", "#", "~", "=", "A=", " ", "\t", "echo", "cat", "f()",
-             "sh -c", "x", "/dev/null", "`", "$(", "<<", "\n"]
+             "sh -c", "x", "/dev/null", "`", "$(", "<<", "\n", "2>&1", "base64 -d", "/tmp/f", "rm",
+             "dd if=", "of=", "stat", "chmod +x", "mktemp", "./", "-", "printenv", "setenv", "run"]
 LINES = st.one_of(st.text(max_size=60), st.lists(st.sampled_from(FRAGMENTS), max_size=16).map("".join))
 CONSOLE_INPUT = st.one_of(st.binary(max_size=80), LINES.map(lambda line: line.encode()))
 # Commands whose job is to end the session or wait for a file transfer:
@@ -48,6 +52,26 @@ def test_parser_accepts_or_refuses_every_line():
     check()
 
 
+def test_the_shell_runs_or_refuses_every_line(tmp_path):
+    # Every built-in and file command, on a real flash partition: whatever the
+    # line, the shell answers it, and never with an internal error.
+    flash = Flash.in_state_dir(tmp_path, 64 * 1024, 64 * 1024)
+    files = BoardFiles(flash.files)
+
+    @settings(max_examples=1500, deadline=None)
+    @given(LINES)
+    def check(line):
+        console = CapturedConsole()
+        shell = Shell(BUILTINS.merged(FILE_COMMANDS), console, files=files, variables={"HOME": "/root"})
+        try:
+            shell.execute(line)
+        except ShellExit:
+            pass
+        assert "internal error" not in console.text, (line, console.text)
+
+    check()
+
+
 def _open(board: Board) -> pexpect.fdpexpect.fdspawn:
     fd = os.open(board.state_dir / "console", os.O_RDWR | os.O_NOCTTY)
     return pexpect.fdpexpect.fdspawn(fd, timeout=15)
@@ -55,11 +79,13 @@ def _open(board: Board) -> pexpect.fdpexpect.fdspawn:
 
 def _answers(con, prompt: str) -> None:
     """Whatever state the input left (half a line, an SMP frame, an escape
-    sequence), a line end and Ctrl-C get back to the prompt, which answers."""
+    sequence), a line end and Ctrl-C get back to the prompt, which answers,
+    and nothing on the way was an internal error."""
     number = next(_marker_numbers)
     con.send(b"\r\x03")
     con.send(f"echo 'alive''-{number}'\r")
     con.expect_exact(f"alive-{number}\r\n{prompt}")
+    assert b"internal error" not in con.before
 
 
 @pytest.fixture(scope="module", params=PROFILES, ids=lambda p: p.name)
