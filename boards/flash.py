@@ -1,10 +1,12 @@
-"""The board's persistent flash: one file in the state directory.
+"""The board's persistent flash: files in the state directory.
 
-It holds what a real board keeps in its data partition: the configuration,
-the factory identity (serial number, IDevID certificate, trust anchors, where
-the IDevID key lives), the voucher, the LDevID and the boot counters.
+The data partition (flash.bin) holds what a real board keeps there: the
+configuration, the factory identity (serial number, IDevID certificate, trust
+anchors, where the IDevID key lives), the voucher, the LDevID and the boot
+counters. Boards with a file system (`[flash] files_kib` in the profile) have
+a second partition (flash-files.bin) for the shell's files (filesystem.py).
 
-Every change is a whole new image written with `atomic_write` (temp file,
+Every change to either is a whole new image written with `atomic_write` (temp file,
 fsync, rename, fsync of the directory), so a power cut at any moment leaves
 either the previous image or the new one, never a mix. The image carries a
 SHA-256 of its body as well, so a file damaged by something else (a disk
@@ -27,8 +29,12 @@ from pathlib import Path
 from pledgeforge.atomicfile import atomic_write
 from pledgeforge.errors import PledgeforgeError
 
+from .filesystem import FileData, Partition
+
 FLASH_FILE = "flash.bin"
+FILES_FILE = "flash-files.bin"
 _MAGIC = b"PLEDGEFORGE-FLASH 1"
+_FILES_MAGIC = b"PLEDGEFORGE-FILES 1"
 _CONFIG_KEY_RE = re.compile(r"^[a-z][a-z0-9_.-]{0,63}$")
 _CONFIG_VALUE_MAX = 1024
 
@@ -112,24 +118,77 @@ class FlashState:
         )
 
 
-def encode_image(state: FlashState) -> bytes:
-    body = state.to_json()
-    return _MAGIC + b" " + hashlib.sha256(body).hexdigest().encode() + b"\n" + body
+def _seal(magic: bytes, body: bytes) -> bytes:
+    return magic + b" " + hashlib.sha256(body).hexdigest().encode() + b"\n" + body
 
 
-def decode_image(data: bytes, path: Path) -> FlashState:
+def _unseal(magic: bytes, data: bytes, path: Path) -> bytes:
     header, sep, body = data.partition(b"\n")
     parts = header.split(b" ")
-    if not sep or len(parts) != 3 or b" ".join(parts[:2]) != _MAGIC:
+    if not sep or len(parts) != 3 or b" ".join(parts[:2]) != magic:
         raise FlashCorruptError(f"{path} is not a pledgeforge flash image "
                                 "(move it away to start from an erased flash)")
     if hashlib.sha256(body).hexdigest().encode() != parts[2]:
         raise FlashCorruptError(f"{path} fails its checksum (damaged outside the board); "
                                 "move it away to start from an erased flash")
+    return body
+
+
+def encode_image(state: FlashState) -> bytes:
+    return _seal(_MAGIC, state.to_json())
+
+
+def decode_image(data: bytes, path: Path) -> FlashState:
+    body = _unseal(_MAGIC, data, path)
     try:
         return FlashState.from_json(body)
     except (ValueError, KeyError, TypeError) as exc:
         raise FlashCorruptError(f"{path} has a malformed body ({exc})") from None
+
+
+def _read_area(path: Path) -> bytes | None:
+    """The bytes of one flash area's file; None if erased. Temp files of a
+    write cut short by a power loss are leftovers, never the truth."""
+    for leftover in path.parent.glob(f".{path.name}.*.tmp"):
+        leftover.unlink(missing_ok=True)
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise FlashError(f"cannot read flash {path}: {exc.strerror}") from None
+
+
+class FlashPartition(Partition):
+    """The flash's file-system partition: the shell's files outside /tmp, in
+    their own file beside the data image, written whole and atomically on
+    every change, and bounded by the profile's `[flash] files_kib`."""
+
+    def __init__(self, path: Path, capacity: int):
+        self.path = path
+        self.closed = False
+        data = _read_area(path)
+        super().__init__("flash", capacity, {} if data is None else self._decode(data))
+
+    def _decode(self, data: bytes) -> dict[str, FileData]:
+        body = _unseal(_FILES_MAGIC, data, self.path)
+        try:
+            doc = json.loads(body)
+            return {str(path): FileData(base64.b64decode(entry["data"], validate=True), int(entry["mode"]))
+                    for path, entry in doc["files"].items()}
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise FlashCorruptError(f"{self.path} has a malformed body ({exc})") from None
+
+    def _persist(self, files: dict[str, FileData]) -> None:
+        if self.closed:
+            raise FlashClosedError("the board is powered off; the flash cannot be written")
+        doc = {"files": {path: {"mode": entry.mode, "data": base64.b64encode(entry.data).decode()}
+                         for path, entry in sorted(files.items())}}
+        atomic_write(self.path, _seal(_FILES_MAGIC, json.dumps(doc, indent=0).encode()), 0o600)
+
+    def close(self) -> None:
+        with self._lock:
+            self.closed = True
 
 
 def check_config_entry(key: str, value: str | None = None) -> None:
@@ -146,28 +205,19 @@ def check_config_entry(key: str, value: str | None = None) -> None:
 class Flash:
     """The flash file of one board. Thread-safe; each change is one atomic write."""
 
-    def __init__(self, path: str | Path, capacity: int):
+    def __init__(self, path: str | Path, capacity: int, files_capacity: int = 0):
         self.path = Path(path)
         self.capacity = capacity
         self._lock = threading.Lock()
         self._closed = False
-        self._state = self._load()
+        data = _read_area(self.path)
+        self._state = FlashState() if data is None else decode_image(data, self.path)
+        #: the file-system partition (None on boards without one)
+        self.files = FlashPartition(self.path.parent / FILES_FILE, files_capacity) if files_capacity else None
 
     @classmethod
-    def in_state_dir(cls, state_dir: str | Path, capacity: int) -> "Flash":
-        return cls(Path(state_dir) / FLASH_FILE, capacity)
-
-    def _load(self) -> FlashState:
-        # Temp files of a write cut short by a power loss are leftovers, never the truth.
-        for leftover in self.path.parent.glob(f".{self.path.name}.*.tmp"):
-            leftover.unlink(missing_ok=True)
-        try:
-            data = self.path.read_bytes()
-        except FileNotFoundError:
-            return FlashState()          # erased flash
-        except OSError as exc:
-            raise FlashError(f"cannot read flash {self.path}: {exc.strerror}") from None
-        return decode_image(data, self.path)
+    def in_state_dir(cls, state_dir: str | Path, capacity: int, files_capacity: int = 0) -> "Flash":
+        return cls(Path(state_dir) / FLASH_FILE, capacity, files_capacity)
 
     @property
     def state(self) -> FlashState:
@@ -177,6 +227,8 @@ class Flash:
         """Refuse every later write (power is gone). Waits for a write in progress."""
         with self._lock:
             self._closed = True
+        if self.files is not None:
+            self.files.close()
 
     def _commit(self, change) -> FlashState:
         with self._lock:
@@ -230,7 +282,9 @@ class Flash:
             s, counters=replace(s.counters, boots=s.counters.boots + 1))).counters
 
     def factory_reset(self) -> None:
-        """Forget the owner: configuration, voucher and LDevID. The factory
-        identity (serial number, IDevID, trust anchors) and counters stay."""
+        """Forget the owner: configuration, voucher, LDevID and the files. The
+        factory identity (serial number, IDevID, trust anchors) and counters stay."""
+        if self.files is not None:
+            self.files.erase()
         self._commit(lambda s: FlashState(serial_number=s.serial_number, identity=s.identity,
                                           counters=s.counters))

@@ -73,6 +73,7 @@ class BootConfig:
 @dataclass(frozen=True)
 class FlashConfig:
     size_kib: int               # capacity of the persistent flash store
+    files_kib: int              # its file-system partition for the shell's files; 0: none
 
 
 @dataclass(frozen=True)
@@ -273,7 +274,8 @@ def _parse(source: Path, data: dict) -> Profile:
         _check_template(tables["boot"], field, getattr(boot, field))
 
     t = tables["flash"]
-    flash = FlashConfig(size_kib=t.integer("size_kib", 256, low=4, high=64 * 1024))
+    flash = FlashConfig(size_kib=t.integer("size_kib", 256, low=4, high=64 * 1024),
+                        files_kib=t.integer("files_kib", 0, low=0, high=64 * 1024))
 
     t = tables["image"]
     verify_key_text = t.text("verify_key", "", nonempty=False)

@@ -36,13 +36,14 @@ from pledgeforge.hsm.identity_names import IdentityNameError, check_serial_numbe
 from . import boot
 from .board_keystore import BoardKeyStore
 from .console import Console, PowerLost, ResetRequested, Terminal
+from .filesystem import BoardFiles
 from .flash import Flash
 from .image_slots import ImageSlots, NoBootableImageError
 from .power import PowerServer
 from .profile import Profile
 from .rtc import Rtc
-from .shell import Shell, ShellExit
-from .shell_commands import BOARD_COMMANDS
+from .shell import CapturedConsole, Shell, ShellExit
+from .shell_commands import board_registry
 from .smp_framing import SmpLineDecoder, encode_smp_frames
 from .smp_server import SmpParams, SmpServer
 from .transcript import TranscriptRecorder, transcript_path
@@ -121,6 +122,7 @@ class _PowerSession:
         self.started = time.monotonic()
         self.booted = time.monotonic()
         self.thread: threading.Thread | None = None
+        self.files: BoardFiles | None = None    # the booted firmware's file system
 
     def check(self) -> None:
         if not self.powered:
@@ -163,8 +165,9 @@ class Board:
                                          rtc=self.rtc, run_command=self._smp_shell_command)
             self._smp_decoder = SmpLineDecoder(self._smp_server.params.max_packet)
             self._flash_capacity = profile.flash.size_kib * 1024
+            self._files_capacity = profile.flash.files_kib * 1024
             # Opened now so that a damaged flash file is reported before anything runs.
-            self._flash = Flash.in_state_dir(self.state_dir, self._flash_capacity)
+            self._flash = Flash.in_state_dir(self.state_dir, self._flash_capacity, self._files_capacity)
             self._check_serial(serial_number)
         except BaseException:
             if self.transcript is not None:
@@ -261,7 +264,7 @@ class Board:
                 return
             if self._closed:
                 raise BoardError("the board has been shut down")
-            self._flash = Flash.in_state_dir(self.state_dir, self._flash_capacity)
+            self._flash = Flash.in_state_dir(self.state_dir, self._flash_capacity, self._files_capacity)
             self._manufacture(self._flash)
             self._flash.record_power_on()
             self.keystore.power_on()
@@ -432,7 +435,9 @@ class Board:
         """A firmware fault: say so on the console and hang until reset or power-off."""
         self._set_phase("halted")
         self.log_event(f"panic: {type(exc).__name__}: {exc}")
-        _log.error("firmware fault: %s", traceback.format_exc())
+        # Called after the except block has ended, so the traceback comes from
+        # the exception itself (format_exc() would find none: "NoneType: None").
+        _log.error("firmware fault: %s: %s", type(exc).__name__, exc, exc_info=exc)
         term.print()
         term.print(f"Kernel panic - not syncing: {type(exc).__name__}: {exc}")
         term.print("---[ end Kernel panic: power-cycle or reset the board ]---")
@@ -485,11 +490,13 @@ class Board:
         ctx.fields = self._template_fields()
         boot.firmware_banner(ctx)
         self._write_info()
+        files = None if session.flash.files is None else BoardFiles(session.flash.files)  # a fresh /tmp
+        session.files = files
         while True:
             if self.profile.console.login:
                 self._set_phase("login")
                 boot.login(ctx)
-            self._shell_session(session, term)
+            self._shell_session(session, term, files)
 
     def _load_image(self, term: Terminal) -> str:
         """Boot the image in the slots as MCUboot would, or the factory firmware
@@ -501,17 +508,18 @@ class Board:
                 raise
             return self.profile.image.version
 
-    def _new_shell(self, write: Callable[[str], None]) -> Shell:
-        console = self.profile.console
-        return Shell(BOARD_COMMANDS, write, board=self,
+    def _new_shell(self, console, files: BoardFiles | None) -> Shell:
+        """A shell over `console` (the serial terminal, or a capture for SMP shell exec)."""
+        profile_console = self.profile.console
+        return Shell(board_registry(files is not None), console, board=self, files=files,
                      variables={"HOSTNAME": self.profile.board.hostname, "HOME": "/root",
-                                "USER": console.username, "PS1": console.prompt},
+                                "USER": profile_console.username, "PS1": profile_console.prompt},
                      on_error=lambda name, exc: _log.error("command %s failed: %s", name,
                                                            traceback.format_exc()))
 
-    def _shell_session(self, session: _PowerSession, term: Terminal) -> None:
+    def _shell_session(self, session: _PowerSession, term: Terminal, files: BoardFiles | None) -> None:
         console = self.profile.console
-        shell = self._new_shell(lambda text: term.print(text, end=""))
+        shell = self._new_shell(term, files)
         self._set_phase("shell")
         if self.profile.boot.motd:
             term.print(boot.banner(self.profile.boot.motd, self._template_fields()))
@@ -536,8 +544,9 @@ class Board:
         """SMP shell exec: the command line through a shell of its own with its
         output captured, as Zephyr runs it on a dummy shell backend beside the
         UART's shell. Runs in the firmware thread, which serves SMP."""
-        output: list[str] = []
-        shell = self._new_shell(output.append)
+        output = CapturedConsole()
+        session = self._session
+        shell = self._new_shell(output, session.files if session is not None else None)
         try:
             status = shell.execute(" ".join(argv))
         except ShellExit as exc:
@@ -546,7 +555,7 @@ class Board:
             # `reboot` and the like: answer first, then reset, as the SMP reset command does.
             self.request_reset()
             status = 0
-        return "".join(output), status
+        return output.text, status
 
     def _smp_line(self, raw: bytes) -> None:
         """One SMP console line: reassemble, answer, and reset afterwards if asked."""

@@ -13,10 +13,17 @@ import json
 from pledgeforge.errors import PledgeforgeError
 
 from .console import ResetRequested
+from .file_commands import FILE_COMMANDS
 from .shell import BUILTINS, CommandContext, CommandRegistry
 
 BOARD_COMMANDS = CommandRegistry()
 command = BOARD_COMMANDS.command
+
+
+def board_registry(with_files: bool) -> CommandRegistry:
+    """Every command of a board's shell: built-ins, the board's own, and the
+    file commands on a board with a file system."""
+    return BUILTINS.merged(BOARD_COMMANDS, *([FILE_COMMANDS] if with_files else []))
 
 
 @command("help", "list the commands, or show how to use one", "help [COMMAND]")
@@ -31,8 +38,10 @@ def _help(ctx: CommandContext, args: list[str]) -> int:
         return 0
     ctx.print("Board commands:")
     for cmd in registry:
-        if BUILTINS.get(cmd.name) is None:
+        if BUILTINS.get(cmd.name) is None and FILE_COMMANDS.get(cmd.name) is None:
             ctx.print(f"  {cmd.name:<14} {cmd.summary}")
+    if registry.get("cat") is not None:
+        ctx.print("Files: " + " ".join(cmd.name for cmd in FILE_COMMANDS))
     ctx.print("Shell built-ins: " + " ".join(cmd.name for cmd in BUILTINS))
     ctx.print("Type `help COMMAND` for its usage.")
     return 0
