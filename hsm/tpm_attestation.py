@@ -111,7 +111,8 @@ def name_of(public: TPM2B_PUBLIC) -> bytes:
 
 def endorsement_primary_qualified_name(name: bytes) -> bytes:
     """The qualified name of a primary key of the endorsement hierarchy with this name
-    (TPM 2.0 Part 1 §16: QN = H(QN of the parent || name); a hierarchy's QN is its handle)."""
+    (TPM 2.0 Part 1, qualified names: QN = H(QN of the parent || name); a hierarchy's QN is
+    its handle; `tpm2_readpublic` prints the same)."""
     alg = TPM2_ALG(int.from_bytes(name[:2], "big"))
     parent = int(TPM2_RH.ENDORSEMENT).to_bytes(4, "big")
     return name[:2] + hashlib.new(_HASHLIB[alg], parent + name).digest()
