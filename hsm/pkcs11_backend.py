@@ -11,9 +11,9 @@ instance reads its environment once. So:
 - otherwise it is loaded in a module host: a child process started with that
   environment, reached over a socket pair (`pkcs11_host.HostedModule`).
 
-Both answer the same operations (public_key, sign, generate, list_keys,
-delete) on plain values, so `Pkcs11Signer` does not know which one it has.
-One process can thus use two SoftHSM configurations, and the process
+Both answer the same operations (public_key, key_attributes, sign, generate,
+list_keys, delete) on plain values, so `Pkcs11Signer` does not know which
+one it has. One process can thus use two SoftHSM configurations, and the process
 environment is never changed. The host costs one round trip per signature
 (benchmarks/pkcs11_sign_rate.py measures it).
 
@@ -43,6 +43,7 @@ from cryptography.hazmat.primitives import serialization
 
 from .errors import (KeyExistsError, KeyNotFoundError, KeyStoreError, KeyUriError, PinError,
                      TokenNotFoundError, UnsupportedAlgorithmError)
+from .key_evidence import TokenKeyReport
 from .keyuri import Pkcs11Uri
 from .signer import (KeyAlgorithm, OtherKeyAlgorithm, Padding, Signer, check_digest_length,
                      ecdsa_raw_to_der)
@@ -280,6 +281,22 @@ class LocalModule:
                                        "object on the token")
             return _spki_of(pub)
 
+    def key_attributes(self, token: str, pin: str | None, label: str | None,
+                       key_id: bytes | None) -> tuple[bytes, bool, bool, bool, bool, bool]:
+        """(SubjectPublicKeyInfo, CKA_LOCAL, CKA_NEVER_EXTRACTABLE, CKA_SENSITIVE,
+        CKA_ALWAYS_SENSITIVE, CKA_EXTRACTABLE) of the private key the URI names."""
+        spki = self.public_key(token, pin, label, key_id)
+        with self.lock:
+            priv = self._private_key(token, pin, label, key_id)[0]
+            try:
+                flags = tuple(bool(priv[a]) for a in (
+                    Attribute.LOCAL, Attribute.NEVER_EXTRACTABLE, Attribute.SENSITIVE,
+                    Attribute.ALWAYS_SENSITIVE, Attribute.EXTRACTABLE))
+            except p11err.PKCS11Error as exc:
+                raise KeyStoreError(f"reading the attributes of {_key_name(token, label, key_id)} "
+                                    f"failed: {type(exc).__name__}") from None
+        return (spki, *flags)
+
     def sign(self, token: str, pin: str | None, label: str | None, key_id: bytes | None,
              dgst: bytes, hash_name: str, pad: str) -> bytes:
         """A signature over a digest: DER ECDSA-Sig-Value, or the RSA signature bytes."""
@@ -475,6 +492,16 @@ def generate(uri: Pkcs11Uri, algorithm: KeyAlgorithm | OtherKeyAlgorithm) -> Pkc
         raise KeyUriError("the pkcs11 URI names no token (add token=LABEL)")
     key_id = module_for(uri).generate(uri.token, uri.pin(), uri.object, uri.id, algorithm.value)
     return Pkcs11Signer(uri.with_object(uri.object, key_id))
+
+
+def key_report(uri: Pkcs11Uri) -> TokenKeyReport:
+    """What the token says about where the key the URI names came from and whether it can
+    leave: CKA_LOCAL, CKA_NEVER_EXTRACTABLE, CKA_SENSITIVE, CKA_ALWAYS_SENSITIVE,
+    CKA_EXTRACTABLE, with the key's public half (for a manufacturing station)."""
+    if uri.token is None:
+        raise KeyUriError("the pkcs11 URI names no token (add token=LABEL)")
+    _template(uri.object, uri.id)  # a URI naming no key must not reach the token
+    return TokenKeyReport(*module_for(uri).key_attributes(uri.token, uri.pin(), uri.object, uri.id))
 
 
 def list_keys(uri: Pkcs11Uri) -> list[Pkcs11KeyInfo]:
