@@ -25,7 +25,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from pledgeforge.atomicfile import atomic_write
-from pledgeforge.errors import PledgeforgeError
+from pledgeforge.errors import EnvironmentFailure
 
 FLASH_FILE = "flash.bin"
 _MAGIC = b"PLEDGEFORGE-FLASH 1"
@@ -33,7 +33,7 @@ _CONFIG_KEY_RE = re.compile(r"^[a-z][a-z0-9_.-]{0,63}$")
 _CONFIG_VALUE_MAX = 1024
 
 
-class FlashError(PledgeforgeError):
+class FlashError(EnvironmentFailure):
     """The flash cannot be read or the change cannot be stored."""
 
 

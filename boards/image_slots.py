@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Callable
 
 from pledgeforge.atomicfile import atomic_write
-from pledgeforge.errors import PledgeforgeError
+from pledgeforge.errors import PledgeforgeError, VerificationFailure
 
 from .mcuboot import (ImageError, ImageKeyError, ImageVersion, McubootImage, load_public_key,
                       load_public_key_file, parse_image, verify_image)
@@ -62,7 +62,7 @@ class SlotError(PledgeforgeError):
         self.refusal = refusal
 
 
-class NoBootableImageError(PledgeforgeError):
+class NoBootableImageError(VerificationFailure):
     """Nothing in the slots can be booted; the message says what is missing."""
 
 

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Callable
 
 from pledgeforge.atomicfile import atomic_write
-from pledgeforge.errors import PledgeforgeError
+from pledgeforge.errors import EnvironmentFailure
 from pledgeforge.hsm.identity_names import IdentityNameError, check_serial_number
 
 from . import boot
@@ -62,7 +62,7 @@ TRANSCRIPT_FLUSH_TIMEOUT = 2.0
 _log = logging.getLogger(__name__)
 
 
-class BoardError(PledgeforgeError):
+class BoardError(EnvironmentFailure):
     """The board cannot be started or cannot do what was asked."""
 
 

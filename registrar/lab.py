@@ -61,7 +61,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, ObjectIdentifier
 
 from pledgeforge.atomicfile import atomic_write
-from pledgeforge.errors import PledgeforgeError
+from pledgeforge.errors import EnvironmentFailure
 from pledgeforge.hsm import keystore as keystores
 from pledgeforge.hsm.chain import load_certificate_file
 from pledgeforge.hsm.cloud_responses import CloudResponse
@@ -87,7 +87,7 @@ START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 10.0
 
 
-class LabError(PledgeforgeError):
+class LabError(EnvironmentFailure):
     """The lab could not be created, started, stopped or used."""
 
 

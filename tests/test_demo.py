@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from clirunner import openssl, run_cli
+from clirunner import jq, openssl, run_cli
 from pledgeforge.boards.profile import load_profile
 from pledgeforge.demo import BoardConsole, summary_text
 from pledgeforge.registrar.lab import stop_process
@@ -25,7 +25,9 @@ def _demo(*args) -> dict:
     assert out.returncode == 0, out.stdout.decode()[-3000:] + out.stderr.decode()[-3000:]
     lines = out.stdout.decode().strip().splitlines()
     assert len(lines) == 1, "--json prints one object and nothing else"
-    return json.loads(lines[0])
+    [summary] = jq(out.stdout)
+    assert "lab: starting" in out.stderr.decode()      # progress goes to stderr
+    return summary
 
 
 def test_demo_json_from_a_clean_directory(tmp_path):

@@ -10,7 +10,7 @@ import click
 from pledgeforge.hsm import keystore
 from pledgeforge.hsm.signer import KeyAlgorithm
 
-from .common import key_uri, pin_env_option, write_output
+from .common import json_option, key_uri, pin_env_option, print_json, write_output
 
 ALGORITHMS = [a.value for a in KeyAlgorithm]
 
@@ -24,13 +24,18 @@ def keys() -> None:
 @click.option("--key", "uri", required=True, help="where the new key goes: pkcs11:token=T;object=O or tpm:handle=0x81...")
 @click.option("--algorithm", type=click.Choice(ALGORITHMS), default="ec-p256", show_default=True)
 @click.option("--out", "out", help="also write the public key PEM here")
+@json_option(help="print the key's URI, algorithm and public key (PEM) as JSON")
 @pin_env_option
-def generate(uri, algorithm, out, pin_env):
+def generate(uri, algorithm, out, as_json, pin_env):
     """Generate a non-extractable key pair inside the key store."""
     signer = keystore.generate_key(key_uri(uri, pin_env), algorithm)
     if out:
         write_output(out, signer.public_key_pem())
-    click.echo(f"generated {signer.algorithm.value} key {signer.description}")
+    if as_json:
+        print_json({"key": signer.description, "algorithm": signer.algorithm.value,
+                    "public_key": signer.public_key_pem().decode(), "out": out})
+    else:
+        click.echo(f"generated {signer.algorithm.value} key {signer.description}")
 
 
 @keys.command()
@@ -43,7 +48,7 @@ def public(uri, pin_env):
 
 @keys.command("list")
 @click.option("--token-uri", "uri", required=True, help="pkcs11:token=T (with pin-source) or tpm:?tcti=...")
-@click.option("--json", "as_json", is_flag=True, help="one JSON object per key")
+@json_option(help="one JSON object per key and line")
 @pin_env_option
 def list_(uri, as_json, pin_env):
     """List the keys in a token or the persistent keys of a TPM."""
