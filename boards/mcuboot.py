@@ -81,6 +81,7 @@ class Refusal(enum.Enum):
     UNSIGNED = "unsigned"
     WRONG_KEY = "wrong key"
     BAD_SIGNATURE = "bad signature"
+    NO_KEY = "no key"            # the board has no key to check images with
 
 
 class ImageError(VerificationFailure):

@@ -25,7 +25,7 @@ NO_JSON = {
 JQ_CHECKED = {
     "keys generate", "keys list", "ca init", "csr", "ca issue-idevid", "cert verify", "cms verify",
     "image sign", "image verify", "image info",
-    "board profiles", "board power", "board console-log",
+    "board profiles", "board power", "board console-log", "board set-verify-key",
     "registrar add-pledge", "registrar set-response", "registrar overload",
     "masa add-owner", "masa add-device", "pledge bootstrap", "verify",
     "lab up", "lab status", "lab down",         # test_lab.py
@@ -119,6 +119,9 @@ def test_board_commands(tmp_path):
             {"power": "on", "phase": "shell"}
     directions = set(jq(out("board", "console-log", "--state", state, "--json"), ".dir"))
     assert directions == {"out", "event"}
+    fw_key = APPC / "vendor.crt"          # a certificate carries a key MCUboot can use
+    installed = out("board", "set-verify-key", "--state", state, "--key-pem", fw_key, "--json")
+    assert one(installed, ".verify_key") == str(state / "slots" / "verify-key.pem")
 
 
 def test_registrar_masa_and_pledge_commands(lab, tmp_path):

@@ -1,7 +1,9 @@
-"""`pledgeforge board run|power|profiles|console-log|pty-bridge`: emulated boards on the bench."""
+"""`pledgeforge board run|power|profiles|console-log|pty-bridge|set-verify-key`: emulated boards
+on the bench."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import signal
@@ -11,15 +13,17 @@ from pathlib import Path
 
 import click
 
+from pledgeforge.boards import mcuboot
+from pledgeforge.boards.image_slots import install_verify_key
 from pledgeforge.boards.power import power_request
 from pledgeforge.boards.profile import load_profile, profile_names
 from pledgeforge.boards.pty_bridge import BridgeError, PtyBridge
-from pledgeforge.boards.runtime import SERIAL_KINDS, Board, load_firmware_app
+from pledgeforge.boards.runtime import SERIAL_KINDS, Board, BoardError, load_firmware_app, lock_state_dir
 from pledgeforge.boards.transcript import follow_lines, parse_line, read_lines, transcript_path
 from pledgeforge.errors import FileAccessError
 from pledgeforge.hsm.identity_names import check_serial_number
 
-from .common import json_option, print_json
+from .common import json_option, print_json, read_input
 
 
 def _serial_number(ctx, param, value):
@@ -172,3 +176,38 @@ def profiles(as_json):
         else:
             click.echo(f"{name:<14} {profile.keystore.type:<7} {profile.keystore.algorithm.value:<9} "
                        f"{profile.board.description}")
+
+
+@board.command("set-verify-key")
+@click.option("--state", "state_dir", required=True, type=click.Path(file_okay=False),
+              help="the board's state directory (created if missing, to prepare a new board)")
+@click.option("--key-pem", required=True,
+              help="the firmware public key (PEM, EC P-256/P-384 or RSA-2048/3072) images must be "
+                   "signed with: `pledgeforge keys public --key URI` of the firmware-signing key")
+@json_option(help="print the key file written and its MCUboot key hash as JSON")
+def set_verify_key(state_dir, key_pem, as_json):
+    """Install the firmware verification key in a stopped board's flash.
+
+    The bootloader checks every image against it at boot: an image signed with
+    another key, or any image while a board has no key, is erased instead of
+    booted. Boards started with `board run --lab` get the lab's key at their
+    first power-on; a profile that sets [image] verify_key uses that file instead.
+    """
+    pem = read_input(key_pem, "firmware key")
+    public_key = mcuboot.load_public_key(pem, f"firmware key {key_pem}")
+    state = Path(state_dir)
+    state.mkdir(parents=True, exist_ok=True)
+    try:
+        lock = lock_state_dir(state)
+    except BoardError as exc:
+        raise BoardError(f"{exc}: a board's firmware key is set while the board is stopped") from None
+    try:
+        path = install_verify_key(state, pem)
+    finally:
+        os.close(lock)
+    key_hash = hashlib.new(mcuboot.hash_name_for_key(public_key), mcuboot.key_bytes(public_key)).hexdigest()
+    if as_json:
+        print_json({"state_dir": str(state), "verify_key": str(path), "key_hash": key_hash})
+    else:
+        click.echo(f"installed firmware key {path} (key hash {key_hash}); the board checks images "
+                   "against it from its next power-on")
