@@ -20,7 +20,9 @@ from .common import json_option, messages, print_json
 @json_option(help="print one JSON summary object on stdout (progress goes to stderr)")
 def demo(directory, keep, as_json):
     """Bring up a lab, start a TPM board (redirect flow) and a PKCS#11 board (est-domain flow),
-    drive their consoles through boot, login and `bootstrap`, and summarise. Exit 0 when both enroll."""
+    drive their consoles through boot, login and `bootstrap`, and summarise. Each board's
+    IDevID, voucher, LDevID and CA certificates are written to D/pledges/<serial>/ and the
+    summary lists the openssl commands that check them. Exit 0 when both enroll."""
     from pledgeforge.demo import run_demo, summary_text
 
     temporary = directory is None
@@ -29,6 +31,8 @@ def demo(directory, keep, as_json):
     if temporary and not keep and result["ok"]:
         shutil.rmtree(where, ignore_errors=True)
         result["dir"] = None
+        for board in result["boards"]:     # gone with the directory
+            board["files"], board["checks"] = {}, []
     if as_json:
         print_json(result)
     else:
