@@ -62,10 +62,11 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except BrokenPipeError:
-            # The reader went away (`| head`): not worth a message. Point stdout at
-            # /dev/null so that the interpreter's last flush does not complain.
+            # The reader went away (`board console-log | head`): it asked for no more,
+            # which is no failure. Point stdout at /dev/null so that the interpreter's
+            # last flush does not complain.
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-            sys.exit(ExitCode.FAILURE)
+            sys.exit(ExitCode.OK)
         except (PledgeforgeError, OSError) as exc:
             click.echo(f"pledgeforge: error: {_message(exc)}", err=True)
             sys.exit(exit_code_for(exc))

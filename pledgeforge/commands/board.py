@@ -7,7 +7,6 @@ import hashlib
 import logging
 import os
 import signal
-import sys
 import threading
 from pathlib import Path
 
@@ -143,17 +142,11 @@ def console_log(state_dir, follow, last, as_json):
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, lambda *_: stop.set())
-    lines = follow_lines(state, stop, last) if follow else read_lines(state, last)
-    try:
-        for line in lines:
-            if as_json:
-                print_json(parse_line(line))
-            else:
-                click.echo(line.rstrip("\n"))
-    except BrokenPipeError:
-        # The reader went away (`| head`): not an error. Point stdout at
-        # /dev/null so that the interpreter's last flush does not complain.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    for line in follow_lines(state, stop, last) if follow else read_lines(state, last):
+        if as_json:
+            print_json(parse_line(line))
+        else:
+            click.echo(line.rstrip("\n"))
 
 
 @board.command()
