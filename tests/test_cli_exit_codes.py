@@ -18,7 +18,6 @@ from pledgeforge.cli import ExitCode, exit_code_for
 from pledgeforge.errors import (EnvironmentFailure, FileAccessError, PledgeforgeError, UsageError,
                                 VerificationFailure)
 from pledgeforge.hsm import errors as hsm_errors
-from pledgeforge.hsm.keystore import generate_key
 from pledgeforge.hsm.signer import KeyAlgorithm, SoftwareSigner
 from registrar_standin import running_lab
 from vectors import APPC
@@ -71,7 +70,8 @@ def stopped_lab(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def bench(token, tmp_path, stopped_lab) -> Bench:
-    generate_key(token.uri("k"), "ec-p256")
+    # By the CLI: this process's PKCS#11 module may be pointed at the lab's SoftHSM.
+    assert run_cli("keys", "generate", "--key", token.uri_text("k"), env=token.hsm.env()).returncode == 0
     bad_pin = tmp_path / "bad.pin"
     bad_pin.write_text("000000\n")
     der = bytearray(VOUCHER_REQUEST.read_bytes())

@@ -15,10 +15,18 @@ from boardrunner import BoardProcess
 from clirunner import run_cli, smpmgr
 from pledgeforge.boards.image_signing import firmware_payload
 from pledgeforge.boards.profile import load_profile
-from pledgeforge.hsm.keystore import generate_key
 
 # profile, the slot smpmgr uploads to (a single-slot board takes its image in slot 0)
 SHIPPED = [("mcu-se", 1), ("gateway-tpm", 1), ("legacy-rsa", 0)]
+
+
+def generate(token, name: str, public_pem: Path | None = None) -> Path | None:
+    """A key in the test token, made by the CLI (this process's PKCS#11 module may be
+    pointed at the lab's SoftHSM; a child process gets the token's own configuration)."""
+    args = ["--out", public_pem] if public_pem else []
+    made = run_cli("keys", "generate", "--key", token.uri_text(name), *args, env=token.hsm.env())
+    assert made.returncode == 0, made.stderr.decode()
+    return public_pem
 
 
 def sign(tmp_path: Path, key_uri: str, env: dict, profile: str, version: str) -> Path:
@@ -82,7 +90,7 @@ def test_a_lab_board_boots_an_image_signed_with_the_lab_key(lab, tmp_path, profi
 
 def test_an_image_signed_by_another_key_is_reported_and_not_taken(lab, token, tmp_path):
     state = tmp_path / "mcu"
-    generate_key(token.uri("rogue"), "ec-p256")
+    generate(token, "rogue")
     rogue = sign(tmp_path, token.uri_text("rogue"), token.hsm.env(), "mcu-se", "6.6.6")
     with BoardProcess("mcu-se", state, "--lab", lab.dir) as board:
         port = board.console_path
@@ -112,10 +120,7 @@ def test_an_image_signed_by_another_key_is_reported_and_not_taken(lab, token, tm
 
 def test_a_board_without_a_key_says_so_and_set_verify_key_fixes_it(token, tmp_path):
     state = tmp_path / "mcu"
-    generate_key(token.uri("fw"), "ec-p256")
-    key_pem = tmp_path / "fw.pem"
-    public = run_cli("keys", "public", "--key", token.uri_text("fw"), env=token.hsm.env())
-    key_pem.write_bytes(public.stdout)
+    key_pem = generate(token, "fw", tmp_path / "fw.pem")
     image = sign(tmp_path, token.uri_text("fw"), token.hsm.env(), "mcu-se", "2.0.0")
     with BoardProcess("mcu-se", state) as board:
         port = board.console_path
