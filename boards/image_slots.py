@@ -189,8 +189,8 @@ class ImageSlots:
         self._blobs.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
         self._parsed: dict[str, McubootImage | None] = {}
-        # (blob, key PEM) -> why the image would be refused, None when it verifies
-        self._verdicts: dict[tuple[str, bytes], str | None] = {}
+        # (blob, key PEM) -> whether that image verifies with that key (hashing is not free)
+        self._verdicts: dict[tuple[str, bytes], bool] = {}
         self._active: BootImage | None = None
         self._writer: UploadWriter | None = None
 
@@ -235,21 +235,18 @@ class ImageSlots:
     def _verify_key(self):
         return load_public_key(self._verify_key_pem(), f"firmware key {self.verify_key_path}")
 
-    def _refusal(self, name: str) -> str | None:
-        """Why the bootloader would refuse the stored image `name`, None when it would boot it."""
+    def _would_boot(self, name: str) -> bool:
+        """Whether the bootloader would boot the stored image `name` with the current key."""
         try:
             pem = self._verify_key_pem()
-        except NoBootableImageError as exc:
-            return f"{Refusal.NO_KEY.value}: {exc}"
+        except NoBootableImageError:
+            return False
         if (name, pem) not in self._verdicts:
             try:
                 verify_image(self._read_blob(name), load_public_key(pem))
-                verdict = None
-            except (ImageError, ImageKeyError) as exc:
-                verdict = str(exc)
-            except OSError as exc:
-                verdict = f"cannot read the image: {exc.strerror}"
-            self._verdicts[(name, pem)] = verdict
+                self._verdicts[(name, pem)] = True
+            except (ImageError, ImageKeyError, OSError):
+                self._verdicts[(name, pem)] = False
         return self._verdicts[(name, pem)]
 
     # -- state ---------------------------------------------------------------
@@ -349,7 +346,7 @@ class ImageSlots:
                 f = flags[slot]
                 # Zephyr reads `bootable` from the header flag alone, since MCUboot checks
                 # the signature only at the next boot; here that verdict is known already.
-                bootable = image.bootable and self._refusal(entry["blob"]) is None
+                bootable = image.bootable and self._would_boot(entry["blob"])
                 rows.append(SlotInfo(slot, image.version, image.hash, bootable,
                                      f.get("pending", False), f.get("confirmed", False),
                                      f.get("active", False), f.get("permanent", False)))
