@@ -24,6 +24,7 @@ from pledgeforge.generated_docs import generator_main
 DEFAULT_PATH = "docs/cli.md"
 MODULE = "pledgeforge.docs_cli"
 PROG = "pledgeforge"
+WIDTH = 100
 
 PREAMBLE = f"""\
 # pledgeforge command reference
@@ -112,7 +113,8 @@ def _entry(command: click.Command, ctx: click.Context) -> str:
 
 def render() -> str:
     """The whole of docs/cli.md."""
-    root = click.Context(cli_main, info_name=PROG)
+    # A fixed width: the usage lines must not depend on the terminal that generates the file.
+    root = click.Context(cli_main, info_name=PROG, terminal_width=WIDTH, max_content_width=WIDTH)
     entries = list(_commands(cli_main, root))
     contents = ["## Commands", ""] + [
         f"- [`{_title(ctx)}`](#{_anchor(_title(ctx))})" + (

@@ -23,6 +23,12 @@ def test_the_checked_in_command_reference_is_current():
         f"{DOC} is stale: regenerate it with `python -m pledgeforge.docs_cli docs/cli.md`")
 
 
+def test_the_reference_does_not_depend_on_the_terminal_width():
+    narrow = subprocess.run([sys.executable, "-m", "pledgeforge.docs_cli"], capture_output=True,
+                            text=True, timeout=60, env={**os.environ, "COLUMNS": "30"})
+    assert narrow.returncode == 0 and narrow.stdout == render()
+
+
 def test_every_command_and_option_is_in_the_reference():
     text = render()
     for name, command in commands():
