@@ -20,7 +20,7 @@ import signal
 from pathlib import Path
 
 from pledgeforge.atomicfile import atomic_write
-from pledgeforge.errors import PledgeforgeError
+from pledgeforge.errors import EnvironmentFailure
 from pledgeforge.hsm.keyuri import SOFTHSM2_MODULE, Pkcs11Uri, TpmUri
 from pledgeforge.hsm.softhsm import SoftHsm
 from pledgeforge.hsm.swtpm import Swtpm
@@ -31,7 +31,7 @@ _SWTPM_PID = "board-swtpm.pid"
 _TPM_STATE_KEY = "tpm-state.key"
 
 
-class KeyStoreNotRunningError(PledgeforgeError):
+class KeyStoreNotRunningError(EnvironmentFailure):
     """The board is off, so its TPM cannot be reached."""
 
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from pledgeforge.atomicfile import atomic_write
-from pledgeforge.errors import PledgeforgeError
+from pledgeforge.errors import EnvironmentFailure
 
 from .filesystem import FileData, Partition
 
@@ -39,7 +39,7 @@ _CONFIG_KEY_RE = re.compile(r"^[a-z][a-z0-9_.-]{0,63}$")
 _CONFIG_VALUE_MAX = 1024
 
 
-class FlashError(PledgeforgeError):
+class FlashError(EnvironmentFailure):
     """The flash cannot be read or the change cannot be stored."""
 
 

@@ -1,9 +1,10 @@
 """The pledge firmware of a board started with `--lab DIR`.
 
-Manufacture (first power-on): the IDevID key is generated in the board's own
-key store (its swtpm or SoftHSM token), the lab's manufacturer CA certifies
-it, and the board's flash gets the certificate and its built-in trust
-anchors. The lab also records the board's owner, so its cloud registrar
+Manufacture (first power-on): the board's flash gets the lab's firmware
+public key (so that images signed with the lab's firmware-signing key boot),
+the IDevID key is generated in the board's own key store (its swtpm or
+SoftHSM token), the lab's manufacturer CA certifies it, and the flash gets the
+certificate and its built-in trust anchors. The lab also records the board's owner, so its cloud registrar
 knows what to answer (`flow`: 307 to the owner registrar, or a voucher
 naming the EST server).
 
@@ -52,6 +53,8 @@ class LabPledgeApp(FirmwareApp):
     # ------------------------------------------------------------------ the factory
 
     def provision(self, board: Board) -> None:
+        if board.profile.image.verify_key is None:   # a profile that names its key keeps it
+            board.slots.install_verify_key(self.lab.firmware_key_pem())
         uri = _key_uri(board, IDEVID_TPM_HANDLE, IDEVID_LABEL)
         signer = keystore.generate_key(uri, board.keystore.algorithm)
         idevid = self.lab.issue_idevid(signer.public_key, board.serial_number)

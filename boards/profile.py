@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pledgeforge.errors import PledgeforgeError
+from pledgeforge.errors import FileAccessError, PledgeforgeError, UsageError
 from pledgeforge.hsm.identity_names import IdentityNameError, check_dns_label
 from pledgeforge.hsm.signer import KeyAlgorithm
 
@@ -27,7 +27,7 @@ LINE_ENDINGS = {"crlf": "\r\n", "lf": "\n"}
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 
 
-class ProfileError(PledgeforgeError):
+class ProfileError(UsageError):
     """A board profile cannot be found or has a bad field."""
 
 
@@ -308,7 +308,7 @@ def load_profile(name_or_path: str | Path) -> Profile:
     path = Path(text).expanduser() if looks_like_path else PROFILE_DIR / f"{text}.toml"
     if not path.is_file():
         if looks_like_path:
-            raise ProfileError(f"profile file {path} does not exist")
+            raise FileAccessError(f"profile file {path} does not exist")
         raise ProfileError(f"no profile named {text!r}; shipped profiles: "
                            f"{', '.join(profile_names())} (or give the path of a .toml file)")
     try:
@@ -317,7 +317,7 @@ def load_profile(name_or_path: str | Path) -> Profile:
     except tomllib.TOMLDecodeError as exc:
         raise ProfileError(f"profile {path} is not valid TOML: {exc}") from None
     except OSError as exc:
-        raise ProfileError(f"cannot read profile {path}: {exc.strerror}") from None
+        raise FileAccessError(f"cannot read profile {path}: {exc.strerror}") from None
     return _parse(path.resolve(), data)
 
 

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Callable
 
 from pledgeforge.atomicfile import atomic_write
-from pledgeforge.errors import PledgeforgeError
+from pledgeforge.errors import EnvironmentFailure
 from pledgeforge.hsm.identity_names import IdentityNameError, check_serial_number
 
 from . import boot
@@ -63,7 +63,7 @@ TRANSCRIPT_FLUSH_TIMEOUT = 2.0
 _log = logging.getLogger(__name__)
 
 
-class BoardError(PledgeforgeError):
+class BoardError(EnvironmentFailure):
     """The board cannot be started or cannot do what was asked."""
 
 
@@ -109,6 +109,22 @@ def load_firmware_app(lab_dir: Path | None, flow: str = "redirect") -> FirmwareA
     return LabPledgeApp(lab_dir, flow)
 
 
+def lock_state_dir(state_dir: Path) -> int:
+    """Claim a board's state directory for this process (the board runs, or its flash is
+    being written while it is stopped); the lock lasts until the returned fd is closed."""
+    fd = os.open(Path(state_dir) / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        other = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise BoardError(f"state directory {state_dir} is in use by another running "
+                         f"board (pid {other}); stop it or choose another --state") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
 # -- power sessions ---------------------------------------------------------------
 
 class _PowerSession:
@@ -146,7 +162,7 @@ class Board:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.app = app
         self._firmware_local = threading.local()
-        self._lock_fd = self._lock_state_dir()
+        self._lock_fd = lock_state_dir(self.state_dir)
         self.transcript: TranscriptRecorder | None = None
         try:
             if profile.console.transcript_files:
@@ -186,19 +202,6 @@ class Board:
         self._closed = False
 
     # -- lifetime ---------------------------------------------------------------
-
-    def _lock_state_dir(self) -> int:
-        fd = os.open(self.state_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            other = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-            os.close(fd)
-            raise BoardError(f"state directory {self.state_dir} is in use by another running "
-                             f"board (pid {other}); stop it or choose another --state") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        return fd
 
     def _check_serial(self, requested: str | None) -> None:
         if requested is not None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from typing import BinaryIO, Iterable, Iterator, NamedTuple
 
-from pledgeforge.errors import PledgeforgeError
+from pledgeforge.errors import FileAccessError
 
 from .der_framing import children, der_framed
 
@@ -22,7 +22,7 @@ _START_BYTES = 6 + len(_SIGNED_DATA_OID)
 _CHUNK = 64 * 1024
 
 
-class BulkInputError(PledgeforgeError):
+class BulkInputError(FileAccessError):
     """The bulk input cannot be read."""
 
 

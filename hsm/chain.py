@@ -18,6 +18,8 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
+from pledgeforge.errors import FileAccessError
+
 from .errors import CertificateError, ExpiredCertificateError, UntrustedSignerError
 
 MAX_DEPTH = 8
@@ -165,5 +167,5 @@ def load_certificate_file(path: str, what: str | None = None) -> list[x509.Certi
         with open(path, "rb") as fh:
             data = fh.read()
     except OSError as exc:
-        raise CertificateError(f"cannot read {what or 'certificate file'} {path}: {exc.strerror}") from None
+        raise FileAccessError(f"cannot read {what or 'certificate file'} {path}: {exc.strerror}") from None
     return load_certificates(data, f"{what or 'certificate file'} {path}")

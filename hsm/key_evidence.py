@@ -27,7 +27,7 @@ from typing import Mapping
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from pledgeforge.errors import PledgeforgeError
+from pledgeforge.errors import VerificationFailure
 
 from .errors import CertificateError
 from .x509 import check_csr
@@ -48,7 +48,7 @@ class Assurance(enum.Enum):
                 "possession: the board vouches for itself (weaker than TPM attestation)")
 
 
-class KeyEvidenceError(PledgeforgeError):
+class KeyEvidenceError(VerificationFailure):
     """The evidence that a device key is resident in hardware was refused."""
 
 

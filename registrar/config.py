@@ -57,7 +57,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pledgeforge.errors import PledgeforgeError
+from pledgeforge.errors import FileAccessError, UsageError
 from pledgeforge.hsm.identity_names import IdentityNameError, check_dns_name, check_name
 from pledgeforge.hsm.errors import KeyStoreError
 from pledgeforge.hsm.keystore import parse_key_uri
@@ -67,7 +67,7 @@ ROLES = ("masa", "cloud", "owner")
 SOFTHSM2_LIBRARY = "libsofthsm2.so"
 
 
-class ConfigError(PledgeforgeError):
+class ConfigError(UsageError):
     """A server configuration file is missing, unreadable or wrong."""
 
 
@@ -362,9 +362,9 @@ def _read(path: str | Path) -> tuple[Path, _Table]:
         with open(path, "rb") as fh:
             data = tomllib.load(fh)
     except FileNotFoundError:
-        raise ConfigError(f"configuration file {path} does not exist") from None
+        raise FileAccessError(f"configuration file {path} does not exist") from None
     except OSError as exc:
-        raise ConfigError(f"cannot read configuration file {path}: {exc.strerror}") from None
+        raise FileAccessError(f"cannot read configuration file {path}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}") from None
     return path, _Table(data, "", path.parent, path)

@@ -27,14 +27,14 @@ from sqlalchemy import (Boolean, Column, DateTime, Engine, ForeignKey, Integer, 
                         select, update)
 from sqlalchemy.exc import SQLAlchemyError
 
-from pledgeforge.errors import PledgeforgeError
+from pledgeforge.errors import EnvironmentFailure
 from pledgeforge.hsm.cloud_responses import CloudResponse
 from pledgeforge.hsm.identity_names import check_name, check_serial_number
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 
 
-class DatabaseError(PledgeforgeError):
+class DatabaseError(EnvironmentFailure):
     """The database could not be opened or written."""
 
 

@@ -13,7 +13,9 @@ Layout of the directory:
                        voucher-request key), cloud (cloud registrar voucher-request
                        key), pledges (IDevID/LDevID keys of PKCS#11 pledges)
     secrets/           user and SO PINs (0600); key URIs name them by pin-source=file:
-    pki/               CA and signer certificates (PEM)
+    pki/               CA and signer certificates (PEM), and firmware-signing.pem: the public
+                       key of the manufacturer's firmware-signing key (vendor token), which
+                       boards started with --lab trust for their firmware images
     tls/               TLS server certificates and their keys (PEM files)
     config/            masa.toml, cloud.toml, owner.toml (`pledgeforge ... serve --config`)
     db/                one SQLite database per server
@@ -62,7 +64,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, ObjectIdentifier
 
 from pledgeforge.atomicfile import atomic_write
-from pledgeforge.errors import PledgeforgeError
+from pledgeforge.errors import EnvironmentFailure
 from pledgeforge.hsm import keystore as keystores
 from pledgeforge.hsm.chain import load_certificate_file
 from pledgeforge.hsm.cloud_responses import CloudResponse
@@ -83,12 +85,13 @@ OWNER_NAME = "lab-owner"
 HOST = "127.0.0.1"
 TOKENS = ("vendor", "masa", "owner", "cloud", "pledges")
 IDEVID_HANDLE = 0x81020000
+FIRMWARE_KEY = "firmware-signing"
 ID_KP_CMC_RA = ObjectIdentifier("1.3.6.1.5.5.7.3.28")
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 10.0
 
 
-class LabError(PledgeforgeError):
+class LabError(EnvironmentFailure):
     """The lab could not be created, started, stopped or used."""
 
 
@@ -259,6 +262,20 @@ class Lab:
     def key_uri(self, token: str, obj: str) -> Pkcs11Uri:
         return self.softhsm.token_uri(token, pin_file=self.pin_file).with_object(obj)
 
+    @property
+    def firmware_key_uri(self) -> Pkcs11Uri:
+        """The manufacturer's firmware-signing key (`pledgeforge image sign --key ...`)."""
+        return self.key_uri("vendor", FIRMWARE_KEY)
+
+    def firmware_key_pem(self) -> bytes:
+        """The public key firmware images are checked against (what boards get in flash)."""
+        path = self.pki(FIRMWARE_KEY).with_suffix(".pem")
+        try:
+            return path.read_bytes()
+        except OSError as exc:
+            raise LabError(f"cannot read the lab's firmware key {path} ({exc.strerror}); a lab made "
+                           "before firmware signing has none: make a new lab directory") from None
+
     def port(self, role: str, endpoint: str = "main") -> int:
         return self.data["servers"][role]["ports"][endpoint]
 
@@ -418,7 +435,8 @@ class Lab:
                 "config": str(self.config_path(role)),
             }
         return {"dir": str(self.dir), "servers": servers,
-                "trust_anchors": self.data["trust_anchors"]}
+                "trust_anchors": self.data["trust_anchors"],
+                "firmware_signing": self.data.get("firmware_signing")}
 
     # ------------------------------------------------------------------ databases
 
@@ -600,6 +618,8 @@ def _create(directory: Path) -> Lab:
     owner_ca = _ensure_key(lab.key_uri("owner", "owner-ca"))
     registrar = _ensure_key(lab.key_uri("owner", "registrar-signer"))
     cloud = _ensure_key(lab.key_uri("cloud", "registrar-signer"))
+    firmware = _ensure_key(lab.firmware_key_uri)
+    atomic_write(lab.pki(FIRMWARE_KEY).with_suffix(".pem"), firmware.public_key_pem())
 
     mfg_cert = _ensure_certificate(lab.pki("manufacturer-ca"), mfg.public_key, lambda: make_ca(
         mfg, "CN=pledgeforge lab manufacturer CA,O=pledgeforge lab"))
@@ -643,6 +663,8 @@ def _create(directory: Path) -> Lab:
         "masa_tls": str(lab.pki("web-ca")),
         "owner_ca": str(lab.pki("owner-ca")),
     }
+    data["firmware_signing"] = {"key": str(lab.firmware_key_uri),
+                                "public_key": str(lab.pki(FIRMWARE_KEY).with_suffix(".pem"))}
     data["owner"] = {"name": OWNER_NAME, "registrar_url": lab.url("owner"), "est_domain": lab.url("owner")}
     data["urls"] = {role: lab.url(role) for role in ROLES}
     data["urls"]["cloud_var"] = lab.url("cloud", "var")

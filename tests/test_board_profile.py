@@ -6,6 +6,7 @@ import pytest
 
 from clirunner import run_cli
 from pledgeforge.boards.profile import ProfileError, load_profile, profile_names
+from pledgeforge.errors import FileAccessError
 from pledgeforge.hsm.signer import KeyAlgorithm
 
 
@@ -71,7 +72,7 @@ def test_mistakes_name_the_table_and_field(tmp_path, old, new, message):
 def test_missing_and_malformed_files(tmp_path):
     with pytest.raises(ProfileError, match="no profile named 'nosuch'; shipped profiles: gateway-tpm"):
         load_profile("nosuch")
-    with pytest.raises(ProfileError, match="does not exist"):
+    with pytest.raises(FileAccessError, match="does not exist"):
         load_profile(tmp_path / "absent.toml")
     bad = tmp_path / "bad.toml"
     bad.write_text("[board\nname=")

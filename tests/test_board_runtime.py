@@ -312,20 +312,20 @@ def test_power_off_during_flash_writes_keeps_the_last_good_state(tmp_path):
 
 def test_board_run_and_power_report_mistakes_in_one_line(tmp_path):
     result = run_cli("board", "power", "on", "--state", tmp_path / "nothing-here")
-    assert result.returncode == 1
+    assert result.returncode == 3                      # environment: no board answers
     err = result.stderr.decode().strip()
     assert err.startswith("pledgeforge: error: no board is running in") and "\n" not in err
 
     bad = tmp_path / "bad.toml"
     bad.write_text(load_profile("mcu-se").path.read_text().replace("baud = 115200", "baud = \"fast\""))
     result = run_cli("board", "run", "--profile", bad, "--state", tmp_path / "b")
-    assert result.returncode == 1
+    assert result.returncode == 2                      # usage: the profile given is malformed
     err = result.stderr.decode().strip()
     assert "[console] baud must be an integer" in err and "\n" not in err
 
     with BoardProcess("mcu-se", tmp_path / "busy"):
         result = run_cli("board", "run", "--profile", "mcu-se", "--state", tmp_path / "busy")
-        assert result.returncode == 1
+        assert result.returncode == 3
         assert "is in use by another running board" in result.stderr.decode()
 
 

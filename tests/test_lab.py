@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from clirunner import openssl, run_cli
+from clirunner import jq, openssl, run_cli
 from pledgeforge.hsm.chain import load_certificate_file
 from pledgeforge.hsm.keystore import open_signer
 from pledgeforge.hsm.x509 import masa_url_of, serial_number_of
@@ -22,8 +22,10 @@ def _alive(pid: int) -> bool:
 
 
 def _json(result) -> dict:
+    """The one JSON object a `--json` command printed, as jq reads it."""
     assert result.returncode == 0, result.stderr.decode()
-    return json.loads(result.stdout.decode().strip().splitlines()[-1])
+    [value] = jq(result.stdout)
+    return value
 
 
 def test_up_status_down_as_commands(tmp_path):
@@ -79,7 +81,7 @@ def test_failed_start_stops_what_was_started_and_shows_the_log(tmp_path):
         squatter.bind(("127.0.0.1", owner_port))
         squatter.listen()
         result = run_cli("lab", "up", "--dir", lab_dir, "--timeout", "30")
-    assert result.returncode == 1
+    assert result.returncode == 3
     message = result.stderr.decode()
     assert "owner server" in message and "last lines of" in message
     assert f"cannot listen on 127.0.0.1:{owner_port}" in message
@@ -89,7 +91,7 @@ def test_failed_start_stops_what_was_started_and_shows_the_log(tmp_path):
 
 def test_commands_name_a_missing_lab(tmp_path):
     result = run_cli("lab", "status", "--dir", tmp_path / "nothing")
-    assert result.returncode == 1
+    assert result.returncode == 3
     assert b"holds no lab; create one with `pledgeforge lab up" in result.stderr
 
 

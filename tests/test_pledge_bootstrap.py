@@ -62,11 +62,12 @@ def run(lab, flow="redirect", keystore_kind="pkcs11", cloud_url=None, timeout=5.
 def test_cli_bootstrap_enrolls_and_openssl_checks_the_results(lab, flow, kind):
     out = run_cli("pledge", "bootstrap", "--lab", lab.dir, "--flow", flow, "--keystore", kind, "--json")
     assert out.returncode == 0, out.stdout.decode() + out.stderr.decode()
-    lines = out.stdout.decode().splitlines()
-    summary = json.loads(lines[-1])
+    # With --json, stdout is the JSON object alone; the states go to stderr.
+    summary = json.loads(out.stdout)
     assert summary["state"] == "enrolled" and summary["flow"] == flow and summary["keystore"] == kind
     walked = [t["to"] for t in summary["transitions"]]
     # Every state is printed as it is entered, in order.
+    lines = out.stderr.decode().splitlines()
     printed = [line.split()[0] for line in lines if line.startswith("  ")]
     assert printed == walked
     if flow == "redirect":
@@ -95,7 +96,7 @@ def test_cli_bootstrap_enrolls_and_openssl_checks_the_results(lab, flow, kind):
 
 def test_cli_bootstrap_against_a_stopped_lab_is_one_clear_error(tmp_path):
     out = run_cli("pledge", "bootstrap", "--lab", tmp_path / "nolab")
-    assert out.returncode == 1
+    assert out.returncode == 3
     assert b"lab up" in out.stderr and b"Traceback" not in out.stderr
 
 
@@ -316,4 +317,4 @@ def test_registrar_serve_runs_the_lab_configurations(tmp_path):
     assert codes == [0, 0], [proc.stderr.read().decode() for proc in procs.values()]
 
     wrong = run_cli("registrar", "serve", "--config", lab.config_path("masa"))
-    assert wrong.returncode == 1 and b"masa serve" in wrong.stderr
+    assert wrong.returncode == 2 and b"masa serve" in wrong.stderr

@@ -11,6 +11,7 @@ from clirunner import openssl
 from pledgeforge.commands.registrar import RESPONSES
 from pledgeforge.hsm.signer import KeyAlgorithm, SoftwareSigner
 from pledgeforge.hsm.x509 import make_ca, make_csr, to_der
+from pledgeforge.errors import FileAccessError
 from pledgeforge.registrar.config import ConfigError, CsrAttrsSettings, load_config
 from pledgeforge.hsm.cloud_responses import CloudResponse
 from pledgeforge.registrar.db import CloudStore, DatabaseError
@@ -127,7 +128,7 @@ def test_config_errors_name_the_file_and_the_key(tmp_path):
         load_config(_write(tmp_path, base.replace('"tls.crt"', '"missing.crt"')))
     with pytest.raises(ConfigError, match=r"not valid TOML"):
         load_config(_write(tmp_path, base + "[[["))
-    with pytest.raises(ConfigError, match=r"does not exist"):
+    with pytest.raises(FileAccessError, match=r"does not exist"):
         load_config(tmp_path / "nope.toml")
 
 

@@ -281,16 +281,16 @@ def test_smpmgr_through_a_pty_bridge(tmp_path, kind):
 
 def test_pty_bridge_reports_bad_urls_and_a_console_that_goes_away(tmp_path):
     result = run_cli("board", "pty-bridge", "--url", "/dev/ttyS0", "--link", tmp_path / "x")
-    assert result.returncode != 0 and not (tmp_path / "x").exists()
+    assert result.returncode == 2 and not (tmp_path / "x").exists()
     assert b"use rfc2217://HOST:PORT or socket://HOST:PORT" in result.stderr
     with BoardProcess("mcu-se", tmp_path / "mcu", "--serial", "tcp") as board:
         url = board.info["console"]
         with BridgeProcess(url, tmp_path / "bridge") as bridge:
             board.stop()
-            assert bridge.proc.wait(30) == 1
+            assert bridge.proc.wait(30) == 3                 # environment: the console is gone
             assert b"went away" in bridge.proc.stderr.read()
     refused = run_cli("board", "pty-bridge", "--url", url, "--link", tmp_path / "x")
-    assert refused.returncode == 1 and b"cannot open the console at " + url.encode() in refused.stderr
+    assert refused.returncode == 3 and b"cannot open the console at " + url.encode() in refused.stderr
 
 
 def test_smpmgr_upgrade_through_a_pty_bridge_to_an_rfc2217_board(bench):

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
-
 import click
+
+from .common import json_option, print_json
 
 DIR_OPTION = click.option("--dir", "directory", required=True,
                           type=click.Path(file_okay=False), help="the lab directory")
-JSON_OPTION = click.option("--json", "as_json", is_flag=True, help="print JSON")
+JSON_OPTION = json_option
 
 
 @click.group()
@@ -27,7 +27,7 @@ def up(directory, timeout, as_json):
 
     the_lab, report = Lab.up(directory, timeout_s=timeout)
     if as_json:
-        click.echo(json.dumps({"created": report.created, "started": report.started,
+        print_json(({"created": report.created, "started": report.started,
                                "already_running": report.already_running, **the_lab.status()}))
         return
     click.echo(("created" if report.created else "reusing") + f" lab in {the_lab.dir}")
@@ -47,7 +47,7 @@ def down(directory, as_json):
 
     stopped = Lab.load(directory).down()
     if as_json:
-        click.echo(json.dumps({"stopped": stopped}))
+        print_json(({"stopped": stopped}))
     else:
         click.echo("stopped " + (", ".join(stopped) if stopped else "nothing (no server was running)"))
 
@@ -61,7 +61,7 @@ def status(directory, as_json):
 
     state = Lab.load(directory).status()
     if as_json:
-        click.echo(json.dumps(state))
+        print_json((state))
         return
     click.echo(f"lab {state['dir']}")
     for role, info in state["servers"].items():

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
-
 import click
 
-from pledgeforge.errors import PledgeforgeError
+from pledgeforge.errors import EnvironmentFailure, VerificationFailure
+
+from .common import json_option, messages, print_json
 
 
 @click.group()
@@ -26,32 +26,32 @@ def pledge() -> None:
 @click.option("--serial", default=None, help="serial number (default: a new random one)")
 @click.option("--timeout", type=click.FloatRange(min=0.5), default=10.0, show_default=True,
               help="seconds for each connect, handshake and request")
-@click.option("--json", "as_json", is_flag=True, help="last line: the result as a JSON object")
+@json_option(help="print the result as one JSON object on stdout (the states go to stderr)")
 def bootstrap(lab_dir, flow, keystore, algorithm, serial, timeout, as_json):
     """Provision a pledge (IDevID key, IDevID, ownership for FLOW) and run BRSKI to the end.
 
-    Prints every state the pledge passes. Exit status 0 when enrolled.
+    Prints every state the pledge passes. Exit status 0 when enrolled, 1 when
+    the pledge failed, 3 when the lab does not answer.
     """
     from pledgeforge import lab_pledge
     from pledgeforge.registrar.lab import Lab
 
+    say = messages(as_json)
     lab = Lab.load(lab_dir)
     problem = lab.probe("cloud")
     if problem is not None:
-        raise PledgeforgeError(f"the lab's cloud registrar does not answer ({problem}); "
-                               f"start the lab with `pledgeforge lab up --dir {lab.dir}`")
+        raise EnvironmentFailure(f"the lab's cloud registrar does not answer ({problem}); "
+                                 f"start the lab with `pledgeforge lab up --dir {lab.dir}`")
     provisioned = lab.provision_pledge(serial, keystore=keystore, algorithm=algorithm, flow=flow)
     try:
-        click.echo(f"pledge {provisioned.serial}: IDevID key {provisioned.key_uri}, flow {flow}")
+        say(f"pledge {provisioned.serial}: IDevID key {provisioned.key_uri}, flow {flow}")
         result, summary = lab_pledge.bootstrap(
             provisioned, timeout=timeout,
-            on_transition=lambda t: click.echo(f"  {t.to_state.value:20} {t.reason}"))
+            on_transition=lambda t: say(f"  {t.to_state.value:20} {t.reason}"))
     finally:
         provisioned.close()
-    if result.enrolled:
-        click.echo(f"enrolled: LDevID {summary['ldevid_subject']} in {summary['ldevid']}")
-    else:
-        click.echo(f"failed: {result.reason}")
     if as_json:
-        click.echo(json.dumps(summary))
-    raise SystemExit(0 if result.enrolled else 1)
+        print_json(summary)
+    if not result.enrolled:
+        raise VerificationFailure(f"pledge {provisioned.serial} did not enroll: {result.reason}")
+    say(f"enrolled: LDevID {summary['ldevid_subject']} in {summary['ldevid']}")

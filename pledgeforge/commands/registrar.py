@@ -6,7 +6,7 @@ import click
 
 from pledgeforge.hsm.cloud_responses import CloudResponse
 
-from .common import UsageError
+from .common import UsageError, json_option, print_json
 
 RESPONSES = CloudResponse.names()
 
@@ -44,12 +44,16 @@ def serve(config_path):
 @click.option("--serial", required=True)
 @click.option("--flow", type=click.Choice(["redirect", "est-domain"]), default="redirect",
               show_default=True, help="est-domain: the voucher comes from the cloud registrar")
-def add_pledge(config_path, serial, flow):
+@json_option
+def add_pledge(config_path, serial, flow, as_json):
     """Put a pledge on the owner registrar's pledge list."""
     from pledgeforge.registrar.db import OwnerStore
 
     OwnerStore(_config(config_path, "owner").database_url).add_pledge(serial, flow)
-    click.echo(f"pledge {serial} ({flow}) added")
+    if as_json:
+        print_json({"serial": serial, "flow": flow})
+    else:
+        click.echo(f"pledge {serial} ({flow}) added")
 
 
 @registrar.command("set-response")
@@ -62,25 +66,35 @@ def add_pledge(config_path, serial, flow):
 @click.option("--times", type=click.IntRange(min=1), help="answer this many times, then --then")
 @click.option("--then", "then", type=click.Choice(RESPONSES))
 @click.option("--endpoint", default="main", show_default=True, help="which listening endpoint")
-def set_response(config_path, serial, response, location, retry_after, times, then, endpoint):
+@json_option
+def set_response(config_path, serial, response, location, retry_after, times, then, endpoint, as_json):
     """What the cloud registrar answers a pledge's voucher-requests."""
     from pledgeforge.registrar.db import CloudStore
 
     CloudStore(_config(config_path, "cloud").database_url).set_response(
         serial, response, endpoint=endpoint, location=location, retry_after=retry_after,
         times=times, then=then)
-    click.echo(f"pledge {serial} on {endpoint}: {response}")
+    if as_json:
+        print_json({"serial": serial, "endpoint": endpoint, "response": response,
+                    "status": int(CloudResponse(response).status), "location": location,
+                    "retry_after": retry_after, "times": times, "then": then})
+    else:
+        click.echo(f"pledge {serial} on {endpoint}: {response}")
 
 
 @registrar.command()
 @click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False))
 @click.option("--retry-after", type=click.IntRange(min=0), help="answer 503 with this Retry-After")
 @click.option("--off", is_flag=True, help="stop answering 503")
-def overload(config_path, retry_after, off):
+@json_option
+def overload(config_path, retry_after, off, as_json):
     """Make the cloud registrar answer every voucher-request with 503 (or stop)."""
     from pledgeforge.registrar.db import CloudStore
 
     if off == (retry_after is not None):
         raise UsageError("give either --retry-after SECONDS or --off")
     CloudStore(_config(config_path, "cloud").database_url).set_overloaded(None if off else retry_after)
-    click.echo("overload off" if off else f"overloaded, Retry-After {retry_after}")
+    if as_json:
+        print_json({"overloaded": not off, "retry_after": None if off else retry_after})
+    else:
+        click.echo("overload off" if off else f"overloaded, Retry-After {retry_after}")
