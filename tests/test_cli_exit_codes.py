@@ -107,7 +107,7 @@ TABLE = [
      "Missing option '--in'"),
     ("an unknown choice", lambda b: ["board", "power", "sideways", "--state", b.tmp], 2,
      "'sideways' is not one of"),
-    ("a key URI", lambda b: ["keys", "public", "--key", "foo:bar"], 2, "unsupported key URI scheme"),
+    ("a key URI", lambda b: ["keys", "public", "--key", "foo:bar"], 2, "unknown key URI scheme"),
     ("a PIN on the command line", lambda b: ["keys", "public", "--key",
                                              f"pkcs11:token={b.token_label};object=k?pin-value=1234"],
      2, "pin-value"),

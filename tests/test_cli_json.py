@@ -23,7 +23,7 @@ NO_JSON = {
 }
 # Where each --json output goes through jq.
 JQ_CHECKED = {
-    "keys generate", "keys list", "ca init", "csr", "ca issue-idevid", "cert verify", "cms verify",
+    "keys generate", "keys list", "keys delete", "ca init", "csr", "ca issue-idevid", "cert verify", "cms verify",
     "image sign", "image verify", "image info",
     "board profiles", "board power", "board console-log", "board set-verify-key",
     "registrar add-pledge", "registrar set-response", "registrar overload",
@@ -92,6 +92,10 @@ def test_key_certificate_and_cms_commands(token, tmp_path):
     # --json and a PEM on stdout cannot share it.
     both = run_cli("csr", "--key", dev, "--subject", "CN=dev", "--out", "-", "--json", env=env)
     assert both.returncode == 2 and b"give --out a file name" in both.stderr
+    deleted = out("keys", "delete", "--key", dev, "--yes", "--json", env=env)
+    assert one(deleted, ".deleted").startswith("pkcs11:") and "object=dev" in one(deleted, ".deleted")
+    labels = jq(out("keys", "list", "--token-uri", token.uri_text(), "--json", env=env), ".label")
+    assert sorted(set(labels)) == ["ca"]
 
 
 def test_image_commands(token, tmp_path):
