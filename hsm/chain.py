@@ -19,8 +19,7 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
 from .errors import CertificateError, ExpiredCertificateError, UntrustedSignerError
-
-MAX_DEPTH = 8
+from .verification_profile import MAX_CHAIN_DEPTH
 
 #: What cryptography raises for a certificate it cannot read lazily (a name, an
 #: extension, a key): the path cannot be judged, which is not "untrusted".
@@ -112,7 +111,7 @@ def build_chain(
                 if not problems:
                     return full
                 time_problem = time_problem or problems[0]
-        if len(path) >= MAX_DEPTH:
+        if len(path) >= MAX_CHAIN_DEPTH:
             return None
         for candidate in pool:
             if any(_same(candidate, c) for c in path):
