@@ -1,8 +1,8 @@
 """What voucher and certificate verification accepts, written once as data.
 
 Two verifiers apply it: the reference (hsm.cms.verify_cms, hsm.chain.build_chain)
-and the bulk fastpath (its Python side reads it; the extension's constants must
-agree with it).
+and the bulk fastpath, whose Cython extension is generated from this file when it
+is built (fastpath/profile_codegen.py), so neither repeats a number or an OID.
 
 The entries are of two kinds:
 
@@ -13,8 +13,11 @@ The entries are of two kinds:
   types, certificate signature algorithms and name strings). cryptography
   enforces them for the reference; the fastpath reads no certificate through
   cryptography and needs them spelled out to give the same answer.
+  tests/test_verification_profile.py and tests/test_fastpath_library_facts.py check
+  them against the installed libraries.
 
-Plain data and the standard library only.
+Plain data and the standard library only: setup.py reads this file before
+anything is installed.
 """
 
 from __future__ import annotations
