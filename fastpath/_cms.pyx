@@ -11,7 +11,8 @@ from ._der cimport (Cursor, Tlv, attr_time_valid, cur_expect, cur_init, cur_next
                     der_read, oid_find, oid_has_prefix, oid_is, utf8_valid, utf16be_valid,
                     utf32be_valid)
 from ._profile cimport (H_FROM_DIGEST, H_FROM_PSS_PARAMS, H_NONE, H_SHA1, MAX_NESTING,
-                        N_CMS_SIGNATURE_ALGORITHMS, OidEntry, PF_CMS_DIGEST_ALLOWED,
+                        N_CMS_SIGNATURE_ALGORITHMS, N_CONTENT_TYPES, OidEntry,
+                        PF_CMS_DIGEST_ALLOWED, PF_CONTENT_TYPES,
                         PF_CMS_SIGNATURE_ALGORITHMS, PF_OID_ATTR_CONTENT_TYPE,
                         PF_OID_ATTR_MESSAGE_DIGEST, PF_OID_ATTR_SIGNING_TIME, PF_OID_SIGNED_DATA)
 from ._x509 cimport AlgId, Cert, algid_read, hash_by_oid
@@ -114,6 +115,27 @@ cdef bint structured_content_type(const Tlv *oid) noexcept nogil:
 
 # --------------------------------------------------------------------------- SignedData
 
+cdef bint untyped_content(const Tlv *version, const Tlv *content_type) noexcept nogil:
+    """Whether the reference reads the content as ANY: a version-1 SignedData's
+    encapContentInfo is PKCS #7's ContentInfo to its CMS parser, whose content has no
+    type for a content type it does not know (any but id-data, the voucher's and the
+    structured ones). Such an item fails later, on its content type."""
+    cdef size_t i = 0
+    while i + 1 < version.vlen and version.val[i] == 0:
+        i += 1                                          # INTEGER 1, however padded
+    if version.vlen == 0 or i + 1 != version.vlen or version.val[i] != 1:
+        return False
+    return not structured_content_type(content_type) and \
+        oid_find(content_type, PF_CONTENT_TYPES, N_CONTENT_TYPES) < 0
+
+
+cdef inline bint reads_as_octets(const Tlv *t) noexcept nogil:
+    """An untyped element whose value the reference reads as bytes: primitive, of tag
+    number 4 (OCTET STRING) or 21 (VideotexString) in any class, as its CMS parser picks
+    the universal type by tag number."""
+    return not (t.tag & 0x20) and ((t.tag & 0x1f) == 4 or (t.tag & 0x1f) == 21)
+
+
 cdef int cms_parse(const uint8_t *der, size_t n, Cms *m) noexcept nogil:
     """The SignedData fields the reference reads, with the reference's structural checks."""
     cdef Tlv ci, sd, sis, si, a, v, x
@@ -161,7 +183,8 @@ cdef int cms_parse(const uint8_t *der, size_t n, Cms *m) noexcept nogil:
         return -1
 
     # SignedData { version, digestAlgorithms, encapContentInfo, [0] certificates,
-    #              [1] crls, signerInfos }: version, digestAlgorithms and crls are not read.
+    #              [1] crls, signerInfos }: digestAlgorithms and crls are not read; the
+    # version only chooses how encapContentInfo is read.
     if seq_fields(&sd, spec_sd, 6, f) < 0:
         return -1
     if f[0].tag != 0x02 or f[2].tag != 0x30 or f[5].tag != 0x31:
@@ -173,8 +196,11 @@ cdef int cms_parse(const uint8_t *der, size_t n, Cms *m) noexcept nogil:
     if seq_fields(&f[2], spec_encap, 2, g) < 0 or not ber_oid_ok(&g[0]):
         return -1
     m.econtent_type = g[0]
-    if g[1].tag != 0xa0 or not explicit_first(&g[1], &m.econtent) or m.econtent.tag != 0x04:
+    if g[1].tag != 0xa0 or not explicit_first(&g[1], &m.econtent):
         return -1                                       # detached or unreadable content
+    if m.econtent.tag != 0x04 and not (untyped_content(&f[0], &m.econtent_type) and
+                                       reads_as_octets(&m.econtent)):
+        return -1
     if structured_content_type(&m.econtent_type):
         return -1
 

@@ -617,9 +617,12 @@ cdef int cert_item(Worker *w, const uint8_t *der, size_t n, ItemOut *out) noexce
     c = cert_get(e, der, n)
     if c == NULL or not c.ok:
         return R_MALFORMED
-    out.serial = c.sn_attr
-    out.serial_len = c.sn_len
-    out.serial_tag = c.sn_tag
+    if c.subject_decodable:
+        # The reference reads the serialNumber through the subject: none when that
+        # cannot be read.
+        out.serial = c.sn_attr
+        out.serial_len = c.sn_len
+        out.serial_tag = c.sn_tag
     out.content_off = 0
     out.content_len = n
     return chain_result(w, c, NULL, 0)

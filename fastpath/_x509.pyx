@@ -107,13 +107,10 @@ cdef extern from *:
 # --------------------------------------------------------------------------- names
 
 cdef bint name_value_decodable(const Tlv *oid, const Tlv *v) noexcept nogil:
-    """Whether the reference can turn a name attribute into text (or bytes): the
-    profile's NAME_STRING_TYPES, and x500UniqueIdentifier only as a BIT STRING."""
-    cdef bint unique_id = oid_is(oid, PF_OID_AT_UNIQUE_IDENTIFIER, sizeof(PF_OID_AT_UNIQUE_IDENTIFIER))
+    """Whether the reference can turn a name attribute into text (or bytes): a string
+    of the profile's NAME_STRING_TYPES, or a BIT STRING for x500UniqueIdentifier."""
     if v.tag == 0x03:
-        return unique_id
-    if unique_id:
-        return False
+        return oid_is(oid, PF_OID_AT_UNIQUE_IDENTIFIER, sizeof(PF_OID_AT_UNIQUE_IDENTIFIER))
     return text_valid(PF_NAME_TEXT[v.tag], v.val, v.vlen)
 
 
@@ -500,7 +497,25 @@ cdef int spki_key_kind(const Tlv *spki, bint *explicit_curve) noexcept nogil:
         explicit_curve[0] = a.params.tag == 0x30
     if cur_next(&c, &bits) != 1 or bits.vlen == 0 or bits.val[0] != 0:
         return K_BAD        # a key is whole octets
+    if oid_has_prefix(&a.oid, PF_OID_PKCS1, sizeof(PF_OID_PKCS1)) and \
+            not rsa_public_key_valid(bits.val + 1, bits.vlen - 1):
+        return K_BAD        # libcrypto would read it; cryptography does not
     return K_OTHER
+
+
+cdef bint rsa_public_key_valid(const uint8_t *p, size_t n) noexcept nogil:
+    """RSAPublicKey as cryptography reads it: SEQUENCE { modulus, publicExponent },
+    both minimal non-negative INTEGERs, and nothing else."""
+    cdef Tlv seq, x
+    cdef Cursor c
+    cdef int k
+    if der_read(p, n, &seq) < 0 or seq.tag != 0x30 or seq.tlen != n:
+        return False
+    cur_init(&c, &seq)
+    for k in range(2):
+        if cur_next(&c, &x) != 1 or not biguint_valid(&x):
+            return False
+    return c.n == 0
 
 
 cdef int cert_parse(Cert *c) noexcept nogil:

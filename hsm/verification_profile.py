@@ -191,8 +191,7 @@ NAME_STRING_TYPES = {
 PRINTABLE_CHARACTERS = ("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
                         " '()+,-./:=?")
 
-#: x500UniqueIdentifier: the one name attribute whose value is a BIT STRING, and
-#: whose value is readable only as one.
+#: x500UniqueIdentifier: the one name attribute whose value may also be a BIT STRING.
 UNIQUE_IDENTIFIER_ATTRIBUTE = "2.5.4.45"
 
 #: The subject attribute bulk verification reports: X520SerialNumber (802.1AR IDevID).
