@@ -151,27 +151,12 @@ cdef int cms_parse(const uint8_t *der, size_t n, Cms *m) noexcept nogil:
     cdef int spec_si[7]
     cdef int spec_alg[2]
     cdef int spec_pair[2]
-    spec_ci[0] = F_REQ
-    spec_ci[1] = 0x80
-    spec_sd[0] = F_REQ
-    spec_sd[1] = F_REQ
-    spec_sd[2] = F_REQ
-    spec_sd[3] = 0x80
-    spec_sd[4] = 0x81
-    spec_sd[5] = F_REQ
-    spec_encap[0] = F_REQ
-    spec_encap[1] = 0x80
-    spec_si[0] = F_REQ
-    spec_si[1] = F_REQ
-    spec_si[2] = F_REQ
-    spec_si[3] = 0x80
-    spec_si[4] = F_REQ
-    spec_si[5] = F_REQ
-    spec_si[6] = 0x81
-    spec_alg[0] = F_REQ
-    spec_alg[1] = F_ANY
-    spec_pair[0] = F_REQ
-    spec_pair[1] = F_REQ
+    spec_ci[:] = [F_REQ, 0x80]
+    spec_sd[:] = [F_REQ, F_REQ, F_REQ, 0x80, 0x81, F_REQ]
+    spec_encap[:] = [F_REQ, 0x80]
+    spec_si[:] = [F_REQ, F_REQ, F_REQ, 0x80, F_REQ, F_REQ, 0x81]
+    spec_alg[:] = [F_REQ, F_ANY]
+    spec_pair[:] = [F_REQ, F_REQ]
 
     # ContentInfo { contentType, [0] EXPLICIT content }, nothing after it.
     if der_read(der, n, &ci) < 0 or ci.tag != 0x30 or ci.tlen != n:
@@ -392,8 +377,7 @@ cdef int find_signer(const Cms *m, Cert **embedded, size_t n_embedded, Cert **ex
     cdef size_t i
     cdef Cert *c
     cdef int spec_pair[2]
-    spec_pair[0] = F_REQ
-    spec_pair[1] = F_REQ
+    spec_pair[:] = [F_REQ, F_REQ]
     if m.sid.tag == 0x30:
         seq_fields(&m.sid, spec_pair, 2, g)     # checked by cms_parse
         issuer = g[0]
@@ -426,8 +410,7 @@ cdef int cms_signature_scheme(const Cms *m, int *scheme, int *hash_id) noexcept 
     cdef const OidEntry *alg
     cdef Tlv g[2]
     cdef int spec_alg[2]
-    spec_alg[0] = F_REQ
-    spec_alg[1] = F_ANY
+    spec_alg[:] = [F_REQ, F_ANY]
     seq_fields(&m.sig_alg, spec_alg, 2, g)      # checked by cms_parse
     a.oid = g[0]
     a.has_params = g[1].tag != 0
