@@ -21,8 +21,7 @@ from cryptography.hazmat.primitives import serialization
 from pledgeforge.errors import FileAccessError
 
 from .errors import CertificateError, ExpiredCertificateError, UntrustedSignerError
-
-MAX_DEPTH = 8
+from .verification_profile import MAX_CHAIN_DEPTH
 
 #: What cryptography raises for a certificate it cannot read lazily (a name, an
 #: extension, a key): the path cannot be judged, which is not "untrusted".
@@ -114,7 +113,7 @@ def build_chain(
                 if not problems:
                     return full
                 time_problem = time_problem or problems[0]
-        if len(path) >= MAX_DEPTH:
+        if len(path) >= MAX_CHAIN_DEPTH:
             return None
         for candidate in pool:
             if any(_same(candidate, c) for c in path):
