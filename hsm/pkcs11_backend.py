@@ -376,23 +376,31 @@ class LocalModule:
 
     def delete(self, token: str, pin: str | None, label: str | None,
                key_id: bytes | None) -> tuple[int, int]:
-        """Destroy the private key the URI names and its public key; (private, public) destroyed."""
+        """Destroy the private key the URI names and its public key; (private, public) destroyed.
+
+        A public key left alone (a generation cut short between the two halves) is
+        destroyed too: it would block a new key under its label."""
         with self.exclusive():
-            priv = self._private_key(token, pin, label, key_id)[0]
             session = self._session(token, pin)
+            privs = _find(session, ObjectClass.PRIVATE_KEY, label, key_id)
+            if len(privs) > 1:
+                raise KeyStoreError(f"{len(privs)} private keys match {_key_name(token, label, key_id)}; "
+                                    "add id=... to the URI to pick one")
             pubs = _find(session, ObjectClass.PUBLIC_KEY, label, key_id)
-            if not pubs and priv[Attribute.ID]:
-                pubs = _find(session, ObjectClass.PUBLIC_KEY, None, priv[Attribute.ID])
+            if not pubs and privs and privs[0][Attribute.ID]:
+                pubs = _find(session, ObjectClass.PUBLIC_KEY, None, privs[0][Attribute.ID])
+            if not privs and not pubs:
+                raise KeyNotFoundError(f"no private key {_key_name(token, label, key_id)} on token "
+                                       f"{token!r}, nor a public one")
             try:
-                priv.destroy()
-                for pub in pubs:
-                    pub.destroy()
+                for obj in (*privs, *pubs):
+                    obj.destroy()
             except p11err.PKCS11Error as exc:
                 raise KeyStoreError(f"deleting {_key_name(token, label, key_id)} failed: "
                                     f"{type(exc).__name__}") from None
             finally:
                 self._keys.pop((token, label, key_id), None)
-        return 1, len(pubs)
+        return len(privs), len(pubs)
 
 
 def _generation_spec(algorithm: str) -> str | int:
