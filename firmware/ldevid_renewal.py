@@ -94,8 +94,9 @@ def renew(enrollment: Enrollment, keys: LdevidKeys, store: Callable[[RenewalResu
           now: Callable[[], dt.datetime] | None = None) -> RenewalResult:
     """Renew the pledge's LDevID; `store(result)` persists a new one (see the module docstring).
 
-    A refusal or an unusable answer is a RenewalResult with `renewed` False and the reason;
-    a pledge that cannot try at all (not enrolled) raises RenewalError."""
+    A failure (no new key, no connection, a refusal, an unusable answer) is a RenewalResult
+    with `renewed` False and the reason; a pledge that cannot try at all (no usable current
+    LDevID key) raises RenewalError."""
     if keys.current is not enrollment.slot:
         raise RenewalError(f"the pledge's record names slot {enrollment.slot.value}, its keys "
                            f"{keys.current.value if keys.current else 'no current slot'}")
@@ -124,8 +125,12 @@ class _Renewal:
         pending = None
         conn = None
         try:
-            pending = self.keys.begin(current_key.algorithm)
-            csr = self._csr(pending.signer)
+            try:
+                pending = self.keys.begin(current_key.algorithm)
+                csr = self._csr(pending.signer)
+            except PledgeforgeError as exc:  # nothing was asked of the server yet: nothing to report
+                self.result.reason = f"the new LDevID key or its CSR could not be made: {exc}"
+                return self.result
             conn, response = self._reenroll(current_key, csr)
             if response.status != 200:
                 return self._fail(f"EST simplereenroll at {self.enrollment.est_url}: "
@@ -177,7 +182,11 @@ class _Renewal:
         headers = {"Content-Type": PKCS10_MEDIA_TYPE, "Accept": PKCS7_MEDIA_TYPE}
         for attempt in range(MAX_ACCEPTED_RETRIES + 1):
             conn = self._connect(self.enrollment.certificate, current_key)
-            response = HttpClient(conn, timeout=self.timeout).request("POST", path, headers, body)
+            try:
+                response = HttpClient(conn, timeout=self.timeout).request("POST", path, headers, body)
+            except TransportError:
+                conn.close()
+                raise
             if response.status != 202 or attempt == MAX_ACCEPTED_RETRIES:
                 return conn, response
             conn.close()  # nobody keeps a TLS session open across a wait

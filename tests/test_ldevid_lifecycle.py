@@ -163,6 +163,23 @@ def test_reenroll_renews_with_a_new_key_and_deletes_the_old_one(lab, keystore, t
     assert issued[1].requester.endswith(f"(certificate {issued[0].certificate_serial})")
 
 
+def test_a_renewal_that_cannot_authenticate_the_est_server_leaves_no_key_behind(lab):
+    serial = new_serial("RA")
+    bootstrap(lab, serial, "--keystore", "pkcs11")
+    before = key_store(lab, serial, "pkcs11")
+    # The pledge's record now trusts another CA for its EST server than the one that serves it.
+    record_path = lab.dir / "pledges" / serial / "ldevid.json"
+    record = json.loads(record_path.read_text())
+    record["ca_certificates"] = lab.pki("web-ca").read_text()
+    record_path.write_text(json.dumps(record))
+    out = run_cli("pledge", "reenroll", "--lab", lab.dir, "--serial", serial, "--json")
+    assert out.returncode == 1
+    result = json.loads(out.stdout)
+    assert not result["renewed"] and "no chain to a trusted anchor" in result["reason"]
+    assert result["deleted_keys"] and key_store(lab, serial, "pkcs11") == before
+    assert [i.kind for i in lab.owner_store().ldevids(serial)] == ["enroll"]
+
+
 def test_reenroll_of_a_pledge_never_enrolled_is_one_clear_error(lab):
     serial = new_serial("NE")
     run_cli("pledge", "bootstrap", "--lab", lab.dir, "--serial", serial, "--timeout", "0.5",
