@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from contextlib import nullcontext
 from pathlib import Path
 
 from .errors import KeyStoreError
@@ -76,8 +77,11 @@ class SoftHsm:
     def _util(self, *args: str) -> subprocess.CompletedProcess:
         # PINs go on this child's argv; softhsm2-util has no other way to take
         # them. They are never logged, and the child lives for milliseconds.
-        proc = subprocess.run(["softhsm2-util", *args], env=self.env(), capture_output=True,
-                              text=True, timeout=60)
+        # It reads and writes the token files too, so it runs under the store lock.
+        lock = StoreLock(self.token_dir / LOCK_FILE).held() if self.token_dir.is_dir() else nullcontext()
+        with lock:
+            proc = subprocess.run(["softhsm2-util", *args], env=self.env(), capture_output=True,
+                                  text=True, timeout=60)
         if proc.returncode != 0:
             raise KeyStoreError(f"softhsm2-util {args[0]} failed: {proc.stderr.strip() or proc.stdout.strip()}")
         return proc

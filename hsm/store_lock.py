@@ -19,9 +19,10 @@ leaves no stale lock. A call holds the lock for milliseconds (a signature, a
 login); the wait for it is bounded (`LOCK_TIMEOUT_S`) so that a stopped
 process cannot hang every other one forever.
 
-Only processes that use this lock are serialised with each other; tools such
-as softhsm2-util or pkcs11-tool do not take it (the backend still retries a
-token it cannot read, bounded).
+Only processes that take this lock are serialised with each other: the
+PKCS#11 backend, and softhsm2-util when pledgeforge runs it (hsm/softhsm.py).
+Tools run by hand, such as pkcs11-tool, do not take it; for them the backend
+still retries a token it cannot read, bounded.
 """
 
 from __future__ import annotations
