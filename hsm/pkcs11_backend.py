@@ -20,7 +20,10 @@ environment is never changed. The host costs one round trip per signature
 python-pkcs11 calls C_Initialize without locking arguments, so SoftHSM2 runs
 unlocked and two threads inside one module crash the process. Every call on
 a module instance therefore goes through that instance's one lock, and its
-async signatures queue on one worker thread.
+async signatures queue on one worker thread. SoftHSM2's file object store is
+not safe across processes either (a login or a key generation rewrites files
+another process may be reading): every call into it, from C_Initialize on,
+also holds the store's cross-process lock (store_lock.py).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import os
 import secrets
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import pkcs11
@@ -47,6 +51,7 @@ from .key_evidence import TokenKeyReport
 from .keyuri import Pkcs11Uri
 from .signer import (KeyAlgorithm, OtherKeyAlgorithm, Padding, Signer, check_digest_length,
                      ecdsa_raw_to_der)
+from .softhsm import file_store_lock
 
 #: what `generate` makes (SoftHSM2 and the HSMs we know do all of these)
 ALGORITHMS = ("ec-p256", "ec-p384", "ec-p521", "rsa-2048", "rsa-3072", "rsa-4096")
@@ -139,8 +144,12 @@ class LocalModule:
         #: the module and the configuration it was loaded with, for errors
         self.description = description or path
         self.lock = threading.RLock()
+        #: the module's configuration is this process's environment (here or in a module host)
+        self._store_lock = file_store_lock(path, os.environ)
+        self._depth = 0
         try:
-            self.lib = pkcs11.lib(path)
+            with self.exclusive():
+                self.lib = pkcs11.lib(path)
         except (RuntimeError, OSError, p11err.PKCS11Error) as exc:
             raise KeyStoreError(f"cannot load PKCS#11 module {path}: {exc}") from None
         # token label -> (session, fingerprint of the PIN it logged in with)
@@ -149,6 +158,19 @@ class LocalModule:
         self._keys: dict[tuple, tuple[pkcs11.Session, object, KeyType]] = {}
         #: one worker (started on first use): async signatures on this module wait their turn here
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="pkcs11")
+
+    @contextmanager
+    def exclusive(self):
+        """This instance's thread lock, then the token store's process lock where it has one
+        (taken once by the outermost caller: a second flock from this process would wait on itself)."""
+        with self.lock:
+            outermost = self._depth == 0
+            self._depth += 1
+            try:
+                with self._store_lock.held() if self._store_lock and outermost else nullcontext():
+                    yield
+            finally:
+                self._depth -= 1
 
     # ------------------------------------------------------------------ tokens and sessions
 
@@ -270,7 +292,7 @@ class LocalModule:
     def public_key(self, token: str, pin: str | None, label: str | None,
                    key_id: bytes | None) -> bytes:
         """DER SubjectPublicKeyInfo of the key pair whose private half the URI names."""
-        with self.lock:
+        with self.exclusive():
             priv = self._private_key(token, pin, label, key_id)[0]
             session = self._session(token, pin)
             pub = _find_one(session, ObjectClass.PUBLIC_KEY, token, label, key_id)
@@ -300,7 +322,7 @@ class LocalModule:
     def sign(self, token: str, pin: str | None, label: str | None, key_id: bytes | None,
              dgst: bytes, hash_name: str, pad: str) -> bytes:
         """A signature over a digest: DER ECDSA-Sig-Value, or the RSA signature bytes."""
-        with self.lock:
+        with self.exclusive():
             priv, key_type = self._private_key(token, pin, label, key_id)
             try:
                 if key_type == KeyType.EC:
@@ -322,7 +344,7 @@ class LocalModule:
         """A non-extractable key pair whose halves share one CKA_ID; returns that id."""
         spec = _generation_spec(algorithm)
         key_id = key_id or secrets.token_bytes(8)
-        with self.lock:
+        with self.exclusive():
             session = self._session(token, pin)
             clash = list(session.get_objects({Attribute.LABEL: label}))
             clash += list(session.get_objects({Attribute.ID: key_id}))
@@ -354,7 +376,7 @@ class LocalModule:
     def list_keys(self, token: str, pin: str | None) -> list[tuple]:
         """(label, id hex, algorithm, sensitive, extractable) of every private key on the token."""
         out = []
-        with self.lock:
+        with self.exclusive():
             session = self._session(token, pin)
             for obj in list(session.get_objects({Attribute.CLASS: ObjectClass.PRIVATE_KEY})):
                 if obj.key_type == KeyType.EC:
@@ -371,23 +393,31 @@ class LocalModule:
 
     def delete(self, token: str, pin: str | None, label: str | None,
                key_id: bytes | None) -> tuple[int, int]:
-        """Destroy the private key the URI names and its public key; (private, public) destroyed."""
-        with self.lock:
-            priv = self._private_key(token, pin, label, key_id)[0]
+        """Destroy the private key the URI names and its public key; (private, public) destroyed.
+
+        A public key left alone (a generation cut short between the two halves) is
+        destroyed too: it would block a new key under its label."""
+        with self.exclusive():
             session = self._session(token, pin)
+            privs = _find(session, ObjectClass.PRIVATE_KEY, label, key_id)
+            if len(privs) > 1:
+                raise KeyStoreError(f"{len(privs)} private keys match {_key_name(token, label, key_id)}; "
+                                    "add id=... to the URI to pick one")
             pubs = _find(session, ObjectClass.PUBLIC_KEY, label, key_id)
-            if not pubs and priv[Attribute.ID]:
-                pubs = _find(session, ObjectClass.PUBLIC_KEY, None, priv[Attribute.ID])
+            if not pubs and privs and privs[0][Attribute.ID]:
+                pubs = _find(session, ObjectClass.PUBLIC_KEY, None, privs[0][Attribute.ID])
+            if not privs and not pubs:
+                raise KeyNotFoundError(f"no private key {_key_name(token, label, key_id)} on token "
+                                       f"{token!r}, nor a public one")
             try:
-                priv.destroy()
-                for pub in pubs:
-                    pub.destroy()
+                for obj in (*privs, *pubs):
+                    obj.destroy()
             except p11err.PKCS11Error as exc:
                 raise KeyStoreError(f"deleting {_key_name(token, label, key_id)} failed: "
                                     f"{type(exc).__name__}") from None
             finally:
                 self._keys.pop((token, label, key_id), None)
-        return 1, len(pubs)
+        return len(privs), len(pubs)
 
 
 def _generation_spec(algorithm: str) -> str | int:

@@ -1,4 +1,4 @@
-"""X.509 certificates and CSRs signed inside a key store.
+"""X.509 certificates, CRLs and CSRs signed inside a key store.
 
 cryptography's builders only sign with keys they hold. We let a builder do
 what it is good at (names, extensions, DER) by signing with a throwaway
@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 from asn1crypto import core as asn1_core
+from asn1crypto import crl as asn1_crl
 from asn1crypto import csr as asn1_csr
 from asn1crypto import keys as asn1_keys
 from asn1crypto import x509 as asn1_x509
@@ -290,6 +291,48 @@ def issued_certificate_steps(
 issue_certificate = signing_function(issued_certificate_steps)
 #: issue_certificate for servers: the event loop keeps serving while the CA key signs
 issue_certificate_async = async_signing_function(issued_certificate_steps)
+
+
+def revocation_list_steps(
+    ca_signer: Signer,
+    ca_cert: x509.Certificate,
+    revoked: Iterable[tuple[int, dt.datetime, x509.ReasonFlags | None]],
+    *,
+    number: int,
+    this_update: dt.datetime,
+    next_update: dt.datetime,
+    hash_name: str | None = None,
+    pad: Padding = Padding.PKCS1V15,
+) -> SigningSteps[x509.CertificateRevocationList]:
+    """An RFC 5280 CRL of `ca_cert` listing (certificate serial, revocation time, reason) entries,
+    with cRLNumber `number` and the CA's authorityKeyIdentifier, signed with the CA key in `ca_signer`.
+    A reason of None or unspecified is left out (RFC 5280 5.3.1)."""
+    if ca_cert.public_key().public_bytes(serialization.Encoding.DER,
+                                         serialization.PublicFormat.SubjectPublicKeyInfo) \
+            != ca_signer.public_key_der():
+        raise CertificateError("the CA certificate does not belong to the CA key")
+    builder = (x509.CertificateRevocationListBuilder()
+               .issuer_name(ca_cert.subject).last_update(this_update).next_update(next_update)
+               .add_extension(x509.CRLNumber(number), critical=False)
+               .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_cert.public_key()),
+                              critical=False))
+    for serial, when, reason in revoked:
+        entry = x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(when)
+        if reason not in (None, x509.ReasonFlags.unspecified):
+            entry = entry.add_extension(x509.CRLReason(reason), critical=False)
+        builder = builder.add_revoked_certificate(entry.build())
+    hash_name = _defaults(ca_signer, hash_name)
+    draft = asn1_crl.CertificateList.load(
+        builder.sign(**_builder_args(ca_signer, hash_name, pad)).public_bytes(serialization.Encoding.DER))
+    tbs = draft["tbs_cert_list"]
+    signature = yield SignatureRequest(ca_signer, tbs.dump(), hash_name, pad)
+    final = asn1_crl.CertificateList({"tbs_cert_list": tbs, "signature_algorithm": draft["signature_algorithm"],
+                                      "signature": signature})
+    return x509.load_der_x509_crl(final.dump())
+
+
+#: a CRL signed in the HSM, for servers: the event loop keeps serving meanwhile
+issue_crl_async = async_signing_function(revocation_list_steps)
 
 
 def issue_idevid(

@@ -1,21 +1,31 @@
-"""A pledge provisioned in a local lab, bootstrapped by the real driver.
+"""A pledge provisioned in a local lab, bootstrapped and renewed by the real firmware.
 
 Glue between the lab (registrar/lab.py: keys, IDevID, ownership) and the
-pledge (firmware/pledge.py: state machine over TLS). What the bootstrap
-produced is written to the pledge's own directory in the lab, so a user can
-check it with openssl afterwards:
+pledge (firmware/: state machine over TLS, LDevID key lifecycle, renewal).
+What the pledge keeps, and what a user checks with openssl afterwards, is
+written to its own directory in the lab:
 
     pledges/<serial>/idevid.crt     the IDevID (written at provisioning)
+    pledges/<serial>/ldevid.json    the pledge's record of its enrollment: the LDevID, the slot
+                                    of its key, the EST CA certificates and URL (one atomic
+                                    write: the LDevID key is promoted only once it is stored)
     pledges/<serial>/voucher.p7b    the verified voucher (DER CMS)
-    pledges/<serial>/ldevid.crt     the LDevID (PEM)
-    pledges/<serial>/cacerts.pem    the EST CA certificates
+    pledges/<serial>/ldevid.crt     the LDevID (PEM; a copy of ldevid.json's)
+    pledges/<serial>/cacerts.pem    the EST CA certificates (a copy of ldevid.json's)
     pledges/<serial>/additional-configuration   when the voucher named one
     pledges/<serial>/result.json    what `pledgeforge pledge bootstrap --json` prints
+
+The LDevID key has two slots (firmware/ldevid_keys.py): labels
+ldevid-<serial>-a/-b on the lab's pledge token, or TPM handles 0x81020001 and
+0x81020002 beside the IDevID's 0x81020000. Every bootstrap and renewal starts
+by deleting whatever an attempt cut short left in the slot that is not current.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -23,28 +33,70 @@ from cryptography import x509
 
 from pledgeforge.atomicfile import atomic_write
 from pledgeforge.firmware import pledge_machine as pm
+from pledgeforge.firmware.ldevid_keys import LdevidKeys, LdevidSlots, Slot
+from pledgeforge.firmware.ldevid_renewal import Enrollment, RenewalResult, renew
 from pledgeforge.firmware.pledge import BootstrapResult, PledgeDriver, PledgeIdentity
-from pledgeforge.hsm.chain import load_certificate_file
-from pledgeforge.hsm.keyuri import parse_key_uri
+from pledgeforge.hsm.chain import load_certificate_file, load_certificates
+from pledgeforge.hsm.identity_names import check_serial_number
+from pledgeforge.hsm.keyuri import TpmUri, parse_key_uri
+from pledgeforge.hsm.signer import KeyAlgorithm
 from pledgeforge.hsm.x509 import to_pem
-from pledgeforge.registrar.lab import ProvisionedPledge
+from pledgeforge.registrar.lab import IDEVID_HANDLE, Lab, LabError, ProvisionedPledge
 
 VOUCHER_FILE = "voucher.p7b"
+ENROLLMENT_FILE = "ldevid.json"
 LDEVID_FILE = "ldevid.crt"
 CACERTS_FILE = "cacerts.pem"
 ADDITIONAL_CONFIGURATION_FILE = "additional-configuration"
 RESULT_FILE = "result.json"
+#: a TPM pledge's LDevID slots: this handle and the next, beside the IDevID's
+LDEVID_TPM_HANDLE = IDEVID_HANDLE + 1
+
+
+def provisioned(lab: Lab, serial: str) -> bool:
+    """Whether `serial` (a valid serial number, or IdentityNameError) is provisioned in `lab`."""
+    check_serial_number(serial)
+    return (lab.dir / "pledges" / serial / "idevid.crt").exists()
+
+
+def reopen_pledge(lab: Lab, serial: str) -> ProvisionedPledge:
+    """A pledge provisioned earlier in `lab` (by `provision_pledge`), ready to run again: its
+    TPM started on its state, or its keys on the lab's pledge token."""
+    directory = lab.dir / "pledges" / serial
+    if not provisioned(lab, serial):
+        raise LabError(f"no pledge {serial} in {lab.dir} (provision one with `pledgeforge pledge bootstrap`)")
+    flow = lab.owner_store().pledge_flow(serial) or "redirect"
+    idevid = load_certificate_file(str(directory / "idevid.crt"), "IDevID")[0]
+    tpm_state = lab.dir / "swtpm" / serial
+    tpm, token_uri = None, None
+    if tpm_state.exists():
+        from pledgeforge.hsm.swtpm import Swtpm
+
+        tpm = Swtpm(tpm_state, key_file=directory / "tpm-state.key").start()
+        key_uri = str(tpm.key_uri(IDEVID_HANDLE))
+    else:
+        key_uri = str(lab.key_uri("pledges", f"idevid-{serial}"))
+        token_uri = str(lab.key_uri("pledges", None))
+    return ProvisionedPledge(
+        serial=serial, flow=flow, keystore="tpm" if tpm else "pkcs11",
+        algorithm=KeyAlgorithm.of_public_key(idevid.public_key()).value, key_uri=key_uri,
+        idevid_cert=directory / "idevid.crt", manufacturer_ca=lab.pki("manufacturer-ca"),
+        cloud_anchor=lab.pki("web-ca"), cloud_registrar_url=lab.url("cloud"),
+        owner_registrar_url=lab.url("owner"), masa_url=lab.masa_url, directory=directory,
+        softhsm2_conf=lab.softhsm.conf, token_uri=token_uri, swtpm=tpm)
 
 
 def pledge_identity(pledge: ProvisionedPledge, cloud_registrar_url: str | None = None) -> PledgeIdentity:
     """What the provisioned pledge is born with, as the driver wants it.
 
     The LDevID key goes into the same key store as the IDevID: the pledge
-    token (a label of its own per serial) or the pledge's own TPM.
+    token (labels of its own per serial) or the pledge's own TPM.
     """
-    ldevid_uri = None
     if pledge.token_uri:
         ldevid_uri = str(parse_key_uri(pledge.token_uri).with_object(f"ldevid-{pledge.serial}"))
+    else:
+        idevid = parse_key_uri(pledge.key_uri)
+        ldevid_uri = str(TpmUri(handle=LDEVID_TPM_HANDLE, tcti=idevid.tcti, hierarchy=idevid.hierarchy))
     return PledgeIdentity(
         idevid_key_uri=pledge.key_uri,
         idevid=load_certificate_file(str(pledge.idevid_cert), "IDevID")[0],
@@ -55,13 +107,97 @@ def pledge_identity(pledge: ProvisionedPledge, cloud_registrar_url: str | None =
     )
 
 
+@dataclass(frozen=True)
+class EnrollmentRecord:
+    """pledges/<serial>/ldevid.json: what the pledge keeps of its enrollment."""
+
+    enrollment: Enrollment
+    key_uri: str
+
+    @classmethod
+    def read(cls, pledge: ProvisionedPledge) -> "EnrollmentRecord | None":
+        path = Path(pledge.directory) / ENROLLMENT_FILE
+        try:
+            doc = json.loads(path.read_text())
+            return cls(Enrollment(
+                certificate=x509.load_pem_x509_certificate(doc["certificate"].encode()),
+                slot=Slot(doc["slot"]), ca_certs=tuple(load_certificates(doc["ca_certificates"].encode())),
+                est_url=doc["est_url"]), doc["key"])
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise LabError(f"{path} is unreadable ({exc}); bootstrap the pledge again") from None
+
+    def write(self, pledge: ProvisionedPledge) -> None:
+        e = self.enrollment
+        doc = {"serial": e.serial, "slot": e.slot.value, "key": self.key_uri,
+               "certificate": to_pem(e.certificate).decode(),
+               "ca_certificates": "".join(to_pem(c).decode() for c in e.ca_certs),
+               "est_url": e.est_url,
+               "stored_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+        atomic_write(Path(pledge.directory) / ENROLLMENT_FILE, (json.dumps(doc, indent=2) + "\n").encode())
+
+
+def ldevid_keys(pledge: ProvisionedPledge, identity: PledgeIdentity) -> LdevidKeys:
+    """The pledge's LDevID slots, the one its record names current; what an attempt cut
+    short left in the other slot is deleted here."""
+    record = EnrollmentRecord.read(pledge)
+    keys = LdevidKeys(LdevidSlots.beside(identity.ldevid_key_uri),
+                      current=record.enrollment.slot if record else None)
+    keys.recover()
+    return keys
+
+
 def bootstrap(pledge: ProvisionedPledge, *, config: pm.PledgeConfig | None = None,
               identity: PledgeIdentity | None = None, timeout: float = 10.0,
               on_transition: Callable[[pm.Transition], None] | None = None) -> tuple[BootstrapResult, dict]:
     """Run the pledge to Enrolled or Failed; store what it got; return (result, summary)."""
     identity = identity or pledge_identity(pledge)
-    result = PledgeDriver(identity, config, timeout=timeout, on_transition=on_transition).run()
+
+    def store(result: BootstrapResult) -> None:
+        EnrollmentRecord(Enrollment(result.ldevid, result.ldevid_slot, tuple(result.ca_certs),
+                                    result.est_url), result.ldevid_key_uri).write(pledge)
+
+    driver = PledgeDriver(identity, config, timeout=timeout, on_transition=on_transition,
+                          ldevid_keys=ldevid_keys(pledge, identity))
+    result = driver.run(store=store)
     summary = store_result(pledge, result, identity.idevid)
+    return result, summary
+
+
+def reenroll(pledge: ProvisionedPledge, *, timeout: float = 10.0) -> tuple[RenewalResult, dict]:
+    """Renew the enrolled pledge's LDevID (EST /simplereenroll); return (result, summary)."""
+    record = EnrollmentRecord.read(pledge)
+    if record is None:
+        raise LabError(f"pledge {pledge.serial} holds no LDevID; bootstrap it first")
+    identity = pledge_identity(pledge)
+    keys = ldevid_keys(pledge, identity)
+
+    def store(result: RenewalResult) -> None:
+        EnrollmentRecord(Enrollment(result.certificate, result.slot, record.enrollment.ca_certs,
+                                    record.enrollment.est_url), result.key_uri).write(pledge)
+
+    result = renew(record.enrollment, keys, store, timeout=timeout)
+    directory = Path(pledge.directory)
+    if result.renewed:
+        _write(directory / LDEVID_FILE, to_pem(result.certificate))
+    previous = record.enrollment.certificate
+    summary = {
+        "renewed": result.renewed,
+        "reason": result.reason,
+        "serial": pledge.serial,
+        "keystore": pledge.keystore,
+        "previous_ldevid_serial": f"{previous.serial_number:x}",
+        "previous_ldevid_key": record.key_uri,
+        "ldevid_serial": f"{result.certificate.serial_number:x}" if result.renewed else None,
+        "ldevid_key": result.key_uri,
+        "ldevid": str(directory / LDEVID_FILE) if result.renewed else None,
+        "ldevid_subject": result.certificate.subject.rfc4514_string() if result.renewed else None,
+        "not_after": result.certificate.not_valid_after_utc.isoformat() if result.renewed else None,
+        "enrollstatus": result.enroll_status,
+        "deleted_keys": result.deleted,
+        "est_url": record.enrollment.est_url,
+    }
     return result, summary
 
 

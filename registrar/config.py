@@ -30,6 +30,8 @@ or an operator's directory can be moved as a whole. Example (owner):
     [est]                                 # owner registrars only
     ca_key = "pkcs11:token=owner;object=owner-ca?..."
     ca_cert = "pki/owner-ca.crt"
+    crl_url = "https://registrar.example:8443/crl"   # optional: the CRL distribution point of
+    crl_days = 7                                     # issued LDevIDs, and each CRL's lifetime
 
     [est.csrattrs]
     subject = ["CN", "serialNumber"]
@@ -56,6 +58,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from pledgeforge.errors import FileAccessError, UsageError
 from pledgeforge.hsm.identity_names import IdentityNameError, check_dns_name, check_name
@@ -135,6 +138,10 @@ class EstSettings:
     csrattrs: CsrAttrsSettings = CsrAttrsSettings()
     #: files served at /pledge-config/<name> (additional-configuration-url targets)
     additional_configuration_dir: Path | None = None
+    #: the URL of this registrar's /crl: issued LDevIDs name it as their CRL distribution point
+    crl_url: str | None = None
+    #: how long each CRL is valid (its nextUpdate)
+    crl_days: int = 7
 
 
 @dataclass(frozen=True)
@@ -341,6 +348,15 @@ def _san_templates(table: _Table) -> tuple[str, ...]:
     return templates
 
 
+def _crl_url(table: _Table) -> str | None:
+    url = table.text("crl_url", None)
+    if url is not None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise table.fail("crl_url", f"must be an http:// or https:// URL, not {url!r}")
+    return url
+
+
 def _rate_limits(table: _Table | None) -> MasaRateLimits:
     default = MasaRateLimits()
     if table is None:
@@ -425,6 +441,7 @@ def load_config(path: str | Path) -> MasaConfig | RegistrarConfig:
             certificate_days=e.positive("certificate_days", int, 365), csrattrs=csrattrs,
             additional_configuration_dir=e.path("additional_configuration_dir", None,
                                                 must_exist=False),
+            crl_url=_crl_url(e), crl_days=e.positive("crl_days", int, 7),
         )
     elif top.table("est", required=False) is not None:
         raise top.fail("est", "is only for owner registrars (a cloud registrar is no EST server)")

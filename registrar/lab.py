@@ -707,6 +707,7 @@ def _write_configs(lab: Lab) -> None:
              + registrar("owner", "owner", "registrar-signer", [lab.pki("owner-ca")])
              + f"\n[est]\nca_key = {q(lab.key_uri('owner', 'owner-ca'))}\n"
              f"ca_cert = {q(lab.pki('owner-ca'))}\ncertificate_days = 365\n"
+             f"crl_url = {q(lab.url('owner') + '/crl')}\n"
              f"additional_configuration_dir = {q(d / 'owner-config')}\n\n"
              "[est.csrattrs]\nsubject = [\"CN\", \"serialNumber\"]\n"
              "san_dns = [\"{serial}.pledges.lab.pledgeforge.test\"]\n"

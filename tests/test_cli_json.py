@@ -28,6 +28,7 @@ JQ_CHECKED = {
     "board profiles", "board power", "board console-log", "board set-verify-key",
     "registrar add-pledge", "registrar set-response", "registrar overload",
     "masa add-owner", "masa add-device", "pledge bootstrap", "verify",
+    "pledge reenroll", "registrar ldevids", "registrar revoke",  # test_ldevid_lifecycle.py
     "lab up", "lab status", "lab down",         # test_lab.py
     "demo",                                     # test_demo.py
 }

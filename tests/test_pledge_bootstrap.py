@@ -318,3 +318,27 @@ def test_registrar_serve_runs_the_lab_configurations(tmp_path):
 
     wrong = run_cli("registrar", "serve", "--config", lab.config_path("masa"))
     assert wrong.returncode == 2 and b"masa serve" in wrong.stderr
+
+
+# --------------------------------------------------------------------------- failures after the voucher
+
+@pytest.mark.parametrize("flow", ["redirect", "est-domain"])
+def test_a_key_store_failure_after_the_voucher_is_reported_in_enrollstatus(lab, flow):
+    from pledgeforge.firmware.ldevid_keys import LdevidKeys, LdevidSlots
+    from pledgeforge.firmware.pledge import PledgeDriver
+    from pledgeforge.registrar.db import OWNER_METADATA, table_contents
+
+    pledge = lab.provision_pledge(f"T-{secrets.token_hex(4).upper()}", keystore="pkcs11", flow=flow)
+    identity = lab_pledge.pledge_identity(pledge)
+    # The LDevID key cannot be made: its slots are on a token this SoftHSM does not have.
+    broken = LdevidKeys(LdevidSlots.beside(lab.key_uri("no-such-token", "ldevid")))
+    config = PledgeConfig(cloud_registrar_url=identity.cloud_registrar_url, max_restarts=0)
+    result = PledgeDriver(identity, config, timeout=5, ldevid_keys=broken).run()
+    assert result.state == "failed" and "no PKCS#11 token labelled 'no-such-token'" in result.reason
+    assert states(result)[-2:] == ["est-status", "failed"]
+    reports = [r for r in table_contents(lab.owner_store().engine, OWNER_METADATA)["owner_status_reports"]
+               if r[1] == pledge.serial and r[2] == "enrollstatus"]
+    assert len(reports) == 1
+    assert reports[0][3] is False and "generating the LDevID key and CSR failed" in reports[0][4]
+    assert "no-such-token" in json.loads(reports[0][5])["reason"]
+    assert lab.owner_store().ldevids(pledge.serial) == []  # nothing was issued

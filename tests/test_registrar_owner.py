@@ -135,9 +135,12 @@ def test_round_trip_voucher_then_est_enrollment(lab, pledge, tmp_path):
     assert renewed.status == 200, renewed.body
     new_cert = parse_certs_only(renewed.body)[0]
     assert new_cert.subject == ldevid.subject and new_cert.public_key() == renewal_key.public_key
-    kinds = [r[2] for r in table_contents(lab.owner_store().engine, OWNER_METADATA)["owner_enrollments"]
-             if r[1] == pledge.serial]
-    assert kinds == ["enroll", "reenroll"]
+    issued = lab.owner_store().ldevids(pledge.serial)
+    assert [(i.kind, i.certificate_serial) for i in issued] == [
+        ("enroll", f"{ldevid.serial_number:x}"), ("reenroll", f"{new_cert.serial_number:x}")]
+    assert issued[0].requester.startswith("idevid ") and issued[1].requester == (
+        f"ldevid {ldevid.subject.rfc4514_string()} (certificate {ldevid.serial_number:x})")
+    assert [i.state for i in issued] == ["confirmed", "unconfirmed"]
 
 
 def test_est_domain_pledge_enrolls_without_a_voucher_from_this_registrar(lab, pledge):
