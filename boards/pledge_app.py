@@ -40,7 +40,7 @@ class LabPledgeApp(FirmwareApp):
     """Pledge firmware whose factory and registrars are a local lab."""
 
     def __init__(self, lab_dir: Path, flow: str = "redirect", timeout: float = 10.0):
-        from pledgeforge.registrar.lab import Lab
+        from pledgeforge.lab import Lab
 
         if flow not in FLOWS:
             raise ValueError(f"flow must be one of {', '.join(FLOWS)}, not {flow!r}")

@@ -105,7 +105,7 @@ def drive_board(console: BoardConsole, summary: BoardSummary, say: Callable[[str
 
 def run_demo(directory: Path, *, keep: bool = False, say: Callable[[str], None] = lambda s: None) -> dict:
     """Run the whole demo in `directory`; the summary as a JSON-ready dict."""
-    from pledgeforge.registrar.lab import Lab
+    from pledgeforge.lab import Lab
 
     directory = directory.resolve()
     lab_dir = directory / "lab"

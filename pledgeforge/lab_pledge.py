@@ -1,6 +1,6 @@
 """A pledge provisioned in a local lab, bootstrapped by the real driver.
 
-Glue between the lab (registrar/lab.py: keys, IDevID, ownership) and the
+Glue between the lab (pledgeforge/lab: keys, IDevID, ownership) and the
 pledge (firmware/pledge.py: state machine over TLS). What the bootstrap
 produced is written to the pledge's own directory in the lab, so a user can
 check it with openssl afterwards:
@@ -27,7 +27,7 @@ from pledgeforge.firmware.pledge import BootstrapResult, PledgeDriver, PledgeIde
 from pledgeforge.hsm.chain import load_certificate_file
 from pledgeforge.hsm.keyuri import parse_key_uri
 from pledgeforge.hsm.x509 import to_pem
-from pledgeforge.registrar.lab import ProvisionedPledge
+from pledgeforge.lab import ProvisionedPledge
 
 VOUCHER_FILE = "voucher.p7b"
 LDEVID_FILE = "ldevid.crt"

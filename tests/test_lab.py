@@ -13,7 +13,7 @@ from clirunner import openssl, run_cli
 from pledgeforge.hsm.chain import load_certificate_file
 from pledgeforge.hsm.keystore import open_signer
 from pledgeforge.hsm.x509 import masa_url_of, serial_number_of
-from pledgeforge.registrar.lab import LabError
+from pledgeforge.lab import LabError
 
 
 def _alive(pid: int) -> bool:

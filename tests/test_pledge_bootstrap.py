@@ -288,7 +288,7 @@ def test_registrar_serve_runs_the_lab_configurations(tmp_path):
     import subprocess
 
     from clirunner import PLEDGEFORGE
-    from pledgeforge.registrar.lab import Lab
+    from pledgeforge.lab import Lab
 
     with running_lab(tmp_path / "lab") as lab:
         pass  # created, then stopped: the configuration files stay

@@ -33,7 +33,7 @@ def bootstrap(lab_dir, flow, keystore, algorithm, serial, timeout, as_json):
     Prints every state the pledge passes. Exit status 0 when enrolled.
     """
     from pledgeforge import lab_pledge
-    from pledgeforge.registrar.lab import Lab
+    from pledgeforge.lab import Lab
 
     lab = Lab.load(lab_dir)
     problem = lab.probe("cloud")

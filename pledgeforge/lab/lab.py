@@ -74,8 +74,8 @@ from pledgeforge.hsm.softhsm import SoftHsm
 from pledgeforge.hsm.wellknown import REQUEST_VOUCHER
 from pledgeforge.hsm.x509 import issue_certificate, issue_idevid, make_ca, to_pem
 
-from .db import CloudStore, MasaStore, OwnerStore
-from .web import HEALTH_PATH
+from pledgeforge.registrar.db import CloudStore, MasaStore, OwnerStore
+from pledgeforge.registrar.web import HEALTH_PATH
 
 LAB_FILE = "lab.json"
 ROLES = ("masa", "owner", "cloud")
