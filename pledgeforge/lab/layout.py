@@ -1,0 +1,98 @@
+"""Where everything of a lab is: its directory's layout, its servers' ports and URLs, its key URIs.
+
+    softhsm/           SoftHSM2 config and tokens: vendor (manufacturer CA, web CA),
+                       masa (voucher key), owner (owner CA = EST CA, registrar
+                       voucher-request key), cloud (cloud registrar voucher-request
+                       key), pledges (IDevID/LDevID keys of PKCS#11 pledges)
+    secrets/           user and SO PINs (0600); key URIs name them by pin-source=file:
+    pki/               CA and signer certificates (PEM)
+    tls/               TLS server certificates and their keys (PEM files)
+    config/            masa.toml, cloud.toml, owner.toml (`pledgeforge ... serve --config`)
+    db/                one SQLite database per server
+    logs/              one log per server
+    swtpm/<serial>/    TPM state of each TPM pledge (one swtpm per pledge, as one TPM per board;
+                       encrypted, reached through Unix sockets only its owner may open)
+    pledges/<serial>/  each pledge's IDevID certificate (and its TPM state's key, 0600)
+    owner-config/      files behind additional-configuration-url
+    lab.json           URLs, ports, trust anchors, SoftHSM, PIDs (rewritten atomically)
+
+Every key URI of the lab carries the lab's SoftHSM configuration
+(x-module-env=SOFTHSM2_CONF=...), so any process can use the lab's keys beside
+keys of other SoftHSM instances.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pledgeforge.atomicfile import atomic_write
+from pledgeforge.errors import PledgeforgeError
+from pledgeforge.hsm.keyuri import Pkcs11Uri
+from pledgeforge.hsm.softhsm import SoftHsm
+
+LAB_FILE = "lab.json"
+HOST = "127.0.0.1"
+SUBDIRECTORIES = ("softhsm", "secrets", "pki", "tls", "config", "db", "logs", "swtpm", "pledges",
+                  "owner-config")
+
+
+class LabError(PledgeforgeError):
+    """The lab could not be created, started, stopped or used."""
+
+
+class LabLayout:
+    """A lab directory and what its lab.json says: names only, no servers, no keys."""
+
+    def __init__(self, directory: Path, data: dict):
+        self.dir = directory
+        self.data = data
+        self.softhsm = SoftHsm(directory / "softhsm")
+
+    def save(self) -> None:
+        atomic_write(self.dir / LAB_FILE, (json.dumps(self.data, indent=2, sort_keys=True) + "\n").encode())
+
+    # ------------------------------------------------------------------ files
+
+    @property
+    def pin_file(self) -> Path:
+        return self.dir / "secrets" / "user.pin"
+
+    def pki(self, name: str) -> Path:
+        return self.dir / "pki" / f"{name}.crt"
+
+    def tls_files(self, name: str) -> tuple[Path, Path]:
+        """A TLS certificate (PEM chain) and its key file."""
+        return self.dir / "tls" / f"{name}.crt", self.dir / "tls" / f"{name}.key"
+
+    def config_path(self, role: str) -> Path:
+        return self.dir / "config" / f"{role}.toml"
+
+    def log_path(self, role: str) -> Path:
+        return self.dir / "logs" / f"{role}.log"
+
+    def database_url(self, role: str) -> str:
+        return f"sqlite:///{self.dir / 'db' / f'{role}.sqlite'}"
+
+    def pledge_dir(self, serial: str) -> Path:
+        return self.dir / "pledges" / serial
+
+    def key_uri(self, token: str, obj: str | None) -> Pkcs11Uri:
+        return self.softhsm.token_uri(token, pin_file=self.pin_file).with_object(obj)
+
+    # ------------------------------------------------------------------ servers
+
+    def port(self, role: str, endpoint: str = "main") -> int:
+        return self.data["servers"][role]["ports"][endpoint]
+
+    def url(self, role: str, endpoint: str = "main") -> str:
+        """The origin of a server (endpoint "var": the cloud registrar's second identity)."""
+        return f"https://{HOST}:{self.port(role, endpoint)}"
+
+    @property
+    def masa_url(self) -> str:
+        """As the IDevIDs carry it (id-pe-masa-url: host:port)."""
+        return f"{HOST}:{self.port('masa')}"
+
+    def pid(self, role: str) -> int | None:
+        return self.data["servers"][role].get("pid")
