@@ -9,14 +9,13 @@ mistake is reported as one error naming the file, the table and the field.
 
 from __future__ import annotations
 
-import difflib
 import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pledgeforge.errors import PledgeforgeError
+from pledgeforge.errors import PledgeforgeError, closest_name
 from pledgeforge.hsm.identity_names import IdentityNameError, check_dns_label
 from pledgeforge.hsm.signer import KeyAlgorithm
 
@@ -128,9 +127,9 @@ class _Table:
         self.used.add(field)
         if field not in self.data:
             if default is _REQUIRED:
-                typo = difflib.get_close_matches(field, [k for k in self.data if k not in self.used], 1)
+                typo = closest_name(field, [k for k in self.data if k not in self.used])
                 if typo:
-                    self._fail(typo[0], f"is not a known field; did you mean {field}?")
+                    self._fail(typo, f"is not a known field; did you mean {field}?")
                 self._fail(field, "is missing")
             return default
         return self.data[field]
@@ -177,8 +176,8 @@ class _Table:
     def check_unknown(self) -> None:
         unknown = sorted(set(self.data) - self.used)
         if unknown:
-            close = difflib.get_close_matches(unknown[0], self.used, 1)
-            hint = f"did you mean {close[0]}?" if close else f"known fields: {', '.join(sorted(self.used))}"
+            close = closest_name(unknown[0], self.used)
+            hint = f"did you mean {close}?" if close else f"known fields: {', '.join(sorted(self.used))}"
             self._fail(unknown[0], f"is not a known field ({hint})")
 
 

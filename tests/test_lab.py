@@ -14,6 +14,8 @@ from pledgeforge.hsm.chain import load_certificate_file
 from pledgeforge.hsm.keystore import open_signer
 from pledgeforge.hsm.x509 import masa_url_of, serial_number_of
 from pledgeforge.lab import LabError
+from pledgeforge.lab.configs import server_configs
+from pledgeforge.registrar.config import load_config
 
 
 def _alive(pid: int) -> bool:
@@ -143,3 +145,10 @@ def test_lab_api_refuses_bad_input(lab):
     # The lab's keys carry its SoftHSM configuration; this process's environment is left alone.
     assert dict(lab.key_uri("vendor", "web-ca").module_env)["SOFTHSM2_CONF"] == str(lab.softhsm.conf)
     assert os.environ.get("SOFTHSM2_CONF") != str(lab.softhsm.conf)
+
+
+def test_the_lab_writes_its_servers_configurations_from_the_dataclasses_they_read(lab):
+    written = server_configs(lab)
+    assert sorted(config.role for config in written) == ["cloud", "masa", "owner"]
+    for config in written:
+        assert load_config(config.path) == config

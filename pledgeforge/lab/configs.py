@@ -1,57 +1,61 @@
-"""The lab's server configurations: config/masa.toml, cloud.toml and owner.toml."""
+"""The lab's server configurations: config/masa.toml, cloud.toml and owner.toml.
+
+They are the dataclasses the servers read (registrar/config.py), filled in
+from the lab's layout and written by the same module that reads them, so a
+setting can never be written in a form the servers do not accept.
+"""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
-from pledgeforge.atomicfile import atomic_write
+from pledgeforge.registrar.config import (CsrAttrsSettings, EstSettings, MasaConfig, RegistrarConfig,
+                                          ServerSettings, SignerSettings, TrustedCloudRegistrar,
+                                          UpstreamSettings, write_config)
 
 from .layout import HOST, LabLayout
 
+#: the dNSName the owner CA puts in every LDevID
+LDEVID_DNS_TEMPLATE = "{serial}.pledges.lab.pledgeforge.test"
 
-def _toml_string(value: str | Path) -> str:
-    return json.dumps(str(value))  # a JSON string is a valid TOML basic string
+
+def _server(lab: LabLayout, role: str, tls: str) -> ServerSettings:
+    cert, key = lab.tls_files(tls)
+    extra = {name: port for name, port in lab.data["servers"][role]["ports"].items() if name != "main"}
+    return ServerSettings(host=HOST, port=lab.port(role), tls_cert=cert, tls_key=key, extra_ports=extra)
 
 
-def _toml_list(values) -> str:
-    return "[" + ", ".join(_toml_string(v) for v in values) + "]"
+def server_configs(lab: LabLayout) -> list[MasaConfig | RegistrarConfig]:
+    """What each of the lab's servers runs with."""
+    manufacturer_cas = (lab.pki("manufacturer-ca"),)
+    masa = MasaConfig(
+        path=lab.config_path("masa"), server=_server(lab, "masa", "masa"),
+        database_url=lab.database_url("masa"), softhsm2_conf=None,
+        signer=SignerSettings(lab.key_uri("masa", "voucher-signer"), lab.pki("masa-signer")),
+        manufacturer_cas=manufacturer_cas,
+        cloud_registrars=(TrustedCloudRegistrar("lab-cloud", lab.pki("cloud-signer")),))
+    upstream = UpstreamSettings(anchors=(lab.pki("web-ca"),))
+    cloud = RegistrarConfig(
+        path=lab.config_path("cloud"), role="cloud", server=_server(lab, "cloud", "cloud"),
+        database_url=lab.database_url("cloud"), softhsm2_conf=None,
+        signer=SignerSettings(lab.key_uri("cloud", "registrar-signer"), lab.pki("cloud-signer"),
+                              (lab.pki("web-ca"),)),
+        manufacturer_cas=manufacturer_cas, upstream=upstream)
+    owner = RegistrarConfig(
+        path=lab.config_path("owner"), role="owner", server=_server(lab, "owner", "registrar"),
+        database_url=lab.database_url("owner"), softhsm2_conf=None,
+        signer=SignerSettings(lab.key_uri("owner", "registrar-signer"), lab.pki("registrar-signer"),
+                              (lab.pki("owner-ca"),)),
+        manufacturer_cas=manufacturer_cas, upstream=upstream,
+        est=EstSettings(
+            ca_key_uri=lab.key_uri("owner", "owner-ca"), ca_cert=lab.pki("owner-ca"), certificate_days=365,
+            csrattrs=CsrAttrsSettings(subject=("CN", "serialNumber"), san_dns=(LDEVID_DNS_TEMPLATE,),
+                                      signature_algorithm="ecdsa-with-SHA256"),
+            additional_configuration_dir=lab.dir / "owner-config"))
+    return [masa, cloud, owner]
+
+
+_TITLES = {"masa": "MASA", "cloud": "cloud registrar", "owner": "owner registrar and EST server"}
 
 
 def write_configs(lab: LabLayout) -> None:
-    d = lab.dir
-    q = _toml_string
-
-    def server(role: str, tls: str, extra: str = "") -> str:
-        return (f"[server]\nhost = {q(HOST)}\nport = {lab.port(role)}\n"
-                f"tls_cert = {q(d / 'tls' / f'{tls}.crt')}\ntls_key = {q(d / 'tls' / f'{tls}.key')}\n{extra}\n"
-                f"[database]\nurl = {q(lab.database_url(role))}\n")
-
-    masa = ("# The lab's MASA (written by `pledgeforge lab up`).\nrole = \"masa\"\n\n"
-            + server("masa", "masa") +
-            f"\n[masa]\nsigning_key = {q(lab.key_uri('masa', 'voucher-signer'))}\n"
-            f"signing_cert = {q(lab.pki('masa-signer'))}\n"
-            f"manufacturer_cas = {_toml_list([lab.pki('manufacturer-ca')])}\n"
-            f"cloud_registrars = [{{ name = \"lab-cloud\", anchor = {q(lab.pki('cloud-signer'))} }}]\n")
-
-    def registrar(role: str, key_token: str, signer_cert: str, chain: list[Path]) -> str:
-        return (f"\n[registrar]\nsigning_key = {q(lab.key_uri(key_token, 'registrar-signer'))}\n"
-                f"signing_cert = {q(lab.pki(signer_cert))}\nsigning_chain = {_toml_list(chain)}\n"
-                f"manufacturer_cas = {_toml_list([lab.pki('manufacturer-ca')])}\n"
-                f"masa_anchors = {_toml_list([lab.pki('web-ca')])}\n"
-                "masa_timeout_s = 10\nmasa_attempts = 3\n")
-
-    cloud = ("# The lab's cloud registrar (written by `pledgeforge lab up`).\nrole = \"cloud\"\n\n"
-             + server("cloud", "cloud", f"extra_ports = {{ var = {lab.port('cloud', 'var')} }}\n")
-             + registrar("cloud", "cloud", "cloud-signer", [lab.pki("web-ca")]))
-    owner = ("# The lab's owner registrar and EST server (written by `pledgeforge lab up`).\n"
-             "role = \"owner\"\n\n" + server("owner", "registrar")
-             + registrar("owner", "owner", "registrar-signer", [lab.pki("owner-ca")])
-             + f"\n[est]\nca_key = {q(lab.key_uri('owner', 'owner-ca'))}\n"
-             f"ca_cert = {q(lab.pki('owner-ca'))}\ncertificate_days = 365\n"
-             f"additional_configuration_dir = {q(d / 'owner-config')}\n\n"
-             "[est.csrattrs]\nsubject = [\"CN\", \"serialNumber\"]\n"
-             "san_dns = [\"{serial}.pledges.lab.pledgeforge.test\"]\n"
-             "signature_algorithm = \"ecdsa-with-SHA256\"\n")
-    for role, text in (("masa", masa), ("cloud", cloud), ("owner", owner)):
-        atomic_write(lab.config_path(role), text.encode())
+    for config in server_configs(lab):
+        write_config(config, f"The lab's {_TITLES[config.role]} (written by `pledgeforge lab up`).")
