@@ -1,5 +1,8 @@
 """The lab's server configurations: config/masa.toml, cloud.toml and owner.toml.
 
+Each names only the keys its server signs with, so each holds only the PIN
+files of those keys' tokens (see pki.py).
+
 They are the dataclasses the servers read (registrar/config.py), filled in
 from the lab's layout and written by the same module that reads them, so a
 setting can never be written in a form the servers do not accept.
@@ -42,7 +45,7 @@ def server_configs(lab: LabLayout) -> list[MasaConfig | RegistrarConfig]:
     owner = RegistrarConfig(
         path=lab.config_path("owner"), role="owner", server=_server(lab, "owner", "registrar"),
         database_url=lab.database_url("owner"), softhsm2_conf=None,
-        signer=SignerSettings(lab.key_uri("owner", "registrar-signer"), lab.pki("registrar-signer"),
+        signer=SignerSettings(lab.key_uri("registrar", "registrar-signer"), lab.pki("registrar-signer"),
                               (lab.pki("owner-ca"),)),
         manufacturer_cas=manufacturer_cas, upstream=upstream,
         est=EstSettings(

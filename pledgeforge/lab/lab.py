@@ -41,6 +41,9 @@ from .pledges import ProvisionedPledge, provision_pledge
 from .processes import STOP_TIMEOUT_S, free_port, server_alive, stop_process
 from .servers import ROLES, START_TIMEOUT_S, UpReport
 
+#: lab.json's version: 2 since each trust role has a token and PIN of its own
+LAB_VERSION = 2
+
 
 class Lab(LabLayout):
     """A lab directory, as described by its lab.json."""
@@ -61,6 +64,10 @@ class Lab(LabLayout):
                            f"{directory}`") from None
         except (OSError, ValueError) as exc:
             raise LabError(f"cannot read {directory / LAB_FILE}: {exc}") from None
+        if data.get("version") != LAB_VERSION:
+            raise LabError(f"{directory} holds a lab of another pledgeforge version (one PIN for every "
+                           f"role); stop its servers (PIDs in {directory / LAB_FILE}), remove it and run "
+                           f"`pledgeforge lab up --dir {directory}` again")
         return cls(directory, data)
 
     @classmethod
@@ -81,7 +88,7 @@ class Lab(LabLayout):
         for sub in SUBDIRECTORIES:
             (directory / sub).mkdir(parents=True, exist_ok=True)
         data = {
-            "version": 1,
+            "version": LAB_VERSION,
             "servers": {role: {"ports": {"main": free_port(HOST)}, "pid": None} for role in ROLES},
         }
         data["servers"]["cloud"]["ports"]["var"] = free_port(HOST)
@@ -89,8 +96,10 @@ class Lab(LabLayout):
         owner_cert = pki.create_pki(lab)
         write_configs(lab)
         lab.masa_store().add_owner(OWNER_NAME, to_pem(owner_cert).decode())
+        # pin_file: the PIN of the pledges' token, the one a user of the lab's pledges needs
         data["softhsm"] = {"conf": str(lab.softhsm.conf), "module": lab.softhsm.module_path,
-                           "pin_file": str(lab.pin_file), "tokens": list(pki.TOKENS)}
+                           "pin_file": str(lab.pin_file("pledges")),
+                           "tokens": {token: str(lab.pin_file(token)) for token in pki.TOKENS}}
         data["swtpm_dir"] = str(directory / "swtpm")
         data["trust_anchors"] = {
             "manufacturer_ca": str(lab.pki("manufacturer-ca")),

@@ -1,10 +1,10 @@
 """Where everything of a lab is: its directory's layout, its servers' ports and URLs, its key URIs.
 
-    softhsm/           SoftHSM2 config and tokens: vendor (manufacturer CA, web CA),
-                       masa (voucher key), owner (owner CA = EST CA, registrar
-                       voucher-request key), cloud (cloud registrar voucher-request
-                       key), pledges (IDevID/LDevID keys of PKCS#11 pledges)
-    secrets/           user and SO PINs (0600); key URIs name them by pin-source=file:
+    softhsm/           one SoftHSM2 configuration, one token per trust role (see pki.TOKENS):
+                       manufacturer, web, masa, owner, registrar, cloud, and pledges
+                       (IDevID/LDevID keys of PKCS#11 pledges)
+    secrets/           each token's user PIN (TOKEN.pin) and SO PIN (TOKEN.so.pin), 0600;
+                       key URIs name the user PIN by pin-source=file:
     pki/               CA and signer certificates (PEM)
     tls/               TLS server certificates and their keys (PEM files)
     config/            masa.toml, cloud.toml, owner.toml (`pledgeforge ... serve --config`)
@@ -54,9 +54,14 @@ class LabLayout:
 
     # ------------------------------------------------------------------ files
 
-    @property
-    def pin_file(self) -> Path:
-        return self.dir / "secrets" / "user.pin"
+    def pin_file(self, token: str) -> Path:
+        """The user PIN of one token: whoever may use that role's keys holds it."""
+        return self.dir / "secrets" / f"{token}.pin"
+
+    def so_pin_file(self, token: str) -> Path:
+        """The security officer PIN of one token (it could reset the user PIN): used by nobody
+        but the lab when it creates the token."""
+        return self.dir / "secrets" / f"{token}.so.pin"
 
     def pki(self, name: str) -> Path:
         return self.dir / "pki" / f"{name}.crt"
@@ -78,7 +83,8 @@ class LabLayout:
         return self.dir / "pledges" / serial
 
     def key_uri(self, token: str, obj: str | None) -> Pkcs11Uri:
-        return self.softhsm.token_uri(token, pin_file=self.pin_file).with_object(obj)
+        """A key of the lab (or with obj None, its token), reached with that token's own PIN."""
+        return self.softhsm.token_uri(token, pin_file=self.pin_file(token)).with_object(obj)
 
     # ------------------------------------------------------------------ servers
 

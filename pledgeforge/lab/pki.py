@@ -8,6 +8,21 @@ TLS anchor is the pledge's built-in anchor) and the cloud registrar's
 voucher-request certificate; the owner CA issues the owner registrar's
 certificates and the LDevIDs, and is the pinned-domain-cert of every voucher.
 
+Each trust role has a token of its own with its own user PIN, and each
+server's configuration names only the PIN files of the keys it signs with
+(configs.py): the MASA holds the masa PIN, the cloud registrar the cloud PIN,
+the owner registrar the owner (its EST CA) and registrar PINs. The
+manufacturer CA is the factory's: no server holds its PIN, only the lab's own
+process when it issues an IDevID. The web CA stands for the public Web PKI and
+is used only here, to issue the TLS certificates.
+
+The tokens share one SoftHSM2 configuration: SoftHSM encrypts each token's
+private objects under a key that only that token's PINs unwrap, so one PIN
+opens one token, and the servers (all started with that one SOFTHSM2_CONF in
+their environment) load the module in-process instead of one module host per
+configuration. Separate configuration directories would add a file-permission
+boundary only between roles run by different Unix users, which a lab is not.
+
 Everything is created only when missing, so running it again keeps every
 key and certificate.
 """
@@ -32,13 +47,22 @@ from pledgeforge.hsm.x509 import issue_certificate, issue_idevid as issue_idevid
 
 from .layout import HOST, LabLayout
 
-TOKENS = ("vendor", "masa", "owner", "cloud", "pledges")
+#: token -> what it holds; one token (and PIN) per trust role
+TOKENS = {
+    "manufacturer": "the manufacturer CA: issues IDevIDs and the MASA's certificate (factory side only)",
+    "web": "the web CA: stands for the public Web PKI (the MASA's and cloud registrar's TLS)",
+    "masa": "the MASA's voucher-signing key",
+    "owner": "the owner CA: the owner registrar's EST CA, issuer of LDevIDs",
+    "registrar": "the owner registrar's voucher-request signing key",
+    "cloud": "the cloud registrar's voucher-request signing key",
+    "pledges": "IDevID and LDevID keys of the lab's PKCS#11 pledges",
+}
 ID_KP_CMC_RA = ObjectIdentifier("1.3.6.1.5.5.7.3.28")
 
 
 def issue_idevid(lab: LabLayout, public_key, serial: str) -> x509.Certificate:
     """An IDevID for `public_key`, issued by the manufacturer CA in SoftHSM, naming the MASA."""
-    ca = keystores.open_signer(lab.key_uri("vendor", "manufacturer-ca"))
+    ca = keystores.open_signer(lab.key_uri("manufacturer", "manufacturer-ca"))
     ca_cert = load_certificate_file(str(lab.pki("manufacturer-ca")))[0]
     return issue_idevid_certificate(ca, ca_cert, public_key, serial, masa_url=lab.masa_url)
 
@@ -47,17 +71,15 @@ def create_pki(lab: LabLayout) -> x509.Certificate:
     """Tokens, keys, CA, signer and TLS certificates; returns the owner CA's certificate."""
     directory = lab.dir
     (directory / "secrets").chmod(0o700)
-    pin = _secret(lab.pin_file, 8)
-    so_pin = _secret(directory / "secrets" / "so.pin", 8)
     lab.softhsm.ensure()
     for token in TOKENS:
-        lab.softhsm.ensure_token(token, pin, so_pin)
+        lab.softhsm.ensure_token(token, _secret(lab.pin_file(token)), _secret(lab.so_pin_file(token)))
 
-    mfg = _ensure_key(lab.key_uri("vendor", "manufacturer-ca"))
-    web = _ensure_key(lab.key_uri("vendor", "web-ca"))
+    mfg = _ensure_key(lab.key_uri("manufacturer", "manufacturer-ca"))
+    web = _ensure_key(lab.key_uri("web", "web-ca"))
     masa = _ensure_key(lab.key_uri("masa", "voucher-signer"))
     owner_ca = _ensure_key(lab.key_uri("owner", "owner-ca"))
-    registrar = _ensure_key(lab.key_uri("owner", "registrar-signer"))
+    registrar = _ensure_key(lab.key_uri("registrar", "registrar-signer"))
     cloud = _ensure_key(lab.key_uri("cloud", "registrar-signer"))
 
     mfg_cert = _ensure_certificate(lab.pki("manufacturer-ca"), mfg.public_key, lambda: make_ca(
@@ -124,7 +146,8 @@ def _ensure_tls(lab: LabLayout, name: str, make_cert) -> None:
     _ensure_certificate(cert_path, key.public_key(), lambda: make_cert(key.public_key()))
 
 
-def _secret(path: Path, length: int) -> str:
+def _secret(path: Path) -> str:
+    """A PIN of 16 hex digits, made once and kept in a 0600 file."""
     if not path.exists():
-        atomic_write(path, (secrets.token_hex(length) + "\n").encode(), mode=0o600)
+        atomic_write(path, (secrets.token_hex(8) + "\n").encode(), mode=0o600)
     return path.read_text().strip()
