@@ -1,8 +1,9 @@
 """The board's persistent flash: one file in the state directory.
 
 It holds what a real board keeps in its data partition: the configuration,
-the factory identity (serial number, IDevID certificate, trust anchors, where
-the IDevID key lives), the voucher, the LDevID and the boot counters.
+the factory identity (serial number, and the pledge's identity: IDevID
+certificate, trust anchors, where the IDevID key lives, stored in the form
+firmware/identity.py defines), the voucher, the LDevID and the boot counters.
 
 Every change is a whole new image written with `atomic_write` (temp file,
 fsync, rename, fsync of the directory), so a power cut at any moment leaves
@@ -26,6 +27,7 @@ from pathlib import Path
 
 from pledgeforge.atomicfile import atomic_write
 from pledgeforge.errors import PledgeforgeError
+from pledgeforge.firmware.identity import PledgeIdentity
 
 FLASH_FILE = "flash.bin"
 _MAGIC = b"PLEDGEFORGE-FLASH 1"
@@ -50,18 +52,6 @@ class FlashClosedError(FlashError):
 
 
 @dataclass(frozen=True)
-class Identity:
-    """What the manufacturer puts on the board: its IDevID and trust anchors."""
-
-    idevid_pem: str
-    key_uri: str                          # where the IDevID private key lives
-    #: built-in anchors that authenticate the cloud registrar's TLS server
-    trust_anchors_pem: tuple[str, ...] = ()
-    #: the manufacturer's anchors that vouchers (the MASA's signature) must chain to
-    masa_anchors_pem: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
 class Counters:
     boots: int = 0
     power_ons: int = 0
@@ -71,7 +61,7 @@ class Counters:
 class FlashState:
     serial_number: str = ""
     config: dict[str, str] = field(default_factory=dict)
-    identity: Identity | None = None
+    identity: PledgeIdentity | None = None
     voucher: bytes | None = None
     ldevid_pem: str | None = None
     counters: Counters = Counters()
@@ -80,12 +70,7 @@ class FlashState:
         doc = {
             "serial_number": self.serial_number,
             "config": dict(sorted(self.config.items())),
-            "identity": None if self.identity is None else {
-                "idevid_pem": self.identity.idevid_pem,
-                "key_uri": self.identity.key_uri,
-                "trust_anchors_pem": list(self.identity.trust_anchors_pem),
-                "masa_anchors_pem": list(self.identity.masa_anchors_pem),
-            },
+            "identity": None if self.identity is None else self.identity.to_json(),
             "voucher": None if self.voucher is None else base64.b64encode(self.voucher).decode(),
             "ldevid_pem": self.ldevid_pem,
             "counters": {"boots": self.counters.boots, "power_ons": self.counters.power_ons},
@@ -101,10 +86,7 @@ class FlashState:
         return cls(
             serial_number=str(doc.get("serial_number", "")),
             config={str(k): str(v) for k, v in (doc.get("config") or {}).items()},
-            identity=None if ident is None else Identity(
-                idevid_pem=ident["idevid_pem"], key_uri=ident["key_uri"],
-                trust_anchors_pem=tuple(ident.get("trust_anchors_pem") or ()),
-                masa_anchors_pem=tuple(ident.get("masa_anchors_pem") or ())),
+            identity=None if ident is None else PledgeIdentity.from_json(ident),
             voucher=None if voucher is None else base64.b64decode(voucher),
             ldevid_pem=doc.get("ldevid_pem"),
             counters=Counters(boots=int(counters.get("boots", 0)),
@@ -212,7 +194,7 @@ class Flash:
     def set_serial_number(self, serial: str) -> None:
         self._commit(lambda s: replace(s, serial_number=serial))
 
-    def set_identity(self, identity: Identity | None) -> None:
+    def set_identity(self, identity: PledgeIdentity | None) -> None:
         self._commit(lambda s: replace(s, identity=identity))
 
     def set_voucher(self, voucher: bytes | None) -> None:

@@ -15,18 +15,17 @@ during enrollment leaves the last good state.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
-from cryptography import x509
-
-from pledgeforge.firmware.pledge import PledgeDriver, PledgeIdentity
+from pledgeforge.firmware.identity import PledgeIdentity
+from pledgeforge.firmware.pledge import PledgeDriver
 from pledgeforge.hsm import keystore
-from pledgeforge.hsm.chain import load_certificates
+from pledgeforge.hsm.chain import load_certificate_file
 from pledgeforge.hsm.keyuri import TpmUri, parse_key_uri
 from pledgeforge.hsm.x509 import to_pem
 
-from .flash import Identity
 from .runtime import Board, FirmwareApp
 
 IDEVID_TPM_HANDLE = 0x81020000
@@ -57,10 +56,9 @@ class LabPledgeApp(FirmwareApp):
         idevid = self.lab.issue_idevid(signer.public_key, board.serial_number)
         self.lab.register_pledge(board.serial_number, self.flow)
         board.flash.config_set("registrar.url", self.lab.url("cloud"))
-        board.flash.set_identity(Identity(
-            idevid_pem=to_pem(idevid).decode(), key_uri=uri,
-            trust_anchors_pem=(self.lab.pki("web-ca").read_text(),),
-            masa_anchors_pem=(self.lab.pki("manufacturer-ca").read_text(),)))
+        board.flash.set_identity(PledgeIdentity.from_certificates(
+            uri, idevid, builtin_anchors=load_certificate_file(str(self.lab.pki("web-ca"))),
+            masa_anchors=load_certificate_file(str(self.lab.pki("manufacturer-ca")))))
         board.log_event(f"manufactured: IDevID {idevid.subject.rfc4514_string()}, owner flow {self.flow}")
 
     # ------------------------------------------------------------------ the pledge
@@ -70,13 +68,9 @@ class LabPledgeApp(FirmwareApp):
         if identity is None:
             emit_line("no IDevID on this board (manufacturing failed; see `log`)")
             return False
-        pledge = PledgeIdentity(
-            idevid_key_uri=_current_uri(board, identity.key_uri),
-            idevid=_certificate(identity.idevid_pem),
-            builtin_anchors=[c for pem in identity.trust_anchors_pem for c in load_certificates(pem.encode())],
-            masa_anchors=[c for pem in identity.masa_anchors_pem for c in load_certificates(pem.encode())],
-            cloud_registrar_url=board.config_value("registrar.url"),
-            ldevid_key_uri=_key_uri(board, LDEVID_TPM_HANDLE, LDEVID_LABEL))
+        pledge = replace(identity, idevid_key_uri=_current_uri(board, identity.idevid_key_uri),
+                         cloud_registrar_url=board.config_value("registrar.url"),
+                         ldevid_key_uri=_key_uri(board, LDEVID_TPM_HANDLE, LDEVID_LABEL))
 
         def show(transition) -> None:
             self.last_state = transition.to_state.value
@@ -112,7 +106,3 @@ def _current_uri(board: Board, stored: str) -> str:
     if isinstance(uri, TpmUri):
         return board.keystore.key_uri(uri.handle)
     return stored
-
-
-def _certificate(pem: str) -> x509.Certificate:
-    return x509.load_pem_x509_certificate(pem.encode())

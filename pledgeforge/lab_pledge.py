@@ -6,6 +6,7 @@ produced is written to the pledge's own directory in the lab, so a user can
 check it with openssl afterwards:
 
     pledges/<serial>/idevid.crt     the IDevID (written at provisioning)
+    pledges/<serial>/identity.json  the pledge's identity (written at provisioning)
     pledges/<serial>/voucher.p7b    the verified voucher (DER CMS)
     pledges/<serial>/ldevid.crt     the LDevID (PEM)
     pledges/<serial>/cacerts.pem    the EST CA certificates
@@ -16,6 +17,7 @@ check it with openssl afterwards:
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -23,9 +25,8 @@ from cryptography import x509
 
 from pledgeforge.atomicfile import atomic_write
 from pledgeforge.firmware import pledge_machine as pm
-from pledgeforge.firmware.pledge import BootstrapResult, PledgeDriver, PledgeIdentity
-from pledgeforge.hsm.chain import load_certificate_file
-from pledgeforge.hsm.keyuri import parse_key_uri
+from pledgeforge.firmware.identity import PledgeIdentity
+from pledgeforge.firmware.pledge import BootstrapResult, PledgeDriver
 from pledgeforge.hsm.x509 import to_pem
 from pledgeforge.lab import ProvisionedPledge
 
@@ -37,22 +38,12 @@ RESULT_FILE = "result.json"
 
 
 def pledge_identity(pledge: ProvisionedPledge, cloud_registrar_url: str | None = None) -> PledgeIdentity:
-    """What the provisioned pledge is born with, as the driver wants it.
-
-    The LDevID key goes into the same key store as the IDevID: the pledge
-    token (a label of its own per serial) or the pledge's own TPM.
-    """
-    ldevid_uri = None
-    if pledge.token_uri:
-        ldevid_uri = str(parse_key_uri(pledge.token_uri).with_object(f"ldevid-{pledge.serial}"))
-    return PledgeIdentity(
-        idevid_key_uri=pledge.key_uri,
-        idevid=load_certificate_file(str(pledge.idevid_cert), "IDevID")[0],
-        builtin_anchors=load_certificate_file(str(pledge.cloud_anchor), "cloud registrar anchor"),
-        masa_anchors=load_certificate_file(str(pledge.manufacturer_ca), "manufacturer CA"),
-        cloud_registrar_url=cloud_registrar_url or pledge.cloud_registrar_url,
-        ldevid_key_uri=ldevid_uri,
-    )
+    """What the provisioned pledge is born with, as the driver wants it (optionally pointed
+    at another cloud registrar). The LDevID key goes into the same key store as the IDevID:
+    the pledge token (a label of its own per serial) or the pledge's own TPM."""
+    if cloud_registrar_url:
+        return replace(pledge.identity, cloud_registrar_url=cloud_registrar_url)
+    return pledge.identity
 
 
 def bootstrap(pledge: ProvisionedPledge, *, config: pm.PledgeConfig | None = None,

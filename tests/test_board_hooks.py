@@ -13,7 +13,7 @@ import pexpect.fdpexpect
 from smp.os_management import ResetWriteRequest
 from smp.packet import encode as smp_encode
 
-from pledgeforge.boards.flash import Identity
+from pledgeforge.firmware.identity import PledgeIdentity
 from pledgeforge.boards.power import power_request
 from pledgeforge.boards.profile import load_profile
 from pledgeforge.boards.runtime import Board, FirmwareApp
@@ -32,9 +32,9 @@ class StagedPledge(FirmwareApp):
         self.factory_resets = 0
 
     def provision(self, board):
-        board.flash.set_identity(Identity(
+        board.flash.set_identity(PledgeIdentity(
             idevid_pem="-----BEGIN CERTIFICATE-----\nIDEVID\n-----END CERTIFICATE-----\n",
-            key_uri=board.keystore.key_uri("idevid")))
+            idevid_key_uri=board.keystore.key_uri("idevid")))
 
     def bootstrap(self, board, emit_line):
         emit_line("discovering registrar")

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from clirunner import openssl, run_cli
+from pledgeforge.firmware.identity import PledgeIdentity
 from pledgeforge.hsm.chain import load_certificate_file
 from pledgeforge.hsm.errors import PinError
 from pledgeforge.hsm.keystore import open_signer
@@ -128,6 +129,8 @@ def test_provision_pledge(lab, keystore, algorithm, flow, tmp_path):
         assert lab.owner_store().pledge_flow(identity.serial) == flow
         record = lab.cloud_store().take_response(identity.serial, "main")
         assert record.response == ("voucher" if flow == "est-domain" else "redirect")
+        # The pledge's directory keeps its identity in the one stored form.
+        assert PledgeIdentity.load(identity.directory) == identity.identity
         described = json.loads(json.dumps(identity.to_dict()))
         assert described["key_uri"] == identity.key_uri and described["serial"] == identity.serial
         with pytest.raises(LabError, match="already provisioned"):
