@@ -19,9 +19,10 @@ from pledgeforge.errors import PledgeforgeError, closest_name
 from pledgeforge.hsm.identity_names import IdentityNameError, check_dns_label
 from pledgeforge.hsm.signer import KeyAlgorithm
 
+from .board_keystore import KEYSTORE_DRIVERS
+
 PROFILE_DIR = Path(__file__).resolve().parent / "profiles"
 
-KEYSTORE_TYPES = ("tpm", "pkcs11")
 LINE_ENDINGS = {"crlf": "\r\n", "lf": "\n"}
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 
@@ -41,7 +42,7 @@ class BoardInfo:
 
 @dataclass(frozen=True)
 class KeyStoreConfig:
-    type: str                   # "tpm" or "pkcs11"
+    type: str                   # the key-store driver it binds to: "tpm" or "pkcs11"
     algorithm: KeyAlgorithm
     token: str                  # PKCS#11 token label (ignored for tpm)
 
@@ -228,7 +229,7 @@ def _parse(source: Path, data: dict) -> Profile:
     )
 
     t = tables["keystore"]
-    ks_type = t.choice("type", KEYSTORE_TYPES)
+    ks_type = t.choice("type", KEYSTORE_DRIVERS.names())   # a registered key-store driver
     algorithm_text = t.text("algorithm")
     try:
         algorithm = KeyAlgorithm.parse(algorithm_text)

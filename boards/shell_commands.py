@@ -62,8 +62,7 @@ def _status(ctx: CommandContext, args: list[str]) -> int:
         "boots": str(state.counters.boots),
         "uptime": _uptime_text(board.uptime()),
     }
-    if board.app is not None:
-        lines.update(board.app.status_fields(board))
+    lines.update(board.status_fields())
     width = max(len(k) for k in lines) + 1
     for key, value in lines.items():
         ctx.print(f"{key + ':':<{width}} {value}")
