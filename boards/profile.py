@@ -5,16 +5,21 @@ boot banner and timings, the flash and image layout, and the default cloud
 registrar. The shipped profiles live in `boards/profiles/`; users add their
 own by passing a path. Every field is checked when the file is loaded, and a
 mistake is reported as one error naming the file, the table and the field.
+`write_profile` writes one from the same dataclasses (a derived profile, such
+as a shipped one `with_timings` of zero for tests that need no boot delays).
 """
 
 from __future__ import annotations
 
 import re
 import tomllib
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import tomli_w
+
+from pledgeforge.atomicfile import atomic_write
 from pledgeforge.errors import PledgeforgeError, closest_name
 from pledgeforge.hsm.identity_names import IdentityNameError, check_dns_label
 from pledgeforge.hsm.signer import KeyAlgorithm
@@ -104,6 +109,17 @@ class Profile:
     @property
     def name(self) -> str:
         return self.board.name
+
+    def with_timings(self, *, autoboot_seconds: float | None = None,
+                     firmware_seconds: float | None = None) -> "Profile":
+        """This profile with other boot delays (0: boot at once, as tests and bench scripts
+        that do not watch the countdown want)."""
+        boot = self.boot
+        if autoboot_seconds is not None:
+            boot = replace(boot, autoboot_seconds=float(autoboot_seconds))
+        if firmware_seconds is not None:
+            boot = replace(boot, firmware_seconds=float(firmware_seconds))
+        return replace(self, boot=boot)
 
 
 class _Table:
@@ -317,6 +333,26 @@ def load_profile(name_or_path: str | Path) -> Profile:
     except OSError as exc:
         raise ProfileError(f"cannot read profile {path}: {exc.strerror}") from None
     return _parse(path.resolve(), data)
+
+
+def profile_document(profile: Profile) -> dict:
+    """The TOML document that `load_profile` reads back as `profile` (paths absolute)."""
+    doc = {name: asdict(getattr(profile, name))
+           for name in ("board", "keystore", "console", "boot", "flash", "image", "registrar")}
+    doc["keystore"]["algorithm"] = profile.keystore.algorithm.value
+    doc["console"]["line_ending"] = next(k for k, v in LINE_ENDINGS.items() if v == profile.console.line_ending)
+    if profile.image.verify_key is None:
+        doc["image"]["verify_key"] = ""
+    else:
+        doc["image"]["verify_key"] = str(profile.image.verify_key)
+    return doc
+
+
+def write_profile(profile: Profile, path: str | Path) -> Profile:
+    """Write `profile` as a TOML file (atomically); returns it as read from there."""
+    path = Path(path).expanduser().resolve()
+    atomic_write(path, tomli_w.dumps(profile_document(profile)).encode())
+    return replace(profile, path=path)
 
 
 def profile_names() -> list[str]:

@@ -20,7 +20,8 @@ from pledgeforge.boards.firmware_apps import FirmwareApp
 from pledgeforge.boards.provisioning import ProvisioningStep
 from pledgeforge.boards.runtime import Board
 
-MCU = load_profile("mcu-se")
+# No boot delays: these tests wait for the prompt, not for a countdown.
+MCU = load_profile("mcu-se").with_timings(autoboot_seconds=0, firmware_seconds=0)
 PROMPT = MCU.console.prompt
 VOUCHER = json.dumps({"ietf-voucher:voucher": {"serial-number": "x", "nonce": "n"}}).encode()
 
