@@ -16,6 +16,7 @@ the tests; each of its jobs is a module of its own:
     processes.py   process control under them
     databases.py   what the servers know: owners, pledges, the cloud registrar's answers
     pledges.py     provisioning pledges (`provision_pledge`)
+    manufacture.py the factory step of a board started with `board run --lab`
 
 The pledge side uses `Lab.load(dir)`, `provision_pledge(...)` and
 `set_cloud_response(...)`; servers read their databases per request, so

@@ -12,7 +12,8 @@
     logs/              one log per server
     swtpm/<serial>/    TPM state of each TPM pledge (one swtpm per pledge, as one TPM per board;
                        encrypted, reached through Unix sockets only its owner may open)
-    pledges/<serial>/  each pledge's IDevID certificate (and its TPM state's key, 0600)
+    pledges/<serial>/  each pledge's identity (identity.json), IDevID certificate, and the key of
+                       its TPM state (0600); later its voucher, LDevID and result.json
     owner-config/      files behind additional-configuration-url
     lab.json           URLs, ports, trust anchors, SoftHSM, PIDs (rewritten atomically)
 
