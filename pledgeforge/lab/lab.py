@@ -33,6 +33,7 @@ from pathlib import Path
 from cryptography import x509
 
 from pledgeforge.hsm.x509 import to_pem
+from pledgeforge.registrar.db import CloudStore, MasaStore, OwnerStore
 
 from . import pki, servers
 from .configs import write_configs
@@ -131,34 +132,39 @@ class Lab(LabLayout):
     def status(self) -> dict:
         return servers.status(self)
 
-    # ------------------------------------------------------------------ databases
+    # ------------------------------------------------------------------ databases (databases.py)
 
-    def masa_store(self):
+    def masa_store(self) -> MasaStore:
         return self.databases.masa_store()
 
-    def cloud_store(self):
+    def cloud_store(self) -> CloudStore:
         return self.databases.cloud_store()
 
-    def owner_store(self):
+    def owner_store(self) -> OwnerStore:
         return self.databases.owner_store()
 
     def register_pledge(self, serial: str, flow: str, additional_configuration: bytes | None = None) -> None:
+        """Ownership of `serial` for `flow` in all three databases (LabDatabases.register_pledge)."""
         self.databases.register_pledge(serial, flow, additional_configuration)
 
     def set_cloud_response(self, serial: str, response: str, **options) -> None:
+        """What the cloud registrar answers `serial` (options: LabDatabases.set_cloud_response)."""
         self.databases.set_cloud_response(serial, response, **options)
 
     def set_cloud_overloaded(self, retry_after: int | None) -> None:
+        """503 + Retry-After to every voucher-request; None switches that off."""
         self.databases.set_cloud_overloaded(retry_after)
 
-    # ------------------------------------------------------------------ pledges
+    # ------------------------------------------------------------------ pledges (pki.py, pledges.py)
 
     def issue_idevid(self, public_key, serial: str) -> x509.Certificate:
+        """An IDevID from the manufacturer CA (the factory side: only the lab holds its PIN)."""
         return pki.issue_idevid(self, public_key, serial)
 
     def provision_pledge(self, serial: str | None = None, keystore: str = "pkcs11",
                          algorithm: str = "ec-p256", flow: str = "redirect", *,
                          additional_configuration: bytes | None = None) -> ProvisionedPledge:
+        """A new pledge: IDevID key in swtpm or the pledges token, its IDevID, ownership for `flow`."""
         return provision_pledge(self, self.databases, serial, keystore, algorithm, flow,
                                 additional_configuration=additional_configuration)
 
