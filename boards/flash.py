@@ -1,8 +1,9 @@
 """The board's persistent flash: files in the state directory.
 
 The data partition (flash.bin) holds what a real board keeps there: the
-configuration, the factory identity (serial number, IDevID certificate, trust
-anchors, where the IDevID key lives), the voucher, the LDevID and the boot
+configuration, the factory identity (serial number, and the pledge's identity:
+IDevID certificate, trust anchors, where the IDevID key lives, stored in the
+form firmware/identity.py defines), the voucher, the LDevID and the boot
 counters. Boards with a file system (`[flash] files_kib` in the profile) have
 a second partition (flash-files.bin) for the shell's files (filesystem.py).
 
@@ -28,6 +29,7 @@ from pathlib import Path
 
 from pledgeforge.atomicfile import atomic_write
 from pledgeforge.errors import EnvironmentFailure
+from pledgeforge.firmware.identity import PledgeIdentity
 
 from .filesystem import FileData, Partition
 
@@ -56,18 +58,6 @@ class FlashClosedError(FlashError):
 
 
 @dataclass(frozen=True)
-class Identity:
-    """What the manufacturer puts on the board: its IDevID and trust anchors."""
-
-    idevid_pem: str
-    key_uri: str                          # where the IDevID private key lives
-    #: built-in anchors that authenticate the cloud registrar's TLS server
-    trust_anchors_pem: tuple[str, ...] = ()
-    #: the manufacturer's anchors that vouchers (the MASA's signature) must chain to
-    masa_anchors_pem: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
 class Counters:
     boots: int = 0
     power_ons: int = 0
@@ -77,7 +67,7 @@ class Counters:
 class FlashState:
     serial_number: str = ""
     config: dict[str, str] = field(default_factory=dict)
-    identity: Identity | None = None
+    identity: PledgeIdentity | None = None
     voucher: bytes | None = None
     ldevid_pem: str | None = None
     counters: Counters = Counters()
@@ -86,12 +76,7 @@ class FlashState:
         doc = {
             "serial_number": self.serial_number,
             "config": dict(sorted(self.config.items())),
-            "identity": None if self.identity is None else {
-                "idevid_pem": self.identity.idevid_pem,
-                "key_uri": self.identity.key_uri,
-                "trust_anchors_pem": list(self.identity.trust_anchors_pem),
-                "masa_anchors_pem": list(self.identity.masa_anchors_pem),
-            },
+            "identity": None if self.identity is None else self.identity.to_json(),
             "voucher": None if self.voucher is None else base64.b64encode(self.voucher).decode(),
             "ldevid_pem": self.ldevid_pem,
             "counters": {"boots": self.counters.boots, "power_ons": self.counters.power_ons},
@@ -107,10 +92,7 @@ class FlashState:
         return cls(
             serial_number=str(doc.get("serial_number", "")),
             config={str(k): str(v) for k, v in (doc.get("config") or {}).items()},
-            identity=None if ident is None else Identity(
-                idevid_pem=ident["idevid_pem"], key_uri=ident["key_uri"],
-                trust_anchors_pem=tuple(ident.get("trust_anchors_pem") or ()),
-                masa_anchors_pem=tuple(ident.get("masa_anchors_pem") or ())),
+            identity=None if ident is None else PledgeIdentity.from_json(ident),
             voucher=None if voucher is None else base64.b64decode(voucher),
             ldevid_pem=doc.get("ldevid_pem"),
             counters=Counters(boots=int(counters.get("boots", 0)),
@@ -264,7 +246,7 @@ class Flash:
     def set_serial_number(self, serial: str) -> None:
         self._commit(lambda s: replace(s, serial_number=serial))
 
-    def set_identity(self, identity: Identity | None) -> None:
+    def set_identity(self, identity: PledgeIdentity | None) -> None:
         self._commit(lambda s: replace(s, identity=identity))
 
     def set_voucher(self, voucher: bytes | None) -> None:

@@ -1,15 +1,16 @@
 """A running board: a profile and a state directory brought to life.
 
-`Board` owns the console, the persistent flash, the board's key store (its own
-swtpm or SoftHSM token, in the state directory), the firmware image slots, and
-the power switch. Powering on starts the key store and a firmware thread that
-boots (bootloader, autoboot, image verification, firmware banner, login) and
-then runs the shell; powering off stops that thread at its next console or
-flash access, closes the flash and stops the key store. A power cut (the
-process killed) loses nothing that was written: every flash write is atomic.
-
-The pledge itself plugs in through `FirmwareApp`: `provision` (manufacture
-the IDevID), `bootstrap` (run BRSKI from the console) and `status_fields`.
+`Board` holds the console, the persistent flash, the firmware image slots and
+the power switch, and is given its other parts: the key store (the driver its
+profile's `[keystore] type` binds to, see board_keystore.py), the firmware app
+behind `bootstrap` (firmware_apps.py) and the factory step that gives a new
+board its identity (provisioning.py). boards/assembly.py puts a board
+together from those parts by name. Powering on starts the key store and a
+firmware thread that provisions a board without an identity, boots
+(bootloader, autoboot, image verification, firmware banner, login) and then
+runs the shell; powering off stops that thread at its next console or flash
+access, closes the flash and stops the key store. A power cut (the process
+killed) loses nothing that was written: every flash write is atomic.
 
 Tests use `Board` in-process; `pledgeforge board run` wraps it in a process.
 """
@@ -24,23 +25,23 @@ import secrets
 import threading
 import time
 import traceback
-from abc import ABC, abstractmethod
 from collections import deque
 from pathlib import Path
-from typing import Callable
 
 from pledgeforge.atomicfile import atomic_write
 from pledgeforge.errors import EnvironmentFailure
 from pledgeforge.hsm.identity_names import IdentityNameError, check_serial_number
 
 from . import boot
-from .board_keystore import BoardKeyStore
+from .board_keystore import BoardKeyStore, keystore_for
 from .console import Console, PowerLost, ResetRequested, Terminal
 from .filesystem import BoardFiles
+from .firmware_apps import FirmwareApp
 from .flash import Flash
 from .image_slots import ImageSlots, NoBootableImageError
 from .power import PowerServer
 from .profile import Profile
+from .provisioning import ProvisioningStep
 from .rtc import Rtc
 from .shell import CapturedConsole, Shell, ShellExit
 from .shell_commands import board_registry
@@ -55,7 +56,7 @@ CONSOLE_LINK = "console"
 SERIAL_KINDS = ("pty", "rfc2217", "tcp")
 # How long power-off waits for the firmware thread to notice; it notices at
 # its next console read, print or flash write. A thread still busy after that
-# (a FirmwareApp in a network call) can no longer print or write the flash.
+# (a firmware app in a network call) can no longer print or write the flash.
 POWER_OFF_TIMEOUT = 2.0
 EVENT_LOG_LINES = 500
 # How long power-off and shutdown wait for the console transcript to reach the disk.
@@ -65,48 +66,6 @@ _log = logging.getLogger(__name__)
 
 class BoardError(EnvironmentFailure):
     """The board cannot be started or cannot do what was asked."""
-
-
-class FirmwareApp(ABC):
-    """The pledge firmware the board runs. The runtime calls it; it never
-    touches the console except through the `emit_line` it is given.
-
-    Its methods run in the board's firmware thread. When the power goes,
-    `emit_line` raises `PowerLost` and `board.flash` refuses writes
-    (`FlashClosedError`), so work cut short by a power-off stores nothing
-    more; let those exceptions through. Keys live in `board.keystore`
-    (`key_uri(name)`, `env()`), persistent data in `board.flash`.
-    """
-
-    @abstractmethod
-    def provision(self, board: "Board") -> None:
-        """Manufacture: create the IDevID key in `board.keystore`, have it
-        certified, and store the result with `board.flash.set_identity(...)`.
-        Called at power-on while the flash holds no identity. An exception is
-        reported on the console and the board boots unprovisioned."""
-
-    @abstractmethod
-    def bootstrap(self, board: "Board", emit_line: Callable[[str], None]) -> bool:
-        """Run the pledge (the console's `bootstrap` command), printing each
-        state through `emit_line` as it happens. True once enrolled (voucher and
-        LDevID stored in `board.flash`)."""
-
-    def status_fields(self, board: "Board") -> dict[str, str]:
-        """Extra `status` lines, e.g. {"pledge": "waiting for owner"}."""
-        return {}
-
-    def factory_reset(self, board: "Board") -> None:
-        """Forget owner keys held in the key store (the flash is cleared by the runtime)."""
-
-
-def load_firmware_app(lab_dir: Path | None, flow: str = "redirect") -> FirmwareApp | None:
-    """The pledge firmware for boards started with `--lab DIR`; without a lab,
-    boards run without one and `bootstrap` says that no registrar is configured."""
-    if lab_dir is None:
-        return None
-    from .pledge_app import LabPledgeApp
-
-    return LabPledgeApp(lab_dir, flow)
 
 
 def lock_state_dir(state_dir: Path) -> int:
@@ -156,11 +115,16 @@ class Board:
     """One emulated board. Use as a context manager, or call `close()`."""
 
     def __init__(self, profile: Profile, state_dir: str | os.PathLike, *,
-                 app: FirmwareApp | None = None, serial_number: str | None = None):
+                 keystore: BoardKeyStore | None = None, app: FirmwareApp | None = None,
+                 provisioning: ProvisioningStep | None = None, serial_number: str | None = None):
+        """`keystore`: default, the driver the profile's [keystore] type binds to; `app`:
+        the firmware behind `bootstrap` (none: the board has no pledge firmware);
+        `provisioning`: the factory step for a board whose flash holds no identity."""
         self.profile = profile
         self.state_dir = Path(state_dir).resolve()
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.app = app
+        self.provisioning = provisioning
         self._firmware_local = threading.local()
         self._lock_fd = lock_state_dir(self.state_dir)
         self.transcript: TranscriptRecorder | None = None
@@ -172,7 +136,7 @@ class Board:
             self.console = Console(line_ending=profile.console.line_ending,
                                    log_bytes=profile.console.log_kib * 1024,
                                    tap=self.transcript.record if self.transcript else None)
-            self.keystore = BoardKeyStore(profile, self.state_dir)
+            self.keystore = keystore or keystore_for(profile.keystore, self.state_dir)
             self.slots = ImageSlots(self.state_dir, profile.image)
             self.rtc = Rtc()
             self._smp_server = SmpServer(self.slots, self.request_reset,
@@ -455,10 +419,18 @@ class Board:
                 f"{self.profile.board.serial_prefix}-{secrets.token_hex(4).upper()}"
             flash.set_serial_number(serial)
 
+    def status_fields(self) -> dict[str, str]:
+        """What the firmware app and the factory step add to `status`."""
+        fields: dict[str, str] = {}
+        for part in (self.app, self.provisioning):
+            if part is not None:
+                fields.update(part.status_fields(self))
+        return fields
+
     def _provision(self, term: Terminal) -> None:
-        if self.flash.state.identity is None and self.app is not None:
+        if self.flash.state.identity is None and self.provisioning is not None:
             try:
-                self.app.provision(self)
+                self.provisioning.provision(self)
             except Exception as exc:
                 self.log_event(f"provisioning failed: {exc}")
                 term.print(f"provisioning failed: {exc}")

@@ -71,8 +71,7 @@ def _status(ctx: CommandContext, args: list[str]) -> int:
         "boots": str(state.counters.boots),
         "uptime": _uptime_text(board.uptime()),
     }
-    if board.app is not None:
-        lines.update(board.app.status_fields(board))
+    lines.update(board.status_fields())
     width = max(len(k) for k in lines) + 1
     for key, value in lines.items():
         ctx.print(f"{key + ':':<{width}} {value}")
@@ -85,7 +84,7 @@ def _idevid(ctx: CommandContext, args: list[str]) -> int:
     if identity is None:
         ctx.print("none")
         return 0
-    ctx.print(f"key: {identity.key_uri}")
+    ctx.print(f"key: {identity.idevid_key_uri}")
     ctx.write(_pem_text(identity.idevid_pem))
     return 0
 
@@ -93,10 +92,10 @@ def _idevid(ctx: CommandContext, args: list[str]) -> int:
 @command("trust-anchors", "print the built-in trust anchors (PEM): cloud registrar TLS, then vouchers")
 def _anchors(ctx: CommandContext, args: list[str]) -> int:
     identity = ctx.board.flash.state.identity
-    if identity is None or not (identity.trust_anchors_pem or identity.masa_anchors_pem):
+    if identity is None or not (identity.builtin_anchors_pem or identity.masa_anchors_pem):
         ctx.print("none")
         return 0
-    for title, anchors in (("cloud registrar TLS", identity.trust_anchors_pem),
+    for title, anchors in (("cloud registrar TLS", identity.builtin_anchors_pem),
                            ("voucher signer (MASA)", identity.masa_anchors_pem)):
         if anchors:
             ctx.print(f"# {title}")

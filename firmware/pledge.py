@@ -36,35 +36,11 @@ from pledgeforge.hsm.wellknown import VOUCHER_MEDIA_TYPE
 from pledgeforge.hsm.x509 import make_csr, serial_number_of, to_der
 
 from . import pledge_machine as pm
+from .identity import PledgeIdentity
 from .http_client import HttpClient
 from .ldevid_keys import LdevidKeys, LdevidSlots, PendingKey, Slot
 from .tls_client import (ServerAuth, ServerAuthError, TlsConnection, TlsTimeout, TransportError,
                          connect, validate_against_pin, verify_server_chain)
-
-@dataclass
-class PledgeIdentity:
-    """What a pledge is born with: its IDevID (key in hardware) and built-in trust."""
-
-    idevid_key_uri: str
-    idevid: x509.Certificate
-    #: anchors that authenticate the cloud registrar's TLS server
-    builtin_anchors: list[x509.Certificate]
-    #: anchors that the MASA's voucher signature must chain to
-    masa_anchors: list[x509.Certificate]
-    cloud_registrar_url: str
-    idevid_chain: list[x509.Certificate] = field(default_factory=list)
-    #: where the LDevID key's two slots are (LdevidSlots.beside: object=L gives labels L-a and L-b,
-    #: handle=H the handles H and H+1); default: labels ldevid-a/-b or handles 0x81000100/1 of
-    #: the IDevID's key store
-    ldevid_key_uri: str | None = None
-    pin_env: str | None = None
-
-    @property
-    def serial(self) -> str:
-        serial = serial_number_of(self.idevid)
-        if not serial:
-            raise CertificateError("the IDevID carries no subject serialNumber")
-        return serial
 
 
 @dataclass

@@ -153,7 +153,7 @@ def save_artefacts(summary: BoardSummary, state_dir: Path, directory: Path, est_
 
 def run_demo(directory: Path, *, keep: bool = False, say: Callable[[str], None] = lambda s: None) -> dict:
     """Run the whole demo in `directory`; the summary as a JSON-ready dict."""
-    from pledgeforge.registrar.lab import Lab
+    from pledgeforge.lab import Lab
 
     directory = directory.resolve()
     lab_dir = directory / "lab"

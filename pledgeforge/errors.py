@@ -1,4 +1,5 @@
-"""The one error base every subpackage derives from, and the three kinds of failure.
+"""The one error base every subpackage derives from, the three kinds of failure, and the
+hint for a misspelt name.
 
 Errors a user can meet carry a message that names what to fix; the CLI prints
 that message on one line and exits non-zero. Secrets (PINs) never appear in one.
@@ -19,6 +20,9 @@ An error class that names none of them counts as a verification or protocol
 failure (exit 1).
 """
 
+import difflib
+from collections.abc import Iterable
+
 
 class PledgeforgeError(Exception):
     """An error with a message meant for the user."""
@@ -38,3 +42,9 @@ class EnvironmentFailure(PledgeforgeError):
 
 class FileAccessError(EnvironmentFailure):
     """A file or directory cannot be read or written; the message names it and the cause."""
+
+
+def closest_name(name: str, known: Iterable[str]) -> str | None:
+    """The known name `name` is most likely a misspelling of, if any (for "did you mean ...?")."""
+    close = difflib.get_close_matches(name, list(known), 1)
+    return close[0] if close else None

@@ -1,11 +1,12 @@
 """A pledge provisioned in a local lab, bootstrapped and renewed by the real firmware.
 
-Glue between the lab (registrar/lab.py: keys, IDevID, ownership) and the
+Glue between the lab (pledgeforge/lab: keys, IDevID, ownership) and the
 pledge (firmware/: state machine over TLS, LDevID key lifecycle, renewal).
 What the pledge keeps, and what a user checks with openssl afterwards, is
 written to its own directory in the lab:
 
     pledges/<serial>/idevid.crt     the IDevID (written at provisioning)
+    pledges/<serial>/identity.json  the pledge's identity (written at provisioning)
     pledges/<serial>/ldevid.json    the pledge's record of its enrollment: the LDevID, the slot
                                     of its key, the EST CA certificates and URL (one atomic
                                     write: the LDevID key is promoted only once it is stored)
@@ -25,7 +26,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -33,15 +34,13 @@ from cryptography import x509
 
 from pledgeforge.atomicfile import atomic_write
 from pledgeforge.firmware import pledge_machine as pm
+from pledgeforge.firmware.identity import PledgeIdentity
 from pledgeforge.firmware.ldevid_keys import LdevidKeys, LdevidSlots, Slot
 from pledgeforge.firmware.ldevid_renewal import Enrollment, RenewalResult, renew
-from pledgeforge.firmware.pledge import BootstrapResult, PledgeDriver, PledgeIdentity
-from pledgeforge.hsm.chain import load_certificate_file, load_certificates
-from pledgeforge.hsm.identity_names import check_serial_number
-from pledgeforge.hsm.keyuri import TpmUri, parse_key_uri
-from pledgeforge.hsm.signer import KeyAlgorithm
+from pledgeforge.firmware.pledge import BootstrapResult, PledgeDriver
+from pledgeforge.hsm.chain import load_certificates
 from pledgeforge.hsm.x509 import to_pem
-from pledgeforge.registrar.lab import IDEVID_HANDLE, Lab, LabError, ProvisionedPledge
+from pledgeforge.lab import Lab, LabError, ProvisionedPledge
 
 VOUCHER_FILE = "voucher.p7b"
 ENROLLMENT_FILE = "ldevid.json"
@@ -49,62 +48,25 @@ LDEVID_FILE = "ldevid.crt"
 CACERTS_FILE = "cacerts.pem"
 ADDITIONAL_CONFIGURATION_FILE = "additional-configuration"
 RESULT_FILE = "result.json"
-#: a TPM pledge's LDevID slots: this handle and the next, beside the IDevID's
-LDEVID_TPM_HANDLE = IDEVID_HANDLE + 1
 
 
 def provisioned(lab: Lab, serial: str) -> bool:
     """Whether `serial` (a valid serial number, or IdentityNameError) is provisioned in `lab`."""
-    check_serial_number(serial)
-    return (lab.dir / "pledges" / serial / "idevid.crt").exists()
+    return lab.has_pledge(serial)
 
 
 def reopen_pledge(lab: Lab, serial: str) -> ProvisionedPledge:
-    """A pledge provisioned earlier in `lab` (by `provision_pledge`), ready to run again: its
-    TPM started on its state, or its keys on the lab's pledge token."""
-    directory = lab.dir / "pledges" / serial
-    if not provisioned(lab, serial):
-        raise LabError(f"no pledge {serial} in {lab.dir} (provision one with `pledgeforge pledge bootstrap`)")
-    flow = lab.owner_store().pledge_flow(serial) or "redirect"
-    idevid = load_certificate_file(str(directory / "idevid.crt"), "IDevID")[0]
-    tpm_state = lab.dir / "swtpm" / serial
-    tpm, token_uri = None, None
-    if tpm_state.exists():
-        from pledgeforge.hsm.swtpm import Swtpm
-
-        tpm = Swtpm(tpm_state, key_file=directory / "tpm-state.key").start()
-        key_uri = str(tpm.key_uri(IDEVID_HANDLE))
-    else:
-        key_uri = str(lab.key_uri("pledges", f"idevid-{serial}"))
-        token_uri = str(lab.key_uri("pledges", None))
-    return ProvisionedPledge(
-        serial=serial, flow=flow, keystore="tpm" if tpm else "pkcs11",
-        algorithm=KeyAlgorithm.of_public_key(idevid.public_key()).value, key_uri=key_uri,
-        idevid_cert=directory / "idevid.crt", manufacturer_ca=lab.pki("manufacturer-ca"),
-        cloud_anchor=lab.pki("web-ca"), cloud_registrar_url=lab.url("cloud"),
-        owner_registrar_url=lab.url("owner"), masa_url=lab.masa_url, directory=directory,
-        softhsm2_conf=lab.softhsm.conf, token_uri=token_uri, swtpm=tpm)
+    """A pledge provisioned earlier in `lab`, ready to run again."""
+    return lab.reopen_pledge(serial)
 
 
 def pledge_identity(pledge: ProvisionedPledge, cloud_registrar_url: str | None = None) -> PledgeIdentity:
-    """What the provisioned pledge is born with, as the driver wants it.
-
-    The LDevID key goes into the same key store as the IDevID: the pledge
-    token (labels of its own per serial) or the pledge's own TPM.
-    """
-    if pledge.token_uri:
-        ldevid_uri = str(parse_key_uri(pledge.token_uri).with_object(f"ldevid-{pledge.serial}"))
-    else:
-        idevid = parse_key_uri(pledge.key_uri)
-        ldevid_uri = str(TpmUri(handle=LDEVID_TPM_HANDLE, tcti=idevid.tcti, hierarchy=idevid.hierarchy))
-    return PledgeIdentity(
-        idevid_key_uri=pledge.key_uri,
-        idevid=load_certificate_file(str(pledge.idevid_cert), "IDevID")[0],
-        builtin_anchors=load_certificate_file(str(pledge.cloud_anchor), "cloud registrar anchor"),
-        masa_anchors=load_certificate_file(str(pledge.manufacturer_ca), "manufacturer CA"),
-        cloud_registrar_url=cloud_registrar_url or pledge.cloud_registrar_url,
-        ldevid_key_uri=ldevid_uri,
-    )
+    """What the provisioned pledge is born with, as the driver wants it (optionally pointed
+    at another cloud registrar). Its LDevID key slots are in the same key store as the
+    IDevID: the pledge token (labels of its own per serial) or the pledge's own TPM."""
+    if cloud_registrar_url:
+        return replace(pledge.identity, cloud_registrar_url=cloud_registrar_url)
+    return pledge.identity
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from clirunner import run_cli
+from pledgeforge.boards import profile as profiles
 from pledgeforge.boards.profile import ProfileError, load_profile, profile_names
 from pledgeforge.errors import FileAccessError
 from pledgeforge.hsm.signer import KeyAlgorithm
@@ -85,3 +86,12 @@ def test_cli_lists_profiles():
     assert result.returncode == 0
     names = [line.split()[0] for line in result.stdout.decode().splitlines()]
     assert names == profile_names()
+
+
+@pytest.mark.parametrize("name", profile_names())
+def test_a_profile_written_with_other_timings_reads_back_as_written(name, tmp_path):
+    shipped = load_profile(name)
+    quick = profiles.write_profile(shipped.with_timings(autoboot_seconds=0, firmware_seconds=0), tmp_path / "q.toml")
+    assert load_profile(quick.path) == quick
+    assert (quick.boot.autoboot_seconds, quick.boot.firmware_seconds) == (0.0, 0.0)
+    assert quick.boot.bootloader_banner == shipped.boot.bootloader_banner and quick.keystore == shipped.keystore

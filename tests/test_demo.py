@@ -10,7 +10,7 @@ from pathlib import Path
 from clirunner import jq, openssl, run_cli
 from pledgeforge.boards.profile import load_profile
 from pledgeforge.demo import BoardConsole, summary_text
-from pledgeforge.registrar.lab import stop_process
+from pledgeforge.lab import stop_process
 from pledgeforge.bench import run
 
 

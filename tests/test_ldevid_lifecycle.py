@@ -46,7 +46,7 @@ def key_store(lab, serial: str, keystore: str) -> list[str]:
     if keystore == "pkcs11":
         out = subprocess.run(
             ["pkcs11-tool", "--module", lab.softhsm.module_path, "--token-label", "pledges", "--login",
-             "--pin", lab.pin_file.read_text().strip(), "--list-objects"],
+             "--pin", lab.pin_file("pledges").read_text().strip(), "--list-objects"],
             env=lab.softhsm.env(), capture_output=True, text=True, timeout=60, check=True).stdout
         return sorted(line.split(":", 1)[1].strip() for line in out.splitlines()
                       if line.strip().startswith("label:") and serial in line)

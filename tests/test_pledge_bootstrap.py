@@ -32,7 +32,7 @@ def forge(lab):
 @pytest.fixture(scope="module")
 def web_ca_tls(lab, tmp_path_factory):
     """TLS files from the lab's web CA: a server the pledge authenticates as a cloud registrar."""
-    web = keystore.open_signer(lab.key_uri("vendor", "web-ca"))
+    web = keystore.open_signer(lab.key_uri("web", "web-ca"))
     return tls_files(tmp_path_factory.mktemp("webtls"), "rogue", web, load_certificate_file(str(lab.pki("web-ca")))[0])
 
 
@@ -289,7 +289,7 @@ def test_registrar_serve_runs_the_lab_configurations(tmp_path):
     import subprocess
 
     from clirunner import PLEDGEFORGE
-    from pledgeforge.registrar.lab import Lab
+    from pledgeforge.lab import Lab
 
     with running_lab(tmp_path / "lab") as lab:
         pass  # created, then stopped: the configuration files stay

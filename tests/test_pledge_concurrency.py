@@ -46,7 +46,7 @@ def test_32_concurrent_bootstraps_on_one_token_all_enroll(lab):
     # Every key is on the one token, each pledge's IDevID and LDevID halves.
     listing = subprocess.run(
         ["pkcs11-tool", "--module", lab.softhsm.module_path, "--token-label", "pledges", "--login",
-         "--pin", lab.pin_file.read_text().strip(), "--list-objects"],
+         "--pin", lab.pin_file("pledges").read_text().strip(), "--list-objects"],
         env=lab.softhsm.env(), capture_output=True, text=True, timeout=120, check=True).stdout
     labels = [line.split(":", 1)[1].strip() for line in listing.splitlines() if line.strip().startswith("label:")]
     for serial in serials:

@@ -216,7 +216,7 @@ def test_unreachable_masa_is_retried_a_bounded_number_of_times(lab, tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         closed = s.getsockname()[1]  # nothing listens once the socket is closed
-    ca = open_signer(lab.key_uri("vendor", "manufacturer-ca"))
+    ca = open_signer(lab.key_uri("manufacturer", "manufacturer-ca"))
     ca_cert = load_certificate_file(str(lab.pki("manufacturer-ca")))[0]
     pledge = StandIn.create(tmp_path, "OW-NO-MASA", lambda pub, s: issue_idevid(
         ca, ca_cert, pub, s, masa_url=f"127.0.0.1:{closed}"))

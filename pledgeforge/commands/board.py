@@ -17,7 +17,7 @@ from pledgeforge.boards.image_slots import install_verify_key
 from pledgeforge.boards.power import power_request
 from pledgeforge.boards.profile import load_profile, profile_names
 from pledgeforge.boards.pty_bridge import BridgeError, PtyBridge
-from pledgeforge.boards.runtime import SERIAL_KINDS, Board, BoardError, load_firmware_app, lock_state_dir
+from pledgeforge.boards.runtime import SERIAL_KINDS, BoardError, lock_state_dir
 from pledgeforge.boards.transcript import follow_lines, parse_line, read_lines, transcript_path
 from pledgeforge.errors import FileAccessError
 from pledgeforge.hsm.identity_names import check_serial_number
@@ -65,11 +65,10 @@ def run(profile_name, state_dir, serial_kind, port, replay, lab_dir, flow, seria
                                "output for its next reader anyway")
     logging.basicConfig(level=logging.WARNING, format="board: %(message)s")
     profile = load_profile(profile_name)
-    app = load_firmware_app(Path(lab_dir) if lab_dir else None, flow)
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, lambda *_: stop.set())
-    with Board(profile, state_dir, app=app, serial_number=serial_number) as running:
+    with _assemble(profile, state_dir, lab_dir, flow, serial_number) as running:
         running.open_console(serial_kind, port, replay=replay)
         running.serve_power()
         if not power_off:
@@ -77,6 +76,20 @@ def run(profile_name, state_dir, serial_kind, port, replay, lab_dir, flow, seria
         print_json(running.describe())
         while not stop.wait(3600):
             pass
+
+
+def _assemble(profile, state_dir, lab_dir, flow, serial_number):
+    """The board of `profile`; with a lab, the pledge firmware and the lab's factory step
+    (the board is manufactured at its first power-on by the lab's CA)."""
+    from pledgeforge.boards.assembly import assemble_board
+
+    if lab_dir is None:
+        return assemble_board(profile, state_dir, serial_number=serial_number)
+    from pledgeforge.lab import Lab
+    from pledgeforge.lab.manufacture import LabManufacturing
+
+    return assemble_board(profile, state_dir, app="pledge", serial_number=serial_number,
+                          provisioning=LabManufacturing(Lab.load(Path(lab_dir)), flow))
 
 
 @board.command()

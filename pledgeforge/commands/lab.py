@@ -23,7 +23,7 @@ def lab() -> None:
 @JSON_OPTION
 def up(directory, timeout, as_json):
     """Create (first time) or reuse the lab and start its servers."""
-    from pledgeforge.registrar.lab import Lab
+    from pledgeforge.lab import Lab
 
     the_lab, report = Lab.up(directory, timeout_s=timeout)
     if as_json:
@@ -43,7 +43,7 @@ def up(directory, timeout, as_json):
 @JSON_OPTION
 def down(directory, as_json):
     """Stop the lab's servers (SIGTERM, then SIGKILL after a bounded wait)."""
-    from pledgeforge.registrar.lab import Lab
+    from pledgeforge.lab import Lab
 
     stopped = Lab.load(directory).down()
     if as_json:
@@ -57,7 +57,7 @@ def down(directory, as_json):
 @JSON_OPTION
 def status(directory, as_json):
     """Show which servers run and answer."""
-    from pledgeforge.registrar.lab import Lab
+    from pledgeforge.lab import Lab
 
     state = Lab.load(directory).status()
     if as_json:

@@ -16,7 +16,7 @@ def pledge() -> None:
 
 
 def _lab(lab_dir: str, role: str):
-    from pledgeforge.registrar.lab import Lab
+    from pledgeforge.lab import Lab
 
     lab = Lab.load(lab_dir)
     problem = lab.probe(role)
