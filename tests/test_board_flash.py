@@ -111,8 +111,9 @@ def test_power_cut_at_arbitrary_points_of_writes_keeps_the_last_good_state(tmp_p
     rng = random.Random(8366)
     acknowledged = 0
     for _ in range(25):
+        # Unbuffered: select() sees the pipe, so no line may wait in a reader's buffer.
         proc = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path)],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0)
         stop_after = rng.randrange(1, 30)
         seen = 0
         while seen < stop_after:
