@@ -14,6 +14,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
 
 from boardrunner import BoardProcess, quick_profile
 from clirunner import openssl
@@ -21,6 +22,7 @@ from pledgeforge.bench import login, open_console, run
 from pledgeforge.boards.pledge_app import PledgeApp
 from pledgeforge.boards.profile import load_profile
 from pledgeforge.boards.runtime import Board
+from pledgeforge.hsm import keystore
 from pledgeforge.hsm.keyuri import SOFTHSM2_MODULE
 from pledgeforge.lab.manufacture import LabManufacturing
 
@@ -248,3 +250,26 @@ def test_a_power_cut_of_the_board_process_mid_enrollment_leaves_no_key_after_pow
         assert key_store(described) == enrolled
         assert f"key slot: {slot}" in run(con, "ldevid", profile.console.prompt)
         con.close()
+
+
+@pytest.mark.parametrize("profile, flow", BOARDS)
+def test_factory_reset_destroys_every_key_the_firmware_made_but_not_the_idevid(lab, tmp_path, profile, flow):
+    with BenchBoard(lab, profile, flow, tmp_path / "board") as bench:
+        bench.power_on()
+        factory = bench.keys()
+        store = bench.board.keystore
+        # Keys an older firmware left (a numbered LDevID label, a handle further up) beside both
+        # LDevID slots: each the firmware's, none the factory's.
+        names = ["ldevid-a", "ldevid-b", "ldevid-1"] if store.type == "pkcs11" else \
+            [0x81020001, 0x81020002, 0x81020007]
+        for name in names:
+            keystore.generate_key(store.key_uri(name), store.algorithm)
+        assert len(bench.keys()) == len(factory) + len(names) * (2 if store.type == "pkcs11" else 1)
+        out = bench.factory_reset()
+        assert out.count("destroyed ") == len(names), out
+        assert bench.keys() == factory
+        # The IDevID key is still there: the one its certificate names.
+        identity = bench.board.flash.state.identity
+        idevid_key = keystore.open_signer(store.current_uri(identity.idevid_key_uri))
+        assert idevid_key.public_key_pem() == identity.idevid.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
