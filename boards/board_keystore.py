@@ -4,9 +4,10 @@ Drivers are registered by the profile `[keystore] type` they bind to
 (`KEYSTORE_DRIVERS`: "tpm", "pkcs11"); each names its keys by URI through the
 key-store registry (hsm/keystore.py) and maps the firmware's key slots
 ("idevid", "ldevid") to its own names for them (a persistent handle, a label).
-The factory fills the slots in FACTORY_SLOTS (the IDevID's); every other key in
-the board's part of the store is the firmware's (`firmware_keys()`: the LDevID
-slots, and whatever else it made), which a factory reset destroys.
+The factory fills every slot but the firmware's own (FIRMWARE_SLOTS: "ldevid");
+every other key in the board's part of the store is the firmware's
+(`firmware_keys()`: the LDevID slots, and whatever else it made), which a
+factory reset destroys.
 
 Each board keeps its keys in its state directory (`DIR/tpm/` or
 `DIR/softhsm/`), so boards never share a key store and a board's keys survive
@@ -55,8 +56,9 @@ class BoardKeyStore(ABC):
     scheme: ClassVar[str]
     #: where the firmware keeps its keys: slot -> the store's name for it (label or handle)
     SLOTS: ClassVar[dict[str, str | int]]
-    #: the slots the factory fills: their keys outlive a factory reset
-    FACTORY_SLOTS: ClassVar[frozenset[str]] = frozenset({"idevid"})
+    #: the slots whose keys the firmware makes for an owner; every other slot is the factory's
+    #: (the IDevID's, and any a station adds), and its key outlives a factory reset
+    FIRMWARE_SLOTS: ClassVar[frozenset[str]] = frozenset({"ldevid"})
 
     def __init__(self, config, state_dir: Path):
         #: the profile's [keystore] table (boards/profile.py KeyStoreConfig)
@@ -90,7 +92,7 @@ class BoardKeyStore(ABC):
     def firmware_keys(self) -> list[str]:
         """URIs of the keys the board's firmware made: every key in the board's part of the
         store but those of the factory's slots."""
-        factory = {self.SLOTS[slot] for slot in self.FACTORY_SLOTS}
+        factory = {name for slot, name in self.SLOTS.items() if slot not in self.FIRMWARE_SLOTS}
         return [self.key_uri(name) for name in self._key_names() if name not in factory]
 
     def _key_names(self) -> list[str | int]:
