@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from . import verification_profile as profile
-from .asn1_messages import asn1_problem
+from .asn1_messages import asn1_problem, received_encoding
 from .chain import build_chain
 from .errors import (BadSignatureError, CertificateError, CmsError, DigestMismatchError,
                      MalformedCmsError, UnexpectedContentTypeError)
@@ -279,7 +279,7 @@ def _parse(der: bytes, extra_certs: Iterable[x509.Certificate]) -> _Parsed:
 
 def _embedded_certificate(choice, number: int) -> x509.Certificate:
     try:
-        return x509.load_der_x509_certificate(choice.chosen.dump())
+        return x509.load_der_x509_certificate(received_encoding(choice.chosen))
     except ValueError as exc:
         raise MalformedCmsError(f"certificate {number} of the SignedData is not a readable "
                                 f"X.509 certificate ({asn1_problem(exc)})") from None
