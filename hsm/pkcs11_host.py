@@ -13,8 +13,8 @@ The protocol is one request, one answer, each a length-prefixed frame
     request   (operation, arguments)
     answer    ("ok", result) | ("error", exception class name, message)
 
-with the operations of LocalModule: public_key, sign, generate, list_keys,
-delete. The first frame the host sends is ("ok", module description) once
+with the operations of LocalModule: public_key, sign, sign_many, generate,
+list_keys, delete. The first frame the host sends is ("ok", module description) once
 the module is loaded, or the error that stopped it. Both ends are the same
 Python (sys.executable), so marshal's format always matches. PINs travel in
 the frames only: never on a command line, in the environment or in a log.
@@ -47,7 +47,7 @@ CALL_TIMEOUT_S = 300.0
 STOP_TIMEOUT_S = 5.0
 MAX_FRAME = 1 << 20
 
-OPERATIONS = ("public_key", "sign", "generate", "list_keys", "delete")
+OPERATIONS = ("public_key", "sign", "sign_many", "generate", "list_keys", "delete")
 
 
 def _error_class(name: str) -> type[KeyStoreError]:
@@ -78,6 +78,9 @@ class HostedModule:
 
     def sign(self, token, pin, label, key_id, dgst, hash_name, pad) -> bytes:
         return self._call("sign", token, pin, label, key_id, dgst, hash_name, pad)
+
+    def sign_many(self, token, pin, label, key_id, digests, hash_name, pad) -> list[bytes]:
+        return self._call("sign_many", token, pin, label, key_id, list(digests), hash_name, pad)
 
     def generate(self, token, pin, label, key_id, algorithm) -> bytes:
         return self._call("generate", token, pin, label, key_id, algorithm)
