@@ -37,8 +37,8 @@ from .asn1_messages import asn1_problem
 from .chain import build_chain
 from .errors import (BadSignatureError, CertificateError, CmsError, DigestMismatchError,
                      MalformedCmsError, UnexpectedContentTypeError)
-from .signer import (Padding, SignatureRequest, Signer, SigningSteps, async_signing_function,
-                     signing_function, verify_signature)
+from .signer import (BuildingSigner, Padding, SignatureRequest, Signer, SigningSteps,
+                     async_signing_function, signing_function, verify_signature)
 
 ID_DATA = "1.2.840.113549.1.7.1"
 ID_CT_ANIMA_JSON_VOUCHER = "1.2.840.113549.1.9.16.1.40"
@@ -230,9 +230,34 @@ def _fixed_parts(cert_der: bytes, chain_ders: tuple[bytes, ...]) -> _FixedParts:
 _SIGNER_INFO_VERSION = {"issuer_and_serial_number": "v1", "subject_key_identifier": "v3"}
 
 
-sign_cms = signing_function(signed_data_steps)
-#: sign_cms for servers: the event loop keeps serving while the key signs
-sign_cms_async = async_signing_function(signed_data_steps)
+_sign_locally = signing_function(signed_data_steps)
+_sign_locally_async = async_signing_function(signed_data_steps)
+
+
+def sign_cms(content: bytes, signer: Signer, cert: x509.Certificate,
+             chain: Sequence[x509.Certificate] = (), content_type: str = "voucher",
+             hash_name: str | None = None, pad: Padding = Padding.PKCS1V15,
+             signing_time: dt.datetime | None = None) -> bytes:
+    """DER SignedData over `content` (see signed_data_steps).
+
+    A key server's key (a BuildingSigner) builds the SignedData itself, with
+    the certificate, clock and algorithms it holds for the key: it is given
+    the content and its type only.
+    """
+    if isinstance(signer, BuildingSigner):
+        return signer.build_signed_data(content, content_type)
+    return _sign_locally(content, signer, cert, chain, content_type, hash_name, pad, signing_time)
+
+
+async def sign_cms_async(content: bytes, signer: Signer, cert: x509.Certificate,
+                         chain: Sequence[x509.Certificate] = (), content_type: str = "voucher",
+                         hash_name: str | None = None, pad: Padding = Padding.PKCS1V15,
+                         signing_time: dt.datetime | None = None) -> bytes:
+    """sign_cms for servers: the event loop keeps serving while the key signs."""
+    if isinstance(signer, BuildingSigner):
+        return await signer.build_signed_data_async(content, content_type)
+    return await _sign_locally_async(content, signer, cert, chain, content_type, hash_name, pad,
+                                     signing_time)
 
 
 # --------------------------------------------------------------------------- input

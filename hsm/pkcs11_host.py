@@ -38,7 +38,7 @@ from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.connection import Connection
 
 from . import errors
-from .errors import KeyStoreError
+from .errors import KeyStoreError, ModuleHostError
 
 #: how long loading a module may take, and one operation (RSA-4096 generation
 #: on a slow token is the longest): beyond that the host is taken for hung
@@ -130,10 +130,10 @@ class HostedModule:
                 return marshal.loads(self._conn.recv_bytes(MAX_FRAME))
         except (OSError, EOFError):
             self._stop()
-            raise KeyStoreError(f"the module host of {self.path} exited during {what} "
+            raise ModuleHostError(f"the module host of {self.path} exited during {what} "
                                 f"({self._exit_status()}); the next call starts a new one") from None
         self._stop()
-        raise KeyStoreError(f"the PKCS#11 module {self.path} did not answer within {timeout:g} s "
+        raise ModuleHostError(f"the PKCS#11 module {self.path} did not answer within {timeout:g} s "
                             f"({what}); its host was stopped")
 
     @staticmethod

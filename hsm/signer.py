@@ -23,7 +23,7 @@ import hashlib
 from abc import ABC, abstractmethod
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import Awaitable, Callable, Generator, TypeVar
+from typing import Awaitable, Callable, Generator, Sequence, TypeVar
 
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
@@ -323,6 +323,39 @@ class Signer(ABC):
 
     def __exit__(self, *exc):
         self.close()
+
+
+class BuildingSigner(Signer):
+    """A key behind a key server that builds what it signs (the keyless mode of IETF LURK).
+
+    Such a server signs no digest of unknown meaning: it is given the content
+    of a SignedData (a voucher, a voucher-request) or a CSR with the profile of
+    the certificate wanted, checks them against its policy, builds the object
+    with its own certificate and clock, and returns it. `cms.sign_cms` and
+    `x509.issue_from_csr` (and their async forms) hand such a signer the whole
+    object; `sign_digest` stays for what the server grants as raw signing.
+    """
+
+    @abstractmethod
+    def build_signed_data(self, content: bytes, content_type: str) -> bytes:
+        """DER ContentInfo/SignedData over `content`, built and signed by the key server."""
+
+    @abstractmethod
+    def build_certificate(self, csr, *, days: int, extended_key_usage: Sequence[str],
+                          dns_names: Sequence[str]):
+        """The certificate the key server issues for `csr` (a cryptography CSR) with that profile;
+        extended_key_usage as dotted OIDs."""
+
+    async def build_signed_data_async(self, content: bytes, content_type: str) -> bytes:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, self.build_signed_data, content, content_type)
+
+    async def build_certificate_async(self, csr, *, days: int, extended_key_usage: Sequence[str],
+                                      dns_names: Sequence[str]):
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, functools.partial(
+            self.build_certificate, csr, days=days, extended_key_usage=extended_key_usage,
+            dns_names=dns_names))
 
 
 class SoftwareSigner(Signer):

@@ -29,8 +29,8 @@ from cryptography.x509.oid import NameOID, ObjectIdentifier
 from .asn1_messages import asn1_problem
 from .errors import CertificateError
 from .identity_names import check_dns_name, check_serial_number
-from .signer import (Padding, SignatureRequest, Signer, SigningSteps, async_signing_function,
-                     hash_algorithm, run_signing, signing_function)
+from .signer import (BuildingSigner, Padding, SignatureRequest, Signer, SigningSteps,
+                     async_signing_function, hash_algorithm, run_signing, signing_function)
 
 ID_PE_MASA_URL = ObjectIdentifier("1.3.6.1.5.5.7.1.32")
 ID_ON_HARDWARE_MODULE_NAME = ObjectIdentifier("1.3.6.1.5.5.7.8.4")
@@ -290,6 +290,41 @@ def issued_certificate_steps(
 issue_certificate = signing_function(issued_certificate_steps)
 #: issue_certificate for servers: the event loop keeps serving while the CA key signs
 issue_certificate_async = async_signing_function(issued_certificate_steps)
+
+
+def _csr_profile(csr: x509.CertificateSigningRequest, days: int,
+                 extended_key_usage: Sequence[ObjectIdentifier], dns_names: Sequence[str]) -> dict:
+    check_csr(csr)
+    return dict(days=days, extended_key_usage=list(extended_key_usage), dns_names=list(dns_names))
+
+
+def issue_from_csr(ca_signer: Signer, ca_cert: x509.Certificate, csr: x509.CertificateSigningRequest,
+                   *, days: int = 825, extended_key_usage: Sequence[ObjectIdentifier] = (),
+                   dns_names: Sequence[str] = ()) -> x509.Certificate:
+    """A certificate for the key and subject of `csr`, once the CSR proves possession of its key.
+
+    A key server's CA key (a BuildingSigner) is given the CSR and the profile,
+    and checks and builds the certificate itself.
+    """
+    profile = _csr_profile(csr, days, extended_key_usage, dns_names)
+    if isinstance(ca_signer, BuildingSigner):
+        return ca_signer.build_certificate(
+            csr, days=days, extended_key_usage=[o.dotted_string for o in extended_key_usage],
+            dns_names=list(dns_names))
+    return issue_certificate(ca_signer, ca_cert, csr.public_key(), csr.subject, **profile)
+
+
+async def issue_from_csr_async(ca_signer: Signer, ca_cert: x509.Certificate,
+                               csr: x509.CertificateSigningRequest, *, days: int = 825,
+                               extended_key_usage: Sequence[ObjectIdentifier] = (),
+                               dns_names: Sequence[str] = ()) -> x509.Certificate:
+    """issue_from_csr for servers: the event loop keeps serving while the CA key signs."""
+    profile = _csr_profile(csr, days, extended_key_usage, dns_names)
+    if isinstance(ca_signer, BuildingSigner):
+        return await ca_signer.build_certificate_async(
+            csr, days=days, extended_key_usage=[o.dotted_string for o in extended_key_usage],
+            dns_names=list(dns_names))
+    return await issue_certificate_async(ca_signer, ca_cert, csr.public_key(), csr.subject, **profile)
 
 
 def issue_idevid(

@@ -47,7 +47,7 @@ from pledgeforge.hsm.identity_names import IdentityNameError, check_dns_name
 from pledgeforge.hsm.keystore import open_signer
 from pledgeforge.hsm.wellknown import (CERTS_ONLY_MEDIA_TYPE, CSRATTRS_MEDIA_TYPE, EST_PATH, PKCS7_MEDIA_TYPE,
                                        PKCS10_MEDIA_TYPE)
-from pledgeforge.hsm.x509 import check_csr, issue_certificate_async, load_csr, parse_dn, to_pem
+from pledgeforge.hsm.x509 import check_csr, issue_from_csr_async, load_csr, parse_dn, to_pem
 
 from .brski import require_serial
 from .config import CsrAttrsSettings, EstSettings
@@ -238,10 +238,9 @@ class EstServer:
         return csr
 
     async def _issue(self, csr: x509.CertificateSigningRequest, dns_names: list[str]) -> x509.Certificate:
-        return await issue_certificate_async(
-            self.ca_signer, self.ca_cert, csr.public_key(), csr.subject,
-            days=self.settings.certificate_days, extended_key_usage=[ExtendedKeyUsageOID.CLIENT_AUTH],
-            dns_names=dns_names)
+        return await issue_from_csr_async(
+            self.ca_signer, self.ca_cert, csr, days=self.settings.certificate_days,
+            extended_key_usage=[ExtendedKeyUsageOID.CLIENT_AUTH], dns_names=dns_names)
 
     def _answer(self, cert: x509.Certificate) -> web.Response:
         return web.Response(body=encode_body(certs_only([cert])),
