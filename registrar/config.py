@@ -434,3 +434,11 @@ def load_config(path: str | Path) -> MasaConfig | RegistrarConfig:
         manufacturer_cas=reg.paths("manufacturer_cas"), upstream=upstream, check_time=check_time,
         require_pledge_list=reg.get("require_pledge_list", bool, True), est=est,
     )
+
+
+# The readers other pledgeforge servers use for their own files (the signing
+# service's), so that every configuration mistake is reported the same way.
+Table = _Table
+read_toml = _read
+read_server_settings = _server
+read_database_url = _database_url
