@@ -1,0 +1,137 @@
+"""Before anything is signed: the request's timestamp, its id, and the client's rate.
+
+Every request carries an `id` of the client's choosing and a `timestamp`
+(RFC 3339). A timestamp further than the window from the service's clock is
+refused (a replay, or a client whose clock is wrong). Within the window the
+service remembers each client's ids with the answer it gave: the same id
+again gets that answer, byte for byte, without a new signature (a retry
+after a lost answer is safe); the same id with another body is refused.
+Entries older than two windows are dropped: their timestamps are refused
+anyway.
+
+Each client has a token bucket of `burst` tokens refilled at `rate_per_s`
+(registrar/rate_limit.py's arithmetic); every signature a request asks for
+(every item of a batch) takes one. The bucket is a database row in
+wall-clock seconds, so a restart does not refill it.
+
+The functions named `*_job` run in the state worker's transaction (store.py).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+from dataclasses import dataclass
+
+from sqlalchemy import Connection, delete, insert, select, update
+
+from pledgeforge.registrar.rate_limit import Limit, take
+
+from .audit import timestamp
+from .policy import Client
+from .store import rate_buckets, replay_entries
+
+
+def timestamp_problem(sent: dt.datetime, now: dt.datetime, window_s: int) -> str | None:
+    """Why a request timestamp is refused, or None."""
+    skew = (now - sent).total_seconds()
+    if skew > window_s:
+        return (f"the request's timestamp is {skew:.0f} s old; this service accepts requests up to "
+                f"{window_s} s old (a replayed request, or a client clock that is wrong)")
+    if -skew > window_s:
+        return (f"the request's timestamp lies {-skew:.0f} s in the future (more than {window_s} s): "
+                "check the client's clock")
+    return None
+
+
+@dataclass(frozen=True)
+class StoredAnswer:
+    status: int
+    content_type: str
+    body: bytes
+    headers: dict[str, str]
+
+
+@dataclass(frozen=True)
+class Admission:
+    """What the admission job decided: go ahead (reserved), wait (429), or a known id."""
+
+    reserved: bool = False
+    wait_s: float = 0.0
+    #: the id was seen: its answer, or None while that request is still being served
+    seen: bool = False
+    answer: StoredAnswer | None = None
+    same_body: bool = True
+
+
+def admit_job(client: Client, request_id: str, body_sha256: str, signatures: int, node: str):
+    """The job that looks the id up, charges the client's bucket and reserves the id."""
+
+    def job(conn: Connection) -> Admission:
+        row = conn.execute(select(replay_entries).where(
+            replay_entries.c.client == client.name, replay_entries.c.request_id == request_id)).first()
+        if row is not None:
+            answer = None
+            if row.status is not None:
+                answer = StoredAnswer(row.status, row.content_type, row.response, json.loads(row.headers))
+            return Admission(seen=True, answer=answer, same_body=row.body_sha256 == body_sha256)
+        wait = _charge(conn, client, signatures)
+        if wait > 0:
+            return Admission(wait_s=wait)
+        conn.execute(insert(replay_entries).values(
+            client=client.name, request_id=request_id, body_sha256=body_sha256, node=node,
+            created_at=timestamp()))
+        return Admission(reserved=True)
+
+    return job
+
+
+def _charge(conn: Connection, client: Client, count: int) -> float:
+    now = time.time()
+    limit = Limit(client.rate_per_s, client.burst)
+    row = conn.execute(select(rate_buckets).where(rate_buckets.c.client == client.name)).first()
+    tokens, at = (row.tokens, row.at) if row is not None else (float(client.burst), now)
+    tokens, wait = take(tokens, at, now, limit, count)
+    if row is None:
+        conn.execute(insert(rate_buckets).values(client=client.name, tokens=tokens, at=now))
+    else:
+        conn.execute(update(rate_buckets).where(rate_buckets.c.client == client.name)
+                     .values(tokens=tokens, at=now))
+    return wait
+
+
+def answer_job(client: str, request_id: str, answer: StoredAnswer | None):
+    """The job that stores the answer of a reserved id (None: forget the id, nothing was signed)."""
+
+    def job(conn: Connection) -> None:
+        where = (replay_entries.c.client == client) & (replay_entries.c.request_id == request_id)
+        if answer is None:
+            conn.execute(delete(replay_entries).where(where))
+        else:
+            conn.execute(update(replay_entries).where(where).values(
+                status=answer.status, content_type=answer.content_type, response=answer.body,
+                headers=json.dumps(answer.headers)))
+
+    return job
+
+
+def prune_job(older_than: dt.datetime):
+    """Drop entries whose timestamps would be refused anyway."""
+
+    def job(conn: Connection) -> int:
+        return conn.execute(delete(replay_entries).where(
+            replay_entries.c.created_at < timestamp(older_than))).rowcount
+
+    return job
+
+
+def release_unanswered_job(node: str):
+    """At start: this node's reservations that never got an answer (it stopped while serving
+    them); a retry of those ids is served afresh."""
+
+    def job(conn: Connection) -> int:
+        return conn.execute(delete(replay_entries).where(
+            (replay_entries.c.node == node) & replay_entries.c.status.is_(None))).rowcount
+
+    return job
