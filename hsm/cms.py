@@ -120,16 +120,14 @@ def signed_data_steps(
     ct_oid = CONTENT_TYPES.get(content_type, content_type)
     if ct_oid not in ACCEPTED_CONTENT_TYPES:
         raise ValueError(f"content type must be 'voucher' or 'data', not {content_type!r}")
-    cert_der = cert.public_bytes(serialization.Encoding.DER)
-    fixed = _fixed_parts(cert_der, tuple(c.public_bytes(serialization.Encoding.DER) for c in chain))
+    fixed = _fixed_parts(cert, tuple(chain))
     if fixed.public_key_der != signer.public_key_der():
         raise CmsError("the signer certificate does not belong to the signing key")
     hash_name = hash_name or signer.algorithm.default_hash
     when = (signing_time or dt.datetime.now(dt.timezone.utc)).replace(microsecond=0)
-    time_der = (core.UTCTime(when) if when.year < 2050 else core.GeneralizedTime(when)).dump()
     attrs = [
         _attribute(_OID_CONTENT_TYPE, _oid(ct_oid)),
-        _attribute(_OID_SIGNING_TIME, time_der),
+        _signing_time_attribute(when),
         _attribute(_OID_MESSAGE_DIGEST, _tlv(0x04, hashlib.new(hash_name, content).digest())),
     ]
     # DER orders SET OF by encoding; verifiers such as OpenSSL re-encode the
@@ -181,6 +179,14 @@ def _oid(dotted: str) -> bytes:
     return core.ObjectIdentifier(dotted).dump()
 
 
+@functools.lru_cache(maxsize=4)
+def _signing_time_attribute(when: dt.datetime) -> bytes:
+    """RFC 5652 11.3: UTCTime through 2049, GeneralizedTime after (kept: many SignedData
+    are signed within one second)."""
+    value = core.UTCTime(when) if when.year < 2050 else core.GeneralizedTime(when)
+    return _attribute(_OID_SIGNING_TIME, value.dump())
+
+
 def _attribute(oid: str, value_der: bytes) -> bytes:
     """Attribute ::= SEQUENCE { attrType OBJECT IDENTIFIER, attrValues SET OF value } (one value)."""
     return _tlv(0x30, _oid(oid) + _tlv(0x31, value_der))
@@ -214,16 +220,17 @@ class _FixedParts:
 
 
 @functools.lru_cache(maxsize=64)
-def _fixed_parts(cert_der: bytes, chain_ders: tuple[bytes, ...]) -> _FixedParts:
-    public_key_der = x509.load_der_x509_certificate(cert_der).public_key().public_bytes(
+def _fixed_parts(cert: x509.Certificate, chain: tuple[x509.Certificate, ...]) -> _FixedParts:
+    public_key_der = cert.public_key().public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    cert_der = cert.public_bytes(serialization.Encoding.DER)
     asn1_cert = asn1_x509.Certificate.load(cert_der)
     sid = cms.SignerIdentifier({"issuer_and_serial_number": cms.IssuerAndSerialNumber({
         "issuer": asn1_cert.issuer, "serial_number": asn1_cert.serial_number})})
     # CertificateChoices' certificate alternative is the untagged Certificate;
     # DER orders the SET OF by encoding.
-    certificates = b"".join(sorted({cert_der, *chain_ders}))
-    return _FixedParts(public_key_der, sid.dump(), _tlv(0xA0, certificates))
+    ders = {cert_der, *(c.public_bytes(serialization.Encoding.DER) for c in chain)}
+    return _FixedParts(public_key_der, sid.dump(), _tlv(0xA0, b"".join(sorted(ders))))
 
 
 #: RFC 5652 §5.3: the SignerInfo version follows the form of its sid.

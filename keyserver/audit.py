@@ -22,7 +22,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 from sqlalchemy import Connection, Engine, and_, func, insert, or_, select
 
@@ -31,7 +31,7 @@ from .store import audit_records
 GENESIS = "0" * 64
 
 
-@dataclass(frozen=True)
+@dataclass
 class AuditEntry:
     """What one record says (node and seq are given by the chain when it is appended)."""
 
@@ -91,7 +91,7 @@ class AuditChain:
         when = timestamp(at)
         rows, seqs = [], []
         for entry in entries:
-            record = {f.name: getattr(entry, f.name) for f in fields(entry)}
+            record = dict(vars(entry))
             record.update(node=self.node, seq=self.head.seq + 1, at=when)
             record["hash"] = record_hash(self.head.hash, record)
             record["prev_hash"] = self.head.hash

@@ -31,6 +31,7 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
+import functools
 import hashlib
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -120,17 +121,24 @@ def _signed_voucher(voucher: Voucher, key: ServedKey) -> Callable[[Delegation], 
     return lambda delegation: signed_data_steps(content, key.signer, key.cert, key.chain, "voucher")
 
 
+@functools.lru_cache(maxsize=256)
+def _readable_certificate(der: bytes) -> bool:
+    """Whether `der` is an X.509 certificate (an owner's CA is pinned in many vouchers)."""
+    try:
+        x509.load_der_x509_certificate(der)
+    except ValueError:
+        return False
+    return True
+
+
 def _prepare_voucher(item: dict, key: ServedKey, now: dt.datetime, window_s: int) -> Prepared:
     voucher = _voucher_fields(item, "voucher", False, now, window_s)
     if voucher.assertion is None:
         raise Invalid("the voucher lacks assertion (RFC 8366)")
     if voucher.pinned_domain_cert is None and voucher.pinned_domain_pubk is None:
         raise Invalid("the voucher pins nothing: give pinned-domain-cert (RFC 8366)")
-    if voucher.pinned_domain_cert is not None:
-        try:
-            x509.load_der_x509_certificate(voucher.pinned_domain_cert)
-        except ValueError:
-            raise Invalid("pinned-domain-cert is not a DER X.509 certificate") from None
+    if voucher.pinned_domain_cert is not None and not _readable_certificate(voucher.pinned_domain_cert):
+        raise Invalid("pinned-domain-cert is not a DER X.509 certificate")
     if voucher.nonce is None and voucher.expires_on is None:
         raise Invalid("a voucher needs a nonce, or (nonceless) an expires-on (RFC 8366)")
     if voucher.expires_on is not None and voucher.expires_on <= voucher.created_on:

@@ -401,15 +401,19 @@ class SigningService:
                 state.status, state.reason = 500, "internal error; see the service log"
             else:
                 state.result = result
-        item_entry = replace(
-            entry, request_id=f"{entry.request_id}#{index}" if batch else entry.request_id,
-            status=state.status, subject=state.prepared.subject if state.prepared else "",
+        prepared = state.prepared
+        item_entry = AuditEntry(
+            peer=entry.peer, operation=entry.operation, status=state.status, outcome="signed",
+            identity=entry.identity, client=entry.client, key=entry.key,
+            delegator=delegation.delegator if delegation else "",
             delegation=delegation.name if delegation else "",
-            delegator=delegation.delegator if delegation else "")
+            subject=prepared.subject if prepared else "",
+            request_id=f"{entry.request_id}#{index}" if batch else entry.request_id)
         if state.status != 200:
-            return replace(item_entry, outcome="refused", reason=state.reason)
-        return replace(item_entry, outcome="signed",
-                       digest=object_digest(state.prepared.audited_bytes(state.result)))
+            item_entry.outcome, item_entry.reason = "refused", state.reason
+        else:
+            item_entry.digest = object_digest(prepared.audited_bytes(state.result))
+        return item_entry
 
     def _answer_job(self, client: Client, request_id: str, entries: list[AuditEntry],
                     states: list[_Item], batch: bool, keep: bool):

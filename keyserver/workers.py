@@ -55,6 +55,8 @@ class WorkerSigner(Signer):
         for host in self.hosts:
             spki = host.public_key(uri.token, uri.pin(), uri.object, uri.id)
         self._public_key = serialization.load_der_public_key(spki)
+        self._public_key_der = self._public_key.public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
         self._algorithm = KeyAlgorithm.of_public_key(self._public_key)
         self._idle: asyncio.Queue | None = None
 
@@ -65,6 +67,9 @@ class WorkerSigner(Signer):
     @property
     def algorithm(self):
         return self._algorithm
+
+    def public_key_der(self) -> bytes:
+        return self._public_key_der   # asked for by every SignedData built with this key
 
     def worker_pids(self) -> list[int]:
         """The process ids of the running workers (for operators and tests)."""

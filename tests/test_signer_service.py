@@ -16,24 +16,22 @@ import secrets
 import signal
 import sqlite3
 import ssl
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, utils
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from clirunner import openssl, run_cli
 from pledgeforge.hsm import keystore
-from pledgeforge.hsm.cms import sign_cms, unverified_content, verify_cms
+from pledgeforge.hsm.cms import sign_cms
 from pledgeforge.hsm.errors import KeyStoreError
 from pledgeforge.hsm.signer import KeyAlgorithm, SoftwareSigner
 from pledgeforge.hsm.voucher import Voucher, format_date
-from pledgeforge.hsm.x509 import (ID_PE_MASA_URL, issue_from_csr, issue_idevid, make_csr, to_der,
-                                  to_pem)
+from pledgeforge.hsm.x509 import issue_from_csr, issue_idevid, make_csr, to_der, to_pem
 from pledgeforge.keyserver import audit
 from pledgeforge.keyserver.client import SigningRefused, new_request
 from pledgeforge.keyserver.store import open_store
