@@ -114,12 +114,12 @@ def _reap(pid: int) -> None:
         pass
 
 
-def server_alive(pid: int | None, config: Path) -> bool:
+def server_alive(pid: int | None, config: Path, module: str = "pledgeforge.registrar.server") -> bool:
     """True when `pid` is the lab server started with `config` (not a recycled PID)."""
     if not pid:
         return False
     cmd = _cmdline(pid)
-    return bool(cmd) and str(config) in cmd and "pledgeforge.registrar.server" in cmd
+    return bool(cmd) and str(config) in cmd and module in cmd
 
 
 def wait_for_exit(pid: int, timeout: float) -> bool:
@@ -289,39 +289,69 @@ class Lab:
         return cls(directory, data)
 
     @classmethod
-    def up(cls, directory: str | os.PathLike, timeout_s: float = START_TIMEOUT_S) -> tuple["Lab", UpReport]:
-        """Create the lab if needed, start what is not running, return once all answer."""
+    def up(cls, directory: str | os.PathLike, timeout_s: float = START_TIMEOUT_S,
+           signer: str | None = None) -> tuple["Lab", UpReport]:
+        """Create the lab if needed, start what is not running, return once all answer.
+
+        signer: "keyless" or "short-term" puts the registrar-side keys behind a signing
+        service (pledgeforge.keyserver.lab); chosen when the lab is created."""
         directory = Path(directory).expanduser().resolve()
         report = UpReport()
         if (directory / LAB_FILE).exists():
             lab = cls.load(directory)
+            have = lab.data.get("signer", {}).get("mode")
+            if signer is not None and signer != have:
+                raise LabError(f"the lab in {directory} was created "
+                               f"{'with a ' + have + ' signing service' if have else 'without a signing service'}; "
+                               "create another lab for --signer " + signer)
         else:
-            lab = _create(directory)
+            lab = _create(directory, signer)
             report.created = True
         lab._start(report, timeout_s)
         return lab, report
+
+    def roles(self) -> list[str]:
+        """Every server of the lab, in the order they start (a signing service first:
+        the others open their keys through it)."""
+        order = {role: i for i, role in enumerate(ROLES)}
+        return sorted(self.data["servers"], key=lambda r: (self.data["servers"][r].get("stage", 1),
+                                                            order.get(r, -1), r))
+
+    def _module(self, role: str) -> str:
+        return self.data["servers"][role].get("module", "pledgeforge.registrar.server")
+
+    def alive(self, role: str) -> bool:
+        return server_alive(self.pid(role), self.config_path(role), self._module(role))
 
     def _save(self) -> None:
         atomic_write(self.dir / LAB_FILE, (json.dumps(self.data, indent=2, sort_keys=True) + "\n").encode())
 
     def _start(self, report: UpReport, timeout_s: float) -> None:
-        pending: dict[str, subprocess.Popen] = {}
-        for role in ROLES:
-            if server_alive(self.pid(role), self.config_path(role)):
-                report.already_running.append(role)
-                continue
-            pending[role] = self._spawn(role)
-            self.data["servers"][role]["pid"] = pending[role].pid
-        try:
-            self._wait_answering(pending, timeout_s)
-        except LabError:
-            for role, proc in pending.items():
-                stop_process(proc.pid)
-                self.data["servers"][role]["pid"] = None
+        stages = sorted({self.data["servers"][r].get("stage", 1) for r in self.roles()})
+        for stage in stages:
+            pending: dict[str, subprocess.Popen] = {}
+            for role in self.roles():
+                if self.data["servers"][role].get("stage", 1) != stage:
+                    continue
+                if self.alive(role):
+                    report.already_running.append(role)
+                    continue
+                pending[role] = self._spawn(role)
+                self.data["servers"][role]["pid"] = pending[role].pid
+            try:
+                self._wait_answering(pending, timeout_s)
+                if stage == 0 and self.data.get("signer"):
+                    from pledgeforge.keyserver.lab import before_registrars
+
+                    before_registrars(self)
+            except (LabError, PledgeforgeError):
+                for role, proc in pending.items():
+                    stop_process(proc.pid)
+                    self.data["servers"][role]["pid"] = None
+                self._save()
+                raise
+            report.started += list(pending)
             self._save()
-            raise
-        report.started = list(pending)
-        self._save()
 
     def _spawn(self, role: str) -> subprocess.Popen:
         log = open(self.log_path(role), "ab")
@@ -330,8 +360,7 @@ class Lab:
             # Its environment already names the lab's SoftHSM, so the server loads
             # the module in-process rather than in a module host.
             return subprocess.Popen(
-                [sys.executable, "-m", "pledgeforge.registrar.server", "--config",
-                 str(self.config_path(role))],
+                [sys.executable, "-m", self._module(role), "--config", str(self.config_path(role))],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True, close_fds=True, cwd=self.dir,
                 env=self.softhsm.env())
@@ -371,8 +400,10 @@ class Lab:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         anchor = "owner-ca" if role == "owner" else "web-ca"
         context.load_verify_locations(cafile=str(self.pki(anchor)))
-        # The cloud registrar wants a manufacturer-issued client certificate.
-        context.load_cert_chain(str(self.dir / "tls" / "probe.crt"), str(self.dir / "tls" / "probe.key"))
+        # The cloud registrar wants a manufacturer-issued client certificate (a server
+        # that only knows other CAs says so in its entry).
+        if self.data["servers"][role].get("probe_identity", True):
+            context.load_cert_chain(str(self.dir / "tls" / "probe.crt"), str(self.dir / "tls" / "probe.key"))
         conn = http.client.HTTPSConnection(HOST, self.port(role), context=context, timeout=timeout)
         try:
             conn.request("GET", HEALTH_PATH)
@@ -391,9 +422,13 @@ class Lab:
     def down(self, timeout_s: float = STOP_TIMEOUT_S) -> list[str]:
         """Stop the running servers; return which were stopped."""
         stopped = []
-        for role in ROLES:
+        if self.data.get("signer"):
+            from pledgeforge.keyserver.lab import stop_agents
+
+            stopped += stop_agents(self, timeout_s)
+        for role in reversed(self.roles()):
             pid = self.pid(role)
-            if server_alive(pid, self.config_path(role)):
+            if self.alive(role):
                 stop_process(pid, timeout_s)
                 stopped.append(role)
             self.data["servers"][role]["pid"] = None
@@ -405,9 +440,9 @@ class Lab:
 
     def status(self) -> dict:
         servers = {}
-        for role in ROLES:
+        for role in self.roles():
             pid = self.pid(role)
-            alive = server_alive(pid, self.config_path(role))
+            alive = self.alive(role)
             servers[role] = {
                 "url": self.url(role),
                 "ports": self.data["servers"][role]["ports"],
@@ -417,8 +452,12 @@ class Lab:
                 "log": str(self.log_path(role)),
                 "config": str(self.config_path(role)),
             }
-        return {"dir": str(self.dir), "servers": servers,
-                "trust_anchors": self.data["trust_anchors"]}
+        state = {"dir": str(self.dir), "servers": servers, "trust_anchors": self.data["trust_anchors"]}
+        if self.data.get("signer"):
+            from pledgeforge.keyserver.lab import signer_status
+
+            state["signer"] = signer_status(self)
+        return state
 
     # ------------------------------------------------------------------ databases
 
@@ -577,7 +616,7 @@ def _secret(path: Path, length: int) -> str:
     return path.read_text().strip()
 
 
-def _create(directory: Path) -> Lab:
+def _create(directory: Path, signer: str | None = None) -> Lab:
     for sub in ("softhsm", "secrets", "pki", "tls", "config", "db", "logs", "swtpm", "pledges",
                 "owner-config"):
         (directory / sub).mkdir(parents=True, exist_ok=True)
@@ -650,6 +689,10 @@ def _create(directory: Path) -> Lab:
     for role in ROLES:
         data["servers"][role].update(config=str(lab.config_path(role)), log=str(lab.log_path(role)),
                                      database=lab.database_url(role))
+    if signer is not None:
+        from pledgeforge.keyserver.lab import add_signing_service
+
+        add_signing_service(lab, signer)
     lab._save()
     return lab
 
