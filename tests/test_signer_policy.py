@@ -7,10 +7,12 @@ service runs here.
 from __future__ import annotations
 
 import datetime as dt
+import json
 
 import pytest
 from cryptography.x509.oid import NameOID
 
+from clirunner import run_cli
 from pledgeforge.hsm.signer import KeyAlgorithm, SoftwareSigner
 from pledgeforge.hsm.x509 import issue_certificate, make_ca, parse_dn, to_pem
 from pledgeforge.keyserver.config import load_signer_config
@@ -128,3 +130,15 @@ def test_a_time_without_offset_is_refused(tmp_path):
     open(path, "w").write(text)
     with pytest.raises(ConfigError, match="not_before must carry its offset"):
         load_signer_config(path)
+
+
+def test_signer_check_shows_what_the_file_grants(tmp_path):
+    path = _config(tmp_path, GOOD)
+    out = run_cli("signer", "check", "--config", path, "--json")
+    assert out.returncode == 0, out.stderr
+    summary = json.loads(out.stdout)
+    assert summary["delegations"][0]["operations"] == ["voucher"] and "masa" in summary["clients"]
+    broken = _config(tmp_path, {**GOOD, "serials": []})
+    out = run_cli("signer", "check", "--config", broken)
+    assert out.returncode == 1 and out.stderr.count(b"\n") == 1
+    assert b"delegations[0].serials must list the patterns" in out.stderr
