@@ -14,7 +14,7 @@
 
     [hsm]
     softhsm2_conf = "softhsm/softhsm2.conf"   # as in the registrars' files
-    workers_per_token = 2                     # signing processes per PKCS#11 key
+    workers_per_token = 2                     # signing processes for each PKCS#11 key
 
     [requests]
     window_s = 300        # how far a request's timestamp may be from the service's clock
