@@ -5,7 +5,8 @@ Every request carries an `id` of the client's choosing and a `timestamp`
 refused (a replay, or a client whose clock is wrong). Within the window the
 service remembers each client's ids with the answer it gave: the same id
 again gets that answer, byte for byte, without a new signature (a retry
-after a lost answer is safe); the same id with another body is refused.
+after a lost answer is safe, with the first timestamp or a fresh one); the
+same id with other content is refused.
 Entries older than two windows are dropped: their timestamps are refused
 anyway.
 

@@ -204,7 +204,7 @@ def before_registrars(lab) -> None:
         return
     r = renewal(lab)
     cert = r.current()
-    if cert is None or r.due(cert) <= dt.datetime.now(dt.timezone.utc):
+    if cert is None or r.due(cert, r.written_at()) <= dt.datetime.now(dt.timezone.utc):
         r.renew()
     if not _agent_alive(lab):
         info = lab.data["signer"]["renewal"]

@@ -19,6 +19,7 @@ import logging
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from cryptography import x509
 
@@ -65,13 +66,22 @@ class Renewal:
             return None
         return cert
 
-    def due(self, cert: x509.Certificate | None) -> dt.datetime:
-        """When `cert` should be replaced (now when there is none)."""
-        now = dt.datetime.now(dt.timezone.utc)
+    def written_at(self) -> dt.datetime:
+        """When the certificate in place was written (its issuing CA backdates notBefore,
+        so this is the start of the lifetime the service granted)."""
+        try:
+            mtime = self.cert_path.stat().st_mtime
+        except OSError:
+            return dt.datetime.now(dt.timezone.utc)
+        return min(dt.datetime.fromtimestamp(mtime, dt.timezone.utc), dt.datetime.now(dt.timezone.utc))
+
+    @staticmethod
+    def due(cert: x509.Certificate | None, issued_at: dt.datetime) -> dt.datetime:
+        """When `cert`, received at `issued_at`, should be replaced (now when there is none)."""
         if cert is None:
-            return now
-        start, end = cert.not_valid_before_utc, cert.not_valid_after_utc
-        return min(end, start + (end - start) * RENEW_AT)
+            return dt.datetime.now(dt.timezone.utc)
+        end = cert.not_valid_after_utc
+        return issued_at + (end - issued_at) * RENEW_AT
 
     def renew(self) -> x509.Certificate:
         """A new certificate for the node's key, written in place; KeyStoreError if refused."""
@@ -91,23 +101,33 @@ class Renewal:
                  cert.not_valid_after_utc.isoformat())
         return cert
 
-    def run(self, stop: threading.Event) -> None:
-        """Renew when due until `stop` is set; raise RenewalError once the certificate in
-        place has expired and the service will not renew it."""
+    def run(self, stop: threading.Event,
+            on_renewed: Callable[[x509.Certificate], None] | None = None) -> None:
+        """Renew when due until `stop` is set (`on_renewed` is told of each new certificate);
+        raise RenewalError once the certificate in place has expired and the service will
+        not renew it."""
         cert = self.current()
+        next_at = self.due(cert, self.written_at())
         while not stop.is_set():
-            wait = (self.due(cert) - dt.datetime.now(dt.timezone.utc)).total_seconds()
-            if wait > 0:
-                stop.wait(wait)   # a timer to the renewal time; set() ends it at once
+            now = dt.datetime.now(dt.timezone.utc)
+            if next_at > now:
+                stop.wait((next_at - now).total_seconds())   # a timer; set() ends it at once
                 continue
             try:
-                cert = self.renew()
-                continue
+                new = self.renew()
             except KeyStoreError as exc:
                 log.warning("renewing %s failed: %s", self.cert_path, exc)
-            now = dt.datetime.now(dt.timezone.utc)
-            if cert is None or cert.not_valid_after_utc <= now:
-                raise RenewalError(f"no delegation certificate for {self.subject}: the signing "
-                                   "service did not renew it and the last one has expired")
-            left = (cert.not_valid_after_utc - now).total_seconds()
-            stop.wait(max(MIN_RETRY_S, min(RETRY_S, left / 4)))
+                if cert is None or cert.not_valid_after_utc <= now:
+                    raise RenewalError(f"no delegation certificate for {self.subject}: the signing "
+                                       "service did not renew it and the last one has expired") from None
+                left = (cert.not_valid_after_utc - now).total_seconds()
+                next_at = now + dt.timedelta(seconds=max(MIN_RETRY_S, min(RETRY_S, left / 4)))
+                continue
+            if cert is not None and new.not_valid_after_utc <= cert.not_valid_after_utc:
+                # The delegation ends there: asking before then cannot get anything later.
+                next_at = new.not_valid_after_utc
+            else:
+                next_at = self.due(new, now)
+            cert = new
+            if on_renewed is not None:
+                on_renewed(cert)

@@ -286,7 +286,11 @@ class SigningService:
                 raise Refusal(404, f"no operation {operation!r}; operations: {', '.join(OPERATIONS)}")
             client = self._require_client(caller)
             key = self._key(entry.key)
-            raw = await request.read()
+            try:
+                raw = await request.read()
+            except web.HTTPRequestEntityTooLarge:
+                raise Refusal(413, f"the request is larger than {MAX_REQUEST_BYTES} bytes: "
+                                   "split the batch") from None
             body, request_id, sent = _read_request(raw)
             entry = replace(entry, request_id=request_id)
             problem = timestamp_problem(sent, _now(), self.config.window_s)
@@ -294,7 +298,7 @@ class SigningService:
                 raise Refusal(403, problem)
             items = self._items(body, batch)
             admission = await self.state.run(admit_job(
-                client, request_id, hashlib.sha256(raw).hexdigest(), len(items), self.node))
+                client, request_id, _content_digest(body), len(items), self.node))
             if admission.seen:
                 return await self._repeat(entry, client, request_id, admission)
             if admission.wait_s > 0:
@@ -460,6 +464,13 @@ def _iso(moment: dt.datetime) -> str:
 
 def _json(**members) -> bytes:
     return json.dumps(members, separators=(",", ":")).encode()
+
+
+def _content_digest(body: dict) -> str:
+    """What makes two requests with one id the same request: everything but the timestamp
+    (a retry may carry a fresh one), in one canonical JSON form."""
+    content = {name: value for name, value in body.items() if name != "timestamp"}
+    return hashlib.sha256(json.dumps(content, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def _header_text(text: str) -> str:

@@ -16,6 +16,7 @@ import secrets
 import signal
 import sqlite3
 import ssl
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -34,6 +35,7 @@ from pledgeforge.hsm.voucher import Voucher, format_date
 from pledgeforge.hsm.x509 import issue_from_csr, issue_idevid, make_csr, to_der, to_pem
 from pledgeforge.keyserver import audit
 from pledgeforge.keyserver.client import SigningRefused, new_request
+from pledgeforge.keyserver.renewal import Renewal
 from pledgeforge.keyserver.store import open_store
 
 from signer_world import ID_KP_CMC_RA, HOST, SignerWorld, delegation
@@ -44,7 +46,8 @@ FLOOD_BURST = 5
 @pytest.fixture(scope="module")
 def world(softhsm, tmp_path_factory):
     world = SignerWorld(tmp_path_factory.mktemp("signer"), softhsm)
-    for name in ("masa", "registrar", "est", "node", "lapsed", "nodelegation", "raw", "flood", "steady"):
+    for name in ("masa", "registrar", "est", "node", "brief", "lapsed", "nodelegation", "raw", "flood",
+                 "steady"):
         world.identity(name)
     clients = {name: {"rate_per_s": 1000, "burst": 1000} for name in world.identities}
     # The flooder refills one token every 100 s: whatever it gets beyond its burst is no
@@ -62,6 +65,9 @@ def world(softhsm, tmp_path_factory):
         delegation("registrar-node", "node", "owner-ca", ["delegation-certificate"],
                    delegator="owner PKI officer", subjects=["CN=registrar-*,O=signer tests"],
                    certificate_hours=2),
+        # Certificates of a few seconds, so that a renewal comes round during a test.
+        delegation("brief-node", "brief", "owner-ca", ["delegation-certificate"],
+                   subjects=["CN=registrar-*,O=signer tests"], certificate_hours=0.001),
         delegation("lapsed", "lapsed", "masa", ["voucher"], serials=["SV-*"], hours_ago=48,
                    hours_left=-24),
         delegation("raw-digests", "raw", "masa", ["digest"], delegator="MASA operator"),
@@ -201,6 +207,31 @@ def test_a_short_term_delegation_certificate(world, tmp_path):
     assert info.value.status == 403 and "outside delegation registrar-node" in info.value.reason
 
 
+def test_the_node_renews_its_certificate_before_it_expires(world, token, tmp_path):
+    node_key = keystore.generate_key(token.uri("registrar-node"), "ec-p256")
+    renewal = Renewal(world.uri("owner-ca", world.identities["brief"]), token.uri("registrar-node"),
+                      "CN=registrar-9,O=signer tests", tmp_path / "ra.pem", tmp_path / "chain.pem")
+    stop, renewed, twice = threading.Event(), [], threading.Event()
+
+    def on_renewed(cert):
+        renewed.append(cert)
+        if len(renewed) == 2:
+            twice.set()
+
+    runner = threading.Thread(target=renewal.run, args=(stop, on_renewed))
+    runner.start()
+    try:
+        assert twice.wait(60), "the certificate was not renewed"
+    finally:
+        stop.set()
+        runner.join(30)
+    first, second = renewed[:2]
+    assert first.public_key() == second.public_key() == node_key.public_key
+    assert second.serial_number != first.serial_number
+    assert second.not_valid_after_utc > first.not_valid_after_utc
+    assert renewal.current() in renewed and (tmp_path / "chain.pem").read_bytes() == to_pem(world.owner_ca)
+
+
 def test_a_raw_digest_is_signed_where_a_delegation_grants_it(world):
     raw = keystore.open_signer(world.uri("masa", world.identities["raw"]))
     dgst = secrets.token_bytes(32)
@@ -301,7 +332,11 @@ def test_the_same_request_id_twice_signs_once(world):
     again = post(world, "masa", "masa", "voucher", request)
     assert first.status == again.status == 200
     assert again.body == first.body and again.trace == first.trace
-    assert [r["outcome"] for r in record_of(world, request["id"])] == ["signed", "repeated"]
+    # A retry may carry a fresh timestamp: it is the same request.
+    later = {**request, "timestamp": format_date(dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=5))}
+    retried = post(world, "masa", "masa", "voucher", later)
+    assert retried.status == 200 and retried.body == first.body
+    assert [r["outcome"] for r in record_of(world, request["id"])] == ["signed", "repeated", "repeated"]
     # The same id for another request is an error, not the first answer.
     changed = {**request, "voucher": voucher_fields(world, serial())}
     answer = post(world, "masa", "masa", "voucher", changed)
