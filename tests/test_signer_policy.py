@@ -140,5 +140,5 @@ def test_signer_check_shows_what_the_file_grants(tmp_path):
     assert summary["delegations"][0]["operations"] == ["voucher"] and "masa" in summary["clients"]
     broken = _config(tmp_path, {**GOOD, "serials": []})
     out = run_cli("signer", "check", "--config", broken)
-    assert out.returncode == 1 and out.stderr.count(b"\n") == 1
+    assert out.returncode != 0 and out.stderr.count(b"\n") == 1
     assert b"delegations[0].serials must list the patterns" in out.stderr

@@ -74,9 +74,10 @@ def check(config_path, as_json):
               help="where the certificate goes (the registrar's signing_cert)")
 @click.option("--chain", "chain_path", type=click.Path(dir_okay=False),
               help="where the chain above it goes (PEM)")
-@click.option("--watch", is_flag=True, help="keep renewing before expiry until SIGTERM")
+@click.option("--watch", is_flag=True, help="keep renewing before expiry until SIGTERM (logs each renewal)")
 @pin_env_option
-def renew(service_uri, key, subject, cert_path, chain_path, watch, pin_env):
+@JSON_OPTION
+def renew(service_uri, key, subject, cert_path, chain_path, watch, pin_env, as_json):
     """Get (or renew) a short-term delegation certificate for this node's key."""
     from pathlib import Path
 
@@ -91,8 +92,13 @@ def renew(service_uri, key, subject, cert_path, chain_path, watch, pin_env):
                       Path(chain_path) if chain_path else None)
     if not watch:
         cert = renewal.renew()
-        click.echo(f"{cert_path}: {cert.subject.rfc4514_string()} valid until "
-                   f"{cert.not_valid_after_utc.isoformat()}")
+        if as_json:
+            click.echo(json.dumps({"cert": cert_path, "subject": cert.subject.rfc4514_string(),
+                                   "issuer": cert.issuer.rfc4514_string(),
+                                   "not_after": cert.not_valid_after_utc.isoformat()}))
+        else:
+            click.echo(f"{cert_path}: {cert.subject.rfc4514_string()} valid until "
+                       f"{cert.not_valid_after_utc.isoformat()}")
         return
     configure_logging()
     stop = threading.Event()
