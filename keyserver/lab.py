@@ -14,8 +14,8 @@ The lab (registrar/lab.py) calls three functions here:
   delegation certificate (id-kp-cmcRA, 8 hours) that the service issues
   with the owner CA key; `pledgeforge signer renew --watch` renews it.
 - `before_registrars(lab)` once the service answers: in short-term mode, a
-  certificate for the node (if none is valid) and the renewal agent.
-- `stop_agents(lab)` and `signer_status(lab)` for `lab down` and `lab status`.
+  certificate for the node (if none is valid) and the renewal process.
+- `stop_renewal(lab)` and `signer_status(lab)` for `lab down` and `lab status`.
 """
 
 from __future__ import annotations
@@ -46,8 +46,8 @@ CERTS = {"masa-voucher": ("masa-signer", ["manufacturer-ca"]),
          "owner-ca": ("owner-ca", []), "cloud-registrar": ("cloud-signer", ["web-ca"])}
 
 
-def _lab_helpers():
-    # The lab's own file helpers, so that what is made here is made as the rest of the lab.
+def _lab_module():
+    # The lab's own file functions, so that what is made here is made as the rest of the lab.
     from pledgeforge.registrar import lab as lab_module
 
     return lab_module
@@ -55,7 +55,7 @@ def _lab_helpers():
 
 def client_uri(lab, key: str, client: str) -> SignerUri:
     tls = lab.dir / "tls"
-    return SignerUri(host=_lab_helpers().HOST, port=lab.port(ROLE), key=key,
+    return SignerUri(host=_lab_module().HOST, port=lab.port(ROLE), key=key,
                      client_cert=str(tls / f"signer-client-{client}.crt"),
                      client_key=str(tls / f"signer-client-{client}.key"), ca=str(lab.pki("web-ca")))
 
@@ -71,23 +71,23 @@ def _clients(mode: str) -> list[str]:
 
 def add_signing_service(lab, mode: str) -> None:
     """Put the lab's registrar-side keys behind a signing service (see the module docstring)."""
-    helpers = _lab_helpers()
+    lab_module = _lab_module()
     if mode not in MODES:
-        raise helpers.LabError(f"--signer must be {' or '.join(MODES)}, not {mode!r}")
+        raise lab_module.LabError(f"--signer must be {' or '.join(MODES)}, not {mode!r}")
     d = lab.dir
     web = keystore.open_signer(lab.key_uri("vendor", "web-ca"))
     web_cert = load_certificate_file(str(lab.pki("web-ca")))[0]
     lab.data["servers"][ROLE] = {
-        "ports": {"main": helpers._free_port()}, "pid": None, "stage": 0,
+        "ports": {"main": lab_module._free_port()}, "pid": None, "stage": 0,
         "module": "pledgeforge.keyserver.server", "probe_identity": False,
         "config": str(lab.config_path(ROLE)), "log": str(lab.log_path(ROLE)),
         "database": lab.database_url(ROLE)}
-    helpers._ensure_tls(d / "tls", "signer", lambda pub: issue_certificate(
+    lab_module._ensure_tls(d / "tls", "signer", lambda pub: issue_certificate(
         web, web_cert, pub, "CN=localhost,O=pledgeforge lab signing service", key_usage="tls",
         extended_key_usage=[ExtendedKeyUsageOID.SERVER_AUTH], dns_names=["localhost"],
-        ip_addresses=[helpers.HOST]))
+        ip_addresses=[lab_module.HOST]))
     for client in _clients(mode):
-        helpers._ensure_tls(d / "tls", f"signer-client-{client}", lambda pub, c=client: issue_certificate(
+        lab_module._ensure_tls(d / "tls", f"signer-client-{client}", lambda pub, c=client: issue_certificate(
             web, web_cert, pub, f"CN=pledgeforge lab {c},{CLIENT_ORG}", key_usage="tls",
             extended_key_usage=[ExtendedKeyUsageOID.CLIENT_AUTH]))
     node_key = None
@@ -96,7 +96,7 @@ def add_signing_service(lab, mode: str) -> None:
         so_pin = (d / "secrets" / "so.pin").read_text().strip()
         lab.softhsm.ensure_token(NODE_TOKEN, pin, so_pin)
         node_key = lab.key_uri(NODE_TOKEN, "registrar-signer")
-        helpers._ensure_key(node_key)
+        lab_module._ensure_key(node_key)
     atomic_write(lab.config_path(ROLE), _signer_config(lab, mode).encode())
     _point_servers_at_the_service(lab, node_key)
     lab.data["signer"] = {"mode": mode, "url": lab.url(ROLE), "config": str(lab.config_path(ROLE)),
@@ -107,14 +107,14 @@ def add_signing_service(lab, mode: str) -> None:
 
 
 def _signer_config(lab, mode: str) -> str:
-    helpers = _lab_helpers()
-    q, ql = helpers._toml_string, helpers._toml_list
+    lab_module = _lab_module()
+    q, ql = lab_module._toml_string, lab_module._toml_list
     now = dt.datetime.now(dt.timezone.utc)
     start = (now - dt.timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
     end = (now + dt.timedelta(days=3650)).strftime("%Y-%m-%dT%H:%M:%SZ")
     text = ("# The lab's signing service (written by `pledgeforge lab up --signer`).\n"
             'node = "lab-signer"\n\n'
-            f"[server]\nhost = {q(helpers.HOST)}\nport = {lab.port(ROLE)}\n"
+            f"[server]\nhost = {q(lab_module.HOST)}\nport = {lab.port(ROLE)}\n"
             f"tls_cert = {q(lab.dir / 'tls' / 'signer.crt')}\ntls_key = {q(lab.dir / 'tls' / 'signer.key')}\n"
             f"client_cas = {ql([lab.pki('web-ca')])}\n\n"
             f"[database]\nurl = {q(lab.database_url(ROLE))}\n\n"
@@ -136,7 +136,7 @@ def _signer_config(lab, mode: str) -> str:
     every = ql(["*"])
     # est-domain and additional-configuration-url name the owner registrar on loopback.
     text += delegation("masa-vouchers", "pledgeforge lab manufacturer", "masa", "masa-voucher",
-                       ["voucher"], serials=every, domains=ql([helpers.HOST, "localhost"]))
+                       ["voucher"], serials=every, domains=ql([lab_module.HOST, "localhost"]))
     text += delegation("cloud-voucher-requests", "pledgeforge lab cloud operator", "cloud",
                        "cloud-registrar", ["voucher-request"], serials=every)
     if mode == "keyless":
@@ -154,7 +154,7 @@ def _signer_config(lab, mode: str) -> str:
 def _point_servers_at_the_service(lab, node_key) -> None:
     """Each server's key URIs become the service's (the owner registrar's, in short-term
     mode, its own key with the short-term certificate)."""
-    q = _lab_helpers()._toml_string
+    q = _lab_module()._toml_string
     changes = {
         "masa": [(lab.key_uri("masa", "voucher-signer"), client_uri(lab, "masa-voucher", "masa"))],
         "cloud": [(lab.key_uri("cloud", "registrar-signer"), client_uri(lab, "cloud-registrar", "cloud"))],
@@ -193,20 +193,20 @@ def _renewal_command(lab) -> list[str]:
             "--key", str(r.key), "--subject", r.subject, "--cert", str(r.cert_path)]
 
 
-def _agent_alive(lab) -> bool:
+def _renewal_alive(lab) -> bool:
     info = lab.data["signer"]["renewal"]
-    return _lab_helpers().server_alive(info["pid"], Path(info["cert"]), "renew")
+    return _lab_module().server_alive(info["pid"], Path(info["cert"]), "renew")
 
 
 def before_registrars(lab) -> None:
-    """Short-term mode: a valid certificate for the node, and its renewal agent running."""
+    """Short-term mode: a valid certificate for the node, and its renewal process running."""
     if lab.data["signer"]["mode"] != "short-term":
         return
     r = renewal(lab)
     cert = r.current()
     if cert is None or r.due(cert, r.written_at()) <= dt.datetime.now(dt.timezone.utc):
         r.renew()
-    if not _agent_alive(lab):
+    if not _renewal_alive(lab):
         info = lab.data["signer"]["renewal"]
         log = open(info["log"], "ab")
         try:
@@ -218,13 +218,13 @@ def before_registrars(lab) -> None:
         info["pid"] = proc.pid
 
 
-def stop_agents(lab, timeout_s: float) -> list[str]:
+def stop_renewal(lab, timeout_s: float) -> list[str]:
     info = lab.data["signer"].get("renewal")
     if info is None:
         return []
     stopped = []
-    if _agent_alive(lab):
-        _lab_helpers().stop_process(info["pid"], timeout_s)
+    if _renewal_alive(lab):
+        _lab_module().stop_process(info["pid"], timeout_s)
         stopped.append("renewal")
     info["pid"] = None
     return stopped
@@ -236,7 +236,7 @@ def signer_status(lab) -> dict:
     info = lab.data["signer"].get("renewal")
     if info is not None:
         cert = renewal(lab).current()
-        state["renewal"] = {"running": _agent_alive(lab), "pid": info["pid"] if _agent_alive(lab) else None,
+        state["renewal"] = {"running": _renewal_alive(lab), "pid": info["pid"] if _renewal_alive(lab) else None,
                             "cert": info["cert"], "log": info["log"],
                             "valid_until": cert.not_valid_after_utc.isoformat() if cert else None}
     return state

@@ -452,7 +452,7 @@ class SigningService:
         return _now() - dt.timedelta(seconds=2 * self.config.window_s)
 
 
-# --------------------------------------------------------------------------- helpers
+# --------------------------------------------------------------------------- small pieces
 
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)

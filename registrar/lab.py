@@ -423,9 +423,9 @@ class Lab:
         """Stop the running servers; return which were stopped."""
         stopped = []
         if self.data.get("signer"):
-            from pledgeforge.keyserver.lab import stop_agents
+            from pledgeforge.keyserver.lab import stop_renewal
 
-            stopped += stop_agents(self, timeout_s)
+            stopped += stop_renewal(self, timeout_s)
         for role in reversed(self.roles()):
             pid = self.pid(role)
             if self.alive(role):

@@ -62,7 +62,7 @@ _tokens = iter(range(1, 1_000_000))
 
 
 def token_factory(softhsm, directory: Path):
-    """Fresh tokens (unique labels) of the session's SoftHSM, their PINs in 0600 files."""
+    """Fresh tokens (unique labels) of the test run's SoftHSM, their PINs in 0600 files."""
     def make(prefix: str) -> Token:
         label = f"{prefix}{next(_tokens)}-{os.getpid()}"
         softhsm.ensure_token(label, USER_PIN, SO_PIN)

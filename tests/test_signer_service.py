@@ -46,7 +46,7 @@ FLOOD_BURST = 5
 @pytest.fixture(scope="module")
 def world(softhsm, tmp_path_factory):
     world = SignerWorld(tmp_path_factory.mktemp("signer"), softhsm)
-    for name in ("masa", "registrar", "est", "node", "brief", "lapsed", "nodelegation", "raw", "flood",
+    for name in ("masa", "registrar", "est", "node", "shortlived", "lapsed", "nodelegation", "raw", "flood",
                  "steady"):
         world.identity(name)
     clients = {name: {"rate_per_s": 1000, "burst": 1000} for name in world.identities}
@@ -66,7 +66,7 @@ def world(softhsm, tmp_path_factory):
                    delegator="owner PKI officer", subjects=["CN=registrar-*,O=signer tests"],
                    certificate_hours=2),
         # Certificates of a few seconds, so that a renewal comes round during a test.
-        delegation("brief-node", "brief", "owner-ca", ["delegation-certificate"],
+        delegation("shortlived-node", "shortlived", "owner-ca", ["delegation-certificate"],
                    subjects=["CN=registrar-*,O=signer tests"], certificate_hours=0.001),
         delegation("lapsed", "lapsed", "masa", ["voucher"], serials=["SV-*"], hours_ago=48,
                    hours_left=-24),
@@ -209,7 +209,7 @@ def test_a_short_term_delegation_certificate(world, tmp_path):
 
 def test_the_node_renews_its_certificate_before_it_expires(world, token, tmp_path):
     node_key = keystore.generate_key(token.uri("registrar-node"), "ec-p256")
-    renewal = Renewal(world.uri("owner-ca", world.identities["brief"]), token.uri("registrar-node"),
+    renewal = Renewal(world.uri("owner-ca", world.identities["shortlived"]), token.uri("registrar-node"),
                       "CN=registrar-9,O=signer tests", tmp_path / "ra.pem", tmp_path / "chain.pem")
     stop, renewed, twice = threading.Event(), [], threading.Event()
 

@@ -79,6 +79,6 @@ def status(directory, as_json):
                    f"({signer['mode']}) at {signer['url']}")
         renewal = signer.get("renewal")
         if renewal:
-            agent = f"pid {renewal['pid']}" if renewal["running"] else "not running"
+            process = f"pid {renewal['pid']}" if renewal["running"] else "not running"
             click.echo(f"  owner registrar node certificate valid until {renewal['valid_until']}, "
-                       f"renewal agent {agent}")
+                       f"renewal process {process}")
