@@ -70,8 +70,11 @@ def admit_job(client: Client, request_id: str, body_sha256: str, signatures: int
     """The job that looks the id up, charges the client's bucket and reserves the id."""
 
     def job(conn: Connection) -> Admission:
+        # FOR UPDATE: nodes sharing a PostgreSQL database take turns on a client's rows
+        # (SQLite, one writer at a time, renders nothing for it).
         row = conn.execute(select(replay_entries).where(
-            replay_entries.c.client == client.name, replay_entries.c.request_id == request_id)).first()
+            replay_entries.c.client == client.name, replay_entries.c.request_id == request_id)
+            .with_for_update()).first()
         if row is not None:
             answer = None
             if row.status is not None:
@@ -91,7 +94,8 @@ def admit_job(client: Client, request_id: str, body_sha256: str, signatures: int
 def _charge(conn: Connection, client: Client, count: int) -> float:
     now = time.time()
     limit = Limit(client.rate_per_s, client.burst)
-    row = conn.execute(select(rate_buckets).where(rate_buckets.c.client == client.name)).first()
+    row = conn.execute(select(rate_buckets).where(rate_buckets.c.client == client.name)
+                       .with_for_update()).first()
     tokens, at = (row.tokens, row.at) if row is not None else (float(client.burst), now)
     tokens, wait = take(tokens, at, now, limit, count)
     if row is None:
