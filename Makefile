@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 APT_PACKAGES := softhsm2 swtpm swtpm-tools tpm2-tools libtss2-dev libssl-dev opensc p11-kit \
-                pkg-config gcc python3-dev python3-venv picocom openssl
+                pkg-config gcc python3-dev python3-venv picocom openssl lrzsz jq
 
 .PHONY: all install system-packages venv ext test demo clean
 
@@ -30,14 +30,19 @@ $(PY):
 
 venv: $(PY)
 
-# The stamp is rebuilt whenever packaging or the extension source changes.
-$(VENV)/.installed: pyproject.toml setup.py fastpath/*.pyx | system-packages $(PY)
+# The stamp is rebuilt whenever packaging or the extension source changes: the Cython
+# modules and their declarations, and what fastpath/_profile.pxd is generated from.
+EXT_SOURCES := $(wildcard fastpath/*.pyx fastpath/*.pxi) \
+               $(filter-out fastpath/_profile.pxd,$(wildcard fastpath/*.pxd)) \
+               fastpath/profile_codegen.py fastpath/results.py hsm/verification_profile.py
+
+$(VENV)/.installed: pyproject.toml setup.py $(EXT_SOURCES) | system-packages $(PY)
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
 
 install: system-packages $(VENV)/.installed ext
 
-# An editable install does not rebuild the extension when the .pyx changes.
+# An editable install does not rebuild the extension when its sources change.
 ext: $(VENV)/.installed
 	@$(PY) setup.py -q build_ext --inplace >/dev/null
 
@@ -48,4 +53,4 @@ demo: install
 	$(VENV)/bin/pledgeforge demo
 
 clean:
-	rm -rf build *.egg-info fastpath/*.c fastpath/*.so $(VENV)
+	rm -rf build *.egg-info fastpath/*.c fastpath/*.so fastpath/_profile.pxd $(VENV)

@@ -1,5 +1,10 @@
 """The key store soldered on a board: its own swtpm, or its own SoftHSM token.
 
+Drivers are registered by the profile `[keystore] type` they bind to
+(`KEYSTORE_DRIVERS`: "tpm", "pkcs11"); each names its keys by URI through the
+key-store registry (hsm/keystore.py) and maps the firmware's key slots
+("idevid", "ldevid") to its own names for them (a persistent handle, a label).
+
 Each board keeps its keys in its state directory (`DIR/tpm/` or
 `DIR/softhsm/`), so boards never share a key store and a board's keys survive
 its restarts. The TPM runs only while the board is powered: swtpm starts at
@@ -17,62 +22,97 @@ import os
 import secrets
 import select
 import signal
+from abc import ABC, abstractmethod
 from pathlib import Path
+from typing import ClassVar
 
 from pledgeforge.atomicfile import atomic_write
-from pledgeforge.errors import PledgeforgeError
-from pledgeforge.hsm.keyuri import SOFTHSM2_MODULE, Pkcs11Uri, TpmUri
+from pledgeforge.errors import EnvironmentFailure
+from pledgeforge.hsm import keystore as keystores
+from pledgeforge.hsm.keyuri import SOFTHSM2_MODULE
 from pledgeforge.hsm.softhsm import SoftHsm
 from pledgeforge.hsm.swtpm import Swtpm
 
-from .profile import Profile
+from .registry import Registry
 
 _SWTPM_PID = "board-swtpm.pid"
 _TPM_STATE_KEY = "tpm-state.key"
 
 
-class KeyStoreNotRunningError(PledgeforgeError):
+class KeyStoreNotRunningError(EnvironmentFailure):
     """The board is off, so its TPM cannot be reached."""
 
 
-class BoardKeyStore:
-    """The key store soldered on the board: a swtpm or a SoftHSM token in the state dir."""
+class BoardKeyStore(ABC):
+    """The key store soldered on the board, in its state directory. A driver declares the
+    profile `[keystore] type` it binds to and registers itself in KEYSTORE_DRIVERS."""
 
-    def __init__(self, profile: Profile, state_dir: Path):
-        self.config = profile.keystore
-        self.type = self.config.type
-        self.algorithm = self.config.algorithm
-        self._dir = state_dir / ("tpm" if self.type == "tpm" else "softhsm")
-        self._tpm_key = state_dir / _TPM_STATE_KEY
-        self.swtpm: Swtpm | None = None
-        self.softhsm: SoftHsm | None = None
+    binds_to: ClassVar[str]
+    #: the URI scheme of its keys (hsm/keystore.py builds them)
+    scheme: ClassVar[str]
+    #: where the firmware keeps its keys: slot -> the store's name for it (label or handle)
+    SLOTS: ClassVar[dict[str, str | int]]
+
+    def __init__(self, config, state_dir: Path):
+        #: the profile's [keystore] table (boards/profile.py KeyStoreConfig)
+        self.config = config
+        self.algorithm = config.algorithm
+        self.state_dir = state_dir
 
     @property
-    def pin_file(self) -> Path:
-        return self._dir / "user.pin"
+    def type(self) -> str:
+        return self.binds_to
 
+    @abstractmethod
     def power_on(self) -> None:
-        if self.type == "tpm":
-            self._start_tpm()
-        else:
-            self._ensure_token()
+        """The board got power (the first time: the factory's set-up of the store)."""
 
     def power_off(self, *, orderly: bool = True) -> None:
-        if self.swtpm is not None:
-            self.swtpm.stop(orderly=orderly)
-            (self._dir / _SWTPM_PID).unlink(missing_ok=True)
+        """The board lost power."""
 
-    def _ensure_token(self) -> None:
-        self.softhsm = SoftHsm(self._dir).ensure()
-        if self.config.token in self.softhsm.token_labels():
-            return
-        # First power-on: the secure element gets its PINs, kept beside it (0600).
-        user_pin, so_pin = secrets.token_hex(8), secrets.token_hex(8)
-        atomic_write(self._dir / "so.pin", so_pin.encode() + b"\n", 0o600)
-        atomic_write(self.pin_file, user_pin.encode() + b"\n", 0o600)
-        self.softhsm.ensure_token(self.config.token, user_pin, so_pin)
+    @abstractmethod
+    def key_uri(self, name: str | int | None = None) -> str:
+        """The URI of a key in this store, by the store's own name for it."""
 
-    def _start_tpm(self) -> None:
+    def slot_uri(self, slot: str) -> str:
+        """The URI of a firmware key slot: "idevid" or "ldevid"."""
+        return self.key_uri(self.SLOTS[slot])
+
+    def current_uri(self, stored: str) -> str:
+        """A key URI stored earlier, as it reaches the key now."""
+        return stored
+
+    def env(self) -> dict[str, str]:
+        """Environment for a process that uses this key store."""
+        return dict(os.environ)
+
+    def describe(self) -> dict:
+        return {"type": self.type, "algorithm": self.algorithm.value}
+
+
+KEYSTORE_DRIVERS: Registry[type[BoardKeyStore]] = Registry("key-store driver")
+
+
+def keystore_for(config, state_dir: Path) -> BoardKeyStore:
+    """The driver a profile's [keystore] table binds to, for the board in `state_dir`."""
+    return KEYSTORE_DRIVERS.get(config.type)(config, state_dir)
+
+
+@KEYSTORE_DRIVERS.register
+class TpmKeyStore(BoardKeyStore):
+    """A TPM 2.0: the board's own swtpm, running while the board has power."""
+
+    binds_to = "tpm"
+    scheme = "tpm"
+    SLOTS = {"idevid": 0x81020000, "ldevid": 0x81020001}
+
+    def __init__(self, config, state_dir: Path):
+        super().__init__(config, state_dir)
+        self._dir = state_dir / "tpm"
+        self._tpm_key = state_dir / _TPM_STATE_KEY
+        self.swtpm: Swtpm | None = None
+
+    def power_on(self) -> None:
         if self.swtpm is None:
             self.swtpm = Swtpm(self._dir, key_file=self._tpm_key)
         if not (self._dir / "tpm2-00.permall").exists():
@@ -82,16 +122,67 @@ class BoardKeyStore:
         self.swtpm.start()
         atomic_write(self._dir / _SWTPM_PID, f"{self.swtpm.pid}\n".encode())
 
+    def power_off(self, *, orderly: bool = True) -> None:
+        if self.swtpm is not None:
+            self.swtpm.stop(orderly=orderly)
+            (self._dir / _SWTPM_PID).unlink(missing_ok=True)
+
+    @property
+    def running(self) -> bool:
+        return self.swtpm is not None and self.swtpm.running
+
     def key_uri(self, name: str | int | None = None) -> str:
-        """The URI of a key in this store: an object label (pkcs11) or a
-        persistent handle (tpm, e.g. 0x81020000)."""
-        if self.type == "tpm":
-            if self.swtpm is None or not self.swtpm.running:
-                raise KeyStoreNotRunningError("the board's TPM is not running (power the board on)")
-            handle = int(name, 0) if isinstance(name, str) else name
-            return str(TpmUri(handle=handle, tcti=self.swtpm.tcti))
-        return str(Pkcs11Uri(token=self.config.token, object=name, module_path=SOFTHSM2_MODULE,
-                             pin_source=f"file:{self.pin_file}").with_module_env(self._softhsm_env))
+        """A persistent handle (e.g. 0x81020000) of the running TPM."""
+        if not self.running:
+            raise KeyStoreNotRunningError("the board's TPM is not running (power the board on)")
+        handle = int(name, 0) if isinstance(name, str) else name
+        return str(keystores.make_key_uri(self.scheme, handle=handle, tcti=self.swtpm.tcti))
+
+    def current_uri(self, stored: str) -> str:
+        """The TCTI in a stored URI names the swtpm's socket, which moves with the state
+        directory: the same handle, reached through the TPM running now."""
+        return self.key_uri(keystores.parse_key_uri(stored).handle)
+
+    def env(self) -> dict[str, str]:
+        return self.swtpm.env() if self.running else dict(os.environ)
+
+    def describe(self) -> dict:
+        return {**super().describe(), "state_dir": str(self._dir),
+                "tcti": self.swtpm.tcti if self.running else None}
+
+
+@KEYSTORE_DRIVERS.register
+class SoftHsmKeyStore(BoardKeyStore):
+    """A PKCS#11 secure element: a SoftHSM token of the board's own."""
+
+    binds_to = "pkcs11"
+    scheme = "pkcs11"
+    SLOTS = {"idevid": "idevid", "ldevid": "ldevid"}
+
+    def __init__(self, config, state_dir: Path):
+        super().__init__(config, state_dir)
+        self._dir = state_dir / "softhsm"
+        self.softhsm: SoftHsm | None = None
+
+    @property
+    def pin_file(self) -> Path:
+        return self._dir / "user.pin"
+
+    def power_on(self) -> None:
+        self.softhsm = SoftHsm(self._dir).ensure()
+        if self.config.token in self.softhsm.token_labels():
+            return
+        # First power-on: the secure element gets its PINs, kept beside it (0600).
+        user_pin, so_pin = secrets.token_hex(8), secrets.token_hex(8)
+        atomic_write(self._dir / "so.pin", so_pin.encode() + b"\n", 0o600)
+        atomic_write(self.pin_file, user_pin.encode() + b"\n", 0o600)
+        self.softhsm.ensure_token(self.config.token, user_pin, so_pin)
+
+    def key_uri(self, name: str | int | None = None) -> str:
+        """An object label in the board's token (None: the token itself)."""
+        return str(keystores.make_key_uri(
+            self.scheme, token=self.config.token, object=name, module_path=SOFTHSM2_MODULE,
+            pin_source=f"file:{self.pin_file}", module_env=tuple(self._softhsm_env.items())))
 
     @property
     def _softhsm_env(self) -> dict[str, str]:
@@ -99,19 +190,11 @@ class BoardKeyStore:
         return {"SOFTHSM2_CONF": str(self._dir / "softhsm2.conf")}
 
     def env(self) -> dict[str, str]:
-        """Environment for a process that uses this key store."""
-        if self.type == "tpm":
-            return self.swtpm.env() if self.swtpm is not None and self.swtpm.running else dict(os.environ)
         return {**os.environ, **self._softhsm_env}
 
     def describe(self) -> dict:
-        if self.type == "tpm":
-            running = self.swtpm is not None and self.swtpm.running
-            return {"type": "tpm", "algorithm": self.algorithm.value, "state_dir": str(self._dir),
-                    "tcti": self.swtpm.tcti if running else None}
-        return {"type": "pkcs11", "algorithm": self.algorithm.value,
-                "softhsm2_conf": str(self._dir / "softhsm2.conf"), "token": self.config.token,
-                "pin_file": str(self.pin_file), "uri": self.key_uri()}
+        return {**super().describe(), "softhsm2_conf": str(self._dir / "softhsm2.conf"),
+                "token": self.config.token, "pin_file": str(self.pin_file), "uri": self.key_uri()}
 
 
 def _stop_orphan_swtpm(tpm_dir: Path) -> None:

@@ -4,21 +4,26 @@ It looks and behaves like U-Boot, because that is what lab tools expect:
 labgrid's UBootDriver and U-Boot's test/py wait for "stop autoboot", send a
 key, and expect a prompt; the countdown prints every second so that a tool
 waiting for silence never mistakes it for an idle console. The bootloader
-prompt has a few U-Boot commands (help, printenv, setenv, boot, reset,
-version). After it: the firmware banner and, if the profile says so, a
+prompt is a hush shell (the board shell's executor with U-Boot's grammar and
+messages: `;`, `&&`, `||`, `$var`, `$?`, which labgrid's UBootDriver relies
+on) with a few U-Boot commands (help, printenv, setenv, run, boot, reset,
+version, echo). After it: the firmware banner and, if the profile says so, a
 `login:` / `Password: ` exchange (labgrid's ShellDriver matches that exact
 `Password: `).
 """
 
 from __future__ import annotations
 
+import logging
 import math
-import shlex
 from dataclasses import dataclass
 from typing import Callable
 
 from .console import ResetRequested, Terminal
 from .profile import Profile
+from .shell import BUILTINS, HUSH, CommandContext, Dialect, Shell
+
+_log = logging.getLogger(__name__)
 
 @dataclass
 class BootContext:
@@ -69,10 +74,107 @@ def _bootloader_env(ctx: BootContext) -> dict[str, str]:
     }
 
 
+class BootRequested(BaseException):
+    """`boot`/`bootm`: leave the bootloader prompt and start the firmware.
+    A BaseException so that it passes through the shell like `exit` does."""
+
+
+# U-Boot words its errors without a shell name and answers an unknown command with status 1.
+UBOOT = Dialect(name="", not_found="Unknown command '{name}' - try 'help'", not_found_status=1)
+UBOOT_COMMANDS = BUILTINS.subset("echo", "true", "false")
+
+
+@UBOOT_COMMANDS.command("bootm", "boot application image from memory")
+def _bootm(ctx: CommandContext, args: list[str]) -> int:
+    raise BootRequested()
+
+
+@UBOOT_COMMANDS.command("boot", "boot default, i.e., run 'bootcmd'")
+def _boot(ctx: CommandContext, args: list[str]) -> int:
+    return _run(ctx, ["bootcmd"])
+
+
+UBOOT_COMMANDS.add("bootd", _boot, "boot default, i.e., run 'bootcmd'")
+
+
+@UBOOT_COMMANDS.command("run", "run commands in an environment variable", "run var [...]")
+def _run(ctx: CommandContext, args: list[str]) -> int:
+    if not args:
+        ctx.print("run - run commands in an environment variable")
+        ctx.print("Usage: run var [...]")
+        return 1
+    for name in args:
+        if name not in ctx.shell.vars:
+            ctx.print(f'## Error: "{name}" not defined')
+            return 1
+        # The variable holds a command line, run as if typed (U-Boot's `run`).
+        if ctx.shell.source(ctx.shell.vars[name], ctx.io) != 0:
+            return 1
+    return 0
+
+
+@UBOOT_COMMANDS.command("reset", "Perform RESET of the CPU")
+def _reset(ctx: CommandContext, args: list[str]) -> int:
+    ctx.print("resetting ...")
+    raise ResetRequested()
+
+
+@UBOOT_COMMANDS.command("help", "print command description/usage", "help [command ...]")
+def _help(ctx: CommandContext, args: list[str]) -> int:
+    registry = ctx.shell.registry
+    for name in args or [cmd.name for cmd in registry]:
+        cmd = registry.get(name)
+        if cmd is None:
+            ctx.print(f"Unknown command '{name}' - try 'help' without arguments for list of all known commands")
+            return 1
+        ctx.print(f"{cmd.name:<10}- {cmd.summary}")
+    return 0
+
+
+UBOOT_COMMANDS.add("?", _help, "alias for 'help'")
+
+
+@UBOOT_COMMANDS.command("printenv", "print environment variables", "printenv [name ...]")
+def _printenv(ctx: CommandContext, args: list[str]) -> int:
+    env = ctx.shell.vars
+    status = 0
+    for name in args or sorted(env):
+        if name in env:
+            ctx.print(f"{name}={env[name]}")
+        else:
+            ctx.print(f'## Error: "{name}" not defined')
+            status = 1
+    if not args:
+        ctx.print()
+        ctx.print(f"Environment size: {sum(len(k) + len(v) + 2 for k, v in env.items())}/65532 bytes")
+    return status
+
+
+@UBOOT_COMMANDS.command("setenv", "set environment variables", "setenv name value ...")
+def _setenv(ctx: CommandContext, args: list[str]) -> int:
+    if not args:
+        ctx.print("setenv - set environment variables")
+        ctx.print("Usage: setenv name value ...")
+        return 1
+    if len(args) == 1:
+        ctx.shell.vars.pop(args[0], None)
+    else:
+        ctx.shell.vars[args[0]] = " ".join(args[1:])
+    return 0
+
+
+@UBOOT_COMMANDS.command("version", "print monitor, compiler and linker version")
+def _version(ctx: CommandContext, args: list[str]) -> int:
+    ctx.print(ctx.shell.vars.get("ver", ""))
+    return 0
+
+
 def bootloader_prompt(ctx: BootContext, reason: str | None = None) -> None:
-    """The interactive bootloader. Returns when the user boots; `reset` restarts the board."""
+    """The interactive bootloader, a hush shell: `;`, `&&`, `||`, quotes,
+    `$var` and `$?`. Returns when the user boots; `reset` restarts the board."""
     term = ctx.term
-    env = _bootloader_env(ctx)
+    shell = Shell(UBOOT_COMMANDS, term, variables=_bootloader_env(ctx), grammar=HUSH, dialect=UBOOT,
+                  on_error=lambda name, exc: _log.error("bootloader command %s failed", name, exc_info=exc))
     prompt = ctx.profile.boot.bootloader_prompt
     if reason:
         term.print(reason)
@@ -85,50 +187,9 @@ def bootloader_prompt(ctx: BootContext, reason: str | None = None) -> None:
             term.print("Command too long")
             continue
         try:
-            argv = shlex.split(line.text)
-        except ValueError:
-            term.print("Syntax error")
-            continue
-        cmd, args = argv[0], argv[1:]
-        if cmd in ("boot", "bootm", "bootd") or (cmd == "run" and args == ["bootcmd"]):
+            shell.execute(line.text)
+        except BootRequested:
             return
-        if cmd == "reset":
-            term.print("resetting ...")
-            raise ResetRequested()
-        if cmd == "help" or cmd == "?":
-            for name, text in (("boot", "boot default, i.e., run 'bootcmd'"),
-                               ("bootm", "boot application image from memory"),
-                               ("echo", "echo args to console"),
-                               ("help", "print command description/usage"),
-                               ("printenv", "print environment variables"),
-                               ("reset", "Perform RESET of the CPU"),
-                               ("setenv", "set environment variables"),
-                               ("version", "print monitor, compiler and linker version")):
-                term.print(f"{name:<10}- {text}")
-        elif cmd == "printenv":
-            names = args or sorted(env)
-            for name in names:
-                if name in env:
-                    term.print(f"{name}={env[name]}")
-                else:
-                    term.print(f"## Error: \"{name}\" not defined")
-            if not args:
-                term.print()
-                term.print(f"Environment size: {sum(len(k) + len(v) + 2 for k, v in env.items())}/65532 bytes")
-        elif cmd == "setenv":
-            if not args:
-                term.print("setenv - set environment variables")
-                term.print("Usage: setenv name value ...")
-            elif len(args) == 1:
-                env.pop(args[0], None)
-            else:
-                env[args[0]] = " ".join(args[1:])
-        elif cmd == "echo":
-            term.print(" ".join(args))
-        elif cmd == "version":
-            term.print(env["ver"])
-        else:
-            term.print(f"Unknown command '{cmd}' - try 'help'")
 
 
 def firmware_banner(ctx: BootContext) -> None:

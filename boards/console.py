@@ -115,8 +115,12 @@ class Console:
 
     def print(self, text: str = "", end: str = "\n") -> None:
         """Text with the board's line ending in place of every newline."""
-        text = (text + end).replace("\r\n", "\n").replace("\n", self.line_ending)
-        self.write(text.encode("utf-8", "replace"))
+        self.output((text + end).encode("utf-8", "replace"))
+
+    def output(self, data: bytes) -> None:
+        """Bytes with the board's line ending in place of every newline (what
+        a tty's output processing does to a program's output)."""
+        self.write(data.replace(b"\r\n", b"\n").replace(b"\n", self.line_ending.encode()))
 
     def read(self, timeout: float) -> bytes:
         """Input received so far; b"" after `timeout` or when woken."""
@@ -247,6 +251,15 @@ class LineEditor:
         self._truncated = False
         if self._mode in (self._ESC, self._CSI):
             self._mode = self._TEXT
+
+    def raw(self, data: bytes) -> bytes:
+        """Input read past the line discipline (a file transfer): the LF of a
+        CRLF that ended the last line is still not input."""
+        if self._after_cr and data:
+            self._after_cr = False
+            if data[0] == LF:
+                return data[1:]
+        return data
 
     def feed(self, data: bytes) -> tuple[bytes, list]:
         """Bytes to echo and the items (Line, SmpFrame, Cancel) completed by `data`."""
@@ -384,6 +397,24 @@ class Terminal:
     def write(self, data: bytes) -> None:
         self.check()
         self.console.write(data)
+
+    def output(self, data: bytes) -> None:
+        """A program's output: newlines become the console's line ending."""
+        self.check()
+        self.console.output(data)
+
+    def read_raw(self, size: int, timeout: float) -> bytes:
+        """Up to `size` bytes of input within `timeout`, unechoed and past the
+        line editor (XMODEM transfers); input beyond `size` waits for the next read."""
+        deadline = time.monotonic() + timeout
+        data = bytearray()
+        while len(data) < size:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 and not self._pending:
+                break
+            data += self.editor.raw(self._next_input(max(0.0, min(remaining, _READ_SLICE))))
+        self._pending = bytes(data[size:]) + self._pending
+        return bytes(data[:size])
 
     def _next_input(self, timeout: float) -> bytes:
         self.check()

@@ -1,10 +1,13 @@
-"""The board's persistent flash: one file in the state directory.
+"""The board's persistent flash: files in the state directory.
 
-It holds what a real board keeps in its data partition: the configuration,
-the factory identity (serial number, IDevID certificate, trust anchors, where
-the IDevID key lives), the voucher, the LDevID and the boot counters.
+The data partition (flash.bin) holds what a real board keeps there: the
+configuration, the factory identity (serial number, and the pledge's identity:
+IDevID certificate, trust anchors, where the IDevID key lives, stored in the
+form firmware/identity.py defines), the voucher, the LDevID and the boot
+counters. Boards with a file system (`[flash] files_kib` in the profile) have
+a second partition (flash-files.bin) for the shell's files (filesystem.py).
 
-Every change is a whole new image written with `atomic_write` (temp file,
+Every change to either is a whole new image written with `atomic_write` (temp file,
 fsync, rename, fsync of the directory), so a power cut at any moment leaves
 either the previous image or the new one, never a mix. The image carries a
 SHA-256 of its body as well, so a file damaged by something else (a disk
@@ -25,15 +28,20 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from pledgeforge.atomicfile import atomic_write
-from pledgeforge.errors import PledgeforgeError
+from pledgeforge.errors import EnvironmentFailure
+from pledgeforge.firmware.identity import PledgeIdentity
+
+from .filesystem import FileData, Partition
 
 FLASH_FILE = "flash.bin"
+FILES_FILE = "flash-files.bin"
 _MAGIC = b"PLEDGEFORGE-FLASH 1"
+_FILES_MAGIC = b"PLEDGEFORGE-FILES 1"
 _CONFIG_KEY_RE = re.compile(r"^[a-z][a-z0-9_.-]{0,63}$")
 _CONFIG_VALUE_MAX = 1024
 
 
-class FlashError(PledgeforgeError):
+class FlashError(EnvironmentFailure):
     """The flash cannot be read or the change cannot be stored."""
 
 
@@ -50,18 +58,6 @@ class FlashClosedError(FlashError):
 
 
 @dataclass(frozen=True)
-class Identity:
-    """What the manufacturer puts on the board: its IDevID and trust anchors."""
-
-    idevid_pem: str
-    key_uri: str                          # where the IDevID private key lives
-    #: built-in anchors that authenticate the cloud registrar's TLS server
-    trust_anchors_pem: tuple[str, ...] = ()
-    #: the manufacturer's anchors that vouchers (the MASA's signature) must chain to
-    masa_anchors_pem: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
 class Counters:
     boots: int = 0
     power_ons: int = 0
@@ -71,7 +67,7 @@ class Counters:
 class FlashState:
     serial_number: str = ""
     config: dict[str, str] = field(default_factory=dict)
-    identity: Identity | None = None
+    identity: PledgeIdentity | None = None
     voucher: bytes | None = None
     ldevid_pem: str | None = None
     counters: Counters = Counters()
@@ -80,12 +76,7 @@ class FlashState:
         doc = {
             "serial_number": self.serial_number,
             "config": dict(sorted(self.config.items())),
-            "identity": None if self.identity is None else {
-                "idevid_pem": self.identity.idevid_pem,
-                "key_uri": self.identity.key_uri,
-                "trust_anchors_pem": list(self.identity.trust_anchors_pem),
-                "masa_anchors_pem": list(self.identity.masa_anchors_pem),
-            },
+            "identity": None if self.identity is None else self.identity.to_json(),
             "voucher": None if self.voucher is None else base64.b64encode(self.voucher).decode(),
             "ldevid_pem": self.ldevid_pem,
             "counters": {"boots": self.counters.boots, "power_ons": self.counters.power_ons},
@@ -101,10 +92,7 @@ class FlashState:
         return cls(
             serial_number=str(doc.get("serial_number", "")),
             config={str(k): str(v) for k, v in (doc.get("config") or {}).items()},
-            identity=None if ident is None else Identity(
-                idevid_pem=ident["idevid_pem"], key_uri=ident["key_uri"],
-                trust_anchors_pem=tuple(ident.get("trust_anchors_pem") or ()),
-                masa_anchors_pem=tuple(ident.get("masa_anchors_pem") or ())),
+            identity=None if ident is None else PledgeIdentity.from_json(ident),
             voucher=None if voucher is None else base64.b64decode(voucher),
             ldevid_pem=doc.get("ldevid_pem"),
             counters=Counters(boots=int(counters.get("boots", 0)),
@@ -112,24 +100,77 @@ class FlashState:
         )
 
 
-def encode_image(state: FlashState) -> bytes:
-    body = state.to_json()
-    return _MAGIC + b" " + hashlib.sha256(body).hexdigest().encode() + b"\n" + body
+def _seal(magic: bytes, body: bytes) -> bytes:
+    return magic + b" " + hashlib.sha256(body).hexdigest().encode() + b"\n" + body
 
 
-def decode_image(data: bytes, path: Path) -> FlashState:
+def _unseal(magic: bytes, data: bytes, path: Path) -> bytes:
     header, sep, body = data.partition(b"\n")
     parts = header.split(b" ")
-    if not sep or len(parts) != 3 or b" ".join(parts[:2]) != _MAGIC:
+    if not sep or len(parts) != 3 or b" ".join(parts[:2]) != magic:
         raise FlashCorruptError(f"{path} is not a pledgeforge flash image "
                                 "(move it away to start from an erased flash)")
     if hashlib.sha256(body).hexdigest().encode() != parts[2]:
         raise FlashCorruptError(f"{path} fails its checksum (damaged outside the board); "
                                 "move it away to start from an erased flash")
+    return body
+
+
+def encode_image(state: FlashState) -> bytes:
+    return _seal(_MAGIC, state.to_json())
+
+
+def decode_image(data: bytes, path: Path) -> FlashState:
+    body = _unseal(_MAGIC, data, path)
     try:
         return FlashState.from_json(body)
     except (ValueError, KeyError, TypeError) as exc:
         raise FlashCorruptError(f"{path} has a malformed body ({exc})") from None
+
+
+def _read_area(path: Path) -> bytes | None:
+    """The bytes of one flash area's file; None if erased. Temp files of a
+    write cut short by a power loss are leftovers, never the truth."""
+    for leftover in path.parent.glob(f".{path.name}.*.tmp"):
+        leftover.unlink(missing_ok=True)
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise FlashError(f"cannot read flash {path}: {exc.strerror}") from None
+
+
+class FlashPartition(Partition):
+    """The flash's file-system partition: the shell's files outside /tmp, in
+    their own file beside the data image, written whole and atomically on
+    every change, and bounded by the profile's `[flash] files_kib`."""
+
+    def __init__(self, path: Path, capacity: int):
+        self.path = path
+        self.closed = False
+        data = _read_area(path)
+        super().__init__("flash", capacity, {} if data is None else self._decode(data))
+
+    def _decode(self, data: bytes) -> dict[str, FileData]:
+        body = _unseal(_FILES_MAGIC, data, self.path)
+        try:
+            doc = json.loads(body)
+            return {str(path): FileData(base64.b64decode(entry["data"], validate=True), int(entry["mode"]))
+                    for path, entry in doc["files"].items()}
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise FlashCorruptError(f"{self.path} has a malformed body ({exc})") from None
+
+    def _persist(self, files: dict[str, FileData]) -> None:
+        if self.closed:
+            raise FlashClosedError("the board is powered off; the flash cannot be written")
+        doc = {"files": {path: {"mode": entry.mode, "data": base64.b64encode(entry.data).decode()}
+                         for path, entry in sorted(files.items())}}
+        atomic_write(self.path, _seal(_FILES_MAGIC, json.dumps(doc, indent=0).encode()), 0o600)
+
+    def close(self) -> None:
+        with self._lock:
+            self.closed = True
 
 
 def check_config_entry(key: str, value: str | None = None) -> None:
@@ -146,28 +187,19 @@ def check_config_entry(key: str, value: str | None = None) -> None:
 class Flash:
     """The flash file of one board. Thread-safe; each change is one atomic write."""
 
-    def __init__(self, path: str | Path, capacity: int):
+    def __init__(self, path: str | Path, capacity: int, files_capacity: int = 0):
         self.path = Path(path)
         self.capacity = capacity
         self._lock = threading.Lock()
         self._closed = False
-        self._state = self._load()
+        data = _read_area(self.path)
+        self._state = FlashState() if data is None else decode_image(data, self.path)
+        #: the file-system partition (None on boards without one)
+        self.files = FlashPartition(self.path.parent / FILES_FILE, files_capacity) if files_capacity else None
 
     @classmethod
-    def in_state_dir(cls, state_dir: str | Path, capacity: int) -> "Flash":
-        return cls(Path(state_dir) / FLASH_FILE, capacity)
-
-    def _load(self) -> FlashState:
-        # Temp files of a write cut short by a power loss are leftovers, never the truth.
-        for leftover in self.path.parent.glob(f".{self.path.name}.*.tmp"):
-            leftover.unlink(missing_ok=True)
-        try:
-            data = self.path.read_bytes()
-        except FileNotFoundError:
-            return FlashState()          # erased flash
-        except OSError as exc:
-            raise FlashError(f"cannot read flash {self.path}: {exc.strerror}") from None
-        return decode_image(data, self.path)
+    def in_state_dir(cls, state_dir: str | Path, capacity: int, files_capacity: int = 0) -> "Flash":
+        return cls(Path(state_dir) / FLASH_FILE, capacity, files_capacity)
 
     @property
     def state(self) -> FlashState:
@@ -177,6 +209,8 @@ class Flash:
         """Refuse every later write (power is gone). Waits for a write in progress."""
         with self._lock:
             self._closed = True
+        if self.files is not None:
+            self.files.close()
 
     def _commit(self, change) -> FlashState:
         with self._lock:
@@ -212,7 +246,7 @@ class Flash:
     def set_serial_number(self, serial: str) -> None:
         self._commit(lambda s: replace(s, serial_number=serial))
 
-    def set_identity(self, identity: Identity | None) -> None:
+    def set_identity(self, identity: PledgeIdentity | None) -> None:
         self._commit(lambda s: replace(s, identity=identity))
 
     def set_voucher(self, voucher: bytes | None) -> None:
@@ -230,7 +264,9 @@ class Flash:
             s, counters=replace(s.counters, boots=s.counters.boots + 1))).counters
 
     def factory_reset(self) -> None:
-        """Forget the owner: configuration, voucher and LDevID. The factory
-        identity (serial number, IDevID, trust anchors) and counters stay."""
+        """Forget the owner: configuration, voucher, LDevID and the files. The
+        factory identity (serial number, IDevID, trust anchors) and counters stay."""
+        if self.files is not None:
+            self.files.erase()
         self._commit(lambda s: FlashState(serial_number=s.serial_number, identity=s.identity,
                                           counters=s.counters))

@@ -24,7 +24,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from pledgeforge.errors import PledgeforgeError
+from pledgeforge.errors import UsageError
 from pledgeforge.hsm.signer import KeyAlgorithm, Padding, Signer
 
 from .mcuboot import ImageError, ImageVersion, verify_image
@@ -34,7 +34,7 @@ IMGTOOL_TIMEOUT = 120.0
 ALIGNMENTS = (1, 2, 4, 8, 16, 32)
 
 
-class ImageSigningError(PledgeforgeError):
+class ImageSigningError(UsageError):
     """An image could not be built or signed."""
 
 

@@ -16,7 +16,16 @@ Storage (under `<state dir>/slots/`), safe against a power cut at any moment:
 - `state.json`: which blob sits in which slot and the MCUboot flags (confirmed,
   pending, permanent), replaced atomically; a swap is one rename of this file;
 - `upload.part`: an upload in progress, kept apart from both slots. Like the
-  SMP server's RAM on a real board it does not survive a reset: `boot()` drops it.
+  SMP server's RAM on a real board it does not survive a reset: `boot()` drops it;
+- `verify-key.pem`: the firmware public key the bootloader checks images
+  against, unless the profile names one (`[image] verify_key`). It is written
+  by `install_verify_key`, the one way a key gets into a board's flash: at the
+  factory, by the lab at the first power-on of a board started with `--lab`,
+  or by `pledgeforge board set-verify-key` on a stopped board.
+
+A board without a key trusts no image: the bootloader erases a pending image
+as it erases one signed by another key, says why on the console, and the
+image state read reports such an image as not bootable before that happens.
 """
 
 from __future__ import annotations
@@ -31,15 +40,17 @@ from pathlib import Path
 from typing import Callable
 
 from pledgeforge.atomicfile import atomic_write
-from pledgeforge.errors import PledgeforgeError
+from pledgeforge.errors import PledgeforgeError, VerificationFailure
 
-from .mcuboot import (ImageError, ImageKeyError, ImageVersion, McubootImage, load_public_key,
-                      load_public_key_file, parse_image, verify_image)
+from .mcuboot import (ImageError, ImageKeyError, ImageVersion, McubootImage, Refusal, load_public_key,
+                      parse_image, verify_image)
 from .profile import ImageConfig
 
 PRIMARY = 0
 SECONDARY = 1
 STATE_FORMAT = 1
+SLOTS_DIR = "slots"
+VERIFY_KEY_FILE = "verify-key.pem"
 
 Log = Callable[[str], None]
 
@@ -62,8 +73,36 @@ class SlotError(PledgeforgeError):
         self.refusal = refusal
 
 
-class NoBootableImageError(PledgeforgeError):
+class NoBootableImageError(VerificationFailure):
     """Nothing in the slots can be booted; the message says what is missing."""
+
+
+def verify_key_file(state_dir: str | os.PathLike) -> Path:
+    """Where a board's flash keeps the firmware public key (profiles that name none)."""
+    return Path(state_dir) / SLOTS_DIR / VERIFY_KEY_FILE
+
+
+def install_verify_key(state_dir: str | os.PathLike, pem: bytes) -> Path:
+    """Write the firmware public key (PEM) into a board's flash; returns the file.
+
+    The bootloader reads it at every boot and checks every image against it.
+    This is what a manufacturing station does to a new board; until one does,
+    the lab does it at a `--lab` board's first power-on and `pledgeforge board
+    set-verify-key` does it to a stopped board. A PEM that is not a key MCUboot
+    can check images with is refused, and the flash keeps its previous key.
+    """
+    load_public_key(pem, "firmware key")
+    path = verify_key_file(state_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, pem)
+    return path
+
+
+def _no_key_message(path: Path) -> str:
+    return (f"no firmware verification key in this board's flash ({path}): install one with "
+            f"`pledgeforge board set-verify-key --state {path.parent.parent} --key-pem PEM` "
+            "while the board is stopped (boards started with --lab get the lab's at their first "
+            "power-on), or set [image] verify_key in the profile")
 
 
 class NextBoot(enum.Enum):
@@ -143,13 +182,15 @@ class ImageSlots:
 
     def __init__(self, state_dir: str | os.PathLike, image_config: ImageConfig):
         self.config = image_config
-        self.root = Path(state_dir) / "slots"
+        self.root = Path(state_dir) / SLOTS_DIR
         self._blobs = self.root / "blobs"
         self._state_path = self.root / "state.json"
         self._part_path = self.root / "upload.part"
         self._blobs.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
         self._parsed: dict[str, McubootImage | None] = {}
+        # (blob, key PEM) -> whether that image verifies with that key (hashing is not free)
+        self._verdicts: dict[tuple[str, bytes], bool] = {}
         self._active: BootImage | None = None
         self._writer: UploadWriter | None = None
 
@@ -169,24 +210,44 @@ class ImageSlots:
 
     @property
     def verify_key_path(self) -> Path:
-        """The profile's key if it names one, else the key provisioned into the state dir."""
-        return self.config.verify_key or self.root / "verify-key.pem"
+        """The profile's key if it names one, else the key installed in the board's flash."""
+        return self.config.verify_key or verify_key_file(self.root.parent)
 
-    def install_verify_key(self, pem: bytes) -> None:
-        """Provision the firmware public key (for profiles that name none)."""
+    def install_verify_key(self, pem: bytes) -> Path:
+        """Install the firmware public key in this board's flash (profiles that name none)."""
         if self.config.verify_key is not None:
             raise ImageKeyError(f"the profile names its firmware key ({self.config.verify_key}); "
                                 "change it there")
-        load_public_key(pem, "firmware key")
-        atomic_write(self.verify_key_path, pem)
+        return install_verify_key(self.root.parent, pem)
+
+    def _verify_key_pem(self) -> bytes:
+        path = self.verify_key_path
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            if self.config.verify_key is not None:
+                raise NoBootableImageError(f"the firmware key the profile names ({path}) does not "
+                                           "exist") from None
+            raise NoBootableImageError(_no_key_message(path)) from None
+        except OSError as exc:
+            raise NoBootableImageError(f"cannot read the firmware key {path}: {exc.strerror}") from None
 
     def _verify_key(self):
-        path = self.verify_key_path
-        if not path.exists():
-            raise NoBootableImageError(
-                f"no firmware verification key at {path}: set [image] verify_key in the "
-                "profile or provision the key")
-        return load_public_key_file(path)
+        return load_public_key(self._verify_key_pem(), f"firmware key {self.verify_key_path}")
+
+    def _would_boot(self, name: str) -> bool:
+        """Whether the bootloader would boot the stored image `name` with the current key."""
+        try:
+            pem = self._verify_key_pem()
+        except NoBootableImageError:
+            return False
+        if (name, pem) not in self._verdicts:
+            try:
+                verify_image(self._read_blob(name), load_public_key(pem))
+                self._verdicts[(name, pem)] = True
+            except (ImageError, ImageKeyError, OSError):
+                self._verdicts[(name, pem)] = False
+        return self._verdicts[(name, pem)]
 
     # -- state ---------------------------------------------------------------
 
@@ -215,6 +276,7 @@ class ImageSlots:
             if path.stem not in keep:
                 path.unlink(missing_ok=True)
                 self._parsed.pop(path.stem, None)
+        self._verdicts = {k: v for k, v in self._verdicts.items() if k[0] in keep}
 
     def _blob_path(self, name: str) -> Path:
         return self._blobs / f"{name}.img"
@@ -282,7 +344,10 @@ class ImageSlots:
                 if image is None:
                     continue
                 f = flags[slot]
-                rows.append(SlotInfo(slot, image.version, image.hash, image.bootable,
+                # Zephyr reads `bootable` from the header flag alone, since MCUboot checks
+                # the signature only at the next boot; here that verdict is known already.
+                bootable = image.bootable and self._would_boot(entry["blob"])
+                rows.append(SlotInfo(slot, image.version, image.hash, bootable,
                                      f.get("pending", False), f.get("confirmed", False),
                                      f.get("active", False), f.get("permanent", False)))
             return rows
@@ -445,8 +510,10 @@ class ImageSlots:
             try:
                 key = self._verify_key()
             except (NoBootableImageError, ImageKeyError) as exc:
+                # A bootloader without a key trusts no image: it boots nothing it
+                # finds in the slots (and erases what is pending, below).
                 log(f"E: {exc}")
-                raise NoBootableImageError(str(exc)) from None
+                key = ImageError(Refusal.NO_KEY, "the board has no usable firmware verification key")
             next_slot, kind = self._next_boot(state)
             swap = None
             if next_slot == SECONDARY:
@@ -456,7 +523,7 @@ class ImageSlots:
                 log("E: No image in the primary slot; unable to find bootable image")
                 raise NoBootableImageError("no image in the primary slot")
             try:
-                verified = verify_image(self._read_blob(entry["blob"]), key)
+                verified = _verify(self._read_blob(entry["blob"]), key)
             except ImageError as exc:
                 log(f"E: Image in the primary slot is not valid! ({exc})")
                 log("E: Unable to find bootable image")
@@ -479,7 +546,7 @@ class ImageSlots:
             return "revert"
         permanent = kind is NextBoot.NORMAL
         try:
-            verify_image(self._read_blob(secondary["blob"]), key)
+            _verify(self._read_blob(secondary["blob"]), key)
         except ImageError as exc:
             log(f"E: Image in the secondary slot is not valid! ({exc})")
             log("I: Erasing the secondary slot; keeping the current image")
@@ -492,6 +559,13 @@ class ImageSlots:
                               if primary else None)
         self._save(state)
         return "permanent" if permanent else "test"
+
+
+def _verify(data: bytes, key):
+    """verify_image, where `key` may be the ImageError of a board that has no usable key."""
+    if isinstance(key, ImageError):
+        raise key
+    return verify_image(data, key)
 
 
 def _fsync_dir(path: Path) -> None:

@@ -25,7 +25,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
 
-from pledgeforge.errors import PledgeforgeError
+from pledgeforge.errors import FileAccessError, UsageError, VerificationFailure
 
 IMAGE_MAGIC = 0x96F3B83D
 HEADER_SIZE = 32
@@ -81,9 +81,10 @@ class Refusal(enum.Enum):
     UNSIGNED = "unsigned"
     WRONG_KEY = "wrong key"
     BAD_SIGNATURE = "bad signature"
+    NO_KEY = "no key"            # the board has no key to check images with
 
 
-class ImageError(PledgeforgeError):
+class ImageError(VerificationFailure):
     """An MCUboot image is unusable; `refusal` says why in a word."""
 
     def __init__(self, refusal: Refusal, detail: str):
@@ -92,11 +93,11 @@ class ImageError(PledgeforgeError):
         self.detail = detail
 
 
-class ImageKeyError(PledgeforgeError):
+class ImageKeyError(UsageError):
     """The firmware verification key cannot be used."""
 
 
-class ImageVersionError(PledgeforgeError):
+class ImageVersionError(UsageError):
     """A version string is not one MCUboot headers can carry."""
 
 
@@ -292,7 +293,7 @@ def load_public_key_file(path: str | Path):
     try:
         pem = path.read_bytes()
     except OSError as exc:
-        raise ImageKeyError(f"cannot read firmware key {path}: {exc.strerror}") from None
+        raise FileAccessError(f"cannot read firmware key {path}: {exc.strerror}") from None
     return load_public_key(pem, f"firmware key {path}")
 
 

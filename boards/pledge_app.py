@@ -1,88 +1,53 @@
-"""The pledge firmware of a board started with `--lab DIR`.
+"""The board's pledge firmware: BRSKI from the console's `bootstrap` command.
 
-Manufacture (first power-on): the IDevID key is generated in the board's own
-key store (its swtpm or SoftHSM token), the lab's manufacturer CA certifies
-it, and the board's flash gets the certificate and its built-in trust
-anchors. The lab also records the board's owner, so its cloud registrar
-knows what to answer (`flow`: 307 to the owner registrar, or a voucher
-naming the EST server).
+It reads the pledge's identity from the board's flash (IDevID, where its key
+lives, the built-in anchors) and the cloud registrar's URL from the flash's
+configuration (`registrar.url`, defaulting to the profile's), and runs the
+real pledge driver (firmware/pledge.py) with the keys in the board's key
+store, the LDevID key in the store's "ldevid" slot. It prints each state as
+it is entered, and stores the voucher and LDevID in flash only once the
+pledge is enrolled: a power cut during enrollment leaves the last good state.
 
-`bootstrap` runs the real pledge driver (firmware/pledge.py) with the key in
-the board's key store, prints each state as it is entered, and stores the
-voucher and LDevID in flash only once the pledge is enrolled: a power cut
-during enrollment leaves the last good state.
+How the identity got there (a manufacturing step) is none of its business.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+from dataclasses import replace
 from typing import Callable
 
-from cryptography import x509
-
-from pledgeforge.firmware.pledge import PledgeDriver, PledgeIdentity
-from pledgeforge.hsm import keystore
-from pledgeforge.hsm.chain import load_certificates
-from pledgeforge.hsm.keyuri import TpmUri, parse_key_uri
 from pledgeforge.hsm.x509 import to_pem
 
-from .flash import Identity
-from .runtime import Board, FirmwareApp
-
-IDEVID_TPM_HANDLE = 0x81020000
-LDEVID_TPM_HANDLE = 0x81020001
-IDEVID_LABEL = "idevid"
-LDEVID_LABEL = "ldevid"
-FLOWS = ("redirect", "est-domain")
+from .firmware_apps import FIRMWARE_APPS, FirmwareApp
 
 
-class LabPledgeApp(FirmwareApp):
-    """Pledge firmware whose factory and registrars are a local lab."""
+@FIRMWARE_APPS.register
+class PledgeApp(FirmwareApp):
+    """A BRSKI pledge whose identity is in the board's flash and keys in its key store."""
 
-    def __init__(self, lab_dir: Path, flow: str = "redirect", timeout: float = 10.0):
-        from pledgeforge.registrar.lab import Lab
+    binds_to = "pledge"
 
-        if flow not in FLOWS:
-            raise ValueError(f"flow must be one of {', '.join(FLOWS)}, not {flow!r}")
-        self.lab = Lab.load(lab_dir)
-        self.flow = flow
+    def __init__(self, timeout: float = 10.0):
         self.timeout = timeout
         self.last_state = "idle"
 
-    # ------------------------------------------------------------------ the factory
+    def bootstrap(self, board, emit_line: Callable[[str], None]) -> bool:
+        # The TLS stack loads only when a bootstrap runs, not with every board.
+        from pledgeforge.firmware.pledge import PledgeDriver
 
-    def provision(self, board: Board) -> None:
-        uri = _key_uri(board, IDEVID_TPM_HANDLE, IDEVID_LABEL)
-        signer = keystore.generate_key(uri, board.keystore.algorithm)
-        idevid = self.lab.issue_idevid(signer.public_key, board.serial_number)
-        self.lab.register_pledge(board.serial_number, self.flow)
-        board.flash.config_set("registrar.url", self.lab.url("cloud"))
-        board.flash.set_identity(Identity(
-            idevid_pem=to_pem(idevid).decode(), key_uri=uri,
-            trust_anchors_pem=(self.lab.pki("web-ca").read_text(),),
-            masa_anchors_pem=(self.lab.pki("manufacturer-ca").read_text(),)))
-        board.log_event(f"manufactured: IDevID {idevid.subject.rfc4514_string()}, owner flow {self.flow}")
-
-    # ------------------------------------------------------------------ the pledge
-
-    def bootstrap(self, board: Board, emit_line: Callable[[str], None]) -> bool:
-        identity = board.flash.state.identity
-        if identity is None:
+        stored = board.flash.state.identity
+        if stored is None:
             emit_line("no IDevID on this board (manufacturing failed; see `log`)")
             return False
-        pledge = PledgeIdentity(
-            idevid_key_uri=_current_uri(board, identity.key_uri),
-            idevid=_certificate(identity.idevid_pem),
-            builtin_anchors=[c for pem in identity.trust_anchors_pem for c in load_certificates(pem.encode())],
-            masa_anchors=[c for pem in identity.masa_anchors_pem for c in load_certificates(pem.encode())],
-            cloud_registrar_url=board.config_value("registrar.url"),
-            ldevid_key_uri=_key_uri(board, LDEVID_TPM_HANDLE, LDEVID_LABEL))
+        identity = replace(stored, idevid_key_uri=board.keystore.current_uri(stored.idevid_key_uri),
+                           cloud_registrar_url=board.config_value("registrar.url"),
+                           ldevid_key_uri=board.keystore.slot_uri("ldevid"))
 
         def show(transition) -> None:
             self.last_state = transition.to_state.value
             emit_line(f"-> {transition.to_state.value:<20} {transition.reason}")
 
-        result = PledgeDriver(pledge, timeout=self.timeout, on_transition=show).run()
+        result = PledgeDriver(identity, timeout=self.timeout, on_transition=show).run()
         if not result.enrolled:
             emit_line(f"bootstrap failed: {result.reason}")
             return False
@@ -93,26 +58,5 @@ class LabPledgeApp(FirmwareApp):
         emit_line(f"enrolled: LDevID {result.ldevid.subject.rfc4514_string()}")
         return True
 
-    def status_fields(self, board: Board) -> dict[str, str]:
-        return {"pledge": self.last_state, "owner flow": self.flow}
-
-
-
-
-
-# ---------------------------------------------------------------------- key store glue
-
-def _key_uri(board: Board, handle: int, label: str) -> str:
-    return board.keystore.key_uri(handle if board.keystore.type == "tpm" else label)
-
-
-def _current_uri(board: Board, stored: str) -> str:
-    """A TPM key's URI names the TCTI of the running swtpm, whose socket moves with the state directory."""
-    uri = parse_key_uri(stored)
-    if isinstance(uri, TpmUri):
-        return board.keystore.key_uri(uri.handle)
-    return stored
-
-
-def _certificate(pem: str) -> x509.Certificate:
-    return x509.load_pem_x509_certificate(pem.encode())
+    def status_fields(self, board) -> dict[str, str]:
+        return {"pledge": self.last_state}

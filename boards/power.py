@@ -18,7 +18,7 @@ import threading
 from pathlib import Path
 from typing import Callable
 
-from pledgeforge.errors import PledgeforgeError
+from pledgeforge.errors import EnvironmentFailure, PledgeforgeError
 
 POWER_SOCKET = "power.sock"
 COMMANDS = ("on", "off", "cycle", "status")
@@ -29,7 +29,7 @@ _SUN_PATH_MAX = 107
 _log = logging.getLogger(__name__)
 
 
-class PowerControlError(PledgeforgeError):
+class PowerControlError(EnvironmentFailure):
     """The power switch could not be reached or refused the request."""
 
 

@@ -5,29 +5,34 @@ boot banner and timings, the flash and image layout, and the default cloud
 registrar. The shipped profiles live in `boards/profiles/`; users add their
 own by passing a path. Every field is checked when the file is loaded, and a
 mistake is reported as one error naming the file, the table and the field.
+`write_profile` writes one from the same dataclasses (a derived profile, such
+as a shipped one `with_timings` of zero for tests that need no boot delays).
 """
 
 from __future__ import annotations
 
-import difflib
 import re
 import tomllib
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from pledgeforge.errors import PledgeforgeError
+import tomli_w
+
+from pledgeforge.atomicfile import atomic_write
+from pledgeforge.errors import FileAccessError, PledgeforgeError, UsageError, closest_name
 from pledgeforge.hsm.identity_names import IdentityNameError, check_dns_label
 from pledgeforge.hsm.signer import KeyAlgorithm
 
+from .board_keystore import KEYSTORE_DRIVERS
+
 PROFILE_DIR = Path(__file__).resolve().parent / "profiles"
 
-KEYSTORE_TYPES = ("tpm", "pkcs11")
 LINE_ENDINGS = {"crlf": "\r\n", "lf": "\n"}
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 
 
-class ProfileError(PledgeforgeError):
+class ProfileError(UsageError):
     """A board profile cannot be found or has a bad field."""
 
 
@@ -42,7 +47,7 @@ class BoardInfo:
 
 @dataclass(frozen=True)
 class KeyStoreConfig:
-    type: str                   # "tpm" or "pkcs11"
+    type: str                   # the key-store driver it binds to: "tpm" or "pkcs11"
     algorithm: KeyAlgorithm
     token: str                  # PKCS#11 token label (ignored for tpm)
 
@@ -73,6 +78,7 @@ class BootConfig:
 @dataclass(frozen=True)
 class FlashConfig:
     size_kib: int               # capacity of the persistent flash store
+    files_kib: int              # its file-system partition for the shell's files; 0: none
 
 
 @dataclass(frozen=True)
@@ -105,6 +111,17 @@ class Profile:
     def name(self) -> str:
         return self.board.name
 
+    def with_timings(self, *, autoboot_seconds: float | None = None,
+                     firmware_seconds: float | None = None) -> "Profile":
+        """This profile with other boot delays (0: boot at once, as tests and bench scripts
+        that do not watch the countdown want)."""
+        boot = self.boot
+        if autoboot_seconds is not None:
+            boot = replace(boot, autoboot_seconds=float(autoboot_seconds))
+        if firmware_seconds is not None:
+            boot = replace(boot, firmware_seconds=float(firmware_seconds))
+        return replace(self, boot=boot)
+
 
 class _Table:
     """Reads one TOML table, remembering which fields were used so that
@@ -128,9 +145,9 @@ class _Table:
         self.used.add(field)
         if field not in self.data:
             if default is _REQUIRED:
-                typo = difflib.get_close_matches(field, [k for k in self.data if k not in self.used], 1)
+                typo = closest_name(field, [k for k in self.data if k not in self.used])
                 if typo:
-                    self._fail(typo[0], f"is not a known field; did you mean {field}?")
+                    self._fail(typo, f"is not a known field; did you mean {field}?")
                 self._fail(field, "is missing")
             return default
         return self.data[field]
@@ -177,8 +194,8 @@ class _Table:
     def check_unknown(self) -> None:
         unknown = sorted(set(self.data) - self.used)
         if unknown:
-            close = difflib.get_close_matches(unknown[0], self.used, 1)
-            hint = f"did you mean {close[0]}?" if close else f"known fields: {', '.join(sorted(self.used))}"
+            close = closest_name(unknown[0], self.used)
+            hint = f"did you mean {close}?" if close else f"known fields: {', '.join(sorted(self.used))}"
             self._fail(unknown[0], f"is not a known field ({hint})")
 
 
@@ -229,7 +246,7 @@ def _parse(source: Path, data: dict) -> Profile:
     )
 
     t = tables["keystore"]
-    ks_type = t.choice("type", KEYSTORE_TYPES)
+    ks_type = t.choice("type", KEYSTORE_DRIVERS.names())   # a registered key-store driver
     algorithm_text = t.text("algorithm")
     try:
         algorithm = KeyAlgorithm.parse(algorithm_text)
@@ -273,7 +290,8 @@ def _parse(source: Path, data: dict) -> Profile:
         _check_template(tables["boot"], field, getattr(boot, field))
 
     t = tables["flash"]
-    flash = FlashConfig(size_kib=t.integer("size_kib", 256, low=4, high=64 * 1024))
+    flash = FlashConfig(size_kib=t.integer("size_kib", 256, low=4, high=64 * 1024),
+                        files_kib=t.integer("files_kib", 0, low=0, high=64 * 1024))
 
     t = tables["image"]
     verify_key_text = t.text("verify_key", "", nonempty=False)
@@ -306,7 +324,7 @@ def load_profile(name_or_path: str | Path) -> Profile:
     path = Path(text).expanduser() if looks_like_path else PROFILE_DIR / f"{text}.toml"
     if not path.is_file():
         if looks_like_path:
-            raise ProfileError(f"profile file {path} does not exist")
+            raise FileAccessError(f"profile file {path} does not exist")
         raise ProfileError(f"no profile named {text!r}; shipped profiles: "
                            f"{', '.join(profile_names())} (or give the path of a .toml file)")
     try:
@@ -315,8 +333,28 @@ def load_profile(name_or_path: str | Path) -> Profile:
     except tomllib.TOMLDecodeError as exc:
         raise ProfileError(f"profile {path} is not valid TOML: {exc}") from None
     except OSError as exc:
-        raise ProfileError(f"cannot read profile {path}: {exc.strerror}") from None
+        raise FileAccessError(f"cannot read profile {path}: {exc.strerror}") from None
     return _parse(path.resolve(), data)
+
+
+def profile_document(profile: Profile) -> dict:
+    """The TOML document that `load_profile` reads back as `profile` (paths absolute)."""
+    doc = {name: asdict(getattr(profile, name))
+           for name in ("board", "keystore", "console", "boot", "flash", "image", "registrar")}
+    doc["keystore"]["algorithm"] = profile.keystore.algorithm.value
+    doc["console"]["line_ending"] = next(k for k, v in LINE_ENDINGS.items() if v == profile.console.line_ending)
+    if profile.image.verify_key is None:
+        doc["image"]["verify_key"] = ""
+    else:
+        doc["image"]["verify_key"] = str(profile.image.verify_key)
+    return doc
+
+
+def write_profile(profile: Profile, path: str | Path) -> Profile:
+    """Write `profile` as a TOML file (atomically); returns it as read from there."""
+    path = Path(path).expanduser().resolve()
+    atomic_write(path, tomli_w.dumps(profile_document(profile)).encode())
+    return replace(profile, path=path)
 
 
 def profile_names() -> list[str]:

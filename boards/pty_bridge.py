@@ -23,7 +23,7 @@ from pathlib import Path
 
 import serial
 
-from pledgeforge.errors import PledgeforgeError
+from pledgeforge.errors import EnvironmentFailure, UsageError
 
 from .transports import link_pty, open_raw_pty, unlink_pty
 
@@ -33,7 +33,7 @@ _POLL_S = 0.2
 _CHUNK = 4096
 
 
-class BridgeError(PledgeforgeError):
+class BridgeError(EnvironmentFailure):
     """The bridge cannot be set up or lost its console."""
 
 
@@ -48,8 +48,8 @@ class PtyBridge:
                  timeout: float = 10.0):
         scheme = url.split("://", 1)[0] if "://" in url else ""
         if scheme not in SCHEMES:
-            raise BridgeError(f"console URL {url!r} is not one the bridge serves; use "
-                              "rfc2217://HOST:PORT or socket://HOST:PORT")
+            raise UsageError(f"console URL {url!r} is not one the bridge serves; use "
+                             "rfc2217://HOST:PORT or socket://HOST:PORT")
         self.url = url
         self.link = Path(link)
         # A write to a console that stopped reading is bounded: by write_timeout

@@ -1,15 +1,16 @@
 """A running board: a profile and a state directory brought to life.
 
-`Board` owns the console, the persistent flash, the board's key store (its own
-swtpm or SoftHSM token, in the state directory), the firmware image slots, and
-the power switch. Powering on starts the key store and a firmware thread that
-boots (bootloader, autoboot, image verification, firmware banner, login) and
-then runs the shell; powering off stops that thread at its next console or
-flash access, closes the flash and stops the key store. A power cut (the
-process killed) loses nothing that was written: every flash write is atomic.
-
-The pledge itself plugs in through `FirmwareApp`: `provision` (manufacture
-the IDevID), `bootstrap` (run BRSKI from the console) and `status_fields`.
+`Board` holds the console, the persistent flash, the firmware image slots and
+the power switch, and is given its other parts: the key store (the driver its
+profile's `[keystore] type` binds to, see board_keystore.py), the firmware app
+behind `bootstrap` (firmware_apps.py) and the factory step that gives a new
+board its identity (provisioning.py). boards/assembly.py puts a board
+together from those parts by name. Powering on starts the key store and a
+firmware thread that provisions a board without an identity, boots
+(bootloader, autoboot, image verification, firmware banner, login) and then
+runs the shell; powering off stops that thread at its next console or flash
+access, closes the flash and stops the key store. A power cut (the process
+killed) loses nothing that was written: every flash write is atomic.
 
 Tests use `Board` in-process; `pledgeforge board run` wraps it in a process.
 """
@@ -24,25 +25,26 @@ import secrets
 import threading
 import time
 import traceback
-from abc import ABC, abstractmethod
 from collections import deque
 from pathlib import Path
-from typing import Callable
 
 from pledgeforge.atomicfile import atomic_write
-from pledgeforge.errors import PledgeforgeError
+from pledgeforge.errors import EnvironmentFailure
 from pledgeforge.hsm.identity_names import IdentityNameError, check_serial_number
 
 from . import boot
-from .board_keystore import BoardKeyStore
+from .board_keystore import BoardKeyStore, keystore_for
 from .console import Console, PowerLost, ResetRequested, Terminal
+from .filesystem import BoardFiles
+from .firmware_apps import FirmwareApp
 from .flash import Flash
 from .image_slots import ImageSlots, NoBootableImageError
 from .power import PowerServer
 from .profile import Profile
+from .provisioning import ProvisioningStep
 from .rtc import Rtc
-from .shell import Shell, ShellExit
-from .shell_commands import BOARD_COMMANDS
+from .shell import CapturedConsole, Shell, ShellExit
+from .shell_commands import board_registry
 from .smp_framing import SmpLineDecoder, encode_smp_frames
 from .smp_server import SmpParams, SmpServer
 from .transcript import TranscriptRecorder, transcript_path
@@ -54,7 +56,7 @@ CONSOLE_LINK = "console"
 SERIAL_KINDS = ("pty", "rfc2217", "tcp")
 # How long power-off waits for the firmware thread to notice; it notices at
 # its next console read, print or flash write. A thread still busy after that
-# (a FirmwareApp in a network call) can no longer print or write the flash.
+# (a firmware app in a network call) can no longer print or write the flash.
 POWER_OFF_TIMEOUT = 2.0
 EVENT_LOG_LINES = 500
 # How long power-off and shutdown wait for the console transcript to reach the disk.
@@ -62,50 +64,24 @@ TRANSCRIPT_FLUSH_TIMEOUT = 2.0
 _log = logging.getLogger(__name__)
 
 
-class BoardError(PledgeforgeError):
+class BoardError(EnvironmentFailure):
     """The board cannot be started or cannot do what was asked."""
 
 
-class FirmwareApp(ABC):
-    """The pledge firmware the board runs. The runtime calls it; it never
-    touches the console except through the `emit_line` it is given.
-
-    Its methods run in the board's firmware thread. When the power goes,
-    `emit_line` raises `PowerLost` and `board.flash` refuses writes
-    (`FlashClosedError`), so work cut short by a power-off stores nothing
-    more; let those exceptions through. Keys live in `board.keystore`
-    (`key_uri(name)`, `env()`), persistent data in `board.flash`.
-    """
-
-    @abstractmethod
-    def provision(self, board: "Board") -> None:
-        """Manufacture: create the IDevID key in `board.keystore`, have it
-        certified, and store the result with `board.flash.set_identity(...)`.
-        Called at power-on while the flash holds no identity. An exception is
-        reported on the console and the board boots unprovisioned."""
-
-    @abstractmethod
-    def bootstrap(self, board: "Board", emit_line: Callable[[str], None]) -> bool:
-        """Run the pledge (the console's `bootstrap` command), printing each
-        state through `emit_line` as it happens. True once enrolled (voucher and
-        LDevID stored in `board.flash`)."""
-
-    def status_fields(self, board: "Board") -> dict[str, str]:
-        """Extra `status` lines, e.g. {"pledge": "waiting for owner"}."""
-        return {}
-
-    def factory_reset(self, board: "Board") -> None:
-        """Forget owner keys held in the key store (the flash is cleared by the runtime)."""
-
-
-def load_firmware_app(lab_dir: Path | None, flow: str = "redirect") -> FirmwareApp | None:
-    """The pledge firmware for boards started with `--lab DIR`; without a lab,
-    boards run without one and `bootstrap` says that no registrar is configured."""
-    if lab_dir is None:
-        return None
-    from .pledge_app import LabPledgeApp
-
-    return LabPledgeApp(lab_dir, flow)
+def lock_state_dir(state_dir: Path) -> int:
+    """Claim a board's state directory for this process (the board runs, or its flash is
+    being written while it is stopped); the lock lasts until the returned fd is closed."""
+    fd = os.open(Path(state_dir) / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        other = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise BoardError(f"state directory {state_dir} is in use by another running "
+                         f"board (pid {other}); stop it or choose another --state") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
 
 
 # -- power sessions ---------------------------------------------------------------
@@ -121,6 +97,7 @@ class _PowerSession:
         self.started = time.monotonic()
         self.booted = time.monotonic()
         self.thread: threading.Thread | None = None
+        self.files: BoardFiles | None = None    # the booted firmware's file system
 
     def check(self) -> None:
         if not self.powered:
@@ -138,13 +115,18 @@ class Board:
     """One emulated board. Use as a context manager, or call `close()`."""
 
     def __init__(self, profile: Profile, state_dir: str | os.PathLike, *,
-                 app: FirmwareApp | None = None, serial_number: str | None = None):
+                 keystore: BoardKeyStore | None = None, app: FirmwareApp | None = None,
+                 provisioning: ProvisioningStep | None = None, serial_number: str | None = None):
+        """`keystore`: default, the driver the profile's [keystore] type binds to; `app`:
+        the firmware behind `bootstrap` (none: the board has no pledge firmware);
+        `provisioning`: the factory step for a board whose flash holds no identity."""
         self.profile = profile
         self.state_dir = Path(state_dir).resolve()
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.app = app
+        self.provisioning = provisioning
         self._firmware_local = threading.local()
-        self._lock_fd = self._lock_state_dir()
+        self._lock_fd = lock_state_dir(self.state_dir)
         self.transcript: TranscriptRecorder | None = None
         try:
             if profile.console.transcript_files:
@@ -154,7 +136,7 @@ class Board:
             self.console = Console(line_ending=profile.console.line_ending,
                                    log_bytes=profile.console.log_kib * 1024,
                                    tap=self.transcript.record if self.transcript else None)
-            self.keystore = BoardKeyStore(profile, self.state_dir)
+            self.keystore = keystore or keystore_for(profile.keystore, self.state_dir)
             self.slots = ImageSlots(self.state_dir, profile.image)
             self.rtc = Rtc()
             self._smp_server = SmpServer(self.slots, self.request_reset,
@@ -163,8 +145,9 @@ class Board:
                                          rtc=self.rtc, run_command=self._smp_shell_command)
             self._smp_decoder = SmpLineDecoder(self._smp_server.params.max_packet)
             self._flash_capacity = profile.flash.size_kib * 1024
+            self._files_capacity = profile.flash.files_kib * 1024
             # Opened now so that a damaged flash file is reported before anything runs.
-            self._flash = Flash.in_state_dir(self.state_dir, self._flash_capacity)
+            self._flash = Flash.in_state_dir(self.state_dir, self._flash_capacity, self._files_capacity)
             self._check_serial(serial_number)
         except BaseException:
             if self.transcript is not None:
@@ -183,19 +166,6 @@ class Board:
         self._closed = False
 
     # -- lifetime ---------------------------------------------------------------
-
-    def _lock_state_dir(self) -> int:
-        fd = os.open(self.state_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            other = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-            os.close(fd)
-            raise BoardError(f"state directory {self.state_dir} is in use by another running "
-                             f"board (pid {other}); stop it or choose another --state") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        return fd
 
     def _check_serial(self, requested: str | None) -> None:
         if requested is not None:
@@ -261,7 +231,7 @@ class Board:
                 return
             if self._closed:
                 raise BoardError("the board has been shut down")
-            self._flash = Flash.in_state_dir(self.state_dir, self._flash_capacity)
+            self._flash = Flash.in_state_dir(self.state_dir, self._flash_capacity, self._files_capacity)
             self._manufacture(self._flash)
             self._flash.record_power_on()
             self.keystore.power_on()
@@ -432,7 +402,9 @@ class Board:
         """A firmware fault: say so on the console and hang until reset or power-off."""
         self._set_phase("halted")
         self.log_event(f"panic: {type(exc).__name__}: {exc}")
-        _log.error("firmware fault: %s", traceback.format_exc())
+        # Called after the except block has ended, so the traceback comes from
+        # the exception itself (format_exc() would find none: "NoneType: None").
+        _log.error("firmware fault: %s: %s", type(exc).__name__, exc, exc_info=exc)
         term.print()
         term.print(f"Kernel panic - not syncing: {type(exc).__name__}: {exc}")
         term.print("---[ end Kernel panic: power-cycle or reset the board ]---")
@@ -447,10 +419,18 @@ class Board:
                 f"{self.profile.board.serial_prefix}-{secrets.token_hex(4).upper()}"
             flash.set_serial_number(serial)
 
+    def status_fields(self) -> dict[str, str]:
+        """What the firmware app and the factory step add to `status`."""
+        fields: dict[str, str] = {}
+        for part in (self.app, self.provisioning):
+            if part is not None:
+                fields.update(part.status_fields(self))
+        return fields
+
     def _provision(self, term: Terminal) -> None:
-        if self.flash.state.identity is None and self.app is not None:
+        if self.flash.state.identity is None and self.provisioning is not None:
             try:
-                self.app.provision(self)
+                self.provisioning.provision(self)
             except Exception as exc:
                 self.log_event(f"provisioning failed: {exc}")
                 term.print(f"provisioning failed: {exc}")
@@ -485,11 +465,13 @@ class Board:
         ctx.fields = self._template_fields()
         boot.firmware_banner(ctx)
         self._write_info()
+        files = None if session.flash.files is None else BoardFiles(session.flash.files)  # a fresh /tmp
+        session.files = files
         while True:
             if self.profile.console.login:
                 self._set_phase("login")
                 boot.login(ctx)
-            self._shell_session(session, term)
+            self._shell_session(session, term, files)
 
     def _load_image(self, term: Terminal) -> str:
         """Boot the image in the slots as MCUboot would, or the factory firmware
@@ -501,17 +483,18 @@ class Board:
                 raise
             return self.profile.image.version
 
-    def _new_shell(self, write: Callable[[str], None]) -> Shell:
-        console = self.profile.console
-        return Shell(BOARD_COMMANDS, write, board=self,
+    def _new_shell(self, console, files: BoardFiles | None) -> Shell:
+        """A shell over `console` (the serial terminal, or a capture for SMP shell exec)."""
+        profile_console = self.profile.console
+        return Shell(board_registry(files is not None), console, board=self, files=files,
                      variables={"HOSTNAME": self.profile.board.hostname, "HOME": "/root",
-                                "USER": console.username, "PS1": console.prompt},
+                                "USER": profile_console.username, "PS1": profile_console.prompt},
                      on_error=lambda name, exc: _log.error("command %s failed: %s", name,
                                                            traceback.format_exc()))
 
-    def _shell_session(self, session: _PowerSession, term: Terminal) -> None:
+    def _shell_session(self, session: _PowerSession, term: Terminal, files: BoardFiles | None) -> None:
         console = self.profile.console
-        shell = self._new_shell(lambda text: term.print(text, end=""))
+        shell = self._new_shell(term, files)
         self._set_phase("shell")
         if self.profile.boot.motd:
             term.print(boot.banner(self.profile.boot.motd, self._template_fields()))
@@ -536,8 +519,9 @@ class Board:
         """SMP shell exec: the command line through a shell of its own with its
         output captured, as Zephyr runs it on a dummy shell backend beside the
         UART's shell. Runs in the firmware thread, which serves SMP."""
-        output: list[str] = []
-        shell = self._new_shell(output.append)
+        output = CapturedConsole()
+        session = self._session
+        shell = self._new_shell(output, session.files if session is not None else None)
         try:
             status = shell.execute(" ".join(argv))
         except ShellExit as exc:
@@ -546,7 +530,7 @@ class Board:
             # `reboot` and the like: answer first, then reset, as the SMP reset command does.
             self.request_reset()
             status = 0
-        return "".join(output), status
+        return output.text, status
 
     def _smp_line(self, raw: bytes) -> None:
         """One SMP console line: reassemble, answer, and reset afterwards if asked."""

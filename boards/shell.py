@@ -1,35 +1,47 @@
-"""The board's shell: a command registry and the POSIX-shell subset lab tools use.
+"""The board's shell: runs what `shell_grammar` parses, over the board's console.
 
 labgrid's ShellDriver drives a target with a few shell constructs:
 
     echo 'ABCD''EFGHIJ'                                   (quote joining)
     run() { echo -n "$MARKER"; sh -c "$@"; echo "$MARKER $?"; }
     MARKER='ABCD''EFGHIJ' run 'status'                    (VAR=x cmd, "$@", $?)
-    dmesg -n 1
+    mktemp; rx '/tmp/tmp.X' 2>/dev/null; dd if=... of=...  (put_bytes, run_script)
 
-so this shell implements exactly that much of POSIX sh, properly: single and
-double quotes, backslash escapes, `$VAR`/`${VAR}`/`$?`/`$#`/`$@`/`$1`..,
-`;`, `&&`, `||`, `{ ...; }` groups, function definitions, prefix assignments,
-`sh -c`, `echo`, `true`, `false`, `export`, `unset`, `exit`. Pipes,
-redirections and command substitution are refused with an error rather than
-misread. Board commands (status, config, ...) are registered by the runtime.
+so this shell runs a real part of POSIX sh: quoting, parameter expansion
+(`$VAR`, `${VAR}`, `$?`, `$#`, `$@`, `$1`.., `~`), lists (`;`, `&&`, `||`),
+pipelines (`|`, `!`), redirections (`>`, `>>`, `<`, `2>`, `2>&1`, `>&2`),
+`{ ...; }` groups, `( ... )` subshells, functions, prefix assignments and
+scripts run by path. Commands are registered by name (`CommandRegistry`);
+the board's own commands and the file commands live in their own modules.
+
+A pipeline runs its commands one after the other, each reading what the one
+before wrote (bounded by `PIPE_LIMIT`), as a board without job control would.
+A redirection to a file writes the file once, when the command has finished:
+the file then holds all of the output or, if the power went first, what it
+held before.
+
+The same executor, with U-Boot's messages and a smaller grammar, is the
+bootloader's hush prompt (boot.py).
 """
 
 from __future__ import annotations
 
+import errno
+import posixpath
 import re
-from dataclasses import dataclass, field
-from typing import Any, Callable
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol
 
 from pledgeforge.errors import PledgeforgeError
 
-MAX_DEPTH = 32
-_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_ASSIGN_RE = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)=")
+from .shell_grammar import (NAME_RE, POSIX, FunctionDef, Grammar, Group, Pipeline, Redirect, Sequence,
+                            ShellSyntaxError, Simple, Word, parse)
+# What users of the shell also need of its grammar.
+from .shell_grammar import HUSH, tokenize  # noqa: F401
 
-
-class ShellSyntaxError(Exception):
-    """The line is not valid in this shell's grammar."""
+MAX_DEPTH = 32                   # nested function calls, `sh -c` and scripts
+PIPE_LIMIT = 1024 * 1024         # bytes one command may hand to the next, or to a file
+DEV_NULL = "/dev/null"
 
 
 class ShellExit(BaseException):
@@ -41,257 +53,95 @@ class ShellExit(BaseException):
         self.status = status
 
 
-# -- words and tokens ---------------------------------------------------------
-
-@dataclass(frozen=True)
-class Segment:
-    text: str
-    kind: str            # "lit" (no expansion), "dq" (expand, no splitting), "bare" (expand, split)
+def absolute_path(cwd: str, name: str) -> str:
+    """`name` as a normalised absolute path, relative names taken from `cwd`."""
+    path = posixpath.normpath(posixpath.join(cwd, name))
+    return "/" + path.lstrip("/") if path.startswith("//") else path
 
 
-@dataclass(frozen=True)
-class Word:
-    segments: tuple[Segment, ...]
+# -- the console and the streams commands write to ------------------------------------
+
+class ShellConsole(Protocol):
+    """What the shell needs of a console (the runtime's `Terminal` is one)."""
+
+    def output(self, data: bytes) -> None:
+        """Command output; "\\n" ends a line and the console adds its line ending."""
+
+    def write(self, data: bytes) -> None:
+        """Bytes exactly as given (file transfers)."""
+
+    def read_raw(self, size: int, timeout: float) -> bytes:
+        """Up to `size` input bytes, unechoed and unedited, within `timeout` seconds."""
+
+
+class CapturedConsole:
+    """A console that keeps what is written and has no input: for running
+    commands whose output is wanted as data rather than on a serial line."""
+
+    def __init__(self):
+        self.data = bytearray()
+
+    def output(self, data: bytes) -> None:
+        self.data += data
+
+    write = output
+
+    def read_raw(self, size: int, timeout: float) -> bytes:
+        return b""
 
     @property
-    def quoted(self) -> bool:
-        return any(s.kind != "bare" for s in self.segments)
+    def text(self) -> str:
+        return self.data.decode("utf-8", "replace")
 
-    @property
-    def plain(self) -> str | None:
-        """The word's text if it has no quotes and nothing to expand."""
-        if len(self.segments) == 1 and self.segments[0].kind == "bare" and "$" not in self.segments[0].text:
-            return self.segments[0].text
-        return None
+
+class ConsoleOut:
+    def __init__(self, console: ShellConsole):
+        self.console = console
+
+    def write(self, data: bytes) -> None:
+        self.console.output(data)
+
+
+class Capture:
+    """Output kept for the next command of a pipeline or for a file."""
+
+    def __init__(self, limit: int = PIPE_LIMIT):
+        self.limit = limit
+        self.data = bytearray()
+
+    def write(self, data: bytes) -> None:
+        if len(self.data) + len(data) > self.limit:
+            raise OSError(errno.EFBIG, f"output larger than {self.limit} bytes")
+        self.data += data
+
+
+class Discard:
+    def write(self, data: bytes) -> None:
+        pass
 
 
 @dataclass(frozen=True)
-class Op:
-    text: str
+class Io:
+    """A command's standard streams. `stdin` None is the console itself."""
+
+    stdin: bytes | None
+    stdout: Any
+    stderr: Any
 
 
-_OPERATORS = ("&&", "||", ";", "(", ")", "|", "&", ">>", ">", "<")
-_UNSUPPORTED = {"|": "pipes", "&": "background jobs", ">": "redirections", ">>": "redirections",
-                "<": "redirections"}
+@dataclass(frozen=True)
+class Dialect:
+    """How the shell words its own messages."""
+
+    name: str = "sh"                                   # prefix of its messages; "" for none
+    not_found: str = "{name}: not found"
+    not_found_status: int = 127
 
 
-def tokenize(line: str) -> list[Word | Op]:
-    tokens: list[Word | Op] = []
-    segments: list[Segment] = []
-    bare: list[str] = []
-    in_word = False
-    i, n = 0, len(line)
-
-    def flush_bare() -> None:
-        if bare:
-            segments.append(Segment("".join(bare), "bare"))
-            bare.clear()
-
-    def end_word() -> None:
-        nonlocal in_word
-        flush_bare()
-        if in_word:
-            tokens.append(Word(tuple(segments)))
-        segments.clear()
-        in_word = False
-
-    while i < n:
-        c = line[i]
-        if c in " \t":
-            end_word()
-            i += 1
-        elif c == "#" and not in_word:
-            break                                   # a comment runs to the end of the line
-        elif c == "'":
-            end = line.find("'", i + 1)
-            if end < 0:
-                raise ShellSyntaxError("unterminated single quote")
-            flush_bare()
-            segments.append(Segment(line[i + 1:end], "lit"))
-            in_word = True
-            i = end + 1
-        elif c == '"':
-            flush_bare()
-            i = _double_quoted(line, i + 1, segments)
-            in_word = True
-        elif c == "\\":
-            if i + 1 < n:
-                flush_bare()
-                segments.append(Segment(line[i + 1], "lit"))
-                i += 2
-            else:
-                i += 1                              # a trailing backslash continues nothing
-            in_word = True
-        elif c == "`" or line.startswith("$(", i):
-            raise ShellSyntaxError("command substitution is not supported on this board")
-        else:
-            op = next((o for o in _OPERATORS if line.startswith(o, i)), None)
-            if op is not None:
-                end_word()
-                if op in _UNSUPPORTED:
-                    raise ShellSyntaxError(f"{_UNSUPPORTED[op]} are not supported on this board")
-                tokens.append(Op(op))
-                i += len(op)
-            else:
-                bare.append(c)
-                in_word = True
-                i += 1
-    end_word()
-    return tokens
+SH = Dialect()
 
 
-def _double_quoted(line: str, i: int, segments: list[Segment]) -> int:
-    """Read a double-quoted string starting after its quote; returns the index after it."""
-    text: list[str] = []
-    while i < len(line):
-        c = line[i]
-        if c == '"':
-            segments.append(Segment("".join(text), "dq"))
-            return i + 1
-        if c == "\\" and i + 1 < len(line) and line[i + 1] in '$`"\\':
-            segments.append(Segment("".join(text), "dq"))
-            text.clear()
-            segments.append(Segment(line[i + 1], "lit"))
-            i += 2
-            continue
-        if c == "`" or line.startswith("$(", i):
-            raise ShellSyntaxError("command substitution is not supported on this board")
-        text.append(c)
-        i += 1
-    raise ShellSyntaxError("unterminated double quote")
-
-
-# -- syntax tree ---------------------------------------------------------------
-
-@dataclass
-class Simple:
-    assignments: list[tuple[str, Word]]
-    words: list[Word]
-
-
-@dataclass
-class Group:
-    body: "Sequence"
-
-
-@dataclass
-class FunctionDef:
-    name: str
-    body: Group
-
-
-@dataclass
-class AndOr:
-    first: Any
-    rest: list[tuple[str, Any]]          # ("&&" | "||", command)
-
-
-@dataclass
-class Sequence:
-    items: list[AndOr] = field(default_factory=list)
-
-
-class _Parser:
-    def __init__(self, tokens: list[Word | Op]):
-        self.tokens = tokens
-        self.pos = 0
-
-    def peek(self, offset: int = 0):
-        i = self.pos + offset
-        return self.tokens[i] if i < len(self.tokens) else None
-
-    def is_reserved(self, token, text: str) -> bool:
-        return isinstance(token, Word) and token.plain == text
-
-    def sequence(self, closing: str | None = None) -> Sequence:
-        seq = Sequence()
-        while True:
-            token = self.peek()
-            if token is None:
-                if closing:
-                    raise ShellSyntaxError(f"missing '{closing}'")
-                return seq
-            if closing and self.is_reserved(token, closing):
-                return seq
-            if isinstance(token, Op) and token.text == ";":
-                raise ShellSyntaxError("unexpected ';'")
-            seq.items.append(self.and_or())
-            token = self.peek()
-            if isinstance(token, Op) and token.text == ";":
-                self.pos += 1
-            elif token is not None and not (closing and self.is_reserved(token, closing)):
-                raise ShellSyntaxError(f"unexpected {_describe(token)}")
-
-    def and_or(self) -> AndOr:
-        node = AndOr(self.command(), [])
-        while isinstance(self.peek(), Op) and self.peek().text in ("&&", "||"):
-            op = self.peek().text
-            self.pos += 1
-            node.rest.append((op, self.command()))
-        return node
-
-    def command(self):
-        token = self.peek()
-        if token is None:
-            raise ShellSyntaxError("a command is missing")
-        if self.is_reserved(token, "{"):
-            return self.group()
-        if self.is_reserved(token, "}"):
-            raise ShellSyntaxError("unexpected '}'")
-        nxt = self.peek(1)
-        if isinstance(token, Word) and isinstance(nxt, Op) and nxt.text == "(":
-            return self.function_def(token)
-        if isinstance(token, Op):
-            raise ShellSyntaxError(f"unexpected {_describe(token)}")
-        return self.simple()
-
-    def group(self) -> Group:
-        self.pos += 1                                           # "{"
-        body = self.sequence(closing="}")
-        if not body.items:
-            raise ShellSyntaxError("empty { } group")
-        self.pos += 1                                           # "}"
-        return Group(body)
-
-    def function_def(self, name_token: Word) -> FunctionDef:
-        name = name_token.plain
-        if name is None or not _NAME_RE.fullmatch(name):
-            raise ShellSyntaxError("bad function name")
-        self.pos += 1
-        close = self.peek(1)
-        if not (isinstance(close, Op) and close.text == ")"):
-            raise ShellSyntaxError("expected '()' after a function name")
-        self.pos += 2
-        if not self.is_reserved(self.peek(), "{"):
-            raise ShellSyntaxError("a function body must be a { ...; } group")
-        return FunctionDef(name, self.group())
-
-    def simple(self) -> Simple:
-        node = Simple([], [])
-        while isinstance(self.peek(), Word):
-            word = self.peek()
-            first = word.segments[0]
-            match = _ASSIGN_RE.match(first.text) if first.kind == "bare" else None
-            if match and not node.words:
-                value = Word((Segment(first.text[match.end():], "bare"),) + word.segments[1:])
-                node.assignments.append((match.group(1), value))
-            else:
-                node.words.append(word)
-            self.pos += 1
-        return node
-
-
-def _describe(token) -> str:
-    return f"'{token.text}'" if isinstance(token, Op) else "word"
-
-
-def parse(line: str) -> Sequence:
-    parser = _Parser(tokenize(line))
-    seq = parser.sequence()
-    return seq
-
-
-# -- commands -----------------------------------------------------------------
+# -- commands -----------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class Command:
@@ -322,10 +172,17 @@ class CommandRegistry:
     def __iter__(self):
         return iter(sorted(self._commands.values(), key=lambda c: c.name))
 
-    def merged(self, other: "CommandRegistry") -> "CommandRegistry":
+    def merged(self, *others: "CommandRegistry") -> "CommandRegistry":
         both = CommandRegistry()
-        both._commands = {**self._commands, **other._commands}
+        both._commands = dict(self._commands)
+        for other in others:
+            both._commands.update(other._commands)
         return both
+
+    def subset(self, *names: str) -> "CommandRegistry":
+        part = CommandRegistry()
+        part._commands = {name: self._commands[name] for name in names}
+        return part
 
 
 class CommandError(PledgeforgeError):
@@ -334,133 +191,332 @@ class CommandError(PledgeforgeError):
 
 @dataclass
 class CommandContext:
-    """What a command sees: its shell, the board, and the console to write to."""
+    """What a command sees: its shell, the board, its streams and the files."""
 
     shell: "Shell"
     name: str
+    io: Io
 
     @property
     def board(self) -> Any:
         return self.shell.board
 
-    def write(self, text: str) -> None:
-        self.shell.write(text)
+    @property
+    def files(self):
+        """The board's file system (filesystem.BoardFiles)."""
+        if self.shell.files is None:
+            raise CommandError("this board has no file system")
+        return self.shell.files
+
+    def path(self, name: str) -> str:
+        """A file name as an absolute path, relative ones from the working directory."""
+        return absolute_path(self.shell.cwd, name)
+
+    def write(self, data: str | bytes) -> None:
+        self.io.stdout.write(data.encode() if isinstance(data, str) else data)
 
     def print(self, text: str = "") -> None:
-        self.shell.write(text + "\n")
+        self.write(text + "\n")
 
     def error(self, message: str) -> int:
-        self.print(f"{self.name}: {message}")
+        self.io.stderr.write(f"{self.name}: {message}\n".encode())
         return 1
 
+    def read_input(self) -> bytes:
+        """Standard input when it is a pipe or a file."""
+        if self.io.stdin is None:
+            raise CommandError("standard input is the console; give a file or use a pipe or <")
+        return self.io.stdin
+
+    def serial(self) -> ShellConsole:
+        """The console as a byte stream (file transfers): only when both
+        standard input and output are the console."""
+        if self.io.stdin is not None or not isinstance(self.io.stdout, ConsoleOut):
+            raise CommandError("needs the console as standard input and output")
+        return self.io.stdout.console
+
+
+# -- the shell ------------------------------------------------------------------------
 
 class Shell:
-    """One shell session. `write` receives output text with "\\n" line ends."""
+    """One shell session on a console."""
 
-    def __init__(self, registry: CommandRegistry, write: Callable[[str], None], *,
-                 board: Any = None, variables: dict[str, str] | None = None,
-                 on_error: Callable[[str, BaseException], None] | None = None):
-        self.registry = BUILTINS.merged(registry)
-        self.write = write
+    def __init__(self, registry: CommandRegistry, console: ShellConsole, *,
+                 board: Any = None, files: Any = None, variables: dict[str, str] | None = None,
+                 on_error: Callable[[str, BaseException], None] | None = None,
+                 grammar: Grammar = POSIX, dialect: Dialect = SH):
+        self.registry = registry
+        self.console = console
+        self.io = Io(None, ConsoleOut(console), ConsoleOut(console))
         self.board = board
+        self.files = files
         self.vars: dict[str, str] = dict(variables or {})
         self.functions: dict[str, Group] = {}
         self.status = 0
         self.positional: list[str] = []
-        self.arg0 = "sh"
+        self.arg0 = dialect.name or "sh"
         self.on_error = on_error
+        self.grammar = grammar
+        self.dialect = dialect
+        home = self.vars.get("HOME", "/")
+        self.cwd = home if files is not None and files.is_dir(home) else "/"
         self._depth = 0
 
-    def execute(self, line: str) -> int:
-        """Run one input line; returns its exit status (also kept as $?)."""
+    def execute(self, text: str, io: Io | None = None) -> int:
+        """Run one input line (or a script's text); returns its exit status (also kept as $?)."""
+        io = io or self.io
         try:
-            tree = parse(line)
+            tree = parse(text, self.grammar)
         except ShellSyntaxError as exc:
-            self.write(f"sh: syntax error: {exc}\n")
+            self._say(io, f"syntax error: {exc}")
             self.status = 2
             return 2
-        if tree.items:
-            self._run_sequence(tree)
+        try:
+            self._run_sequence(tree, io)
+        except Exception as exc:     # a bug in the shell itself must not take the console down
+            self._say(io, f"internal error: {type(exc).__name__}: {exc}")
+            self.status = 2
+            if self.on_error is not None:
+                self.on_error(self.arg0, exc)
         return self.status
 
     def subshell(self) -> "Shell":
-        child = Shell(CommandRegistry(), self.write, board=self.board, variables=self.vars,
-                      on_error=self.on_error)
-        child.registry = self.registry
+        child = Shell(self.registry, self.console, board=self.board, files=self.files,
+                      variables=self.vars, on_error=self.on_error, grammar=self.grammar,
+                      dialect=self.dialect)
         child.functions = dict(self.functions)
         child.status = self.status
+        child.cwd = self.cwd
+        child.positional = list(self.positional)
+        child.arg0 = self.arg0
+        child._depth = self._depth + 1
         return child
+
+    def run_in_subshell(self, text: str, io: Io, *, arg0: str | None = None,
+                        args: list[str] | None = None) -> int:
+        """`sh -c TEXT` and scripts: a child shell; `exit` ends only the child."""
+        if self._depth >= MAX_DEPTH:
+            self._say(io, "shells nested too deeply")
+            return 2
+        child = self.subshell()
+        if arg0 is not None:
+            child.arg0 = arg0
+            child.positional = list(args or [])
+        try:
+            return child.execute(text, io)
+        except ShellExit as exc:
+            return exc.status
+
+    def source(self, text: str, io: Io) -> int:
+        """Run `text` in this shell itself (as `.` does; U-Boot's `run`), its
+        variables and functions kept; nesting is bounded."""
+        if self._depth >= MAX_DEPTH:
+            self._say(io, "commands nested too deeply")
+            return 2
+        self._depth += 1
+        try:
+            return self.execute(text, io)
+        finally:
+            self._depth -= 1
+
+    def _say(self, io: Io, text: str) -> None:
+        prefix = f"{self.dialect.name}: " if self.dialect.name else ""
+        io.stderr.write(f"{prefix}{text}\n".encode("utf-8", "replace"))
 
     # -- execution ------------------------------------------------------------
 
-    def _run_sequence(self, seq: Sequence) -> None:
+    def _run_sequence(self, seq: Sequence, io: Io) -> None:
         for item in seq.items:
-            self._run_node(item.first)
-            for op, node in item.rest:
+            self._run_pipeline(item.first, io)
+            for op, pipeline in item.rest:
                 if (op == "&&") == (self.status == 0):
-                    self._run_node(node)
+                    self._run_pipeline(pipeline, io)
 
-    def _run_node(self, node) -> None:
+    def _run_pipeline(self, pipeline: Pipeline, io: Io) -> None:
+        if len(pipeline.commands) == 1:
+            self._run_command(pipeline.commands[0], io)
+        else:
+            # Each command of a pipeline runs in a subshell, reading what the
+            # one before it wrote.
+            stdin = io.stdin
+            for index, command in enumerate(pipeline.commands):
+                last = index == len(pipeline.commands) - 1
+                out = io.stdout if last else Capture()
+                child = self.subshell()
+                try:
+                    child._run_command(command, Io(stdin, out, io.stderr))
+                except ShellExit as exc:
+                    child.status = exc.status
+                stdin = None if last else bytes(out.data)
+            self.status = child.status
+        if pipeline.negated:
+            self.status = int(self.status == 0)
+
+    def _run_command(self, node, io: Io) -> None:
         if isinstance(node, Simple):
-            self._run_simple(node)
-        elif isinstance(node, Group):
-            self._run_sequence(node.body)
+            self._run_simple(node, io)
         elif isinstance(node, FunctionDef):
             self.functions[node.name] = node.body
             self.status = 0
+        else:
+            opened = self._open_redirects(node.redirects, io)
+            if opened is None:
+                return
+            inner, commits = opened
+            if node.subshell:
+                child = self.subshell()
+                try:
+                    child._run_sequence(node.body, inner)
+                except ShellExit as exc:
+                    child.status = exc.status
+                self.status = child.status
+            else:
+                self._run_sequence(node.body, inner)
+            self._commit(commits, io)
 
-    def _run_simple(self, node: Simple) -> None:
+    def _run_simple(self, node: Simple, io: Io) -> None:
         assignments = [(name, "".join(self._expand(value, split=False))) for name, value in node.assignments]
         argv: list[str] = []
         for word in node.words:
             argv.extend(self._expand(word, split=True))
+        opened = self._open_redirects(node.redirects, io)
+        if opened is None:
+            return
+        inner, commits = opened
         if not argv:
             self.vars.update(assignments)
             self.status = 0
-            return
-        saved = {name: self.vars.get(name) for name, _ in assignments}
-        self.vars.update(assignments)
-        try:
-            self.status = self._invoke(argv)
-        finally:
-            for name, old in saved.items():
-                if old is None:
-                    self.vars.pop(name, None)
-                else:
-                    self.vars[name] = old
+        else:
+            saved = {name: self.vars.get(name) for name, _ in assignments}
+            self.vars.update(assignments)
+            try:
+                self.status = self._invoke(argv, inner)
+            finally:
+                for name, old in saved.items():
+                    if old is None:
+                        self.vars.pop(name, None)
+                    else:
+                        self.vars[name] = old
+        self._commit(commits, io)
 
-    def _invoke(self, argv: list[str]) -> int:
+    # -- redirections ------------------------------------------------------------
+
+    def _open_redirects(self, redirects: list[Redirect], io: Io):
+        """The streams a command runs with, and the file writes to make after
+        it; None (after saying why) if a redirection cannot be set up."""
+        streams = {0: io.stdin, 1: io.stdout, 2: io.stderr}
+        commits: list[tuple[str, str, Capture]] = []
+        for redirect in redirects:
+            fields = self._expand(redirect.target, split=True)
+            if len(fields) != 1:
+                self._say(io, "ambiguous redirect")
+                self.status = 1
+                return None
+            target = fields[0]
+            try:
+                if redirect.op == ">&":              # 2>&1, >&2
+                    if redirect.fd not in (1, 2) or target not in ("1", "2"):
+                        raise OSError(errno.EBADF, "only 1>&2 and 2>&1 are supported on this board")
+                    streams[redirect.fd] = streams[int(target)]
+                    continue
+                if redirect.op == "<&" or redirect.fd not in streams:
+                    raise OSError(errno.EBADF, "Bad file descriptor")
+                path = absolute_path(self.cwd, target)
+                if redirect.op == "<":
+                    if redirect.fd != 0:
+                        raise OSError(errno.EBADF, f"{redirect.fd}: bad file descriptor")
+                    streams[0] = b"" if path == DEV_NULL else self._files_for(path).read(path)
+                    continue
+                if redirect.fd == 0:
+                    raise OSError(errno.EBADF, "0: bad file descriptor")
+                if path == DEV_NULL:
+                    streams[redirect.fd] = Discard()
+                    continue
+                self._files_for(path).check_writable(path)
+                capture = Capture()
+                commits.append((redirect.op, path, capture))
+                streams[redirect.fd] = capture
+            except OSError as exc:
+                verb = "open" if redirect.op == "<" else "create"
+                self._say(io, f"can't {verb} {target}: {exc.strerror or exc}")
+                self.status = 1
+                return None
+        return Io(streams[0], streams[1], streams[2]), commits
+
+    def _files_for(self, path: str):
+        if self.files is None:
+            raise OSError(errno.EROFS, "this board has no file system")
+        return self.files
+
+    def _commit(self, commits, io: Io) -> None:
+        for op, path, capture in commits:
+            try:
+                if op == ">>":
+                    self.files.append(path, bytes(capture.data))
+                else:
+                    self.files.write(path, bytes(capture.data))
+            except (OSError, PledgeforgeError) as exc:
+                self._say(io, f"can't write {path}: {getattr(exc, 'strerror', None) or exc}")
+                self.status = 1
+
+    # -- commands -------------------------------------------------------------------
+
+    def _invoke(self, argv: list[str], io: Io) -> int:
         name = argv[0]
         if name in self.functions:
-            if self._depth >= MAX_DEPTH:
-                self.write(f"sh: {name}: functions nested too deeply\n")
-                return 2
-            saved = self.positional
-            self.positional = argv[1:]
-            self._depth += 1
-            try:
-                self._run_sequence(self.functions[name].body)
-                return self.status
-            finally:
-                self._depth -= 1
-                self.positional = saved
+            return self._call_function(name, argv[1:], io)
         command = self.registry.get(name)
+        if command is None and name.startswith("/bin/"):
+            command = self.registry.get(name[len("/bin/"):])
+        if command is None and "/" in name and self.files is not None:
+            return self._run_script_file(name, argv[1:], io)
         if command is None:
-            self.write(f"sh: {name}: not found\n")
-            return 127
-        ctx = CommandContext(self, name)
+            self._say(io, self.dialect.not_found.format(name=name))
+            return self.dialect.not_found_status
+        ctx = CommandContext(self, name, io)
         try:
             status = command.func(ctx, argv[1:])
-        except (PledgeforgeError, OSError) as exc:
-            text = str(exc) if isinstance(exc, PledgeforgeError) else (exc.strerror or str(exc))
-            ctx.print(f"{name}: {text}")
-            return 1
+        except OSError as exc:
+            where = f"{exc.filename}: " if exc.filename else ""
+            return ctx.error(f"{where}{exc.strerror or exc}")
+        except PledgeforgeError as exc:
+            return ctx.error(str(exc))
         except Exception as exc:        # a bug in a command must not take the console down
-            ctx.print(f"{name}: internal error: {type(exc).__name__}: {exc}")
+            ctx.error(f"internal error: {type(exc).__name__}: {exc}")
             if self.on_error is not None:
                 self.on_error(name, exc)
             return 1
         return 0 if status is None else int(status)
+
+    def _call_function(self, name: str, args: list[str], io: Io) -> int:
+        if self._depth >= MAX_DEPTH:
+            self._say(io, f"{name}: functions nested too deeply")
+            return 2
+        saved = self.positional
+        self.positional = args
+        self._depth += 1
+        try:
+            self._run_sequence(self.functions[name].body, io)
+            return self.status
+        finally:
+            self._depth -= 1
+            self.positional = saved
+
+    def _run_script_file(self, name: str, args: list[str], io: Io) -> int:
+        """A command named by path: a shell script in the board's files."""
+        path = absolute_path(self.cwd, name)
+        try:
+            info = self.files.stat(path)
+            if info.is_dir or not info.mode & 0o111:
+                raise OSError(errno.EACCES, "Permission denied")
+            text = self.files.read(path).decode("utf-8")
+        except OSError as exc:
+            self._say(io, f"{name}: {exc.strerror or exc}")
+            return 127 if exc.errno == errno.ENOENT else 126
+        except UnicodeDecodeError:
+            self._say(io, f"{name}: cannot execute binary file")
+            return 126
+        return self.run_in_subshell(text, io, arg0=name, args=args)
 
     # -- expansion ------------------------------------------------------------
 
@@ -485,7 +541,7 @@ class Shell:
         return special if special is not None else self.vars.get(name, "")
 
     def _expand(self, word: Word, *, split: bool) -> list[str]:
-        """A word after parameter expansion: zero or more fields."""
+        """A word after tilde and parameter expansion: zero or more fields."""
         fields: list[str] = []
         current: list[str] = []
         has_field = False              # quotes make a field even when empty
@@ -497,7 +553,14 @@ class Shell:
             current.clear()
             has_field = False
 
-        for seg in word.segments:
+        segments = word.segments
+        first = segments[0] if segments else None
+        if first is not None and first.kind == "bare" and (first.text == "~" or first.text.startswith("~/")):
+            current.append(self.vars.get("HOME", "/"))
+            has_field = True
+            segments = (type(first)(first.text[1:], "bare"),) + segments[1:]
+
+        for seg in segments:
             if seg.kind == "lit":
                 current.append(seg.text)
                 has_field = True
@@ -611,28 +674,28 @@ def _false(ctx, args) -> int:
     return 1
 
 
-@BUILTINS.command("sh", "run a command string in a new shell", "sh -c COMMAND [NAME [ARG...]]")
+@BUILTINS.command("sh", "run a command string or a script in a new shell",
+                  "sh -c COMMAND [NAME [ARG...]] | sh FILE [ARG...]")
 def _sh(ctx: CommandContext, args: list[str]) -> int:
-    if len(args) < 2 or args[0] != "-c":
-        return ctx.error("only `sh -c COMMAND` is supported on this board")
-    child = ctx.shell.subshell()
-    child._depth = ctx.shell._depth + 1
-    if child._depth > MAX_DEPTH:
-        return ctx.error("shells nested too deeply")
-    if len(args) > 2:
-        child.arg0 = args[2]
-        child.positional = args[3:]
-    try:
-        return child.execute(args[1])
-    except ShellExit as exc:
-        return exc.status
+    shell = ctx.shell
+    if len(args) >= 2 and args[0] == "-c":
+        return shell.run_in_subshell(args[1], ctx.io, arg0=args[2] if len(args) > 2 else shell.arg0,
+                                     args=args[3:])
+    if args and not args[0].startswith("-"):
+        path = ctx.path(args[0])
+        try:
+            text = ctx.files.read(path).decode("utf-8")
+        except UnicodeDecodeError:
+            return ctx.error(f"{args[0]}: cannot execute binary file")
+        return shell.run_in_subshell(text, ctx.io, arg0=args[0], args=args[1:])
+    return ctx.error("usage: sh -c COMMAND [NAME [ARG...]] | sh FILE [ARG...]")
 
 
 @BUILTINS.command("export", "set shell variables", "export NAME[=VALUE]...")
 def _export(ctx: CommandContext, args: list[str]) -> int:
     for arg in args:
         name, eq, value = arg.partition("=")
-        if not _NAME_RE.fullmatch(name):
+        if not NAME_RE.fullmatch(name):
             return ctx.error(f"bad variable name {name!r}")
         if eq:
             ctx.shell.vars[name] = value
@@ -662,3 +725,18 @@ def _exit(ctx: CommandContext, args: list[str]) -> int:
 @BUILTINS.command("logout", "leave the login shell")
 def _logout(ctx: CommandContext, args: list[str]) -> int:
     raise ShellExit(0)
+
+
+@BUILTINS.command("cd", "change the working directory", "cd [DIR]")
+def _cd(ctx: CommandContext, args: list[str]) -> int:
+    target = ctx.path(args[0] if args else ctx.shell.vars.get("HOME", "/"))
+    if not ctx.files.is_dir(target):
+        return ctx.error(f"can't cd to {args[0] if args else target}")
+    ctx.shell.cwd = target
+    return 0
+
+
+@BUILTINS.command("pwd", "print the working directory")
+def _pwd(ctx: CommandContext, args: list[str]) -> int:
+    ctx.print(ctx.shell.cwd)
+    return 0

@@ -13,10 +13,17 @@ import json
 from pledgeforge.errors import PledgeforgeError
 
 from .console import ResetRequested
+from .file_commands import FILE_COMMANDS
 from .shell import BUILTINS, CommandContext, CommandRegistry
 
 BOARD_COMMANDS = CommandRegistry()
 command = BOARD_COMMANDS.command
+
+
+def board_registry(with_files: bool) -> CommandRegistry:
+    """Every command of a board's shell: built-ins, the board's own, and the
+    file commands on a board with a file system."""
+    return BUILTINS.merged(BOARD_COMMANDS, *([FILE_COMMANDS] if with_files else []))
 
 
 @command("help", "list the commands, or show how to use one", "help [COMMAND]")
@@ -31,8 +38,10 @@ def _help(ctx: CommandContext, args: list[str]) -> int:
         return 0
     ctx.print("Board commands:")
     for cmd in registry:
-        if BUILTINS.get(cmd.name) is None:
+        if BUILTINS.get(cmd.name) is None and FILE_COMMANDS.get(cmd.name) is None:
             ctx.print(f"  {cmd.name:<14} {cmd.summary}")
+    if registry.get("cat") is not None:
+        ctx.print("Files: " + " ".join(cmd.name for cmd in FILE_COMMANDS))
     ctx.print("Shell built-ins: " + " ".join(cmd.name for cmd in BUILTINS))
     ctx.print("Type `help COMMAND` for its usage.")
     return 0
@@ -62,8 +71,7 @@ def _status(ctx: CommandContext, args: list[str]) -> int:
         "boots": str(state.counters.boots),
         "uptime": _uptime_text(board.uptime()),
     }
-    if board.app is not None:
-        lines.update(board.app.status_fields(board))
+    lines.update(board.status_fields())
     width = max(len(k) for k in lines) + 1
     for key, value in lines.items():
         ctx.print(f"{key + ':':<{width}} {value}")
@@ -76,7 +84,7 @@ def _idevid(ctx: CommandContext, args: list[str]) -> int:
     if identity is None:
         ctx.print("none")
         return 0
-    ctx.print(f"key: {identity.key_uri}")
+    ctx.print(f"key: {identity.idevid_key_uri}")
     ctx.write(_pem_text(identity.idevid_pem))
     return 0
 
@@ -84,10 +92,10 @@ def _idevid(ctx: CommandContext, args: list[str]) -> int:
 @command("trust-anchors", "print the built-in trust anchors (PEM): cloud registrar TLS, then vouchers")
 def _anchors(ctx: CommandContext, args: list[str]) -> int:
     identity = ctx.board.flash.state.identity
-    if identity is None or not (identity.trust_anchors_pem or identity.masa_anchors_pem):
+    if identity is None or not (identity.builtin_anchors_pem or identity.masa_anchors_pem):
         ctx.print("none")
         return 0
-    for title, anchors in (("cloud registrar TLS", identity.trust_anchors_pem),
+    for title, anchors in (("cloud registrar TLS", identity.builtin_anchors_pem),
                            ("voucher signer (MASA)", identity.masa_anchors_pem)):
         if anchors:
             ctx.print(f"# {title}")

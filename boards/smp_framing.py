@@ -7,6 +7,12 @@ decodes on its own (lines carry a multiple of 4 characters, padding only at the
 end). The length counts the packet and its CRC. Text and frames share the wire;
 the console (console.py) picks the frame lines out of the text and hands them here.
 
+Encoding is the smp package's (what smpclient and smpmgr send with). Decoding is
+ours: smp.packet.decode expects a clean run of frame lines and raises on the first
+bad one, has no bound on the announced length and reads base64 leniently, while a
+console carries text and line noise between frames and must drop a bad frame,
+bound its buffer and pick up at the next start line.
+
 Clients (smpclient's serial transport, mcumgr) cut lines at 128 bytes: 2
 delimiter bytes, 124 base64 characters, the newline. The server's reassembly
 buffer bounds a packet to `buf_size - 4` bytes (the length and CRC share it).
@@ -18,32 +24,29 @@ import base64
 import binascii
 import struct
 
-START = b"\x06\x09"
-CONTINUE = b"\x04\x14"
-DELIMITER_SIZE = 2
+from smp import packet as smp_packet
+
+START = smp_packet.START_DELIMITER
+CONTINUE = smp_packet.CONTINUE_DELIMITER
+DELIMITER_SIZE = smp_packet.DELIMITER_SIZE
 DEFAULT_LINE_LENGTH = 128
 DEFAULT_MAX_PACKET = 2048 - 4
 
 _U16 = struct.Struct(">H")
+#: The delimiter, one base64 quantum, the newline, and smp.packet.encode's spare byte.
+_MIN_LINE_LENGTH = DELIMITER_SIZE + 4 + 1 + 1
 
-
-def crc16_xmodem(data: bytes) -> int:
-    """CRC-16/XMODEM (poly 0x1021, init 0), the checksum SMP serial frames carry."""
-    return binascii.crc_hqx(data, 0)
+#: CRC-16/XMODEM (poly 0x1021, init 0), the checksum SMP serial frames carry.
+crc16_xmodem = smp_packet.crc16_func
 
 
 def encode_smp_frames(packet: bytes, line_length: int = DEFAULT_LINE_LENGTH) -> bytes:
-    """The framed lines that carry `packet` over the console, ready to write."""
-    body = _U16.pack(len(packet) + 2) + packet + _U16.pack(crc16_xmodem(packet))
-    text = base64.b64encode(body)
-    # Room for the delimiter and the newline, rounded down to whole base64 quanta
-    # so that every line decodes on its own.
-    per_line = ((line_length - DELIMITER_SIZE - 1) // 4) * 4
-    lines = []
-    for start in range(0, len(text), per_line):
-        delimiter = START if start == 0 else CONTINUE
-        lines.append(delimiter + text[start:start + per_line] + b"\n")
-    return b"".join(lines)
+    """The framed lines that carry `packet` over the console, ready to write
+    (smp.packet.encode: each line shorter than `line_length`)."""
+    if line_length < _MIN_LINE_LENGTH:
+        # Below this a line has no room for base64 and smp.packet.encode never ends.
+        raise ValueError(f"SMP line length must be at least {_MIN_LINE_LENGTH}, not {line_length}")
+    return b"".join(smp_packet.encode(packet, line_length=line_length))
 
 
 class SmpLineDecoder:

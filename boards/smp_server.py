@@ -15,7 +15,10 @@ come at the offset the server expects, anything else is answered with that offse
 and dropped; an off-0 request whose `sha` matches the upload in progress resumes
 it (answered with the current offset); any other off-0 request starts over.
 The last response carries `match` when a full SHA-256 was given. Uploads land in
-the secondary slot (see image_slots.py); nothing is verified until boot.
+the secondary slot (see image_slots.py) and, as with MCUboot, are verified at
+boot, where an image that fails is erased; the image state read reports such an
+image as `bootable: false` as soon as it is uploaded (Zephyr takes `bootable`
+from the header's NON_BOOTABLE flag alone).
 
 The OS group's datetime command reads and sets the board's RTC (rtc.py) in
 Zephyr's text form `yyyy-mm-ddThh:mm:ss`; reading an RTC nobody set is the

@@ -36,7 +36,7 @@ from pathlib import Path
 import serial
 import serial.rfc2217
 
-from pledgeforge.errors import PledgeforgeError
+from pledgeforge.errors import EnvironmentFailure
 
 from .console import Attachment, Console
 
@@ -45,7 +45,7 @@ _SEND_CHUNK = 16 * 1024
 _log = logging.getLogger(__name__)
 
 
-class TransportError(PledgeforgeError):
+class TransportError(EnvironmentFailure):
     """A console transport could not be set up."""
 
 

@@ -20,7 +20,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from . import _verify
-from .results import ItemResult
+from ._verify import ItemResult
 from .sources import Item, items_from
 
 DEFAULT_BATCH = 4096

@@ -8,8 +8,9 @@ with a broken length from a good one, and to find the next good one).
 
 from __future__ import annotations
 
-#: Constructed elements inside each other in one item; deeper is MALFORMED.
-MAX_NESTING = 64
+from pledgeforge.hsm.verification_profile import MAX_NESTING
+
+__all__ = ["MAX_NESTING", "children", "der_framed", "element_header"]
 
 
 def element_header(data, pos: int, limit: int) -> tuple[int, int, int] | None:

@@ -1,14 +1,18 @@
-"""What bulk verification says about each item."""
+"""What bulk verification says about each item: the one list of result codes.
+
+The extension's codes are generated from this enum when it is built
+(fastpath/profile_codegen.py), so this file is plain data: setup.py reads it
+before anything is installed. The per-item record, ItemResult, is made by the
+extension (pledgeforge.fastpath exports both).
+"""
 
 from __future__ import annotations
 
 import enum
 
-from ._verify import ItemResult
-
 
 class Result(enum.IntEnum):
-    """One code per item; the values are the extension's, the names the reference's errors."""
+    """One code per item; the names are the reference's errors."""
 
     OK = 0
     MALFORMED = 1
@@ -19,4 +23,4 @@ class Result(enum.IntEnum):
     EXPIRED = 6
 
 
-__all__ = ["ItemResult", "Result"]
+__all__ = ["Result"]

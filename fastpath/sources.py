@@ -6,23 +6,23 @@ from __future__ import annotations
 import os
 from typing import BinaryIO, Iterable, Iterator, NamedTuple
 
-from pledgeforge.errors import PledgeforgeError
+from asn1crypto.core import ObjectIdentifier
+
+from pledgeforge.errors import FileAccessError
+from pledgeforge.hsm.verification_profile import MAX_ITEM_BYTES, SIGNED_DATA
 
 from .der_framing import children, der_framed
 
-#: Larger objects are not vouchers, requests or certificates; refusing them bounds memory.
-MAX_ITEM_BYTES = 16 * 1024 * 1024
-
-#: OBJECT IDENTIFIER signedData (1.2.840.113549.1.7.2): how a ContentInfo of a
-#: voucher or voucher-request begins, after its SEQUENCE header.
-_SIGNED_DATA_OID = bytes.fromhex("06092a864886f70d010702")
+#: OBJECT IDENTIFIER signedData: how a ContentInfo of a voucher or voucher-request
+#: begins, after its SEQUENCE header.
+_SIGNED_DATA_OID = ObjectIdentifier(SIGNED_DATA).dump()
 #: Bytes to look at after an item to tell whether the next one starts there
 #: (the longest SEQUENCE header we accept, then the OID or the next header).
 _START_BYTES = 6 + len(_SIGNED_DATA_OID)
 _CHUNK = 64 * 1024
 
 
-class BulkInputError(PledgeforgeError):
+class BulkInputError(FileAccessError):
     """The bulk input cannot be read."""
 
 

@@ -11,11 +11,9 @@ defaults, so the documentation cannot drift from what the machine does.
 
 from __future__ import annotations
 
-import argparse
 import sys
-from pathlib import Path
 
-from pledgeforge.atomicfile import atomic_write
+from pledgeforge.generated_docs import generator_main
 
 from .pledge_events import State
 from .pledge_machine import PledgeConfig
@@ -118,28 +116,8 @@ def render() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pledgeforge.firmware.diagram",
-                                     description=__doc__.split("\n\n")[0])
-    parser.add_argument("path", nargs="?", help=f"write here (e.g. {DEFAULT_PATH}); default: print")
-    parser.add_argument("--check", action="store_true",
-                        help="do not write; exit 1 when PATH differs from the tables")
-    args = parser.parse_args(argv)
-    text = render()
-    if args.path is None:
-        if args.check:
-            parser.error("--check needs the PATH to compare")
-        sys.stdout.write(text)
-        return 0
-    path = Path(args.path)
-    if args.check:
-        current = path.read_text(encoding="utf-8") if path.exists() else None
-        if current != text:
-            print(f"{path} is stale: regenerate it with `python -m pledgeforge.firmware.diagram "
-                  f"{path}`", file=sys.stderr)
-            return 1
-        return 0
-    atomic_write(path, text.encode("utf-8"))
-    return 0
+    return generator_main("pledgeforge.firmware.diagram", __doc__.split("\n\n")[0], DEFAULT_PATH,
+                          render, argv)
 
 
 if __name__ == "__main__":

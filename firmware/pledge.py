@@ -6,6 +6,10 @@ the key store, voucher verification, the pinned-domain-cert check, a new
 LDevID key and CSR in the same key store, and the check of the issued
 certificate. The same driver runs behind `pledgeforge pledge bootstrap` and the
 emulated board's `bootstrap` shell command.
+
+The LDevID key follows its lifecycle (ldevid_keys.py): it is generated in the
+slot that is not current, deleted if the bootstrap fails, and made current by
+`run(store=...)` once the caller has stored the certificate with its slot.
 """
 
 from __future__ import annotations
@@ -13,8 +17,8 @@ from __future__ import annotations
 import datetime as dt
 import threading
 import time
-from dataclasses import dataclass, field, replace
-from typing import Callable
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
 from urllib.parse import urlsplit
 
 from cryptography import x509
@@ -24,47 +28,19 @@ from pledgeforge.errors import PledgeforgeError
 from pledgeforge.hsm import keystore
 from pledgeforge.hsm.chain import build_chain
 from pledgeforge.hsm.cms import sign_cms, verify_cms
-from pledgeforge.hsm.errors import CertificateError, CmsError, KeyExistsError, VoucherError
+from pledgeforge.hsm.errors import CertificateError, CmsError, VoucherError
 from pledgeforge.hsm.est_wire import CsrAttributes, parse_certs_only
-from pledgeforge.hsm.keyuri import Pkcs11Uri, TpmUri, parse_key_uri
 from pledgeforge.hsm.signer import Signer
 from pledgeforge.hsm.voucher import Voucher, decode_binary
 from pledgeforge.hsm.wellknown import VOUCHER_MEDIA_TYPE
 from pledgeforge.hsm.x509 import make_csr, serial_number_of, to_der
 
 from . import pledge_machine as pm
+from .identity import PledgeIdentity
 from .http_client import HttpClient
+from .ldevid_keys import LdevidKeys, LdevidSlots, PendingKey, Slot
 from .tls_client import (ServerAuth, ServerAuthError, TlsConnection, TlsTimeout, TransportError,
                          connect, validate_against_pin, verify_server_chain)
-
-#: Where the LDevID key goes when the identity does not say: next to the IDevID.
-LDEVID_LABEL = "ldevid"
-LDEVID_TPM_BASE = 0x81000100
-_MAX_KEY_SLOTS = 32
-
-
-@dataclass
-class PledgeIdentity:
-    """What a pledge is born with: its IDevID (key in hardware) and built-in trust."""
-
-    idevid_key_uri: str
-    idevid: x509.Certificate
-    #: anchors that authenticate the cloud registrar's TLS server
-    builtin_anchors: list[x509.Certificate]
-    #: anchors that the MASA's voucher signature must chain to
-    masa_anchors: list[x509.Certificate]
-    cloud_registrar_url: str
-    idevid_chain: list[x509.Certificate] = field(default_factory=list)
-    #: where to create the LDevID key; default: same token / a free TPM handle
-    ldevid_key_uri: str | None = None
-    pin_env: str | None = None
-
-    @property
-    def serial(self) -> str:
-        serial = serial_number_of(self.idevid)
-        if not serial:
-            raise CertificateError("the IDevID carries no subject serialNumber")
-        return serial
 
 
 @dataclass
@@ -78,6 +54,8 @@ class BootstrapResult:
     voucher: bytes | None = None
     ldevid: x509.Certificate | None = None
     ldevid_key_uri: str | None = None
+    #: the slot of the new LDevID key: what the caller's store records beside the certificate
+    ldevid_slot: Slot | None = None
     ca_certs: list[x509.Certificate] = field(default_factory=list)
     registrar_url: str | None = None
     est_url: str | None = None
@@ -96,13 +74,20 @@ class PledgeDriver:
 
     `on_transition` is called with each state change as it happens (the board
     console prints them); `cancel` is an Event another thread may set to stop
-    a bootstrap that is waiting or retrying.
+    a bootstrap that is waiting or retrying. `ldevid_keys` holds the pledge's
+    LDevID slots with the one its record names current (default: the slots of
+    `identity.ldevid_key_uri`, none current).
     """
 
     def __init__(self, identity: PledgeIdentity, config: pm.PledgeConfig | None = None, *,
                  timeout: float = 10.0, on_transition: Callable[[pm.Transition], None] | None = None,
-                 cancel: threading.Event | None = None, now: Callable[[], dt.datetime] | None = None):
+                 cancel: threading.Event | None = None, now: Callable[[], dt.datetime] | None = None,
+                 ldevid_keys: LdevidKeys | None = None):
         self.identity = identity
+        self.ldevid_keys = ldevid_keys or LdevidKeys(
+            LdevidSlots.beside(identity.ldevid_key_uri, pin_env=identity.pin_env)
+            if identity.ldevid_key_uri else
+            LdevidSlots.next_to(identity.idevid_key_uri, pin_env=identity.pin_env))
         self.config = config or pm.PledgeConfig(cloud_registrar_url=identity.cloud_registrar_url)
         self.timeout = timeout
         self.on_transition = on_transition or (lambda t: None)
@@ -114,15 +99,23 @@ class PledgeDriver:
         self._http: HttpClient | None = None
         self._voucher: bytes | None = None
         self._pin: bytes | None = None
-        self._ldevid_signer: Signer | None = None
-        self._ldevid_uri: str | None = None
+        self._pending: PendingKey | None = None
         self._ldevid: x509.Certificate | None = None
         self._asked: CsrAttributes | None = None
 
     # ------------------------------------------------------------------ run
 
-    def run(self) -> BootstrapResult:
+    def run(self, store: Callable[[BootstrapResult], None] | None = None) -> BootstrapResult:
+        """Bootstrap to Enrolled or Failed.
+
+        `store(result)` persists what the caller keeps of an enrollment (at least
+        `result.ldevid` and `result.ldevid_slot`, in one atomic write); once it
+        returns, the new key is current and the previous one deleted. Without
+        `store`, the new key stays pending: the next enrollment or
+        `LdevidKeys.recover()` deletes it. A failed bootstrap deletes its key.
+        """
         shown = 0
+        enrolled = False
         try:
             self._signer = keystore.open_signer(self.identity.idevid_key_uri, pin_env=self.identity.pin_env)
             action = self.machine.start()
@@ -136,9 +129,18 @@ class PledgeDriver:
                     action = self.machine.handle(pm.Cancel("bootstrap cancelled"))
                     continue
                 action = self.machine.handle(self._perform(action))
+            result = self._result(action)
+            enrolled = result.enrolled
+            if enrolled and store is not None:
+                self.ldevid_keys.promote(self._pending, lambda pending: store(result))
+            return result
         finally:
             self._close()
-        return self._result(action)
+            if not enrolled and self._pending is not None:
+                try:
+                    self.ldevid_keys.discard(self._pending)
+                except PledgeforgeError:
+                    pass  # the outcome stands; the next enrollment or recover() deletes the key
 
     def _result(self, action) -> BootstrapResult:
         result = BootstrapResult(state=self.machine.state.value, reason=getattr(action, "reason", None),
@@ -146,7 +148,8 @@ class PledgeDriver:
                                  voucher=self._voucher)
         if isinstance(action, pm.Enrolled):
             result.ldevid = x509.load_der_x509_certificate(action.certificate_der)
-            result.ldevid_key_uri = self._ldevid_uri
+            result.ldevid_key_uri = self._pending.uri_text
+            result.ldevid_slot = self._pending.slot
             result.ca_certs = parse_certs_only(action.ca_certs, "CA certificates")
             result.registrar_url, result.est_url = action.registrar_url, action.est_url
             result.redirects = action.redirects
@@ -255,12 +258,12 @@ class PledgeDriver:
     def _generate_csr(self, action: pm.GenerateCsr) -> pm.Event:
         try:
             asked = CsrAttributes.decode(action.csr_attributes) if action.csr_attributes else CsrAttributes()
-            if self._ldevid_signer is None:
-                self._ldevid_signer, self._ldevid_uri = self._new_ldevid_key()
+            if self._pending is None:
+                self._pending = self.ldevid_keys.begin(self._signer.algorithm)
             serial = self.identity.serial
             subject = [f"CN={serial}" if "2.5.4.3" in asked.subject_oids or not asked.subject_oids else None,
                        f"serialNumber={serial}"]
-            csr = make_csr(self._ldevid_signer, ",".join(s for s in subject if s),
+            csr = make_csr(self._pending.signer, ",".join(s for s in subject if s),
                            other_names=[n for n in asked.subject_alt_names if isinstance(n, x509.OtherName)],
                            dns_names=[n.value for n in asked.subject_alt_names if isinstance(n, x509.DNSName)],
                            ip_addresses=[str(n.value) for n in asked.subject_alt_names
@@ -271,44 +274,12 @@ class PledgeDriver:
         self._asked = asked
         return pm.CsrReady(to_der(csr))
 
-    def _new_ldevid_key(self) -> tuple[Signer, str]:
-        """A fresh key beside the IDevID: the next free label or persistent handle."""
-        base = parse_key_uri(self.identity.ldevid_key_uri or self.identity.idevid_key_uri,
-                             pin_env=self.identity.pin_env)
-        for n in range(_MAX_KEY_SLOTS):
-            if isinstance(base, Pkcs11Uri):
-                label = (base.object if self.identity.ldevid_key_uri else LDEVID_LABEL) + (f"-{n}" if n else "")
-                uri = base.with_object(label)
-            else:
-                start = base.handle if self.identity.ldevid_key_uri else LDEVID_TPM_BASE
-                uri = TpmUri(handle=start + n, tcti=base.tcti, hierarchy=base.hierarchy)
-            try:
-                signer = keystore.generate_key(uri, self._signer.algorithm)
-            except KeyExistsError:
-                continue
-            return signer, str(uri) if isinstance(uri, TpmUri) else _with_pin_source(uri, base)
-        raise KeyExistsError(f"no free slot for a new LDevID key after {_MAX_KEY_SLOTS} tries")
-
     def _check_certificate(self, action: pm.CheckCertificate) -> pm.Event:
         try:
-            issued = parse_certs_only(action.enroll_response, "enrollment response")
-            ours = self._ldevid_signer.public_key_der()
-            mine = [c for c in issued if c.public_key().public_bytes(*_SPKI) == ours]
-            if not mine:
-                raise CertificateError("the issued certificate is not for the LDevID key")
-            cert = mine[0]
-            if serial_number_of(cert) != self.identity.serial:
-                raise CertificateError("the issued certificate does not carry this pledge's serialNumber")
-            if self._asked and self._asked.subject_alt_names:
-                try:
-                    got = set(cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value)
-                except x509.ExtensionNotFound:
-                    got = set()
-                missing = [n for n in self._asked.subject_alt_names if n not in got]
-                if missing:
-                    raise CertificateError(f"the issued certificate lacks the requested names {missing}")
-            cas = parse_certs_only(action.ca_certs, "CA certificates")
-            build_chain(cert, cas, issued, at_time=self.now())
+            cert = check_issued_certificate(
+                action.enroll_response, parse_certs_only(action.ca_certs, "CA certificates"),
+                self._pending.signer, self.identity.serial,
+                self._asked.subject_alt_names if self._asked else (), self.now())
         except (CertificateError, PledgeforgeError) as exc:
             return pm.CertificateRejected(str(exc))
         self._ldevid = cert
@@ -390,7 +361,27 @@ def _authority_key_id(cert: x509.Certificate) -> bytes | None:
         return None
 
 
-def _with_pin_source(uri: Pkcs11Uri, base: Pkcs11Uri) -> str:
-    """The new key's URI, keeping its module, the module's configuration and how the PIN
-    is found (never the PIN itself)."""
-    return str(replace(uri, id=None, pin_source=base.pin_source, pin_value=None))
+def check_issued_certificate(enroll_response: bytes, ca_certs: Sequence[x509.Certificate], key: Signer,
+                             serial: str, names: Sequence[x509.GeneralName],
+                             at_time: dt.datetime) -> x509.Certificate:
+    """The certificate an EST server issued (/simpleenroll or /simplereenroll response, base64
+    certs-only) for `key`: it must carry the pledge's serialNumber and `names`, and chain to
+    `ca_certs` (what /cacerts answered). Raises CertificateError saying what is wrong."""
+    issued = parse_certs_only(enroll_response, "enrollment response")
+    ours = key.public_key_der()
+    mine = [c for c in issued if c.public_key().public_bytes(*_SPKI) == ours]
+    if not mine:
+        raise CertificateError("the issued certificate is not for the LDevID key")
+    cert = mine[0]
+    if serial_number_of(cert) != serial:
+        raise CertificateError("the issued certificate does not carry this pledge's serialNumber")
+    if names:
+        try:
+            got = set(cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value)
+        except x509.ExtensionNotFound:
+            got = set()
+        missing = [n for n in names if n not in got]
+        if missing:
+            raise CertificateError(f"the issued certificate lacks the requested names {missing}")
+    build_chain(cert, list(ca_certs), issued, at_time=at_time)
+    return cert

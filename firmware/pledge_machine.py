@@ -99,6 +99,14 @@ registrar, at most ``max_restarts`` times, then fails. EST answers other than
 resend) fail. voucher_status and enrollstatus are telemetry: whatever comes
 back, the pledge moves on. Every budget is finite, so the machine always ends
 in Enrolled or Failed after a bounded number of events.
+
+Once the voucher is accepted, every failure on the EST server's connection is
+reported to it in enrollstatus with its reason before the machine fails (an
+EST answer refused, the key or CSR that could not be made, the certificate
+rejected, a 202 budget spent), so the owner learns why a pledge it vouched for
+did not enroll. Two failures are not reported: an EST server that does not
+match the pin (it is not the owner's, so it is told nothing) and `Cancel`
+(stop now means now).
 """
 
 from __future__ import annotations
@@ -167,7 +175,7 @@ __all__ = [
     # the machine
     "PledgeMachine", "PledgeConfig", "ProtocolError", "PledgeConfigError", "IllegalTransition",
     "Budget",
-    "parse_retry_after", "server_origin", "resolve_location", "est_base_url",
+    "parse_retry_after", "server_origin", "resolve_location", "est_base_url", "status_report_body",
     "BRSKI_PATH", "EST_PATH", "VOUCHER_MEDIA_TYPE",
     # re-exported vocabulary
     "State", "Transition", "Trust", "TrustBuiltinAnchors", "TrustProvisional",
@@ -395,7 +403,7 @@ def _status_text(response: Response) -> str:
     return text
 
 
-def _status_body(ok: bool, reason: str | None) -> bytes:
+def status_report_body(ok: bool, reason: str | None) -> bytes:
     """voucher_status / enrollstatus telemetry (RFC 8995 5.7 and 5.9.4)."""
     document: dict[str, object] = {"version": 1, "status": ok}
     if reason:
@@ -783,7 +791,7 @@ class PledgeMachine:
         ex.request = SendRequest(
             "POST",
             f"{self._voucher_server}{BRSKI_PATH}/voucher_status",
-            _status_body(failure is None, failure),
+            status_report_body(failure is None, failure),
             content_type=JSON_MEDIA_TYPE,
         )
         self._exchange = ex
@@ -851,9 +859,11 @@ class PledgeMachine:
             return self._retry_later(
                 response, Budget.ACCEPTED,
                 f"{ex.request.url} accepted the CSR, certificate not ready yet",
-                self._fail,
+                self._send_enroll_status,
             )
-        return self._fail(f"EST {ex.step.value} at {ex.request.url}: {_status_text(response)}")
+        return self._send_enroll_status(
+            f"EST {ex.step.value} at {ex.request.url}: {_status_text(response)}"
+        )
 
     def _on_csr_ready(self, event: CsrReady) -> Action:
         request = SendRequest(
@@ -868,12 +878,9 @@ class PledgeMachine:
         return self._emit(request)
 
     def _on_key_operation_failed(self, event: KeyOperationFailed) -> Action:
-        what = (
-            "signing the voucher-request"
-            if isinstance(self._pending, BuildVoucherRequest)
-            else "generating the LDevID key and CSR"
-        )
-        return self._fail(f"{what} failed: {event.reason}")
+        if isinstance(self._pending, BuildVoucherRequest):
+            return self._fail(f"signing the voucher-request failed: {event.reason}")
+        return self._send_enroll_status(f"generating the LDevID key and CSR failed: {event.reason}")
 
     def _on_certificate_accepted(self, event: CertificateAccepted) -> Action:
         self._certificate = event.certificate_der
@@ -887,7 +894,7 @@ class PledgeMachine:
         request = SendRequest(
             "POST",
             f"{origin}{BRSKI_PATH}/enrollstatus",
-            _status_body(failure is None, failure),
+            status_report_body(failure is None, failure),
             content_type=JSON_MEDIA_TYPE,
         )
         self._exchange = self._est_exchange(_Step.ENROLL_STATUS, request)

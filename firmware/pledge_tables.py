@@ -77,14 +77,17 @@ TRANSITIONS: Mapping[State, Mapping[State, str]] = MappingProxyType({
     },
     _S.EST_CACERTS: {
         _S.EST_CSRATTRS: "200 CA certificates",
+        _S.EST_STATUS: "any other answer: enrollstatus reports it",
         _S.WAITING: "transport failure",
     },
     _S.EST_CSRATTRS: {
         _S.EST_ENROLL: "200, 204 or 404",
+        _S.EST_STATUS: "any other answer: enrollstatus reports it",
         _S.WAITING: "transport failure",
     },
     _S.EST_ENROLL: {
-        _S.EST_STATUS: "certificate accepted or rejected",
+        _S.EST_STATUS: "certificate accepted; or rejected, key or CSR failed, answer refused, "
+                       "202 budget spent: enrollstatus reports why",
         _S.WAITING: "202, or transport failure",
     },
     _S.EST_STATUS: {
@@ -98,7 +101,9 @@ TRANSITIONS: Mapping[State, Mapping[State, str]] = MappingProxyType({
 })
 
 #: Why every running state may also move to FAILED (not repeated in TRANSITIONS).
-FAILURE_FROM_ANY_RUNNING_STATE = "every running state ends here on Cancel or on a failure with no retry left"
+FAILURE_FROM_ANY_RUNNING_STATE = ("every running state ends here on Cancel or on a failure with no "
+                                  "retry left; after the voucher, a failure on the EST server's "
+                                  "connection passes est-status first, whose enrollstatus reports why")
 
 
 class IllegalTransition(RuntimeError):

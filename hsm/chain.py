@@ -19,9 +19,10 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
-from .errors import CertificateError, ExpiredCertificateError, UntrustedSignerError
+from pledgeforge.errors import FileAccessError
 
-MAX_DEPTH = 8
+from .errors import CertificateError, ExpiredCertificateError, UntrustedSignerError
+from .verification_profile import MAX_CHAIN_DEPTH
 
 #: What cryptography raises for a certificate it cannot read lazily (a name, an
 #: extension, a key): the path cannot be judged, which is not "untrusted".
@@ -113,7 +114,7 @@ def build_chain(
                 if not problems:
                     return full
                 time_problem = time_problem or problems[0]
-        if len(path) >= MAX_DEPTH:
+        if len(path) >= MAX_CHAIN_DEPTH:
             return None
         for candidate in pool:
             if any(_same(candidate, c) for c in path):
@@ -166,7 +167,7 @@ def load_certificate_file(path: str, what: str | None = None) -> list[x509.Certi
         with open(path, "rb") as fh:
             data = fh.read()
     except OSError as exc:
-        raise CertificateError(f"cannot read {what or 'certificate file'} {path}: {exc.strerror}") from None
+        raise FileAccessError(f"cannot read {what or 'certificate file'} {path}: {exc.strerror}") from None
     return load_certificates(data, f"{what or 'certificate file'} {path}")
 
 

@@ -33,6 +33,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
+from . import verification_profile as profile
 from .asn1_messages import asn1_problem
 from .chain import build_chain
 from .errors import (BadSignatureError, CertificateError, CmsError, DigestMismatchError,
@@ -40,10 +41,12 @@ from .errors import (BadSignatureError, CertificateError, CmsError, DigestMismat
 from .signer import (BuildingSigner, Padding, SignatureRequest, Signer, SigningSteps,
                      async_signing_function, signing_function, verify_signature)
 
-ID_DATA = "1.2.840.113549.1.7.1"
-ID_CT_ANIMA_JSON_VOUCHER = "1.2.840.113549.1.9.16.1.40"
-ACCEPTED_CONTENT_TYPES = (ID_DATA, ID_CT_ANIMA_JSON_VOUCHER)
-CONTENT_TYPES = {"voucher": ID_CT_ANIMA_JSON_VOUCHER, "data": ID_DATA}
+# Content types, digests, signature algorithms and signed attributes are the
+# verification profile's (hsm/verification_profile.py), which the fastpath applies too.
+CONTENT_TYPES = profile.CONTENT_TYPES
+ID_DATA = CONTENT_TYPES["data"]
+ID_CT_ANIMA_JSON_VOUCHER = CONTENT_TYPES["voucher"]
+ACCEPTED_CONTENT_TYPES = tuple(CONTENT_TYPES.values())
 
 # Teach asn1crypto the voucher content type. A version-1 SignedData is read
 # with PKCS #7's ContentInfo, whose content is untyped unless the type is
@@ -55,11 +58,10 @@ if ID_CT_ANIMA_JSON_VOUCHER not in cms.ContentType._map:
     cms.ContentType._reverse_map = None
     cms.ContentInfo._oid_specs["anima_json_voucher"] = core.OctetString
 
-#: SignerInfo signatureAlgorithm id-ecPublicKey: deployed pledges send it with a
-#: SHA-2 digestAlgorithm, and OpenSSL verifies it as ECDSA with that hash.
-ID_EC_PUBLIC_KEY = "1.2.840.10045.2.1"
-
-_DIGESTS = {"sha256", "sha384", "sha512"}
+_DIGESTS = frozenset(profile.CMS_DIGESTS)
+#: The public key each signature scheme of the profile needs.
+_SCHEME_KEYS = {"ecdsa": ec.EllipticCurvePublicKey, "rsa-pkcs1": rsa.RSAPublicKey,
+                "rsa-pss": rsa.RSAPublicKey, "ed25519": ed25519.Ed25519PublicKey}
 _EC_SIG_ALGS = {"sha256": "sha256_ecdsa", "sha384": "sha384_ecdsa", "sha512": "sha512_ecdsa"}
 
 
@@ -323,7 +325,7 @@ def _parse(der: bytes, extra_certs: Iterable[x509.Certificate]) -> _Parsed:
                                 "and voucher-requests are not accepted")
     try:
         info = cms.ContentInfo.load(der, strict=True)
-        if info["content_type"].dotted != "1.2.840.113549.1.7.2":
+        if info["content_type"].dotted != profile.SIGNED_DATA:
             raise MalformedCmsError(f"ContentInfo holds {info['content_type'].dotted}, not SignedData")
         sd = info["content"]
         encap = sd["encap_content_info"]
@@ -342,8 +344,8 @@ def _parse(der: bytes, extra_certs: Iterable[x509.Certificate]) -> _Parsed:
             if name in attrs:
                 raise MalformedCmsError(f"signed attribute {name} appears twice")
             attrs[name] = attr["values"]
-        ct_values = attrs.get("1.2.840.113549.1.9.3")
-        md_values = attrs.get("1.2.840.113549.1.9.4")
+        ct_values = attrs.get(profile.CONTENT_TYPE_ATTRIBUTE)
+        md_values = attrs.get(profile.MESSAGE_DIGEST_ATTRIBUTE)
         if not ct_values or len(ct_values) != 1:
             raise MalformedCmsError("signed attributes lack a single contentType")
         if not md_values or len(md_values) != 1:
@@ -351,7 +353,7 @@ def _parse(der: bytes, extra_certs: Iterable[x509.Certificate]) -> _Parsed:
         attr_content_type = ct_values[0].dotted
         message_digest = md_values[0].native
         signing_time = None
-        st_values = attrs.get("1.2.840.113549.1.9.5")
+        st_values = attrs.get(profile.SIGNING_TIME_ATTRIBUTE)
         if st_values and len(st_values) == 1:
             signing_time = st_values[0].native
         digest_name = si["digest_algorithm"]["algorithm"].native
@@ -418,40 +420,27 @@ def _find_signer(sid: cms.SignerIdentifier, candidates: list[x509.Certificate]) 
 
 
 def _signature_params(si: cms.SignerInfo, digest_name: str, public_key) -> tuple[str, Padding]:
-    """(hash, padding) the SignerInfo asks for, or raise MalformedCmsError / BadSignatureError."""
+    """(hash, padding) the SignerInfo asks for (the profile's CMS_SIGNATURE_ALGORITHMS),
+    or raise MalformedCmsError / BadSignatureError."""
     alg = si["signature_algorithm"]
-    name = alg["algorithm"].native
-    if name in ("sha256_ecdsa", "sha384_ecdsa", "sha512_ecdsa", "ecdsa"):
-        wanted = ec.EllipticCurvePublicKey
-        hash_name = digest_name if name == "ecdsa" else name.split("_")[0]
-        pad = Padding.PKCS1V15
-    elif name in ("rsassa_pkcs1v15", "sha256_rsa", "sha384_rsa", "sha512_rsa"):
-        wanted = rsa.RSAPublicKey
-        hash_name = digest_name if name == "rsassa_pkcs1v15" else name.split("_")[0]
-        pad = Padding.PKCS1V15
-    elif name == "rsassa_pss":
-        wanted = rsa.RSAPublicKey
+    oid = alg["algorithm"].dotted
+    if oid not in profile.CMS_SIGNATURE_ALGORITHMS:
+        raise MalformedCmsError(f"unsupported signature algorithm {oid}")
+    name, scheme, hash_name = profile.CMS_SIGNATURE_ALGORITHMS[oid]
+    if hash_name == profile.DIGEST_ALGORITHM:
+        hash_name = digest_name
+    elif hash_name == profile.PSS_PARAMETERS:
         params = alg["parameters"]
         hash_name = params["hash_algorithm"]["algorithm"].native
         mgf_hash = params["mask_gen_algorithm"]["parameters"]["algorithm"].native
         if mgf_hash != hash_name:
             raise MalformedCmsError("RSASSA-PSS with an MGF1 hash different from the message hash")
-        pad = Padding.PSS
-    elif name == "ed25519":
-        wanted = ed25519.Ed25519PublicKey
-        hash_name, pad = digest_name, Padding.PKCS1V15
-    elif alg["algorithm"].dotted == ID_EC_PUBLIC_KEY:
-        name = "id-ecPublicKey"
-        wanted = ec.EllipticCurvePublicKey
-        hash_name, pad = digest_name, Padding.PKCS1V15
-    else:
-        raise MalformedCmsError(f"unsupported signature algorithm {alg['algorithm'].dotted}")
     if hash_name not in _DIGESTS:
         raise MalformedCmsError(f"unsupported signature hash {hash_name}")
-    if not isinstance(public_key, wanted):
+    if not isinstance(public_key, _SCHEME_KEYS[scheme]):
         raise BadSignatureError(f"signature algorithm {name} does not fit the signer's "
                                 f"{type(public_key).__name__.replace('_', '')} key")
-    return hash_name, pad
+    return hash_name, Padding.PSS if scheme == "rsa-pss" else Padding.PKCS1V15
 
 
 def verify_cms(

@@ -1,13 +1,18 @@
-"""Errors raised by key stores, CMS and X.509 code."""
+"""Errors raised by key stores, CMS and X.509 code.
 
-from pledgeforge.errors import PledgeforgeError
+Key store errors are environment failures (the token, TPM or PIN is not as the
+key URI expects), except a malformed URI, which is a usage error; CMS,
+certificate and voucher errors are verification failures (see pledgeforge/errors.py).
+"""
+
+from pledgeforge.errors import EnvironmentFailure, UsageError, VerificationFailure
 
 
-class KeyStoreError(PledgeforgeError):
+class KeyStoreError(EnvironmentFailure):
     """A key store could not do what was asked."""
 
 
-class KeyUriError(KeyStoreError):
+class KeyUriError(KeyStoreError, UsageError):
     """A key URI is malformed or names something unsupported."""
 
 
@@ -43,7 +48,7 @@ class HandleInUseError(KeyExistsError):
     """A TPM persistent handle is already occupied."""
 
 
-class CmsError(PledgeforgeError):
+class CmsError(VerificationFailure):
     """Base for CMS SignedData failures; each cause has its own subclass."""
 
 
@@ -71,9 +76,9 @@ class ExpiredCertificateError(UntrustedSignerError):
     """A certificate in the signer's chain is outside its validity period."""
 
 
-class CertificateError(PledgeforgeError):
+class CertificateError(VerificationFailure):
     """A certificate or CSR is malformed or fails a check."""
 
 
-class VoucherError(PledgeforgeError):
+class VoucherError(VerificationFailure):
     """A voucher or voucher-request is malformed or violates the YANG model."""

@@ -22,6 +22,7 @@ from asn1crypto import parser as asn1_parser
 from asn1crypto import x509 as asn1_x509
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.serialization import pkcs7
 
 from .asn1_messages import asn1_problem
 from .errors import CertificateError
@@ -56,20 +57,25 @@ def decode_body(body: bytes, what: str) -> bytes:
 # --------------------------------------------------------------------------- certs-only
 
 def certs_only(certificates: Iterable[x509.Certificate]) -> bytes:
-    """DER of a certs-only SignedData (RFC 7030 §4.1.3)."""
-    certs = [asn1_x509.Certificate.load(c.public_bytes(serialization.Encoding.DER)) for c in certificates]
-    signed_data = cms.SignedData({
-        "version": "v1",
-        "digest_algorithms": [],
-        "encap_content_info": {"content_type": "data"},
-        "certificates": certs,
-        "signer_infos": [],
-    })
-    return cms.ContentInfo({"content_type": "signed_data", "content": signed_data}).dump()
+    """DER of a certs-only SignedData (RFC 7030 §4.1.3), as cryptography writes it.
+
+    DER orders the certificates SET by encoding, so the order given is not kept
+    (RFC 7030 gives it no meaning); `openssl crl2pkcs7 -nocrl` writes the same
+    bytes for certificates given in that order."""
+    certs = list(certificates)
+    if not certs:
+        raise ValueError("a certs-only PKCS#7 needs at least one certificate")
+    return pkcs7.serialize_certificates(certs, serialization.Encoding.DER)
 
 
 def parse_certs_only(body: bytes, what: str = "certs-only PKCS#7") -> list[x509.Certificate]:
-    """Certificates of a certs-only PKCS#7, from base64 or DER."""
+    """Certificates of a certs-only PKCS#7, from base64 or DER, in the order sent.
+
+    Read with asn1crypto rather than cryptography's load_der_pkcs7_certificates:
+    OpenSSL-based EST servers write a chain in its own order (not DER's sorted
+    SET), which cryptography reads only through a BER fallback that raises a
+    UserWarning and that its maintainers plan to turn into an error; asn1crypto
+    reads both, and its errors name the broken structure."""
     der = decode_body(body, what)
     try:
         info = cms.ContentInfo.load(der, strict=True)

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import re
 
-from pledgeforge.errors import PledgeforgeError
+from pledgeforge.errors import UsageError
 
 SERIAL_NUMBER_MAX = 64   # X.520 ub-serial-number
 DNS_LABEL_MAX = 63       # RFC 1035 2.3.4
@@ -40,7 +40,7 @@ _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._ -]*")
 _SHOWN = 40
 
 
-class IdentityNameError(PledgeforgeError):
+class IdentityNameError(UsageError):
     """A serial number, DNS name, file name or record name is not acceptable."""
 
 

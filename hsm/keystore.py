@@ -20,7 +20,9 @@ Built in: `pkcs11:` (RFC 7512, python-pkcs11), `tpm:` (tpm2-pytss) and
 implementation is the service's client (pledgeforge.keyserver.client, loaded
 on first use: nothing here imports the service). A cloud KMS registers its
 own scheme the same way. An unknown scheme is an error naming the
-registered ones.
+registered ones. `make_key_uri(scheme, **attributes)` builds a URI of a
+registered scheme from its attributes (the board key-store drivers name
+their keys so).
 """
 
 from __future__ import annotations
@@ -45,19 +47,23 @@ class Backend:
     parse: Parser
     #: returns the implementation (see the module docstring)
     load: Callable[[], object]
+    #: the KeyUri type of the scheme, for building URIs by attribute (`make_key_uri`)
+    uri_type: type[KeyUri] | None = None
 
 
 _backends: dict[str, Backend] = {}
 _lock = threading.Lock()
 
 
-def register_backend(scheme: str, parse: Parser, load: Callable[[], object]) -> None:
-    """Make `scheme:` URIs parse with `parse` and act through the object `load()` returns."""
+def register_backend(scheme: str, parse: Parser, load: Callable[[], object],
+                     uri_type: type[KeyUri] | None = None) -> None:
+    """Make `scheme:` URIs parse with `parse` and act through the object `load()` returns;
+    `uri_type` (a KeyUri dataclass) lets callers build such URIs by attribute."""
     scheme = scheme.lower()
     with _lock:
         if scheme in _backends:
             raise ValueError(f"a key store is already registered for {scheme}:")
-        _backends[scheme] = Backend(scheme, parse, load)
+        _backends[scheme] = Backend(scheme, parse, load, uri_type)
 
 
 def unregister_backend(scheme: str) -> None:
@@ -88,6 +94,19 @@ def parse_key_uri(text: str, *, pin_env: str | None = None) -> KeyUri:
         raise KeyUriError(f"not a key URI: {text!r} (expected one of {_known()} followed by the key's name)")
     scheme, rest = text.split(":", 1)
     return _backend(scheme).parse(rest, pin_env)
+
+
+def make_key_uri(scheme: str, **attributes) -> KeyUri:
+    """The `scheme:` URI with these attributes (e.g. make_key_uri("tpm", handle=0x81020000,
+    tcti=...)), built by the scheme's own URI type, so a caller never formats one by hand."""
+    backend = _backend(scheme)
+    if backend.uri_type is None:
+        raise KeyUriError(f"the {backend.scheme}: key store builds no URIs from attributes; "
+                          f"give its URI as text")
+    try:
+        return backend.uri_type(**attributes)
+    except TypeError as exc:
+        raise KeyUriError(f"{backend.scheme}: URI attributes {sorted(attributes)}: {exc}") from None
 
 
 def _implementation(uri: str | KeyUri, pin_env: str | None) -> tuple[KeyUri, object]:
@@ -136,12 +155,12 @@ def _load(module: str) -> Callable[[], object]:
     return lambda: importlib.import_module(f"{__package__}.{module}")
 
 
-register_backend("pkcs11", parse_pkcs11_uri, _load("pkcs11_backend"))
-register_backend("tpm", parse_tpm_uri, _load("tpm_backend"))
+register_backend("pkcs11", parse_pkcs11_uri, _load("pkcs11_backend"), Pkcs11Uri)
+register_backend("tpm", parse_tpm_uri, _load("tpm_backend"), TpmUri)
 register_backend("signer+https", parse_signer_uri,
-                 lambda: importlib.import_module("pledgeforge.keyserver.client"))
+                 lambda: importlib.import_module("pledgeforge.keyserver.client"), SignerUri)
 
 
-__all__ = ["register_backend", "unregister_backend", "schemes", "algorithms", "parse_key_uri",
+__all__ = ["register_backend", "unregister_backend", "schemes", "algorithms", "parse_key_uri", "make_key_uri",
            "open_signer", "generate_key", "list_keys", "delete_key", "KeyUri", "Pkcs11Uri", "TpmUri",
            "SignerUri"]

@@ -11,17 +11,20 @@ instance reads its environment once. So:
 - otherwise it is loaded in a module host: a child process started with that
   environment, reached over a socket pair (`pkcs11_host.HostedModule`).
 
-Both answer the same operations (public_key, sign, sign_many, generate,
-list_keys, delete) on plain values, so `Pkcs11Signer` does not know which one it has.
-One process can thus use two SoftHSM configurations, and the process
-environment is never changed. The host costs one round trip per call
+Both answer the same operations (public_key, key_attributes, sign, sign_many,
+generate, list_keys, delete) on plain values, so `Pkcs11Signer` does not know
+which one it has. One process can thus use two SoftHSM configurations, and the
+process environment is never changed. The host costs one round trip per call
 (benchmarks/pkcs11_sign_rate.py measures it), so `sign_many` signs a batch of
-digests in one.
+digests in one, under one hold of the token store's lock.
 
 python-pkcs11 calls C_Initialize without locking arguments, so SoftHSM2 runs
 unlocked and two threads inside one module crash the process. Every call on
 a module instance therefore goes through that instance's one lock, and its
-async signatures queue on one worker thread.
+async signatures queue on one worker thread. SoftHSM2's file object store is
+not safe across processes either (a login or a key generation rewrites files
+another process may be reading): every call into it, from C_Initialize on,
+also holds the store's cross-process lock (store_lock.py).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import os
 import secrets
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import pkcs11
@@ -44,9 +48,11 @@ from cryptography.hazmat.primitives import serialization
 
 from .errors import (KeyExistsError, KeyNotFoundError, KeyStoreError, KeyUriError, PinError,
                      TokenNotFoundError, UnsupportedAlgorithmError)
+from .key_evidence import TokenKeyReport
 from .keyuri import Pkcs11Uri
 from .signer import (KeyAlgorithm, OtherKeyAlgorithm, Padding, Signer, check_digest_length,
                      ecdsa_raw_to_der)
+from .softhsm import file_store_lock
 
 #: what `generate` makes (SoftHSM2 and the HSMs we know do all of these)
 ALGORITHMS = ("ec-p256", "ec-p384", "ec-p521", "rsa-2048", "rsa-3072", "rsa-4096")
@@ -144,8 +150,12 @@ class LocalModule:
         #: the module and the configuration it was loaded with, for errors
         self.description = description or path
         self.lock = threading.RLock()
+        #: the module's configuration is this process's environment (here or in a module host)
+        self._store_lock = file_store_lock(path, os.environ)
+        self._depth = 0
         try:
-            self.lib = pkcs11.lib(path)
+            with self.exclusive():
+                self.lib = pkcs11.lib(path)
         except (RuntimeError, OSError, p11err.PKCS11Error) as exc:
             raise KeyStoreError(f"cannot load PKCS#11 module {path}: {exc}") from None
         # token label -> (session, fingerprint of the PIN it logged in with)
@@ -154,6 +164,19 @@ class LocalModule:
         self._keys: dict[tuple, tuple[pkcs11.Session, object, KeyType]] = {}
         #: one worker (started on first use): async signatures on this module wait their turn here
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="pkcs11")
+
+    @contextmanager
+    def exclusive(self):
+        """This instance's thread lock, then the token store's process lock where it has one
+        (taken once by the outermost caller: a second flock from this process would wait on itself)."""
+        with self.lock:
+            outermost = self._depth == 0
+            self._depth += 1
+            try:
+                with self._store_lock.held() if self._store_lock and outermost else nullcontext():
+                    yield
+            finally:
+                self._depth -= 1
 
     # ------------------------------------------------------------------ tokens and sessions
 
@@ -278,7 +301,7 @@ class LocalModule:
     def public_key(self, token: str, pin: str | None, label: str | None,
                    key_id: bytes | None) -> bytes:
         """DER SubjectPublicKeyInfo of the key pair whose private half the URI names."""
-        with self.lock:
+        with self.exclusive():
             priv = self._private_key(token, pin, label, key_id)[0]
             session = self._session(token, pin)
             pub = _find_one(session, ObjectClass.PUBLIC_KEY, token, label, key_id)
@@ -288,6 +311,22 @@ class LocalModule:
                 raise KeyNotFoundError(f"key {_key_name(token, label, key_id)} has no public key "
                                        "object on the token")
             return _spki_of(pub)
+
+    def key_attributes(self, token: str, pin: str | None, label: str | None,
+                       key_id: bytes | None) -> tuple[bytes, bool, bool, bool, bool, bool]:
+        """(SubjectPublicKeyInfo, CKA_LOCAL, CKA_NEVER_EXTRACTABLE, CKA_SENSITIVE,
+        CKA_ALWAYS_SENSITIVE, CKA_EXTRACTABLE) of the private key the URI names."""
+        spki = self.public_key(token, pin, label, key_id)
+        with self.lock:
+            priv = self._private_key(token, pin, label, key_id)[0]
+            try:
+                flags = tuple(bool(priv[a]) for a in (
+                    Attribute.LOCAL, Attribute.NEVER_EXTRACTABLE, Attribute.SENSITIVE,
+                    Attribute.ALWAYS_SENSITIVE, Attribute.EXTRACTABLE))
+            except p11err.PKCS11Error as exc:
+                raise KeyStoreError(f"reading the attributes of {_key_name(token, label, key_id)} "
+                                    f"failed: {type(exc).__name__}") from None
+        return (spki, *flags)
 
     def sign(self, token: str, pin: str | None, label: str | None, key_id: bytes | None,
              dgst: bytes, hash_name: str, pad: str) -> bytes:
@@ -302,7 +341,7 @@ class LocalModule:
         token removed and put back) is dropped and the batch tried once more on a
         freshly opened and logged-in session; a second failure is reported.
         """
-        with self.lock:
+        with self.exclusive():
             for attempt in (1, 2):
                 priv, key_type = self._private_key(token, pin, label, key_id)
                 try:
@@ -335,7 +374,7 @@ class LocalModule:
         """A non-extractable key pair whose halves share one CKA_ID; returns that id."""
         spec = _generation_spec(algorithm)
         key_id = key_id or secrets.token_bytes(8)
-        with self.lock:
+        with self.exclusive():
             session = self._session(token, pin)
             clash = list(session.get_objects({Attribute.LABEL: label}))
             clash += list(session.get_objects({Attribute.ID: key_id}))
@@ -367,7 +406,7 @@ class LocalModule:
     def list_keys(self, token: str, pin: str | None) -> list[tuple]:
         """(label, id hex, algorithm, sensitive, extractable) of every private key on the token."""
         out = []
-        with self.lock:
+        with self.exclusive():
             session = self._session(token, pin)
             for obj in list(session.get_objects({Attribute.CLASS: ObjectClass.PRIVATE_KEY})):
                 if obj.key_type == KeyType.EC:
@@ -384,23 +423,31 @@ class LocalModule:
 
     def delete(self, token: str, pin: str | None, label: str | None,
                key_id: bytes | None) -> tuple[int, int]:
-        """Destroy the private key the URI names and its public key; (private, public) destroyed."""
-        with self.lock:
-            priv = self._private_key(token, pin, label, key_id)[0]
+        """Destroy the private key the URI names and its public key; (private, public) destroyed.
+
+        A public key left alone (a generation cut short between the two halves) is
+        destroyed too: it would block a new key under its label."""
+        with self.exclusive():
             session = self._session(token, pin)
+            privs = _find(session, ObjectClass.PRIVATE_KEY, label, key_id)
+            if len(privs) > 1:
+                raise KeyStoreError(f"{len(privs)} private keys match {_key_name(token, label, key_id)}; "
+                                    "add id=... to the URI to pick one")
             pubs = _find(session, ObjectClass.PUBLIC_KEY, label, key_id)
-            if not pubs and priv[Attribute.ID]:
-                pubs = _find(session, ObjectClass.PUBLIC_KEY, None, priv[Attribute.ID])
+            if not pubs and privs and privs[0][Attribute.ID]:
+                pubs = _find(session, ObjectClass.PUBLIC_KEY, None, privs[0][Attribute.ID])
+            if not privs and not pubs:
+                raise KeyNotFoundError(f"no private key {_key_name(token, label, key_id)} on token "
+                                       f"{token!r}, nor a public one")
             try:
-                priv.destroy()
-                for pub in pubs:
-                    pub.destroy()
+                for obj in (*privs, *pubs):
+                    obj.destroy()
             except p11err.PKCS11Error as exc:
                 raise KeyStoreError(f"deleting {_key_name(token, label, key_id)} failed: "
                                     f"{type(exc).__name__}") from None
             finally:
                 self._keys.pop((token, label, key_id), None)
-        return 1, len(pubs)
+        return len(privs), len(pubs)
 
 
 def _generation_spec(algorithm: str) -> str | int:
@@ -505,6 +552,16 @@ def generate(uri: Pkcs11Uri, algorithm: KeyAlgorithm | OtherKeyAlgorithm) -> Pkc
         raise KeyUriError("the pkcs11 URI names no token (add token=LABEL)")
     key_id = module_for(uri).generate(uri.token, uri.pin(), uri.object, uri.id, algorithm.value)
     return Pkcs11Signer(uri.with_object(uri.object, key_id))
+
+
+def key_report(uri: Pkcs11Uri) -> TokenKeyReport:
+    """What the token says about where the key the URI names came from and whether it can
+    leave: CKA_LOCAL, CKA_NEVER_EXTRACTABLE, CKA_SENSITIVE, CKA_ALWAYS_SENSITIVE,
+    CKA_EXTRACTABLE, with the key's public half (for a manufacturing station)."""
+    if uri.token is None:
+        raise KeyUriError("the pkcs11 URI names no token (add token=LABEL)")
+    _template(uri.object, uri.id)  # a URI naming no key must not reach the token
+    return TokenKeyReport(*module_for(uri).key_attributes(uri.token, uri.pin(), uri.object, uri.id))
 
 
 def list_keys(uri: Pkcs11Uri) -> list[Pkcs11KeyInfo]:

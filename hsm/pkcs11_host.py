@@ -13,11 +13,12 @@ The protocol is one request, one answer, each a length-prefixed frame
     request   (operation, arguments)
     answer    ("ok", result) | ("error", exception class name, message)
 
-with the operations of LocalModule: public_key, sign, sign_many, generate,
-list_keys, delete. The first frame the host sends is ("ok", module description) once
-the module is loaded, or the error that stopped it. Both ends are the same
-Python (sys.executable), so marshal's format always matches. PINs travel in
-the frames only: never on a command line, in the environment or in a log.
+with the operations of LocalModule: public_key, key_attributes, sign,
+sign_many, generate, list_keys, delete. The first frame the host sends is
+("ok", module description) once the module is loaded, or the error that
+stopped it. Both ends are the same Python (sys.executable), so marshal's
+format always matches. PINs travel in the frames only: never on a command
+line, in the environment or in a log.
 
 The host serves one request at a time; the parent holds one lock per host.
 It exits when the parent closes its end (or dies): EOF on the socket.
@@ -47,7 +48,7 @@ CALL_TIMEOUT_S = 300.0
 STOP_TIMEOUT_S = 5.0
 MAX_FRAME = 1 << 20
 
-OPERATIONS = ("public_key", "sign", "sign_many", "generate", "list_keys", "delete")
+OPERATIONS = ("public_key", "key_attributes", "sign", "sign_many", "generate", "list_keys", "delete")
 
 
 def _error_class(name: str) -> type[KeyStoreError]:
@@ -75,6 +76,9 @@ class HostedModule:
 
     def public_key(self, token, pin, label, key_id) -> bytes:
         return self._call("public_key", token, pin, label, key_id)
+
+    def key_attributes(self, token, pin, label, key_id) -> tuple:
+        return self._call("key_attributes", token, pin, label, key_id)
 
     def sign(self, token, pin, label, key_id, dgst, hash_name, pad) -> bytes:
         return self._call("sign", token, pin, label, key_id, dgst, hash_name, pad)
@@ -131,10 +135,10 @@ class HostedModule:
         except (OSError, EOFError):
             self._stop()
             raise ModuleHostError(f"the module host of {self.path} exited during {what} "
-                                f"({self._exit_status()}); the next call starts a new one") from None
+                                  f"({self._exit_status()}); the next call starts a new one") from None
         self._stop()
         raise ModuleHostError(f"the PKCS#11 module {self.path} did not answer within {timeout:g} s "
-                            f"({what}); its host was stopped")
+                              f"({what}); its host was stopped")
 
     @staticmethod
     def _result(answer):

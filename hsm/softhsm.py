@@ -12,10 +12,15 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from contextlib import nullcontext
 from pathlib import Path
 
 from .errors import KeyStoreError
 from .keyuri import SOFTHSM2_MODULE, Pkcs11Uri
+from .store_lock import LOCK_FILE, StoreLock
+
+#: where SoftHSM2 reads its configuration when SOFTHSM2_CONF is not set (Debian's build)
+DEFAULT_CONF = "/etc/softhsm/softhsm2.conf"
 
 
 class SoftHsm:
@@ -72,8 +77,39 @@ class SoftHsm:
     def _util(self, *args: str) -> subprocess.CompletedProcess:
         # PINs go on this child's argv; softhsm2-util has no other way to take
         # them. They are never logged, and the child lives for milliseconds.
-        proc = subprocess.run(["softhsm2-util", *args], env=self.env(), capture_output=True,
-                              text=True, timeout=60)
+        # It reads and writes the token files too, so it runs under the store lock.
+        lock = StoreLock(self.token_dir / LOCK_FILE).held() if self.token_dir.is_dir() else nullcontext()
+        with lock:
+            proc = subprocess.run(["softhsm2-util", *args], env=self.env(), capture_output=True,
+                                  text=True, timeout=60)
         if proc.returncode != 0:
             raise KeyStoreError(f"softhsm2-util {args[0]} failed: {proc.stderr.strip() or proc.stdout.strip()}")
         return proc
+
+
+def read_conf(path: str | os.PathLike) -> dict[str, str]:
+    """The `name = value` settings of a softhsm2.conf ('#' starts a comment)."""
+    settings = {}
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            line = line.split("#", 1)[0].strip()
+            name, eq, value = line.partition("=")
+            if eq:
+                settings[name.strip()] = value.strip()
+    return settings
+
+
+def file_store_lock(module_path: str, environ: dict[str, str] | os._Environ) -> StoreLock | None:
+    """The cross-process lock of the token store a SoftHSM2 module loaded with `environ` uses;
+    None for any other module, and for a store that is not SoftHSM2's file store (see
+    store_lock.py for why the file store needs one)."""
+    if os.path.basename(os.path.realpath(module_path)) != "libsofthsm2.so":
+        return None
+    try:
+        settings = read_conf(environ.get("SOFTHSM2_CONF") or DEFAULT_CONF)
+    except OSError:
+        return None  # the module will say what is wrong with its configuration
+    token_dir = settings.get("directories.tokendir")
+    if not token_dir or settings.get("objectstore.backend", "file") != "file" or not os.path.isdir(token_dir):
+        return None
+    return StoreLock(Path(token_dir) / LOCK_FILE)

@@ -55,6 +55,7 @@ from pledgeforge.atomicfile import atomic_write
 
 from .errors import KeyStoreError
 from .keyuri import TpmUri
+from .tpm_maker_ca import CERT_SERIAL, ISSUER_CERT, SIGNING_KEY, create_tpm_maker_ca
 
 SOCKET_NAME = "swtpm.sock"
 CTRL_SUFFIX = ".ctrl"           # what the tpm2-tss swtpm TCTI appends for the control socket
@@ -258,8 +259,10 @@ class Swtpm:
         Runs `swtpm_setup`, which creates the RSA-2048 and ECC EKs (persistent at
         0x81010001 and 0x81010016) and, with `create_ek_cert`, certificates from
         a local "TPM maker" CA in `ca_dir` (default: `state_dir/ek-ca`; pass one
-        shared directory to give several boards the same maker). Certificates
-        are stored in the TPM's NV indices and copied to `state_dir/ek-certs`.
+        shared directory to give several boards the same maker; the CA is made
+        there on first use, see tpm_maker_ca). Certificates are stored in the
+        TPM's NV indices (RSA 0x01c00002, ECC P-384 0x01c00016) and copied to
+        `state_dir/ek-certs`.
         The state is encrypted with the key in `key_file` from the start.
         """
         if self.running:
@@ -273,6 +276,7 @@ class Swtpm:
                 "--overwrite" if overwrite else "--not-overwrite"]
         if create_ek_cert:
             ca = Path(ca_dir).resolve() if ca_dir is not None else self.state_dir / "ek-ca"
+            create_tpm_maker_ca(ca)
             cert_dir = self.state_dir / "ek-certs"
             cert_dir.mkdir(exist_ok=True)
             args += ["--create-ek-cert", "--create-platform-cert",
@@ -291,8 +295,9 @@ class Swtpm:
         """swtpm_setup and swtpm_localca configs pointing at our own CA directory."""
         ca.mkdir(parents=True, exist_ok=True)
         files = {
-            "swtpm-localca.conf": (f"statedir = {ca}\nsigningkey = {ca}/signkey.pem\n"
-                                   f"issuercert = {ca}/issuercert.pem\ncertserial = {ca}/certserial\n"),
+            "swtpm-localca.conf": (f"statedir = {ca}\nsigningkey = {ca}/{SIGNING_KEY}\n"
+                                   f"issuercert = {ca}/{ISSUER_CERT}\n"
+                                   f"certserial = {ca}/{CERT_SERIAL}\n"),
             "swtpm-localca.options": ("--platform-manufacturer pledgeforge\n"
                                       "--platform-version 2.1\n--platform-model swtpm\n"),
             "swtpm_setup.conf": ("create_certs_tool = swtpm_localca\n"
@@ -303,9 +308,8 @@ class Swtpm:
         for name, text in files.items():
             target = ca / name
             if not target.exists() or target.read_text() != text:
-                tmp = target.with_suffix(".tmp")
-                tmp.write_text(text)
-                tmp.replace(target)
+                # A temp name of its own: boards sharing one maker are manufactured in parallel.
+                atomic_write(target, text.encode())
         return ca / "swtpm_setup.conf"
 
     def ek_cert_paths(self) -> list[Path]:

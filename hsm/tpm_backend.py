@@ -54,6 +54,8 @@ T = TypeVar("T")
 # failed try; three of them lock every such key out (swtpm: maxTries 3).
 KEY_ATTRIBUTES = (TPMA_OBJECT.FIXEDTPM | TPMA_OBJECT.FIXEDPARENT | TPMA_OBJECT.SENSITIVEDATAORIGIN
                   | TPMA_OBJECT.USERWITHAUTH | TPMA_OBJECT.SIGN_ENCRYPT | TPMA_OBJECT.NODA)
+#: an attestation key (TCG IAK): signs only structures the TPM produced itself
+RESTRICTED_KEY_ATTRIBUTES = KEY_ATTRIBUTES | TPMA_OBJECT.RESTRICTED
 
 _HASH_ALGS = {"sha256": TPM2_ALG.SHA256, "sha384": TPM2_ALG.SHA384, "sha512": TPM2_ALG.SHA512}
 # (curve, coordinate bytes, name algorithm) per EC algorithm.
@@ -182,6 +184,15 @@ def _tpm_for(tcti: str) -> _Tpm:
         if tcti not in _tpms:
             _tpms[tcti] = _Tpm(tcti)
         return _tpms[tcti]
+
+
+def connection(tcti: str) -> _Tpm:
+    """The one shared connection to the TPM at `tcti`: its lock, ESAPI context and handle cache.
+
+    For modules that run TPM commands of their own (tpm_identity): they go
+    through `run` like the signers here, so both share one context and one lock.
+    """
+    return _tpm_for(tcti)
 
 
 def disconnect(tcti: str | None = None) -> None:
@@ -345,20 +356,26 @@ def open_signer(uri: TpmUri) -> TpmSigner:
     return TpmSigner(uri)
 
 
-def _template(algorithm: KeyAlgorithm) -> TPM2B_PUBLIC:
-    """A signing-key template with scheme NULL and a random `unique` field.
+def _template(algorithm: KeyAlgorithm, *, restricted: bool = False) -> TPM2B_PUBLIC:
+    """A signing-key template with a random `unique` field.
 
     A primary key is derived from the hierarchy seed and its template, so the
     random `unique` is what makes two keys of one hierarchy differ.
+
+    An unrestricted key has scheme NULL (each signature names its own). A
+    `restricted` key (an attestation key such as the IAK) signs only what the
+    TPM itself produced (TPMS_ATTEST), and the TPM requires it to fix its
+    scheme: ECDSA or RSASSA with the hash of its name algorithm.
     """
-    area = TPMT_PUBLIC(objectAttributes=KEY_ATTRIBUTES)
+    attributes = RESTRICTED_KEY_ATTRIBUTES if restricted else KEY_ATTRIBUTES
+    area = TPMT_PUBLIC(objectAttributes=attributes)
     if algorithm.is_ec:
         curve, size, name_alg = _EC_PARAMS[algorithm]
         area.type = TPM2_ALG.ECC
         area.nameAlg = name_alg
         detail = area.parameters.eccDetail
         detail.symmetric.algorithm = TPM2_ALG.NULL
-        detail.scheme.scheme = TPM2_ALG.NULL
+        detail.scheme.scheme = TPM2_ALG.ECDSA if restricted else TPM2_ALG.NULL
         detail.curveID = curve
         detail.kdf.scheme = TPM2_ALG.NULL
         area.unique.ecc.x = secrets.token_bytes(size)
@@ -368,10 +385,12 @@ def _template(algorithm: KeyAlgorithm) -> TPM2B_PUBLIC:
         area.nameAlg = _RSA_NAME_ALG[algorithm]
         detail = area.parameters.rsaDetail
         detail.symmetric.algorithm = TPM2_ALG.NULL
-        detail.scheme.scheme = TPM2_ALG.NULL
+        detail.scheme.scheme = TPM2_ALG.RSASSA if restricted else TPM2_ALG.NULL
         detail.keyBits = algorithm.rsa_bits
         detail.exponent = 0  # 65537
         area.unique.rsa = secrets.token_bytes(32)
+    if restricted:
+        detail.scheme.details.anySig.hashAlg = area.nameAlg
     return TPM2B_PUBLIC(publicArea=area)
 
 
@@ -380,32 +399,35 @@ def _handle_in_use(esys: ESAPI, handle: int) -> bool:
     return any(h == handle for h in data.data.handles)
 
 
-def generate(uri: TpmUri, algorithm: KeyAlgorithm) -> TpmSigner:
-    """Create a signing key as a primary key of the URI's hierarchy and persist it at uri.handle."""
+def create_persistent_key(uri: TpmUri, algorithm: KeyAlgorithm, *,
+                          restricted: bool = False) -> TPM2B_PUBLIC:
+    """Create a signing key as a primary key of the URI's hierarchy, persist it at uri.handle,
+    and return its public area (see `_template` for `restricted`)."""
     handle = _require_handle(uri)
     if handle >= _PLATFORM_PERSISTENT_FIRST:
         # Only platform-hierarchy objects may live there, and only firmware owns that hierarchy.
         raise KeyUriError(f"TPM handle 0x{handle:08x} is in the platform range; give the key a "
                           "handle in 0x81000000-0x817fffff (e.g. 0x81020000)")
     tpm = _tpm_for(uri.tcti)
-    template = _template(algorithm)
+    template = _template(algorithm, restricted=restricted)
     hierarchy = ESYS_TR.ENDORSEMENT if uri.hierarchy == "endorsement" else ESYS_TR.OWNER
     in_use = HandleInUseError(f"TPM handle 0x{handle:08x} ({uri.tcti}) already holds an object; "
                               f"choose another handle or free it with `{_evict_hint(uri)}`")
 
-    def create(esys: ESAPI) -> None:
-        transient = esys.create_primary(None, template, hierarchy)[0]
+    def create(esys: ESAPI) -> TPM2B_PUBLIC:
+        transient, public = esys.create_primary(None, template, hierarchy)[:2]
         try:
             persistent = esys.evict_control(ESYS_TR.OWNER, transient, handle)
         finally:
             esys.flush_context(transient)
         tpm.remember(handle, persistent)
+        return public
 
     with tpm.lock:
         try:
             if tpm.run(lambda esys: _handle_in_use(esys, handle)):
                 raise in_use
-            tpm.run(create, retry=False)
+            return tpm.run(create, retry=False)
         except TSS2_Exception as exc:
             if exc.error == TPM2_RC.NV_DEFINED:
                 raise in_use from None
@@ -414,6 +436,11 @@ def generate(uri: TpmUri, algorithm: KeyAlgorithm) -> TpmSigner:
                     f"the TPM at {uri.tcti} cannot create {algorithm.value} keys ({exc})") from None
             raise _failure(exc, f"creating a {algorithm.value} key at TPM handle "
                                 f"0x{handle:08x}") from None
+
+
+def generate(uri: TpmUri, algorithm: KeyAlgorithm) -> TpmSigner:
+    """Create a signing key as a primary key of the URI's hierarchy and persist it at uri.handle."""
+    create_persistent_key(uri, algorithm)
     return TpmSigner(uri)
 
 
@@ -509,4 +536,5 @@ def list_keys(uri: TpmUri) -> list[TpmKeyInfo]:
 
 
 __all__ = ["TpmSigner", "TpmKeyInfo", "ALGORITHMS", "open_signer", "generate", "list_keys", "delete",
-           "disconnect", "KEY_ATTRIBUTES"]
+           "disconnect", "connection", "create_persistent_key", "KEY_ATTRIBUTES",
+           "RESTRICTED_KEY_ATTRIBUTES"]

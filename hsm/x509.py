@@ -1,4 +1,4 @@
-"""X.509 certificates and CSRs signed inside a key store.
+"""X.509 certificates, CRLs and CSRs signed inside a key store.
 
 cryptography's builders only sign with keys they hold. We let a builder do
 what it is good at (names, extensions, DER) by signing with a throwaway
@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 from asn1crypto import core as asn1_core
+from asn1crypto import crl as asn1_crl
 from asn1crypto import csr as asn1_csr
 from asn1crypto import keys as asn1_keys
 from asn1crypto import x509 as asn1_x509
@@ -292,39 +293,109 @@ issue_certificate = signing_function(issued_certificate_steps)
 issue_certificate_async = async_signing_function(issued_certificate_steps)
 
 
+def crl_distribution_points(crl_urls: Sequence[str]) -> list[tuple[x509.ExtensionType, bool]]:
+    """The cRLDistributionPoints extension naming `crl_urls` (none when there are none), as
+    `issued_certificate_steps(extra_extensions=...)` takes it."""
+    if not crl_urls:
+        return []
+    return [(x509.CRLDistributionPoints([x509.DistributionPoint(
+        [x509.UniformResourceIdentifier(url) for url in crl_urls], None, None, None)]), False)]
+
+
 def _csr_profile(csr: x509.CertificateSigningRequest, days: int,
-                 extended_key_usage: Sequence[ObjectIdentifier], dns_names: Sequence[str]) -> dict:
+                 extended_key_usage: Sequence[ObjectIdentifier], dns_names: Sequence[str],
+                 crl_urls: Sequence[str]) -> dict:
     check_csr(csr)
-    return dict(days=days, extended_key_usage=list(extended_key_usage), dns_names=list(dns_names))
+    return dict(days=days, extended_key_usage=list(extended_key_usage), dns_names=list(dns_names),
+                extra_extensions=crl_distribution_points(crl_urls))
 
 
 def issue_from_csr(ca_signer: Signer, ca_cert: x509.Certificate, csr: x509.CertificateSigningRequest,
                    *, days: int = 825, extended_key_usage: Sequence[ObjectIdentifier] = (),
-                   dns_names: Sequence[str] = ()) -> x509.Certificate:
-    """A certificate for the key and subject of `csr`, once the CSR proves possession of its key.
+                   dns_names: Sequence[str] = (), crl_urls: Sequence[str] = ()) -> x509.Certificate:
+    """A certificate for the key and subject of `csr`, once the CSR proves possession of its key
+    (`crl_urls`: where relying parties find the CA's CRL).
 
     A key server's CA key (a BuildingSigner) is given the CSR and the profile,
     and checks and builds the certificate itself.
     """
-    profile = _csr_profile(csr, days, extended_key_usage, dns_names)
+    profile = _csr_profile(csr, days, extended_key_usage, dns_names, crl_urls)
     if isinstance(ca_signer, BuildingSigner):
         return ca_signer.build_certificate(
             csr, days=days, extended_key_usage=[o.dotted_string for o in extended_key_usage],
-            dns_names=list(dns_names))
+            dns_names=list(dns_names), crl_urls=list(crl_urls))
     return issue_certificate(ca_signer, ca_cert, csr.public_key(), csr.subject, **profile)
 
 
 async def issue_from_csr_async(ca_signer: Signer, ca_cert: x509.Certificate,
                                csr: x509.CertificateSigningRequest, *, days: int = 825,
                                extended_key_usage: Sequence[ObjectIdentifier] = (),
-                               dns_names: Sequence[str] = ()) -> x509.Certificate:
+                               dns_names: Sequence[str] = (),
+                               crl_urls: Sequence[str] = ()) -> x509.Certificate:
     """issue_from_csr for servers: the event loop keeps serving while the CA key signs."""
-    profile = _csr_profile(csr, days, extended_key_usage, dns_names)
+    profile = _csr_profile(csr, days, extended_key_usage, dns_names, crl_urls)
     if isinstance(ca_signer, BuildingSigner):
         return await ca_signer.build_certificate_async(
             csr, days=days, extended_key_usage=[o.dotted_string for o in extended_key_usage],
-            dns_names=list(dns_names))
+            dns_names=list(dns_names), crl_urls=list(crl_urls))
     return await issue_certificate_async(ca_signer, ca_cert, csr.public_key(), csr.subject, **profile)
+
+
+def revocation_list_steps(
+    ca_signer: Signer,
+    ca_cert: x509.Certificate,
+    revoked: Iterable[tuple[int, dt.datetime, x509.ReasonFlags | None]],
+    *,
+    number: int,
+    this_update: dt.datetime,
+    next_update: dt.datetime,
+    hash_name: str | None = None,
+    pad: Padding = Padding.PKCS1V15,
+) -> SigningSteps[x509.CertificateRevocationList]:
+    """An RFC 5280 CRL of `ca_cert` listing (certificate serial, revocation time, reason) entries,
+    with cRLNumber `number` and the CA's authorityKeyIdentifier, signed with the CA key in `ca_signer`.
+    A reason of None or unspecified is left out (RFC 5280 5.3.1)."""
+    if ca_cert.public_key().public_bytes(serialization.Encoding.DER,
+                                         serialization.PublicFormat.SubjectPublicKeyInfo) \
+            != ca_signer.public_key_der():
+        raise CertificateError("the CA certificate does not belong to the CA key")
+    builder = (x509.CertificateRevocationListBuilder()
+               .issuer_name(ca_cert.subject).last_update(this_update).next_update(next_update)
+               .add_extension(x509.CRLNumber(number), critical=False)
+               .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_cert.public_key()),
+                              critical=False))
+    for serial, when, reason in revoked:
+        entry = x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(when)
+        if reason not in (None, x509.ReasonFlags.unspecified):
+            entry = entry.add_extension(x509.CRLReason(reason), critical=False)
+        builder = builder.add_revoked_certificate(entry.build())
+    hash_name = _defaults(ca_signer, hash_name)
+    draft = asn1_crl.CertificateList.load(
+        builder.sign(**_builder_args(ca_signer, hash_name, pad)).public_bytes(serialization.Encoding.DER))
+    tbs = draft["tbs_cert_list"]
+    signature = yield SignatureRequest(ca_signer, tbs.dump(), hash_name, pad)
+    final = asn1_crl.CertificateList({"tbs_cert_list": tbs, "signature_algorithm": draft["signature_algorithm"],
+                                      "signature": signature})
+    return x509.load_der_x509_crl(final.dump())
+
+
+_issue_crl_locally_async = async_signing_function(revocation_list_steps)
+
+
+async def issue_crl_async(ca_signer: Signer, ca_cert: x509.Certificate,
+                          revoked: Iterable[tuple[int, dt.datetime, x509.ReasonFlags | None]], *,
+                          number: int, this_update: dt.datetime,
+                          next_update: dt.datetime) -> x509.CertificateRevocationList:
+    """A CRL signed in the HSM, for servers: the event loop keeps serving meanwhile.
+
+    A key server's CA key (a BuildingSigner) is given the entries and the CRL
+    number and builds the CRL itself, on its own clock, for as long as
+    `next_update - this_update`."""
+    if isinstance(ca_signer, BuildingSigner):
+        return await ca_signer.build_crl_async(list(revoked), number=number,
+                                               validity=next_update - this_update)
+    return await _issue_crl_locally_async(ca_signer, ca_cert, revoked, number=number,
+                                          this_update=this_update, next_update=next_update)
 
 
 def issue_idevid(

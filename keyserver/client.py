@@ -7,8 +7,14 @@ configuration and their keys live behind the service (hsm/keystore.py loads
 this module for the scheme). The key is a `BuildingSigner`: `sign_cms` hands
 it a voucher's or voucher-request's JSON and gets back the SignedData the
 service built; `issue_from_csr` hands it the CSR and profile and gets back
-the certificate. `sign_digest` asks for a raw signature, which the service
-gives only where a delegation grants it.
+the certificate; `issue_crl_async` hands it the revoked entries and gets back
+the CRL. `sign_digest` asks for a raw signature, which the service gives
+only where a delegation grants it.
+
+A service that cannot be reached, or a key it cannot use, is a KeyStoreError
+(an environment failure, as a missing token is); a request the service
+refuses is a SigningRefused (a verification failure: the request was
+checked and not granted).
 
 Every request carries a fresh id and the time; a request whose answer was
 lost (connection closed) is sent again with the same id, which the service
@@ -33,6 +39,7 @@ from typing import Any, Sequence
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from pledgeforge.errors import VerificationFailure
 from pledgeforge.hsm.chain import load_certificates
 from pledgeforge.hsm.errors import KeyStoreError
 from pledgeforge.hsm.keyuri import SignerUri
@@ -47,7 +54,7 @@ _CLOSED_MEANWHILE = (http.client.RemoteDisconnected, ConnectionResetError, Broke
                      ssl.SSLEOFError, ssl.SSLZeroReturnError)
 
 
-class SigningRefused(KeyStoreError):
+class SigningRefused(VerificationFailure):
     """The service answered with a refusal: its status, its reason, its trace header."""
 
     def __init__(self, uri: SignerUri, status: int, reason: str, trace: str | None):
@@ -182,11 +189,24 @@ class RemoteSigner(BuildingSigner):
         return base64.b64decode(self._operation(operation, **{member: obj})["cms"])
 
     def build_certificate(self, csr, *, days: int, extended_key_usage: Sequence[str],
-                          dns_names: Sequence[str]) -> x509.Certificate:
+                          dns_names: Sequence[str], crl_urls: Sequence[str] = ()) -> x509.Certificate:
         answer = self._operation("certificate", csr=to_pem(csr).decode(), days=days,
                                  extended_key_usage=list(extended_key_usage),
-                                 dns_names=list(dns_names))
+                                 dns_names=list(dns_names), crl_urls=list(crl_urls))
         return load_certificates(answer["certificate"].encode())[0]
+
+    def build_crl(self, revoked: Sequence[tuple], *, number: int,
+                  validity: dt.timedelta) -> x509.CertificateRevocationList:
+        entries = [{"serial": f"{serial:x}", "revoked_at": format_date(when),
+                    "reason": None if reason is None else reason.value}
+                   for serial, when, reason in revoked]
+        answer = self._operation("crl", revoked=entries, number=number,
+                                 validity_s=max(1, int(validity.total_seconds())))
+        try:
+            return x509.load_der_x509_crl(base64.b64decode(answer["crl"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise KeyStoreError(f"the signing service {self.uri.origin} answered with no CRL: "
+                                f"{exc}") from None
 
     def delegation_certificate(self, csr) -> tuple[x509.Certificate, list[x509.Certificate]]:
         """A short-term registrar certificate for the key of `csr`, and the chain above it."""

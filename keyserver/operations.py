@@ -18,6 +18,9 @@ The service is a key server, not a signing oracle (IETF LURK's keyless mode):
   the delegation's end: a registrar node keeps its own key and signs its
   voucher-requests locally, and stops being trusted when it is no longer
   renewed;
+- crl: the CA's revocation list, from the entries (certificate serial,
+  revocation time, reason) and the cRLNumber the client sends, dated by the
+  service's clock;
 - digest: a raw signature over a digest, for delegations that grant it.
 
 `prepare` checks an item and says what it asserts (its Scope, for the
@@ -45,11 +48,11 @@ from pledgeforge.hsm.cms import signed_data_steps, signer_certificate, verify_cm
 from pledgeforge.hsm.errors import CmsError, VoucherError
 from pledgeforge.hsm.identity_names import IdentityNameError, check_dns_name, check_serial_number
 from pledgeforge.hsm.signer import Padding, SignatureRequest, SigningSteps, check_digest_length, digest
-from pledgeforge.hsm.voucher import Voucher, format_date
-from pledgeforge.hsm.x509 import (check_csr, issued_certificate_steps, load_csr, serial_number_of,
-                                  to_der, to_pem)
+from pledgeforge.hsm.voucher import Voucher, format_date, parse_date
+from pledgeforge.hsm.x509 import (check_csr, crl_distribution_points, issued_certificate_steps, load_csr,
+                                  revocation_list_steps, serial_number_of, to_der, to_pem)
 
-from .policy import (CERTIFICATE, DELEGATION_CERTIFICATE, DIGEST, VOUCHER, VOUCHER_REQUEST,
+from .policy import (CERTIFICATE, CRL, DELEGATION_CERTIFICATE, DIGEST, VOUCHER, VOUCHER_REQUEST,
                      Delegation, Denied, Scope, subject_text)
 from .workers import ServedKey
 
@@ -205,6 +208,17 @@ def _certificate_answer(key: ServedKey) -> Callable[[x509.Certificate], dict]:
     return lambda cert: {"certificate": to_pem(cert).decode(), "chain": chain}
 
 
+def _crl_urls(item: dict) -> list[str]:
+    urls = item.get("crl_urls", [])
+    if not isinstance(urls, list) or not all(isinstance(u, str) for u in urls):
+        raise Invalid("'crl_urls' must be a list of http:// or https:// URLs")
+    for url in urls:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise Invalid(f"CRL distribution point {url!r} is no http:// or https:// URL")
+    return urls
+
+
 def _prepare_certificate(item: dict, key: ServedKey, now: dt.datetime, window_s: int) -> Prepared:
     csr = _csr(item)
     requested = _csr_dns_names(csr)
@@ -221,6 +235,7 @@ def _prepare_certificate(item: dict, key: ServedKey, now: dt.datetime, window_s:
     days = item.get("days")
     if days is not None and (not isinstance(days, int) or isinstance(days, bool) or days < 1):
         raise Invalid("'days' must be a positive whole number")
+    crl_urls = _crl_urls(item)
 
     def build(delegation: Delegation) -> SigningSteps:
         for usage in usages:
@@ -232,7 +247,8 @@ def _prepare_certificate(item: dict, key: ServedKey, now: dt.datetime, window_s:
         return issued_certificate_steps(
             key.signer, key.cert, csr.public_key(), csr.subject,
             days=days or delegation.certificate_days,
-            extended_key_usage=[ObjectIdentifier(u) for u in usages], dns_names=dns_names)
+            extended_key_usage=[ObjectIdentifier(u) for u in usages], dns_names=dns_names,
+            extra_extensions=crl_distribution_points(crl_urls))
 
     subject = subject_text(csr.subject)
     return Prepared(Scope(subject=subject, dns_names=tuple(dns_names)), subject, build,
@@ -256,6 +272,56 @@ def _prepare_delegation_certificate(item: dict, key: ServedKey, now: dt.datetime
     return Prepared(Scope(subject=subject), subject, build, _certificate_answer(key), to_der)
 
 
+# --------------------------------------------------------------------------- revocation lists
+
+#: the longest a CRL may be valid (its nextUpdate, from the service's clock)
+MAX_CRL_VALIDITY = dt.timedelta(days=366)
+#: RFC 5280 5.2.3: a cRLNumber is at most 20 octets
+MAX_CRL_NUMBER = (1 << 159) - 1
+
+
+def _revoked_entry(entry: Any, i: int) -> tuple[int, dt.datetime, x509.ReasonFlags | None]:
+    if not isinstance(entry, dict):
+        raise Invalid(f"revoked[{i}] must be an object with serial, revoked_at and reason")
+    try:
+        serial = int(str(entry.get("serial", "")), 16)
+    except ValueError:
+        raise Invalid(f"revoked[{i}].serial must be the certificate serial number in hex") from None
+    if not 0 < serial <= MAX_CRL_NUMBER:
+        raise Invalid(f"revoked[{i}].serial is no certificate serial number (1 to 20 octets)")
+    when = parse_date(entry.get("revoked_at"), f"revoked[{i}].revoked_at")
+    reason = entry.get("reason")
+    if reason is None:
+        return serial, when, None
+    try:
+        return serial, when, x509.ReasonFlags(reason)
+    except ValueError:
+        raise Invalid(f"revoked[{i}].reason {reason!r} is no RFC 5280 reason "
+                      f"({', '.join(r.value for r in x509.ReasonFlags)})") from None
+
+
+def _prepare_crl(item: dict, key: ServedKey, now: dt.datetime, window_s: int) -> Prepared:
+    revoked = item.get("revoked")
+    if not isinstance(revoked, list):
+        raise Invalid("the item needs 'revoked': a list of {serial, revoked_at, reason}")
+    entries = [_revoked_entry(entry, i) for i, entry in enumerate(revoked)]
+    number = item.get("number")
+    if not isinstance(number, int) or isinstance(number, bool) or not 0 <= number <= MAX_CRL_NUMBER:
+        raise Invalid("'number' must be the cRLNumber: a whole number from 0 to 2^159-1")
+    validity = item.get("validity_s")
+    if not isinstance(validity, int) or isinstance(validity, bool) or \
+            not 0 < validity <= MAX_CRL_VALIDITY.total_seconds():
+        raise Invalid(f"'validity_s' must be the CRL's lifetime in seconds, at most "
+                      f"{MAX_CRL_VALIDITY.days} days")
+
+    def build(delegation: Delegation) -> SigningSteps:
+        return revocation_list_steps(key.signer, key.cert, entries, number=number, this_update=now,
+                                     next_update=now + dt.timedelta(seconds=validity))
+
+    return Prepared(Scope(), f"CRL {number}", build,
+                    lambda crl: {"crl": base64.b64encode(to_der(crl)).decode("ascii")}, to_der)
+
+
 # --------------------------------------------------------------------------- raw digests
 
 def _prepare_digest(item: dict, key: ServedKey, now: dt.datetime, window_s: int) -> Prepared:
@@ -275,7 +341,7 @@ def _prepare_digest(item: dict, key: ServedKey, now: dt.datetime, window_s: int)
 
 _PREPARE = {VOUCHER: _prepare_voucher, VOUCHER_REQUEST: _prepare_voucher_request,
             CERTIFICATE: _prepare_certificate, DELEGATION_CERTIFICATE: _prepare_delegation_certificate,
-            DIGEST: _prepare_digest}
+            CRL: _prepare_crl, DIGEST: _prepare_digest}
 
 
 # --------------------------------------------------------------------------- signing many

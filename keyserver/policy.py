@@ -36,8 +36,9 @@ VOUCHER = "voucher"
 VOUCHER_REQUEST = "voucher-request"
 CERTIFICATE = "certificate"
 DELEGATION_CERTIFICATE = "delegation-certificate"
+CRL = "crl"
 DIGEST = "digest"
-OPERATIONS = (VOUCHER, VOUCHER_REQUEST, CERTIFICATE, DELEGATION_CERTIFICATE, DIGEST)
+OPERATIONS = (VOUCHER, VOUCHER_REQUEST, CERTIFICATE, DELEGATION_CERTIFICATE, CRL, DIGEST)
 
 #: which scope list each operation needs (checked when the configuration is read)
 SCOPE_NEEDED = {VOUCHER: "serials", VOUCHER_REQUEST: "serials", CERTIFICATE: "subjects",
@@ -163,4 +164,4 @@ class Policy:
 def _verb(operation: str) -> str:
     return {VOUCHER: "sign vouchers", VOUCHER_REQUEST: "sign voucher-requests",
             CERTIFICATE: "issue certificates", DELEGATION_CERTIFICATE: "issue delegation certificates",
-            DIGEST: "sign raw digests"}.get(operation, operation)
+            CRL: "issue CRLs", DIGEST: "sign raw digests"}.get(operation, operation)

@@ -24,14 +24,14 @@ from typing import Callable
 from cryptography import x509
 
 from pledgeforge.atomicfile import atomic_write
-from pledgeforge.errors import PledgeforgeError
+from pledgeforge.errors import EnvironmentFailure, VerificationFailure
 from pledgeforge.hsm.chain import load_certificate_file
 from pledgeforge.hsm.errors import CertificateError, KeyStoreError
 from pledgeforge.hsm.keystore import open_signer
 from pledgeforge.hsm.keyuri import KeyUri, SignerUri
 from pledgeforge.hsm.x509 import make_csr, to_pem
 
-from .client import RemoteSigner
+from .client import RemoteSigner, SigningRefused
 
 log = logging.getLogger("pledgeforge.keyserver.renewal")
 
@@ -42,8 +42,13 @@ RETRY_S = 60.0
 MIN_RETRY_S = 1.0
 
 
-class RenewalError(PledgeforgeError):
-    """No certificate could be had, and the one in place (if any) has expired."""
+class RenewalRefused(VerificationFailure):
+    """The service refused to renew, and the certificate in place (if any) has expired."""
+
+
+class RenewalUnreachable(EnvironmentFailure):
+    """The service or the node's key could not be used, and the certificate in place (if any)
+    has expired."""
 
 
 @dataclass(frozen=True)
@@ -84,7 +89,8 @@ class Renewal:
         return issued_at + (end - issued_at) * RENEW_AT
 
     def renew(self) -> x509.Certificate:
-        """A new certificate for the node's key, written in place; KeyStoreError if refused."""
+        """A new certificate for the node's key, written in place; SigningRefused if the service
+        refuses, KeyStoreError if it or the node's key cannot be used."""
         signer = open_signer(self.key)
         csr = make_csr(signer, self.subject)
         service = RemoteSigner(self.service)
@@ -104,8 +110,8 @@ class Renewal:
     def run(self, stop: threading.Event,
             on_renewed: Callable[[x509.Certificate], None] | None = None) -> None:
         """Renew when due until `stop` is set (`on_renewed` is told of each new certificate);
-        raise RenewalError once the certificate in place has expired and the service will
-        not renew it."""
+        raise RenewalRefused (or RenewalUnreachable) once the certificate in place has expired
+        and the service will not (or cannot) renew it."""
         cert = self.current()
         next_at = self.due(cert, self.written_at())
         while not stop.is_set():
@@ -115,11 +121,12 @@ class Renewal:
                 continue
             try:
                 new = self.renew()
-            except KeyStoreError as exc:
+            except (SigningRefused, KeyStoreError) as exc:
                 log.warning("renewing %s failed: %s", self.cert_path, exc)
                 if cert is None or cert.not_valid_after_utc <= now:
-                    raise RenewalError(f"no delegation certificate for {self.subject}: the signing "
-                                       "service did not renew it and the last one has expired") from None
+                    kind = RenewalRefused if isinstance(exc, SigningRefused) else RenewalUnreachable
+                    raise kind(f"no delegation certificate for {self.subject}: the signing service "
+                               f"did not renew it and the last one has expired ({exc})") from None
                 left = (cert.not_valid_after_utc - now).total_seconds()
                 next_at = now + dt.timedelta(seconds=max(MIN_RETRY_S, min(RETRY_S, left / 4)))
                 continue

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from pledgeforge.errors import PledgeforgeError
+from pledgeforge.errors import EnvironmentFailure, PledgeforgeError
 from pledgeforge.registrar.server import configure_logging
 
 from .config import SignerConfig, load_signer_config
@@ -89,7 +89,7 @@ def run(config: SignerConfig) -> None:
     try:
         asyncio.run(serve(config))
     except OSError as exc:
-        raise PledgeforgeError(f"signing service: {exc.strerror or exc}") from None
+        raise EnvironmentFailure(f"signing service: {exc.strerror or exc}") from None
 
 
 def main(argv: list[str] | None = None) -> int:

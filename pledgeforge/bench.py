@@ -19,14 +19,14 @@ from pathlib import Path
 import pexpect
 import pexpect.fdpexpect
 
-from pledgeforge.errors import PledgeforgeError
+from pledgeforge.errors import EnvironmentFailure
 
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 30.0
 CONSOLE_TIMEOUT_S = 30.0
 
 
-class BenchError(PledgeforgeError):
+class BenchError(EnvironmentFailure):
     """A board process did not start as it should."""
 
 

@@ -7,11 +7,23 @@ boards are one per flow and one per key store kind:
 
     gateway-tpm  (swtpm, ECC P-256)    redirect: 307 to the owner registrar
     mcu-se       (SoftHSM, ECC P-256)  est-domain: voucher from the cloud registrar
+
+What each board ended up with is copied out of its flash into
+`<dir>/pledges/<serial>/`, named as `pledgeforge pledge bootstrap` names them,
+together with the CA certificates that check them, and the summary lists the
+openssl commands that do:
+
+    idevid.crt           the IDevID (from the manufacturer CA)
+    manufacturer-ca.crt  the board's built-in voucher anchor: checks the IDevID and the voucher
+    voucher.p7b          the voucher (DER CMS, signed by the MASA)
+    ldevid.crt           the LDevID (from the owner's EST CA)
+    cacerts.pem          the owner's EST CA certificates: check the LDevID
 """
 
 from __future__ import annotations
 
 import re
+import shlex
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -20,6 +32,8 @@ import pexpect
 from cryptography import x509
 
 from pledgeforge import bench
+from pledgeforge.atomicfile import atomic_write
+from pledgeforge.boards.flash import FLASH_FILE, decode_image
 from pledgeforge.boards.profile import Profile, load_profile
 
 BOARDS = (("gateway-tpm", "redirect"), ("mcu-se", "est-domain"))
@@ -46,6 +60,10 @@ class BoardSummary:
     pid: int | None = None
     state_dir: str = ""
     error: str | None = None
+    #: what the board holds, as files (idevid, manufacturer_ca, voucher, ldevid, cacerts)
+    files: dict[str, str] = field(default_factory=dict)
+    #: shell commands (openssl) that check those files; each exits 0 when its file is good
+    checks: list[str] = field(default_factory=list)
 
 
 class BoardConsole:
@@ -103,9 +121,39 @@ def drive_board(console: BoardConsole, summary: BoardSummary, say: Callable[[str
         summary.error = last[0]
 
 
+def save_artefacts(summary: BoardSummary, state_dir: Path, directory: Path, est_ca: Path) -> None:
+    """Copy the board's IDevID, voucher and LDevID out of its flash into
+    `directory/pledges/<serial>/`, with the CA certificates that check them, and
+    fill in `summary.files` and `summary.checks` (the openssl commands)."""
+    flash_path = state_dir / FLASH_FILE
+    state = decode_image(flash_path.read_bytes(), flash_path)
+    if not state.serial_number or state.identity is None:
+        return
+    out = directory / "pledges" / state.serial_number
+    contents = {
+        "idevid": ("idevid.crt", state.identity.idevid_pem.encode()),
+        "manufacturer_ca": ("manufacturer-ca.crt", "".join(state.identity.masa_anchors_pem).encode()),
+        "voucher": ("voucher.p7b", state.voucher),
+        "ldevid": ("ldevid.crt", state.ldevid_pem.encode() if state.ldevid_pem else None),
+        "cacerts": ("cacerts.pem", est_ca.read_bytes() if state.ldevid_pem else None),
+    }
+    for name, (file_name, data) in contents.items():
+        if data:
+            atomic_write(out / file_name, data)
+            summary.files[name] = str(out / file_name)
+    q = {name: shlex.quote(path) for name, path in summary.files.items()}
+    summary.checks = [f"openssl verify -CAfile {q['manufacturer_ca']} {q['idevid']}"]
+    if "voucher" in q:
+        # -purpose any: the MASA's certificate is not an S/MIME one, and need not be.
+        summary.checks.append(f"openssl cms -verify -inform DER -in {q['voucher']} "
+                              f"-CAfile {q['manufacturer_ca']} -purpose any")
+    if "ldevid" in q:
+        summary.checks.append(f"openssl verify -CAfile {q['cacerts']} {q['ldevid']}")
+
+
 def run_demo(directory: Path, *, keep: bool = False, say: Callable[[str], None] = lambda s: None) -> dict:
     """Run the whole demo in `directory`; the summary as a JSON-ready dict."""
-    from pledgeforge.registrar.lab import Lab
+    from pledgeforge.lab import Lab
 
     directory = directory.resolve()
     lab_dir = directory / "lab"
@@ -139,6 +187,7 @@ def run_demo(directory: Path, *, keep: bool = False, say: Callable[[str], None] 
                 summary.state = "failed"
             finally:
                 console.close()
+            save_artefacts(summary, state_dir, directory, lab.pki("owner-ca"))
     finally:
         if not keep:
             for process in boards:
@@ -162,6 +211,10 @@ def summary_text(result: dict) -> str:
         if result["dir"] and board["transcript"]:
             lines.append(f"  console: {board['transcript']} "
                          f"(pledgeforge board console-log --state {board['state_dir']})")
+        if result["dir"] and board["files"]:
+            lines.append(f"  files  : {Path(board['files']['idevid']).parent}/ "
+                         f"({', '.join(Path(p).name for p in board['files'].values())})")
+            lines.append("  check  : " + "\n           ".join(board["checks"]))
         if result["kept_running"]:
             lines.append(f"  attach : {board['attach']}")
             lines.append(f"  stop   : kill {board['pid']}")

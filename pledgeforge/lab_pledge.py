@@ -1,21 +1,32 @@
-"""A pledge provisioned in a local lab, bootstrapped by the real driver.
+"""A pledge provisioned in a local lab, bootstrapped and renewed by the real firmware.
 
-Glue between the lab (registrar/lab.py: keys, IDevID, ownership) and the
-pledge (firmware/pledge.py: state machine over TLS). What the bootstrap
-produced is written to the pledge's own directory in the lab, so a user can
-check it with openssl afterwards:
+Glue between the lab (pledgeforge/lab: keys, IDevID, ownership) and the
+pledge (firmware/: state machine over TLS, LDevID key lifecycle, renewal).
+What the pledge keeps, and what a user checks with openssl afterwards, is
+written to its own directory in the lab:
 
     pledges/<serial>/idevid.crt     the IDevID (written at provisioning)
+    pledges/<serial>/identity.json  the pledge's identity (written at provisioning)
+    pledges/<serial>/ldevid.json    the pledge's record of its enrollment: the LDevID, the slot
+                                    of its key, the EST CA certificates and URL (one atomic
+                                    write: the LDevID key is promoted only once it is stored)
     pledges/<serial>/voucher.p7b    the verified voucher (DER CMS)
-    pledges/<serial>/ldevid.crt     the LDevID (PEM)
-    pledges/<serial>/cacerts.pem    the EST CA certificates
+    pledges/<serial>/ldevid.crt     the LDevID (PEM; a copy of ldevid.json's)
+    pledges/<serial>/cacerts.pem    the EST CA certificates (a copy of ldevid.json's)
     pledges/<serial>/additional-configuration   when the voucher named one
     pledges/<serial>/result.json    what `pledgeforge pledge bootstrap --json` prints
+
+The LDevID key has two slots (firmware/ldevid_keys.py): labels
+ldevid-<serial>-a/-b on the lab's pledge token, or TPM handles 0x81020001 and
+0x81020002 beside the IDevID's 0x81020000. Every bootstrap and renewal starts
+by deleting whatever an attempt cut short left in the slot that is not current.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -23,36 +34,80 @@ from cryptography import x509
 
 from pledgeforge.atomicfile import atomic_write
 from pledgeforge.firmware import pledge_machine as pm
-from pledgeforge.firmware.pledge import BootstrapResult, PledgeDriver, PledgeIdentity
-from pledgeforge.hsm.chain import load_certificate_file
-from pledgeforge.hsm.keyuri import parse_key_uri
+from pledgeforge.firmware.identity import PledgeIdentity
+from pledgeforge.firmware.ldevid_keys import LdevidKeys, LdevidSlots, Slot
+from pledgeforge.firmware.ldevid_renewal import Enrollment, RenewalResult, renew
+from pledgeforge.firmware.pledge import BootstrapResult, PledgeDriver
+from pledgeforge.hsm.chain import load_certificates
 from pledgeforge.hsm.x509 import to_pem
-from pledgeforge.registrar.lab import ProvisionedPledge
+from pledgeforge.lab import Lab, LabError, ProvisionedPledge
 
 VOUCHER_FILE = "voucher.p7b"
+ENROLLMENT_FILE = "ldevid.json"
 LDEVID_FILE = "ldevid.crt"
 CACERTS_FILE = "cacerts.pem"
 ADDITIONAL_CONFIGURATION_FILE = "additional-configuration"
 RESULT_FILE = "result.json"
 
 
-def pledge_identity(pledge: ProvisionedPledge, cloud_registrar_url: str | None = None) -> PledgeIdentity:
-    """What the provisioned pledge is born with, as the driver wants it.
+def provisioned(lab: Lab, serial: str) -> bool:
+    """Whether `serial` (a valid serial number, or IdentityNameError) is provisioned in `lab`."""
+    return lab.has_pledge(serial)
 
-    The LDevID key goes into the same key store as the IDevID: the pledge
-    token (a label of its own per serial) or the pledge's own TPM.
-    """
-    ldevid_uri = None
-    if pledge.token_uri:
-        ldevid_uri = str(parse_key_uri(pledge.token_uri).with_object(f"ldevid-{pledge.serial}"))
-    return PledgeIdentity(
-        idevid_key_uri=pledge.key_uri,
-        idevid=load_certificate_file(str(pledge.idevid_cert), "IDevID")[0],
-        builtin_anchors=load_certificate_file(str(pledge.cloud_anchor), "cloud registrar anchor"),
-        masa_anchors=load_certificate_file(str(pledge.manufacturer_ca), "manufacturer CA"),
-        cloud_registrar_url=cloud_registrar_url or pledge.cloud_registrar_url,
-        ldevid_key_uri=ldevid_uri,
-    )
+
+def reopen_pledge(lab: Lab, serial: str) -> ProvisionedPledge:
+    """A pledge provisioned earlier in `lab`, ready to run again."""
+    return lab.reopen_pledge(serial)
+
+
+def pledge_identity(pledge: ProvisionedPledge, cloud_registrar_url: str | None = None) -> PledgeIdentity:
+    """What the provisioned pledge is born with, as the driver wants it (optionally pointed
+    at another cloud registrar). Its LDevID key slots are in the same key store as the
+    IDevID: the pledge token (labels of its own per serial) or the pledge's own TPM."""
+    if cloud_registrar_url:
+        return replace(pledge.identity, cloud_registrar_url=cloud_registrar_url)
+    return pledge.identity
+
+
+@dataclass(frozen=True)
+class EnrollmentRecord:
+    """pledges/<serial>/ldevid.json: what the pledge keeps of its enrollment."""
+
+    enrollment: Enrollment
+    key_uri: str
+
+    @classmethod
+    def read(cls, pledge: ProvisionedPledge) -> "EnrollmentRecord | None":
+        path = Path(pledge.directory) / ENROLLMENT_FILE
+        try:
+            doc = json.loads(path.read_text())
+            return cls(Enrollment(
+                certificate=x509.load_pem_x509_certificate(doc["certificate"].encode()),
+                slot=Slot(doc["slot"]), ca_certs=tuple(load_certificates(doc["ca_certificates"].encode())),
+                est_url=doc["est_url"]), doc["key"])
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise LabError(f"{path} is unreadable ({exc}); bootstrap the pledge again") from None
+
+    def write(self, pledge: ProvisionedPledge) -> None:
+        e = self.enrollment
+        doc = {"serial": e.serial, "slot": e.slot.value, "key": self.key_uri,
+               "certificate": to_pem(e.certificate).decode(),
+               "ca_certificates": "".join(to_pem(c).decode() for c in e.ca_certs),
+               "est_url": e.est_url,
+               "stored_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+        atomic_write(Path(pledge.directory) / ENROLLMENT_FILE, (json.dumps(doc, indent=2) + "\n").encode())
+
+
+def ldevid_keys(pledge: ProvisionedPledge, identity: PledgeIdentity) -> LdevidKeys:
+    """The pledge's LDevID slots, the one its record names current; what an attempt cut
+    short left in the other slot is deleted here."""
+    record = EnrollmentRecord.read(pledge)
+    keys = LdevidKeys(LdevidSlots.beside(identity.ldevid_key_uri),
+                      current=record.enrollment.slot if record else None)
+    keys.recover()
+    return keys
 
 
 def bootstrap(pledge: ProvisionedPledge, *, config: pm.PledgeConfig | None = None,
@@ -60,8 +115,51 @@ def bootstrap(pledge: ProvisionedPledge, *, config: pm.PledgeConfig | None = Non
               on_transition: Callable[[pm.Transition], None] | None = None) -> tuple[BootstrapResult, dict]:
     """Run the pledge to Enrolled or Failed; store what it got; return (result, summary)."""
     identity = identity or pledge_identity(pledge)
-    result = PledgeDriver(identity, config, timeout=timeout, on_transition=on_transition).run()
+
+    def store(result: BootstrapResult) -> None:
+        EnrollmentRecord(Enrollment(result.ldevid, result.ldevid_slot, tuple(result.ca_certs),
+                                    result.est_url), result.ldevid_key_uri).write(pledge)
+
+    driver = PledgeDriver(identity, config, timeout=timeout, on_transition=on_transition,
+                          ldevid_keys=ldevid_keys(pledge, identity))
+    result = driver.run(store=store)
     summary = store_result(pledge, result, identity.idevid)
+    return result, summary
+
+
+def reenroll(pledge: ProvisionedPledge, *, timeout: float = 10.0) -> tuple[RenewalResult, dict]:
+    """Renew the enrolled pledge's LDevID (EST /simplereenroll); return (result, summary)."""
+    record = EnrollmentRecord.read(pledge)
+    if record is None:
+        raise LabError(f"pledge {pledge.serial} holds no LDevID; bootstrap it first")
+    identity = pledge_identity(pledge)
+    keys = ldevid_keys(pledge, identity)
+
+    def store(result: RenewalResult) -> None:
+        EnrollmentRecord(Enrollment(result.certificate, result.slot, record.enrollment.ca_certs,
+                                    record.enrollment.est_url), result.key_uri).write(pledge)
+
+    result = renew(record.enrollment, keys, store, timeout=timeout)
+    directory = Path(pledge.directory)
+    if result.renewed:
+        _write(directory / LDEVID_FILE, to_pem(result.certificate))
+    previous = record.enrollment.certificate
+    summary = {
+        "renewed": result.renewed,
+        "reason": result.reason,
+        "serial": pledge.serial,
+        "keystore": pledge.keystore,
+        "previous_ldevid_serial": f"{previous.serial_number:x}",
+        "previous_ldevid_key": record.key_uri,
+        "ldevid_serial": f"{result.certificate.serial_number:x}" if result.renewed else None,
+        "ldevid_key": result.key_uri,
+        "ldevid": str(directory / LDEVID_FILE) if result.renewed else None,
+        "ldevid_subject": result.certificate.subject.rfc4514_string() if result.renewed else None,
+        "not_after": result.certificate.not_valid_after_utc.isoformat() if result.renewed else None,
+        "enrollstatus": result.enroll_status,
+        "deleted_keys": result.deleted,
+        "est_url": record.enrollment.est_url,
+    }
     return result, summary
 
 

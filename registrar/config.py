@@ -30,6 +30,8 @@ or an operator's directory can be moved as a whole. Example (owner):
     [est]                                 # owner registrars only
     ca_key = "pkcs11:token=owner;object=owner-ca?..."
     ca_cert = "pki/owner-ca.crt"
+    crl_url = "https://registrar.example:8443/crl"   # optional: the CRL distribution point of
+    crl_days = 7                                     # issued LDevIDs, and each CRL's lifetime
 
     [est.csrattrs]
     subject = ["CN", "serialNumber"]
@@ -39,8 +41,11 @@ or an operator's directory can be moved as a whole. Example (owner):
 A MASA (role = "masa") has a [masa] table instead: signing_key,
 signing_cert, signing_chain, manufacturer_cas, cloud_registrars,
 nonceless_lifetime_s, max_request_age_s, max_request_future_s, and an
-optional [masa.rate_limits] table (see MasaRateLimits); keys these tables do
-not know are refused.
+optional [masa.rate_limits] table (see MasaRateLimits).
+
+Every table refuses keys it does not know, naming the closest known one
+("did you mean ...?"). `write_config` writes a configuration from the same
+dataclasses `load_config` returns (the lab writes its servers' files so).
 
 Key URIs are parsed when the file is read. `[hsm] softhsm2_conf` is module
 configuration for the PKCS#11 keys of this file: each one that does not say
@@ -56,8 +61,12 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
-from pledgeforge.errors import PledgeforgeError
+import tomli_w
+
+from pledgeforge.atomicfile import atomic_write
+from pledgeforge.errors import FileAccessError, UsageError, closest_name
 from pledgeforge.hsm.identity_names import IdentityNameError, check_dns_name, check_name
 from pledgeforge.hsm.errors import KeyStoreError
 from pledgeforge.hsm.keystore import parse_key_uri
@@ -67,7 +76,7 @@ ROLES = ("masa", "cloud", "owner")
 SOFTHSM2_LIBRARY = "libsofthsm2.so"
 
 
-class ConfigError(PledgeforgeError):
+class ConfigError(UsageError):
     """A server configuration file is missing, unreadable or wrong."""
 
 
@@ -135,6 +144,10 @@ class EstSettings:
     csrattrs: CsrAttrsSettings = CsrAttrsSettings()
     #: files served at /pledge-config/<name> (additional-configuration-url targets)
     additional_configuration_dir: Path | None = None
+    #: the URL of this registrar's /crl: issued LDevIDs name it as their CRL distribution point
+    crl_url: str | None = None
+    #: how long each CRL is valid (its nextUpdate)
+    crl_days: int = 7
 
 
 @dataclass(frozen=True)
@@ -188,10 +201,19 @@ class RegistrarConfig:
 
 
 class _Table:
-    """Typed access to one TOML table, naming file and key in every error."""
+    """Typed access to one TOML table, naming file and key in every error.
 
-    def __init__(self, data: dict, where: str, base: Path, source: Path):
+    It remembers which keys were read, so that `check_unknown` can refuse the
+    ones nothing reads (a misspelt key would otherwise be ignored silently)
+    and a missing key can be traced to its misspelling.
+    """
+
+    def __init__(self, data: dict, where: str, base: Path, source: Path, tables: list | None = None):
         self.data, self.where, self.base, self.source = data, where, base, source
+        self.used: set[str] = set()
+        #: every table read from the file, for the final check of unknown keys
+        self.tables = tables if tables is not None else []
+        self.tables.append(self)
 
     def _name(self, key: str) -> str:
         return f"{self.where}.{key}" if self.where else key
@@ -199,20 +221,33 @@ class _Table:
     def fail(self, key: str, problem: str) -> ConfigError:
         return ConfigError(f"{self.source}: {self._name(key)} {problem}")
 
+    def _missing(self, key: str, problem: str) -> ConfigError:
+        """`key` is missing; if an unknown key is its misspelling, name that instead."""
+        typo = closest_name(key, [k for k in self.data if k not in self.used])
+        if typo is not None:
+            return self.fail(typo, f"is not a known setting; did you mean {key}?")
+        return ConfigError(f"{self.source}: {problem}")
+
+    def sub(self, key: str, data: dict) -> "_Table":
+        """A table inside this one (an inline table or an array of tables entry)."""
+        return _Table(data, self._name(key), self.base, self.source, self.tables)
+
     def table(self, key: str, required: bool = True) -> "_Table | None":
+        self.used.add(key)
         value = self.data.get(key)
         if value is None:
             if required:
-                raise ConfigError(f"{self.source}: missing table [{self._name(key)}]")
+                raise self._missing(key, f"missing table [{self._name(key)}]")
             return None
         if not isinstance(value, dict):
             raise self.fail(key, "must be a table")
-        return _Table(value, self._name(key), self.base, self.source)
+        return self.sub(key, value)
 
     def get(self, key: str, kind: type, default: Any = ...) -> Any:
+        self.used.add(key)
         if key not in self.data:
             if default is ...:
-                raise self.fail(key, "is missing")
+                raise self._missing(key, f"{self._name(key)} is missing")
             return default
         value = self.data[key]
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
@@ -223,6 +258,7 @@ class _Table:
 
     def text(self, key: str, default: Any = ...) -> str:
         if key not in self.data and default is not ...:
+            self.used.add(key)
             return default
         value = self.get(key, str)
         if not value.strip():
@@ -231,6 +267,7 @@ class _Table:
 
     def path(self, key: str, default: Any = ..., must_exist: bool = True) -> Path | None:
         if key not in self.data and default is not ...:
+            self.used.add(key)
             return default
         return self._resolve(key, self.text(key), must_exist)
 
@@ -270,11 +307,13 @@ class _Table:
             raise self.fail(key, f"must be greater than 0, not {value}")
         return value
 
-    def only(self, *known: str) -> None:
-        """Refuse keys this table does not have (a typo would otherwise be ignored silently)."""
+    def check_unknown(self) -> None:
+        """Refuse keys nothing read, naming the closest known one."""
         for key in self.data:
-            if key not in known:
-                raise self.fail(key, f"is not a known setting (known: {', '.join(known)})")
+            if key not in self.used:
+                close = closest_name(key, self.used)
+                hint = f"; did you mean {close}?" if close else ""
+                raise self.fail(key, f"is not a known setting{hint} (known: {', '.join(sorted(self.used))})")
 
     def name(self, key: str, default: Any = ...) -> str:
         """A short record name (owner, endpoint, cloud registrar): see hsm/identity_names."""
@@ -325,9 +364,34 @@ def _server(table: _Table) -> ServerSettings:
     )
 
 
+def _server_document(server: ServerSettings) -> dict:
+    doc = {"host": server.host, "port": server.port, "tls_cert": str(server.tls_cert),
+           "tls_key": str(server.tls_key), "shutdown_timeout_s": server.shutdown_timeout_s}
+    if server.extra_ports:
+        doc["extra_ports"] = dict(server.extra_ports)
+    return doc
+
+
 def _signer(table: _Table, softhsm2_conf: Path | None, key: str = "signing_key",
             cert: str = "signing_cert", chain: str = "signing_chain") -> SignerSettings:
     return SignerSettings(table.key_uri(key, softhsm2_conf), table.path(cert), table.paths(chain, ()))
+
+
+def _signer_document(signer: SignerSettings, key: str = "signing_key", cert: str = "signing_cert",
+                     chain: str = "signing_chain") -> dict:
+    return {key: _key_uri_text(signer.key_uri, key), cert: str(signer.cert), chain: _texts(signer.chain)}
+
+
+def _key_uri_text(uri: KeyUri, key: str) -> str:
+    if getattr(uri, "pin_value", None) is not None:
+        # str(uri) leaves the PIN out: the file would name a key nobody can open.
+        raise ConfigError(f"{key}: a configuration file names where the PIN is (pin-source=file: "
+                          "or env:), never the PIN itself")
+    return str(uri)
+
+
+def _texts(values) -> list[str]:
+    return [str(v) for v in values]
 
 
 def _san_templates(table: _Table) -> tuple[str, ...]:
@@ -341,12 +405,19 @@ def _san_templates(table: _Table) -> tuple[str, ...]:
     return templates
 
 
+def _crl_url(table: _Table) -> str | None:
+    url = table.text("crl_url", None)
+    if url is not None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise table.fail("crl_url", f"must be an http:// or https:// URL, not {url!r}")
+    return url
+
+
 def _rate_limits(table: _Table | None) -> MasaRateLimits:
     default = MasaRateLimits()
     if table is None:
         return default
-    table.only("address_rate_per_s", "address_burst", "registrar_rate_per_s", "registrar_burst",
-               "tracked_clients")
     return MasaRateLimits(
         address_rate_per_s=table.positive("address_rate_per_s", float, default.address_rate_per_s),
         address_burst=table.positive("address_burst", int, default.address_burst),
@@ -356,23 +427,37 @@ def _rate_limits(table: _Table | None) -> MasaRateLimits:
     )
 
 
+def _rate_limits_document(limits: MasaRateLimits) -> dict:
+    return {"address_rate_per_s": limits.address_rate_per_s, "address_burst": limits.address_burst,
+            "registrar_rate_per_s": limits.registrar_rate_per_s,
+            "registrar_burst": limits.registrar_burst, "tracked_clients": limits.tracked_clients}
+
+
 def _read(path: str | Path) -> tuple[Path, _Table]:
     path = Path(path).expanduser().resolve()
     try:
         with open(path, "rb") as fh:
             data = tomllib.load(fh)
     except FileNotFoundError:
-        raise ConfigError(f"configuration file {path} does not exist") from None
+        raise FileAccessError(f"configuration file {path} does not exist") from None
     except OSError as exc:
-        raise ConfigError(f"cannot read configuration file {path}: {exc.strerror}") from None
+        raise FileAccessError(f"cannot read configuration file {path}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}") from None
     return path, _Table(data, "", path.parent, path)
 
 
 def load_config(path: str | Path) -> MasaConfig | RegistrarConfig:
-    """Read a server configuration; the `role` key decides its kind."""
+    """Read a server configuration; the `role` key decides its kind. Keys that no
+    table of that kind has are refused, naming the closest known one."""
     path, top = _read(path)
+    config = _config(path, top)
+    for table in top.tables:
+        table.check_unknown()
+    return config
+
+
+def _config(path: Path, top: _Table) -> MasaConfig | RegistrarConfig:
     role = top.text("role")
     if role not in ROLES:
         raise top.fail("role", f"must be one of {', '.join(ROLES)}, not {role!r}")
@@ -384,13 +469,11 @@ def load_config(path: str | Path) -> MasaConfig | RegistrarConfig:
 
     if role == "masa":
         masa = top.table("masa")
-        masa.only("signing_key", "signing_cert", "signing_chain", "manufacturer_cas", "cloud_registrars",
-                  "nonceless_lifetime_s", "max_request_age_s", "max_request_future_s", "rate_limits")
         clouds = []
         for i, entry in enumerate(masa.get("cloud_registrars", list, [])):
             if not isinstance(entry, dict):
                 raise masa.fail(f"cloud_registrars[{i}]", "must be a table")
-            t = _Table(entry, f"masa.cloud_registrars[{i}]", top.base, path)
+            t = masa.sub(f"cloud_registrars[{i}]", entry)
             clouds.append(TrustedCloudRegistrar(t.name("name"), t.path("anchor"),
                                                 t.strings("acts_for", ())))
         return MasaConfig(
@@ -425,6 +508,7 @@ def load_config(path: str | Path) -> MasaConfig | RegistrarConfig:
             certificate_days=e.positive("certificate_days", int, 365), csrattrs=csrattrs,
             additional_configuration_dir=e.path("additional_configuration_dir", None,
                                                 must_exist=False),
+            crl_url=_crl_url(e), crl_days=e.positive("crl_days", int, 7),
         )
     elif top.table("est", required=False) is not None:
         raise top.fail("est", "is only for owner registrars (a cloud registrar is no EST server)")
@@ -436,9 +520,71 @@ def load_config(path: str | Path) -> MasaConfig | RegistrarConfig:
     )
 
 
-# The readers other pledgeforge servers use for their own files (the signing
-# service's), so that every configuration mistake is reported the same way.
+# --------------------------------------------------------------------------- writing
+
+def config_document(config: MasaConfig | RegistrarConfig) -> dict:
+    """The TOML document that `load_config` reads back as `config` (paths absolute,
+    every setting written, defaults included, so that the file is a complete example)."""
+    doc: dict = {"role": config.role, "check_time": config.check_time,
+                 "server": _server_document(config.server), "database": {"url": config.database_url}}
+    if config.softhsm2_conf is not None:
+        doc["hsm"] = {"softhsm2_conf": str(config.softhsm2_conf)}
+    if isinstance(config, MasaConfig):
+        doc["masa"] = {
+            **_signer_document(config.signer),
+            "manufacturer_cas": _texts(config.manufacturer_cas),
+            "cloud_registrars": [{"name": c.name, "anchor": str(c.anchor), "acts_for": list(c.acts_for)}
+                                 for c in config.cloud_registrars],
+            "nonceless_lifetime_s": config.nonceless_lifetime_s,
+            "max_request_age_s": config.max_request_age_s,
+            "max_request_future_s": config.max_request_future_s,
+            "rate_limits": _rate_limits_document(config.rate_limits),
+        }
+        return doc
+    upstream = config.upstream
+    doc["registrar"] = {
+        **_signer_document(config.signer),
+        "manufacturer_cas": _texts(config.manufacturer_cas),
+        "masa_anchors": _texts(upstream.anchors),
+        **({"masa_url": upstream.masa_url} if upstream.masa_url else {}),
+        "masa_timeout_s": upstream.timeout_s,
+        "masa_attempts": upstream.attempts,
+        "masa_backoff_s": upstream.backoff_s,
+        "require_pledge_list": config.require_pledge_list,
+    }
+    if config.est is not None:
+        est = config.est
+        attrs = est.csrattrs
+        doc["est"] = {
+            **_signer_document(SignerSettings(est.ca_key_uri, est.ca_cert, est.ca_chain),
+                               "ca_key", "ca_cert", "ca_chain"),
+            "certificate_days": est.certificate_days,
+            **({"additional_configuration_dir": str(est.additional_configuration_dir)}
+               if est.additional_configuration_dir is not None else {}),
+            **({"crl_url": est.crl_url} if est.crl_url is not None else {}),
+            "crl_days": est.crl_days,
+            "csrattrs": {"subject": list(attrs.subject), "san_dns": list(attrs.san_dns),
+                         **({"signature_algorithm": attrs.signature_algorithm}
+                            if attrs.signature_algorithm else {})},
+        }
+    return doc
+
+
+def write_config(config: MasaConfig | RegistrarConfig, comment: str | None = None) -> Path:
+    """Write `config` to `config.path` (atomically: a reader sees the old file or the new one)."""
+    text = tomli_w.dumps(config_document(config))
+    if comment:
+        text = "".join(f"# {line}\n" for line in comment.splitlines()) + "\n" + text
+    atomic_write(config.path, text.encode())
+    return config.path
+
+
+# The readers and writers other pledgeforge servers use for their own files (the signing
+# service's), so that every configuration mistake is reported, and every file written, the
+# same way.
 Table = _Table
 read_toml = _read
 read_server_settings = _server
 read_database_url = _database_url
+server_document = _server_document
+key_uri_text = _key_uri_text

@@ -4,7 +4,7 @@ Each server has its own tables (and usually its own database): the MASA
 knows owners, devices and the vouchers it issued (its audit log); the cloud
 registrar knows what to answer each pledge and what pledges reported; the
 owner registrar knows its pledge list, the vouchers it obtained, status
-reports and the certificates it issued.
+reports, and the LDevIDs it issued with their enrollstatus and revocation.
 
 Servers read these tables on every request, so ownership registered by
 another process (the lab, an operator's CLI) takes effect at once. SQLite
@@ -24,17 +24,17 @@ from pathlib import Path
 
 from sqlalchemy import (Boolean, Column, DateTime, Engine, ForeignKey, Integer, LargeBinary,
                         MetaData, String, Table, Text, create_engine, delete, event, func, insert,
-                        select, update)
+                        or_, select, update)
 from sqlalchemy.exc import SQLAlchemyError
 
-from pledgeforge.errors import PledgeforgeError
+from pledgeforge.errors import EnvironmentFailure
 from pledgeforge.hsm.cloud_responses import CloudResponse
 from pledgeforge.hsm.identity_names import check_name, check_serial_number
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 
 
-class DatabaseError(PledgeforgeError):
+class DatabaseError(EnvironmentFailure):
     """The database could not be opened or written."""
 
 
@@ -362,16 +362,87 @@ owner_status_reports = Table(
     _ts(),
 )
 
-owner_enrollments = Table(
-    "owner_enrollments", OWNER_METADATA,
+# Every LDevID the owner CA issued, and what became of it: the pledge's
+# enrollstatus about it (RFC 8995 5.9.4) and its revocation. An LDevID that
+# no enrollstatus confirmed was never put to use (the pledge failed, or lost
+# power before storing it): `registrar ldevids --unconfirmed` lists them.
+owner_ldevids = Table(
+    "owner_ldevids", OWNER_METADATA,
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("serial", String(200), nullable=False, index=True),
-    Column("kind", String(20), nullable=False),  # enroll / reenroll
-    Column("certificate_serial", String(64), nullable=False, unique=True),
+    Column("kind", String(20), nullable=False),  # enroll (IDevID asked) / reenroll (an LDevID asked)
+    Column("certificate_serial", String(64), nullable=False, unique=True),  # hex, lower case
     Column("subject", Text, nullable=False),
     Column("certificate_pem", Text, nullable=False),
-    _ts(),
+    Column("not_after", DateTime(timezone=True), nullable=False),
+    # the TLS client certificate the request came over: "idevid|ldevid <subject> (certificate <hex>)"
+    Column("requester", Text, nullable=False),
+    Column("confirmed", Boolean),  # None: no enrollstatus yet; else its status
+    Column("status_reason", Text),
+    Column("status_at", DateTime(timezone=True)),
+    Column("revoked_at", DateTime(timezone=True)),
+    Column("revocation_reason", String(40)),
+    _ts(),  # when it was issued
 )
+
+#: RFC 5280 5.3.1 reason codes, as the CLI and the database spell them
+REVOCATION_REASONS = ("unspecified", "keyCompromise", "affiliationChanged", "superseded",
+                      "cessationOfOperation", "privilegeWithdrawn")
+
+
+def certificate_serial_text(value: int | str) -> str:
+    """How certificate serial numbers are keyed here: lower-case hex without leading zeros.
+    Text may be written as openssl prints it (upper case, with ':' between the bytes, 0x...)."""
+    if isinstance(value, int):
+        return f"{value:x}"
+    text = value.strip().lower().replace(":", "")
+    text = text[2:] if text.startswith("0x") else text
+    try:
+        return f"{int(text, 16):x}"
+    except ValueError:
+        raise DatabaseError(f"certificate serial {value!r} is not a hexadecimal number "
+                            "(give it as `openssl x509 -serial` prints it)") from None
+
+
+@dataclass(frozen=True)
+class IssuedLdevid:
+    """One row of owner_ldevids."""
+
+    serial: str
+    kind: str
+    certificate_serial: str
+    subject: str
+    certificate_pem: str
+    not_after: dt.datetime
+    requester: str
+    issued_at: dt.datetime
+    confirmed: bool | None
+    status_reason: str | None
+    status_at: dt.datetime | None
+    revoked_at: dt.datetime | None
+    revocation_reason: str | None
+
+    @property
+    def state(self) -> str:
+        """revoked, confirmed, failed (enrollstatus said so) or unconfirmed (no enrollstatus)."""
+        if self.revoked_at is not None:
+            return "revoked"
+        return {True: "confirmed", False: "failed", None: "unconfirmed"}[self.confirmed]
+
+    def to_dict(self) -> dict:
+        out = {f: getattr(self, f) for f in self.__dataclass_fields__ if f != "certificate_pem"}
+        out["state"] = self.state
+        return {k: v.isoformat() if isinstance(v, dt.datetime) else v for k, v in out.items()}
+
+
+def _issued(row) -> IssuedLdevid:
+    values = dict(row)
+    values.pop("id")
+    values["issued_at"] = values.pop("created_at")
+    for name in ("not_after", "issued_at", "status_at", "revoked_at"):
+        if values[name] is not None and values[name].tzinfo is None:  # SQLite keeps no zone
+            values[name] = values[name].replace(tzinfo=dt.timezone.utc)
+    return IssuedLdevid(**values)
 
 
 class OwnerStore:
@@ -407,18 +478,99 @@ class OwnerStore:
                 serial=serial, kind=kind, status=report.status, reason=report.reason,
                 report=report.text, client_certificate=client_certificate))
 
-    def record_enrollment(self, serial: str, kind: str, certificate_serial: str, subject: str,
-                          certificate_pem: str) -> None:
-        with self.engine.begin() as conn:
-            conn.execute(insert(owner_enrollments).values(
-                serial=serial, kind=kind, certificate_serial=certificate_serial, subject=subject,
-                certificate_pem=certificate_pem))
+    # ------------------------------------------------------------------ issued LDevIDs
 
-    def enrollment_by_certificate(self, certificate_serial: str) -> dict | None:
+    def record_ldevid(self, serial: str, kind: str, certificate_pem: str, certificate_serial: int,
+                      subject: str, not_after: dt.datetime, requester: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(insert(owner_ldevids).values(
+                serial=serial, kind=kind, certificate_serial=certificate_serial_text(certificate_serial),
+                subject=subject, certificate_pem=certificate_pem, not_after=not_after,
+                requester=requester))
+
+    def ldevid(self, certificate_serial: int | str) -> IssuedLdevid | None:
+        key = certificate_serial_text(certificate_serial)
         with self.engine.connect() as conn:
-            row = conn.execute(select(owner_enrollments).where(
-                owner_enrollments.c.certificate_serial == certificate_serial)).mappings().first()
-        return dict(row) if row else None
+            row = conn.execute(select(owner_ldevids).where(
+                owner_ldevids.c.certificate_serial == key)).mappings().first()
+        return _issued(row) if row else None
+
+    def ldevids(self, serial: str | None = None, *, unconfirmed: bool = False) -> list[IssuedLdevid]:
+        """Issued LDevIDs, oldest first; `unconfirmed`: only those no enrollstatus confirmed
+        and nobody revoked."""
+        c = owner_ldevids.c
+        query = select(owner_ldevids).order_by(c.id)
+        if serial is not None:
+            query = query.where(c.serial == serial)
+        if unconfirmed:
+            query = query.where(or_(c.confirmed.is_(None), c.confirmed.is_(False)), c.revoked_at.is_(None))
+        with self.engine.connect() as conn:
+            return [_issued(r) for r in conn.execute(query).mappings()]
+
+    def current_ldevid(self, serial: str) -> IssuedLdevid | None:
+        """The pledge's LDevID in use: the latest one its enrollstatus confirmed, unless revoked."""
+        c = owner_ldevids.c
+        query = (select(owner_ldevids).where(c.serial == serial, c.confirmed.is_(True))
+                 .order_by(c.id.desc()).limit(1))
+        with self.engine.connect() as conn:
+            row = conn.execute(query).mappings().first()
+        issued = _issued(row) if row else None
+        return issued if issued is not None and issued.revoked_at is None else None
+
+    def record_enroll_status(self, serial: str, report: "ParsedReport",
+                             client_certificate_serial: int | None) -> str | None:
+        """Note an enrollstatus against the LDevID it is about: the LDevID it came over (a
+        renewal reports over its new certificate), else the latest one issued to the pledge.
+        Returns that LDevID's certificate serial, or None if the pledge has none."""
+        c = owner_ldevids.c
+        with self.engine.begin() as conn:
+            row = None
+            if client_certificate_serial is not None:
+                row = conn.execute(select(c.id, c.certificate_serial).where(
+                    c.certificate_serial == certificate_serial_text(client_certificate_serial),
+                    c.serial == serial)).first()
+            if row is None:
+                row = conn.execute(select(c.id, c.certificate_serial).where(c.serial == serial)
+                                   .order_by(c.id.desc()).limit(1)).first()
+            if row is None:
+                return None
+            conn.execute(update(owner_ldevids).where(c.id == row.id).values(
+                confirmed=report.status, status_reason=report.reason, status_at=utcnow()))
+        return row.certificate_serial
+
+    def revoke(self, *, certificate_serial: int | str | None = None, serial: str | None = None,
+               reason: str = "unspecified") -> list[IssuedLdevid]:
+        """Revoke one LDevID (by certificate serial) or every unrevoked one of a pledge; what
+        was revoked now (an LDevID revoked before is left as it was)."""
+        if (certificate_serial is None) == (serial is None):
+            raise DatabaseError("name either a certificate serial or a pledge serial number")
+        if reason not in REVOCATION_REASONS:
+            raise DatabaseError(f"revocation reason {reason!r} is not one of {', '.join(REVOCATION_REASONS)}")
+        c = owner_ldevids.c
+        if certificate_serial is not None:
+            key = certificate_serial_text(certificate_serial)
+            if self.ldevid(key) is None:
+                raise DatabaseError(f"this owner CA issued no LDevID with certificate serial {key}")
+            condition = c.certificate_serial == key
+        else:
+            if not self.ldevids(serial):
+                raise DatabaseError(f"this owner CA issued no LDevID to pledge {serial}")
+            condition = c.serial == serial
+        with self.engine.begin() as conn:
+            ids = [r.id for r in conn.execute(select(c.id).where(condition, c.revoked_at.is_(None)))]
+            if ids:
+                conn.execute(update(owner_ldevids).where(c.id.in_(ids)).values(
+                    revoked_at=utcnow(), revocation_reason=reason))
+            rows = conn.execute(select(owner_ldevids).where(c.id.in_(ids)).order_by(c.id)).mappings()
+            return [_issued(r) for r in rows]
+
+    def revoked_ldevids(self) -> list[IssuedLdevid]:
+        """Every revoked LDevID that has not expired yet (what the CRL lists), oldest first."""
+        c = owner_ldevids.c
+        query = (select(owner_ldevids).where(c.revoked_at.is_not(None), c.not_after > utcnow())
+                 .order_by(c.id))
+        with self.engine.connect() as conn:
+            return [_issued(r) for r in conn.execute(query).mappings()]
 
 
 # --------------------------------------------------------------------------- shared

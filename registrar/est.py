@@ -25,10 +25,21 @@ Who may enroll: a pledge that authenticated with its IDevID (TLS client
 certificate chaining to a configured manufacturer CA) and either obtained its
 voucher through this registrar (redirect flow) or is in the owner's pledge
 list for the est-domain flow (its voucher came from the cloud registrar).
-/simplereenroll needs the LDevID issued here as client certificate. Every
-CSR must prove possession of its key and carry what /csrattrs asked for;
-the certificate carries exactly that identity, chains to the owner CA, and
-is issued with the CA key in the HSM.
+Every CSR must prove possession of its key and carry what /csrattrs asked
+for; the certificate carries exactly that identity, chains to the owner CA,
+and is issued with the CA key in the HSM.
+
+Who may renew (/simplereenroll, RFC 7030 4.2.2): a device whose TLS client
+certificate is its current LDevID from this owner CA: issued here, not
+revoked, and the latest one the pledge's enrollstatus confirmed (an older or
+never confirmed one has been superseded or never been put to use). The CSR
+keeps that certificate's subject and subjectAltName. A revoked LDevID is
+refused everywhere.
+
+Every LDevID issued is recorded (OwnerStore.record_ldevid) with the
+credential that asked for it. With `crl_url` configured, it carries that URL
+as its CRL distribution point; the owner registrar serves the CRL there
+(crl.py).
 """
 
 from __future__ import annotations
@@ -196,11 +207,26 @@ class EstServer:
             return Client(require_serial(cert), cert, "idevid")
         except UntrustedSignerError:
             pass
-        enrollment = self.store.enrollment_by_certificate(f"{cert.serial_number:x}")
-        if enrollment is None or enrollment["certificate_pem"] != to_pem(cert).decode():
+        issued = self.store.ldevid(cert.serial_number)
+        if issued is None or issued.certificate_pem != to_pem(cert).decode():
             raise Refusal(403, f"the client certificate {cert.subject.rfc4514_string()} is neither an "
                                "IDevID of an accepted manufacturer nor a certificate issued here")
-        return Client(enrollment["serial"], cert, "ldevid")
+        if issued.revoked_at is not None:
+            raise Refusal(403, f"LDevID {issued.certificate_serial} of pledge {issued.serial} was revoked "
+                               f"({issued.revocation_reason}); the pledge must bootstrap again with its IDevID")
+        return Client(issued.serial, cert, "ldevid")
+
+    def may_renew(self, client: Client) -> None:
+        """Only the pledge's current LDevID renews (RFC 7030 4.2.2: the certificate being renewed)."""
+        if client.kind != "ldevid":
+            raise Refusal(403, "renew with the certificate issued here as TLS client certificate")
+        presented = f"{client.certificate.serial_number:x}"
+        current = self.store.current_ldevid(client.serial)
+        if current is None or current.certificate_serial != presented:
+            now = (f"its current LDevID is {current.certificate_serial}" if current else
+                   "no enrollstatus confirmed any of its LDevIDs")
+            raise Refusal(403, f"LDevID {presented} is not pledge {client.serial}'s current one ({now}); "
+                               "renew with the current LDevID, or bootstrap again")
 
     def may_enroll(self, client: Client) -> None:
         """Redirect flow: a voucher was obtained here; est-domain flow: the pledge list says so."""
@@ -237,10 +263,20 @@ class EstServer:
             raise Refusal(400, str(exc)) from None
         return csr
 
-    async def _issue(self, csr: x509.CertificateSigningRequest, dns_names: list[str]) -> x509.Certificate:
-        return await issue_from_csr_async(
+    async def _issue(self, client: Client, kind: str, csr: x509.CertificateSigningRequest,
+                     dns_names: list[str]) -> x509.Certificate:
+        """Sign in the HSM (or have the signing service build it), then record the LDevID and
+        who asked for it."""
+        cert = await issue_from_csr_async(
             self.ca_signer, self.ca_cert, csr, days=self.settings.certificate_days,
-            extended_key_usage=[ExtendedKeyUsageOID.CLIENT_AUTH], dns_names=dns_names)
+            extended_key_usage=[ExtendedKeyUsageOID.CLIENT_AUTH], dns_names=dns_names,
+            crl_urls=[self.settings.crl_url] if self.settings.crl_url else [])
+        asked = client.certificate
+        self.store.record_ldevid(
+            client.serial, kind, to_pem(cert).decode(), cert.serial_number, cert.subject.rfc4514_string(),
+            cert.not_valid_after_utc,
+            f"{client.kind} {asked.subject.rfc4514_string()} (certificate {asked.serial_number:x})")
+        return cert
 
     def _answer(self, cert: x509.Certificate) -> web.Response:
         return web.Response(body=encode_body(certs_only([cert])),
@@ -251,29 +287,35 @@ class EstServer:
         self.may_enroll(client)
         csr = await self._read_csr(request)
         dns_names = check_csr_identity(csr, self.settings.csrattrs, client.serial)
-        cert = await self._issue(csr, dns_names)
-        self.store.record_enrollment(client.serial, "enroll", f"{cert.serial_number:x}",
-                                     cert.subject.rfc4514_string(), to_pem(cert).decode())
-        return self._answer(cert)
+        return self._answer(await self._issue(client, "enroll", csr, dns_names))
 
     async def simplereenroll(self, request: web.Request) -> web.Response:
         client = self.identify(request)
-        if client.kind != "ldevid":
-            raise Refusal(403, "renew with the certificate issued here as TLS client certificate")
+        self.may_renew(client)
         csr = await self._read_csr(request)
         # RFC 7030 4.2.2: the subject and subjectAltName stay those of the current certificate.
         if csr.subject != client.certificate.subject:
             raise Refusal(400, "a re-enrollment CSR must carry the current certificate's subject "
                                f"{client.certificate.subject.rfc4514_string()}")
-        try:
-            current = client.certificate.extensions.get_extension_for_class(
-                x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)
-        except x509.ExtensionNotFound:
-            current = []
-        if sorted(_csr_dns_names(csr)) != sorted(n.lower() for n in current):
-            raise Refusal(400, "a re-enrollment CSR must request the current certificate's subjectAltName")
-        cert = await self._issue(csr, [n.lower() for n in current])
-        self.store.record_enrollment(client.serial, "reenroll", f"{cert.serial_number:x}",
-                                     cert.subject.rfc4514_string(), to_pem(cert).decode())
-        return self._answer(cert)
+        if _subject_alt_names(csr) != _subject_alt_names(client.certificate):
+            raise Refusal(400, "a re-enrollment CSR must request the current certificate's "
+                               "subjectAltName, no more and no less")
+        current = [n.lower() for n in _dns_names(client.certificate)]
+        return self._answer(await self._issue(client, "reenroll", csr, current))
 
+
+def _subject_alt_names(item: x509.Certificate | x509.CertificateSigningRequest) -> set:
+    """Every subjectAltName entry, DNS names compared without case."""
+    try:
+        names = item.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return set()
+    return {x509.DNSName(n.value.lower()) if isinstance(n, x509.DNSName) else n for n in names}
+
+
+def _dns_names(cert: x509.Certificate) -> list[str]:
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return []
+    return san.get_values_for_type(x509.DNSName)

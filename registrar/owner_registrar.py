@@ -11,8 +11,10 @@ missing one gets 401 where an identity is needed.
   voucher-request signed in the HSM goes to the MASA the IDevID names (or the
   configured one) and its voucher comes back (200).
 - POST /.well-known/brski/voucher_status and /enrollstatus: telemetry, stored
-  with the client certificate it came over.
+  with the client certificate it came over; an enrollstatus also confirms (or
+  marks failed) the LDevID it is about (db.OwnerStore.record_enroll_status).
 - /.well-known/est/*: see est.py.
+- GET /crl: the owner CA's CRL (crl.py), for anyone.
 - GET /pledge-config/<name>: files of the configured additional-configuration
   directory (targets of additional-configuration-url).
 """
@@ -20,6 +22,7 @@ missing one gets 401 where an identity is needed.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 
 from aiohttp import web
@@ -30,6 +33,7 @@ from pledgeforge.hsm.x509 import to_pem
 
 from .brski import nonce_text, parse_status_report
 from .config import RegistrarConfig
+from .crl import CRL_MEDIA_TYPE, CRL_PATH, CrlPublisher
 from .db import OwnerStore
 from .est import EstServer
 from .tls import server_context
@@ -49,6 +53,8 @@ class OwnerRegistrar:
         self.store = OwnerStore(config.database_url)
         self.relay = VoucherRelay(config, stop)
         self.est = EstServer(config.est, self.store, self.relay.manufacturer_cas, config.check_time)
+        self.crl = CrlPublisher(self.store, self.est.ca_signer, self.est.ca_cert,
+                                dt.timedelta(days=config.est.crl_days))
 
     def ssl_context(self):
         server = self.config.server
@@ -62,6 +68,7 @@ class OwnerRegistrar:
         app.router.add_post(VOUCHER_STATUS, self.status("voucher_status"))
         app.router.add_post(ENROLL_STATUS, self.status("enrollstatus"))
         app.router.add_get(CONFIG_PATH + "/{name}", self.additional_configuration)
+        app.router.add_get(CRL_PATH, self.revocation_list)
         self.est.add_routes(app)
         return app
 
@@ -82,10 +89,19 @@ class OwnerRegistrar:
             require_content_type(request, "application/json")
             report = parse_status_report(await read_body(request))
             self.store.record_status(client.serial, kind, report, to_pem(client.certificate).decode())
-            log.info("%s from %s (%s): %s %s", kind, client.serial, client.kind, report.status,
+            about = ""
+            if kind == "enrollstatus":
+                ldevid = self.store.record_enroll_status(
+                    client.serial, report,
+                    client.certificate.serial_number if client.kind == "ldevid" else None)
+                about = f" about LDevID {ldevid}" if ldevid else " (no LDevID issued to it)"
+            log.info("%s from %s (%s)%s: %s %s", kind, client.serial, client.kind, about, report.status,
                      loggable(report.reason or ""))
             return text_response(200, "status recorded")
         return handler
+
+    async def revocation_list(self, request: web.Request) -> web.Response:
+        return web.Response(body=await self.crl.current(), content_type=CRL_MEDIA_TYPE)
 
     async def additional_configuration(self, request: web.Request) -> web.Response:
         directory = self.config.est.additional_configuration_dir

@@ -10,13 +10,24 @@ import json
 import select
 import socket
 import subprocess
+from pathlib import Path
 
 import pexpect.fdpexpect
 
 from clirunner import PLEDGEFORGE, run_cli
 from pledgeforge import bench
+from pledgeforge.boards.profile import load_profile, write_profile
 
 EXPECT_TIMEOUT = 30
+
+
+def quick_profile(profile: str | Path, directory: Path, *, autoboot_seconds: float = 0.0) -> Path:
+    """`profile` (a shipped name or a file) with no boot delays, written into `directory`:
+    a test that waits for the prompt need not sit through a countdown at every boot.
+    A test that watches for the countdown line asks for a short one (autoboot_seconds)."""
+    loaded = load_profile(profile)
+    quick = loaded.with_timings(autoboot_seconds=autoboot_seconds, firmware_seconds=0)
+    return write_profile(quick, Path(directory) / f"{loaded.name}-quick.toml").path
 
 
 class BoardProcess(bench.BoardProcess):

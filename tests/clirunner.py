@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -29,3 +30,12 @@ def smpmgr(port: str, *args, timeout: float = 300) -> subprocess.CompletedProces
                             text=True, timeout=timeout)
     assert result.returncode == 0, result.stdout + result.stderr
     return result
+
+
+def jq(stdout: bytes, program: str = ".") -> list:
+    """Every JSON value jq (a JSON tool nobody here wrote) prints for `program` over a
+    command's stdout. jq reads a stream of values, so one object and JSON lines both work;
+    anything on stdout that is not JSON makes it fail."""
+    done = subprocess.run(["jq", "-c", program], input=stdout, capture_output=True, timeout=60)
+    assert done.returncode == 0, (stdout[-2000:], done.stderr.decode())
+    return [json.loads(line) for line in done.stdout.decode().splitlines()]

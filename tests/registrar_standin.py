@@ -117,7 +117,7 @@ def post_voucher_request(url: str, cms: bytes, **kwargs) -> Answer:
 @contextmanager
 def running_lab(directory: Path):
     """A lab with its three servers for the duration."""
-    from pledgeforge.registrar.lab import Lab
+    from pledgeforge.lab import Lab
 
     lab = None
     try:

@@ -33,7 +33,7 @@ from pledgeforge.hsm.keyuri import SignerUri
 from pledgeforge.hsm.signer import KeyAlgorithm, SoftwareSigner
 from pledgeforge.hsm.x509 import issue_certificate, make_ca, to_pem
 from pledgeforge.keyserver.client import ServiceConnection
-from pledgeforge.registrar.lab import stop_process
+from pledgeforge.lab.processes import stop_process
 
 from fixtures_softhsm import SO_PIN, USER_PIN, Token
 

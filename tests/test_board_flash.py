@@ -13,12 +13,13 @@ import sys
 import pytest
 
 from pledgeforge.boards.flash import (Flash, FlashClosedError, FlashCorruptError, FlashError,
-                                      FlashFullError, Identity)
+                                      FlashFullError)
+from pledgeforge.firmware.identity import PledgeIdentity
 
 CAPACITY = 256 * 1024
-IDENTITY = Identity(idevid_pem="-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
-                    key_uri="pkcs11:token=se;object=idevid",
-                    trust_anchors_pem=("-----BEGIN CERTIFICATE-----\nMIIC\n-----END CERTIFICATE-----\n",))
+IDENTITY = PledgeIdentity(idevid_pem="-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+                          idevid_key_uri="pkcs11:token=se;object=idevid",
+                          builtin_anchors_pem=("-----BEGIN CERTIFICATE-----\nMIIC\n-----END CERTIFICATE-----\n",))
 
 
 def test_contents_survive_reopening(tmp_path):

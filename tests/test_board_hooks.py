@@ -13,28 +13,35 @@ import pexpect.fdpexpect
 from smp.os_management import ResetWriteRequest
 from smp.packet import encode as smp_encode
 
-from pledgeforge.boards.flash import Identity
+from pledgeforge.firmware.identity import PledgeIdentity
 from pledgeforge.boards.power import power_request
 from pledgeforge.boards.profile import load_profile
-from pledgeforge.boards.runtime import Board, FirmwareApp
+from pledgeforge.boards.firmware_apps import FirmwareApp
+from pledgeforge.boards.provisioning import ProvisioningStep
+from pledgeforge.boards.runtime import Board
 
-MCU = load_profile("mcu-se")
+# No boot delays: these tests wait for the prompt, not for a countdown.
+MCU = load_profile("mcu-se").with_timings(autoboot_seconds=0, firmware_seconds=0)
 PROMPT = MCU.console.prompt
 VOUCHER = json.dumps({"ietf-voucher:voucher": {"serial-number": "x", "nonce": "n"}}).encode()
+
+
+class StagedFactory(ProvisioningStep):
+    def provision(self, board):
+        board.flash.set_identity(PledgeIdentity(
+            idevid_pem="-----BEGIN CERTIFICATE-----\nIDEVID\n-----END CERTIFICATE-----\n",
+            idevid_key_uri=board.keystore.key_uri("idevid")))
 
 
 class StagedPledge(FirmwareApp):
     """A pledge whose enrollment stops between voucher and LDevID until the
     test lets it go on: what it stores goes through the board's real flash."""
 
+    binds_to = "staged-pledge"
+
     def __init__(self):
         self.go_on = threading.Event()
         self.factory_resets = 0
-
-    def provision(self, board):
-        board.flash.set_identity(Identity(
-            idevid_pem="-----BEGIN CERTIFICATE-----\nIDEVID\n-----END CERTIFICATE-----\n",
-            key_uri=board.keystore.key_uri("idevid")))
 
     def bootstrap(self, board, emit_line):
         emit_line("discovering registrar")
@@ -66,7 +73,7 @@ def command(con, line: str) -> str:
 
 def test_pledge_hook_and_power_loss_between_voucher_and_ldevid(tmp_path):
     app = StagedPledge()
-    with Board(MCU, tmp_path / "mcu", app=app) as board:
+    with Board(MCU, tmp_path / "mcu", app=app, provisioning=StagedFactory()) as board:
         board.open_console("pty")
         board.power_on()
         con = open_console(board)

@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from boardrunner import BoardProcess
+from boardrunner import BoardProcess, quick_profile
 from clirunner import openssl, run_cli
 from pledgeforge.boards.profile import load_profile
 from pledgeforge.bench import login, run
@@ -40,7 +40,8 @@ def check_enrolled(con, prompt: str, lab, tmp_path, serial: str) -> None:
                          ids=["gateway-tpm-redirect", "mcu-pkcs11-est-domain"])
 def test_pexpect_boot_login_status_bootstrap(lab, tmp_path, profile, flow):
     prompt = profile.console.prompt
-    with BoardProcess(profile.name, tmp_path / "board", "--lab", lab.dir, "--flow", flow) as board:
+    with BoardProcess(quick_profile(profile.name, tmp_path, autoboot_seconds=0.1), tmp_path / "board",
+                      "--lab", lab.dir, "--flow", flow) as board:
         con = board.open_pty()
         con.expect_exact("Hit any key to stop autoboot")
         if profile.console.login:
@@ -64,7 +65,7 @@ def test_pexpect_boot_login_status_bootstrap(lab, tmp_path, profile, flow):
         check_enrolled(con, prompt, lab, tmp_path, serial)
 
     # The enrollment survives the board process: a new run boots enrolled.
-    with BoardProcess(profile.name, tmp_path / "board", "--lab", lab.dir, "--flow", flow) as board:
+    with BoardProcess(quick_profile(profile.name, tmp_path), tmp_path / "board", "--lab", lab.dir, "--flow", flow) as board:
         con = board.open_pty()
         if profile.console.login:
             login(con, profile.console.username, profile.console.password, prompt)
@@ -76,7 +77,7 @@ def test_pexpect_boot_login_status_bootstrap(lab, tmp_path, profile, flow):
 def test_power_off_during_enrollment_boots_the_last_good_state(lab, tmp_path):
     prompt = MCU.console.prompt
     state = tmp_path / "board"
-    with BoardProcess(MCU.name, state, "--lab", lab.dir, "--flow", "redirect") as board:
+    with BoardProcess(quick_profile(MCU.name, tmp_path), state, "--lab", lab.dir, "--flow", "redirect") as board:
         con = board.open_pty()
         con.expect_exact(prompt)
         serial = field(run(con, "status", prompt), "serial")

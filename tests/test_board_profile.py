@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 
 from clirunner import run_cli
+from pledgeforge.boards import profile as profiles
 from pledgeforge.boards.profile import ProfileError, load_profile, profile_names
+from pledgeforge.errors import FileAccessError
 from pledgeforge.hsm.signer import KeyAlgorithm
 
 
@@ -71,7 +73,7 @@ def test_mistakes_name_the_table_and_field(tmp_path, old, new, message):
 def test_missing_and_malformed_files(tmp_path):
     with pytest.raises(ProfileError, match="no profile named 'nosuch'; shipped profiles: gateway-tpm"):
         load_profile("nosuch")
-    with pytest.raises(ProfileError, match="does not exist"):
+    with pytest.raises(FileAccessError, match="does not exist"):
         load_profile(tmp_path / "absent.toml")
     bad = tmp_path / "bad.toml"
     bad.write_text("[board\nname=")
@@ -84,3 +86,12 @@ def test_cli_lists_profiles():
     assert result.returncode == 0
     names = [line.split()[0] for line in result.stdout.decode().splitlines()]
     assert names == profile_names()
+
+
+@pytest.mark.parametrize("name", profile_names())
+def test_a_profile_written_with_other_timings_reads_back_as_written(name, tmp_path):
+    shipped = load_profile(name)
+    quick = profiles.write_profile(shipped.with_timings(autoboot_seconds=0, firmware_seconds=0), tmp_path / "q.toml")
+    assert load_profile(quick.path) == quick
+    assert (quick.boot.autoboot_seconds, quick.boot.firmware_seconds) == (0.0, 0.0)
+    assert quick.boot.bootloader_banner == shipped.boot.bootloader_banner and quick.keystore == shipped.keystore

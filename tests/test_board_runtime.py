@@ -17,7 +17,7 @@ from smp.os_management import EchoWriteRequest, EchoWriteResponse
 from smp.packet import decode as smp_decode
 from smp.packet import encode as smp_encode
 
-from boardrunner import BoardProcess
+from boardrunner import BoardProcess, quick_profile
 from clirunner import run_cli
 from pledgeforge.boards.profile import load_profile
 from pledgeforge.hsm.swtpm import _GET_RANDOM_2, tpm_command
@@ -50,7 +50,7 @@ def user_profile(tmp_path, base: str, **boot) -> str:
 def test_boot_login_status_and_config_survive_reboot_and_power_cycle(tmp_path):
     state = tmp_path / "legacy"
     prompt = LEGACY.console.prompt
-    with BoardProcess("legacy-rsa", state) as board:
+    with BoardProcess(quick_profile("legacy-rsa", tmp_path, autoboot_seconds=0.1), state) as board:
         assert board.info["console"] == str(state / "console")
         assert board.info["power"] == f"unix:{state / 'power.sock'}"
         assert board.info["keystore"]["type"] == "pkcs11"
@@ -95,7 +95,7 @@ def test_boot_login_status_and_config_survive_reboot_and_power_cycle(tmp_path):
     assert board.proc.returncode == 0
 
     # A new process on the same state directory is the same board.
-    with BoardProcess("legacy-rsa", state) as board:
+    with BoardProcess(quick_profile("legacy-rsa", tmp_path, autoboot_seconds=0.1), state) as board:
         assert board.info["serial_number"] == serial_number
         con = board.open_pty()
         login(con, "admin", "admin", prompt)
@@ -140,7 +140,7 @@ def test_countdown_is_redrawn_every_second(tmp_path):
 
 def test_garbage_on_the_console_does_not_stop_the_shell(tmp_path):
     prompt = MCU.console.prompt
-    with BoardProcess("mcu-se", tmp_path / "mcu") as board:
+    with BoardProcess(quick_profile("mcu-se", tmp_path), tmp_path / "mcu") as board:
         con = board.open_pty()
         seen = io.BytesIO()
         con.logfile_read = seen
@@ -160,7 +160,7 @@ def test_garbage_on_the_console_does_not_stop_the_shell(tmp_path):
 
 def test_smp_frames_share_the_console_and_are_not_echoed(tmp_path):
     prompt = MCU.console.prompt
-    with BoardProcess("mcu-se", tmp_path / "mcu") as board:
+    with BoardProcess(quick_profile("mcu-se", tmp_path), tmp_path / "mcu") as board:
         con = board.open_pty()
         con.expect_exact(prompt)
         request = bytes(EchoWriteRequest(d="hello over the shell uart"))
@@ -185,7 +185,7 @@ def test_smp_frames_share_the_console_and_are_not_echoed(tmp_path):
 
 def test_raw_tcp_console_with_two_clients_and_a_late_one(tmp_path):
     prompt = MCU.console.prompt
-    with BoardProcess("mcu-se", tmp_path / "mcu", "--serial", "tcp") as board:
+    with BoardProcess(quick_profile("mcu-se", tmp_path), tmp_path / "mcu", "--serial", "tcp") as board:
         assert board.info["console"].startswith("socket://127.0.0.1:")
         board.wait_for_phase("shell")
         first = board.open_tcp()
@@ -205,7 +205,7 @@ def test_raw_tcp_console_with_two_clients_and_a_late_one(tmp_path):
 
 
 def test_raw_tcp_replay_is_opt_in(tmp_path):
-    with BoardProcess("mcu-se", tmp_path / "mcu", "--serial", "tcp", "--replay") as board:
+    with BoardProcess(quick_profile("mcu-se", tmp_path), tmp_path / "mcu", "--serial", "tcp", "--replay") as board:
         board.wait_for_phase("shell")
         late = board.open_tcp()
         late.expect_exact("*** Booting Zephyr OS")
@@ -216,7 +216,7 @@ def test_raw_tcp_replay_is_opt_in(tmp_path):
 
 
 def test_rfc2217_console_serves_pyserial_clients_at_once(tmp_path):
-    with BoardProcess("mcu-se", tmp_path / "mcu", "--serial", "rfc2217") as board:
+    with BoardProcess(quick_profile("mcu-se", tmp_path), tmp_path / "mcu", "--serial", "rfc2217") as board:
         url = board.info["console"]
         assert url.startswith("rfc2217://127.0.0.1:")
         board.wait_for_phase("shell")
@@ -235,7 +235,7 @@ def test_rfc2217_console_serves_pyserial_clients_at_once(tmp_path):
 
 def test_a_client_that_never_reads_does_not_block_the_board(tmp_path):
     prompt = MCU.console.prompt
-    with BoardProcess("mcu-se", tmp_path / "mcu", "--serial", "tcp") as board:
+    with BoardProcess(quick_profile("mcu-se", tmp_path), tmp_path / "mcu", "--serial", "tcp") as board:
         silent = socket.socket()
         silent.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         silent.connect(board.tcp_address())
@@ -262,7 +262,7 @@ def test_a_client_that_never_reads_does_not_block_the_board(tmp_path):
 
 
 def test_late_pty_client_reads_the_recent_output(tmp_path):
-    with BoardProcess("mcu-se", tmp_path / "mcu") as board:
+    with BoardProcess(quick_profile("mcu-se", tmp_path), tmp_path / "mcu") as board:
         # Wait for the shell without reading the pty: the power switch says when.
         # (This relies on the pty keeping unread output in the kernel, not on a replay.)
         board.wait_for_phase("shell")
@@ -273,7 +273,7 @@ def test_late_pty_client_reads_the_recent_output(tmp_path):
 
 def test_bootstrap_without_pledge_firmware_is_an_error_not_a_success(tmp_path):
     prompt = MCU.console.prompt
-    with BoardProcess("mcu-se", tmp_path / "mcu") as board:
+    with BoardProcess(quick_profile("mcu-se", tmp_path), tmp_path / "mcu") as board:
         con = board.open_pty()
         con.expect_exact(prompt)
         out = run(con, "bootstrap", prompt)
@@ -288,7 +288,7 @@ def test_power_off_during_flash_writes_keeps_the_last_good_state(tmp_path):
     rng = random.Random(2024)
     last_acknowledged = None
     for round_ in range(4):
-        with BoardProcess("mcu-se", state) as board:
+        with BoardProcess(quick_profile("mcu-se", tmp_path), state) as board:
             con = board.open_pty()
             con.expect_exact(prompt)
             value = run(con, "config get counter", prompt).strip()
@@ -312,26 +312,26 @@ def test_power_off_during_flash_writes_keeps_the_last_good_state(tmp_path):
 
 def test_board_run_and_power_report_mistakes_in_one_line(tmp_path):
     result = run_cli("board", "power", "on", "--state", tmp_path / "nothing-here")
-    assert result.returncode == 1
+    assert result.returncode == 3                      # environment: no board answers
     err = result.stderr.decode().strip()
     assert err.startswith("pledgeforge: error: no board is running in") and "\n" not in err
 
     bad = tmp_path / "bad.toml"
     bad.write_text(load_profile("mcu-se").path.read_text().replace("baud = 115200", "baud = \"fast\""))
     result = run_cli("board", "run", "--profile", bad, "--state", tmp_path / "b")
-    assert result.returncode == 1
+    assert result.returncode == 2                      # usage: the profile given is malformed
     err = result.stderr.decode().strip()
     assert "[console] baud must be an integer" in err and "\n" not in err
 
-    with BoardProcess("mcu-se", tmp_path / "busy"):
+    with BoardProcess(quick_profile("mcu-se", tmp_path), tmp_path / "busy"):
         result = run_cli("board", "run", "--profile", "mcu-se", "--state", tmp_path / "busy")
-        assert result.returncode == 1
+        assert result.returncode == 3
         assert "is in use by another running board" in result.stderr.decode()
 
 
 def test_picocom_attaches_to_the_pty(tmp_path):
     prompt = MCU.console.prompt
-    with BoardProcess("mcu-se", tmp_path / "mcu") as board:
+    with BoardProcess(quick_profile("mcu-se", tmp_path), tmp_path / "mcu") as board:
         first = board.open_pty()
         first.expect_exact(prompt)                  # booted
         first.close()
@@ -350,7 +350,7 @@ def test_picocom_attaches_to_the_pty(tmp_path):
 def test_tpm_board_starts_its_swtpm_at_power_on_and_stops_it_at_power_off(tmp_path):
     state = tmp_path / "gw"
     prompt = GATEWAY.console.prompt
-    with BoardProcess("gateway-tpm", state) as board:
+    with BoardProcess(quick_profile("gateway-tpm", tmp_path), state) as board:
         keystore = board.info["keystore"]
         assert keystore["type"] == "tpm" and keystore["algorithm"] == "ec-p256"
         socket_path = re.fullmatch(r"swtpm:path=(.+)", keystore["tcti"]).group(1)
@@ -375,7 +375,7 @@ def test_tpm_board_starts_its_swtpm_at_power_on_and_stops_it_at_power_off(tmp_pa
         # A power cut of the board process leaves its swtpm behind; the next
         # start stops that orphan and boots.
         board.kill()
-    with BoardProcess("gateway-tpm", state) as board:
+    with BoardProcess(quick_profile("gateway-tpm", tmp_path), state) as board:
         con = board.open_pty()
         login(con, "root", "pledgeforge", prompt)
         assert status_fields(run(con, "status", prompt))["serial"] == board.info["serial_number"]

@@ -15,7 +15,7 @@ import pytest
 from smp.os_management import EchoWriteRequest, EchoWriteResponse
 from smp.shell_management import ExecuteRequest
 
-from boardrunner import BoardProcess
+from boardrunner import BoardProcess, quick_profile
 from clirunner import PLEDGEFORGE, run_cli
 from pledgeforge.bench import login, run
 from pledgeforge.boards.profile import load_profile
@@ -167,7 +167,7 @@ def test_a_stalled_disk_never_blocks_the_console_and_the_loss_is_noted(tmp_path)
 def test_board_transcript_flushed_at_power_off_and_shown_by_console_log(tmp_path):
     state = tmp_path / "mcu"
     prompt = MCU.console.prompt
-    with BoardProcess("mcu-se", state) as board:
+    with BoardProcess(quick_profile("mcu-se", tmp_path), state) as board:
         assert board.info["transcript"] == str(state / "console.log")
         con = board.open_pty()
         con.expect_exact(prompt)
@@ -196,7 +196,7 @@ def test_board_transcript_flushed_at_power_off_and_shown_by_console_log(tmp_path
 def test_console_log_follow_shows_new_lines_and_stops_cleanly(tmp_path, signum):
     state = tmp_path / "mcu"
     prompt = MCU.console.prompt
-    with BoardProcess("mcu-se", state) as board:
+    with BoardProcess(quick_profile("mcu-se", tmp_path), state) as board:
         follower = subprocess.Popen([PLEDGEFORGE, "board", "console-log", "--state", str(state),
                                      "--follow", "--json"], stdout=subprocess.PIPE,
                                     stderr=subprocess.PIPE)
@@ -226,7 +226,7 @@ def test_a_board_on_a_stalled_disk_still_boots_answers_and_powers_off(tmp_path):
     state.mkdir()
     os.mkfifo(state / "console.log")
     prompt = MCU.console.prompt
-    with BoardProcess("mcu-se", state) as board:
+    with BoardProcess(quick_profile("mcu-se", tmp_path), state) as board:
         con = board.open_pty()
         con.expect_exact(prompt)
         assert "PledgeForge" in run(con, "uname", prompt)
@@ -246,7 +246,7 @@ def test_passwords_typed_at_the_login_never_reach_the_transcript(tmp_path):
     profile = tmp_path / "legacy.toml"
     profile.write_text(legacy.path.read_text().replace('password = "admin"', 'password = "s3cret-Pa55"'))
     state = tmp_path / "legacy"
-    with BoardProcess(profile, state) as board:
+    with BoardProcess(quick_profile(profile, tmp_path), state) as board:
         con = board.open_pty()
         login(con, "admin", "s3cret-Pa55", legacy.console.prompt)
         run(con, "echo logged-in", legacy.console.prompt)
@@ -266,7 +266,7 @@ def test_console_log_mistakes_and_a_board_without_a_transcript(tmp_path):
 
     profile = tmp_path / "quiet.toml"
     profile.write_text(MCU.path.read_text().replace("[console]\n", "[console]\ntranscript_files = 0\n"))
-    with BoardProcess(profile, tmp_path / "quiet") as board:
+    with BoardProcess(quick_profile(profile, tmp_path), tmp_path / "quiet") as board:
         assert board.info["transcript"] is None
         con = board.open_pty()
         con.expect_exact(MCU.console.prompt)

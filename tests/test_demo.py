@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import shlex
+import subprocess
 from pathlib import Path
 
-from clirunner import openssl, run_cli
+from clirunner import jq, openssl, run_cli
 from pledgeforge.boards.profile import load_profile
 from pledgeforge.demo import BoardConsole, summary_text
-from pledgeforge.registrar.lab import stop_process
+from pledgeforge.lab import stop_process
 from pledgeforge.bench import run
 
 
@@ -25,7 +27,9 @@ def _demo(*args) -> dict:
     assert out.returncode == 0, out.stdout.decode()[-3000:] + out.stderr.decode()[-3000:]
     lines = out.stdout.decode().strip().splitlines()
     assert len(lines) == 1, "--json prints one object and nothing else"
-    return json.loads(lines[0])
+    [summary] = jq(out.stdout)
+    assert "lab: starting" in out.stderr.decode()      # progress goes to stderr
+    return summary
 
 
 def test_demo_json_from_a_clean_directory(tmp_path):
@@ -50,6 +54,25 @@ def test_demo_json_from_a_clean_directory(tmp_path):
         assert f"console: {transcript} (pledgeforge board console-log --state" in summary_text(result)
     assert "redirected" in boards["gateway-tpm"]["states"]
     assert "redirected" not in boards["mcu-se"]["states"] and "est-connect" in boards["mcu-se"]["states"]
+    for board in boards.values():
+        # What the board holds, as files beside the lab, and the commands that check them.
+        where = tmp_path / "demo" / "pledges" / board["serial"]
+        assert board["files"] == {name: str(where / file) for name, file in (
+            ("idevid", "idevid.crt"), ("manufacturer_ca", "manufacturer-ca.crt"),
+            ("voucher", "voucher.p7b"), ("ldevid", "ldevid.crt"), ("cacerts", "cacerts.pem"))}
+        assert [c.split()[:2] for c in board["checks"]] == [["openssl", "verify"], ["openssl", "cms"],
+                                                             ["openssl", "verify"]]
+        for check in board["checks"]:
+            assert check in summary_text(result)          # printed as they run
+            done = subprocess.run(shlex.split(check), capture_output=True, timeout=60)
+            assert done.returncode == 0, (check, done.stderr.decode())
+            if " cms " in check:
+                voucher = json.loads(done.stdout)["ietf-voucher:voucher"]
+                assert voucher["serial-number"] == board["serial"]
+        # The checks check: an LDevID from elsewhere fails its one.
+        Path(board["files"]["ldevid"]).write_bytes(Path(board["files"]["manufacturer_ca"]).read_bytes())
+        refused = subprocess.run(shlex.split(board["checks"][-1]), capture_output=True, timeout=60)
+        assert refused.returncode != 0
     status = json.loads(run_cli("lab", "status", "--dir", result["lab"], "--json").stdout)
     assert not any(s["running"] for s in status["servers"].values())
 

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import ipaddress
+import itertools
+import warnings
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding, pkcs7
 
 from clirunner import openssl
 from pledgeforge.hsm import x509 as hx509
@@ -27,10 +30,61 @@ def test_certs_only_round_trip_and_openssl_reads_it(tmp_path):
     assert "subject=CN = dev" in printed and "subject=CN = EST CA" in printed
 
 
+def _chain() -> list[x509.Certificate]:
+    """A root, an intermediate and a leaf (three different encodings to order)."""
+    root_key = SoftwareSigner.generate(KeyAlgorithm.EC_P256)
+    root = hx509.make_ca(root_key, "CN=EST root")
+    sub_key = SoftwareSigner.generate(KeyAlgorithm.EC_P256)
+    sub = hx509.issue_certificate(root_key, root, sub_key.public_key, "CN=EST issuing CA", is_ca=True)
+    leaf = hx509.issue_certificate(sub_key, sub, SoftwareSigner.generate(KeyAlgorithm.EC_P256).public_key,
+                                   "CN=pledge")
+    return [leaf, sub, root]
+
+
+def _openssl_certs_only(certs, tmp_path) -> bytes:
+    pem = tmp_path / "certs.pem"
+    pem.write_bytes(b"".join(c.public_bytes(Encoding.PEM) for c in certs))
+    out = openssl("crl2pkcs7", "-nocrl", "-certfile", pem, "-outform", "DER")
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def test_certs_only_is_the_der_openssl_crl2pkcs7_writes(tmp_path):
+    chain = _chain()
+    # DER sorts the certificates SET by encoding; OpenSSL writes the order it is given.
+    der_order = sorted(chain, key=lambda c: c.public_bytes(Encoding.DER))
+    expected = _openssl_certs_only(der_order, tmp_path)
+    for order in itertools.permutations(chain):
+        assert certs_only(order) == expected
+    for cert in chain:
+        assert certs_only([cert]) == _openssl_certs_only([cert], tmp_path)
+
+
+def test_parse_certs_only_reads_what_openssl_writes_in_its_order(tmp_path):
+    chain = _chain()
+    for order in (chain, chain[::-1]):
+        written = _openssl_certs_only(order, tmp_path)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert parse_certs_only(written) == order
+            assert parse_certs_only(encode_body(written)) == order
+
+
+def test_cryptography_reads_openssl_chain_order_only_with_a_warning(tmp_path):
+    # Why parse_certs_only reads with asn1crypto: a chain not in DER order, as
+    # OpenSSL-based EST servers send it, goes through cryptography's BER fallback.
+    order = sorted(_chain(), key=lambda c: c.public_bytes(Encoding.DER), reverse=True)
+    written = _openssl_certs_only(order, tmp_path)
+    with pytest.warns(UserWarning, match="could not be parsed as DER"):
+        assert pkcs7.load_der_pkcs7_certificates(written) == order
+
+
 def test_certs_only_errors():
     for bad in (b"@@@", b"MAo=", encode_body(b"\x30\x00")):
         with pytest.raises(CertificateError):
             parse_certs_only(bad)
+    with pytest.raises(ValueError):
+        certs_only([])
 
 
 def test_csr_attributes_round_trip_and_openssl_parses_them(tmp_path):

@@ -28,7 +28,7 @@ def test_summary_and_failures(tmp_path):
     result = CliRunner().invoke(main, ["verify", "--bulk", str(stream), "--anchors", str(anchors),
                                        "--no-check-time", "--threads", "2"])
     assert result.exit_code == 1
-    lines = result.output.splitlines()
+    lines = result.stdout.splitlines()
     assert lines[0].startswith("DIGEST_MISMATCH") and f"batch.der@{1652}" in lines[0]
     assert "serial 00-D0-E5-F2-00-02" in lines[0]
     assert "3 items" in lines[-1] and "OK 2, DIGEST_MISMATCH 1" in lines[-1]
@@ -38,7 +38,7 @@ def test_json_lines(tmp_path):
     stream, anchors = _setup(tmp_path)
     result = CliRunner().invoke(main, ["verify", "--bulk", str(stream), "--anchors", str(anchors),
                                        "--json"])
-    rows = [json.loads(line) for line in result.output.splitlines()]
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
     # The published certificates expired years ago: with time checks on, all fail.
     assert [r["result"] for r in rows[:-1]] == ["EXPIRED", "DIGEST_MISMATCH", "EXPIRED"]
     assert rows[-1]["summary"]["EXPIRED"] == 2 and rows[-1]["items"] == 3
@@ -53,7 +53,7 @@ def test_a_broken_length_is_reported_at_its_offset_and_the_rest_is_verified(tmp_
     stream.write_bytes(good + bytes(broken) + good + good)
     result = CliRunner().invoke(main, ["verify", "--bulk", str(stream), "--anchors",
                                        str(APPC / "vendor.crt"), "--no-check-time", "--json"])
-    rows = [json.loads(line) for line in result.output.splitlines()]
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
     assert rows[:-1] == [{"index": 1, "name": "batch.der", "offset": len(good), "result": "MALFORMED",
                           "serial": None}]
     assert rows[-1]["summary"]["OK"] == 3 and rows[-1]["items"] == 4

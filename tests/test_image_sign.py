@@ -115,13 +115,13 @@ def test_bad_inputs_give_one_line_errors(fw_key, tmp_path):
     ]
     for extra, message in cases:
         result = run_cli("image", "sign", "--key", uri, "--in", app, "--out", tmp_path / "o.bin", *extra)
-        assert result.returncode == 1, (extra, result.stderr)
+        assert result.returncode == 2, (extra, result.stderr)
         assert message in result.stderr, (extra, result.stderr)
         assert b"Traceback" not in result.stderr
         assert not (tmp_path / "o.bin").exists()
     missing = run_cli("image", "sign", "--key", uri, "--version", "1.0.0", "--in", tmp_path / "nope",
                       "--out", tmp_path / "o.bin")
-    assert missing.returncode == 1 and b"cannot read firmware binary" in missing.stderr
+    assert missing.returncode == 3 and b"cannot read firmware binary" in missing.stderr
     garbage = tmp_path / "garbage.bin"
     garbage.write_bytes(b"garbage")
     info = run_cli("image", "info", "--in", garbage)

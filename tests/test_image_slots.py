@@ -9,8 +9,8 @@ import pytest
 from firmware_images import Images, build_images
 from firmware_images import make_slots as make_factory_slots
 from pledgeforge.boards.image_slots import (PRIMARY, SECONDARY, ImageSlots, NoBootableImageError,
-                                            SlotError, SlotRefusal)
-from pledgeforge.boards.mcuboot import ImageError, Refusal
+                                            SlotError, SlotRefusal, install_verify_key)
+from pledgeforge.boards.mcuboot import ImageError, ImageKeyError, Refusal
 from pledgeforge.boards.profile import ImageConfig
 
 
@@ -245,6 +245,56 @@ def test_missing_key_is_reported_on_the_console(tmp_path, images):
     slots.install_verify_key(images.key_pem.read_bytes())
     slots.install_factory_image(images.v1)
     slots.verify_key_path.unlink()
-    with pytest.raises(NoBootableImageError, match="no firmware verification key"):
+    with pytest.raises(NoBootableImageError, match="no usable firmware verification key"):
         slots.boot(log.append)
-    assert log and log[0].startswith("E: no firmware verification key")
+    assert log and log[0].startswith("E: no firmware verification key in this board's flash")
+    assert "pledgeforge board set-verify-key --state" in log[0]
+    assert "E: Unable to find bootable image" in log
+
+
+def test_without_a_key_a_pending_image_reads_not_bootable_and_is_erased_at_boot(tmp_path, images):
+    # A board that never got a key (no lab, no set-verify-key): what the README's
+    # flash flow used to run into. SMP state says the image will not boot; the
+    # bootloader erases it and says why, and the built-in firmware keeps running.
+    config = ImageConfig(slots=2, slot_size_kib=128, version="1.0.0", verify_key=None)
+    slots = ImageSlots(tmp_path / "state", config)
+    upload(slots, images.v2)
+    slots.set_next_boot(SECONDARY, confirm=False)
+    [row] = slots.slot_infos()
+    assert (row.slot, row.pending, row.bootable) == (SECONDARY, True, False)
+    log: list[str] = []
+    with pytest.raises(NoBootableImageError, match="no image in the primary slot"):
+        slots.boot(log.append)
+    assert log[0].startswith("E: no firmware verification key")
+    assert "E: Image in the secondary slot is not valid! (no key: " in log[1]
+    assert slots.slot_infos() == []      # nothing pending any more, as MCUboot leaves it
+    # With the key installed, the same image uploads, reads bootable and boots.
+    slots.install_verify_key(images.key_pem.read_bytes())
+    upload(slots, images.v2)
+    assert [(r.slot, r.bootable) for r in slots.slot_infos()] == [(SECONDARY, True)]
+    slots.set_next_boot(SECONDARY, confirm=True)
+    assert boot(slots)[0].version == "1.1.0"
+
+
+@pytest.mark.parametrize("which", ["wrong_key", "tampered", "unsigned"])
+def test_an_image_the_bootloader_would_refuse_reads_not_bootable(tmp_path, images, which):
+    slots = make_slots(tmp_path, images)
+    boot(slots)
+    upload(slots, getattr(images, which))
+    slots.set_next_boot(SECONDARY, confirm=False)
+    rows = {r.slot: r for r in slots.slot_infos()}
+    assert rows[PRIMARY].bootable and rows[PRIMARY].active
+    assert rows[SECONDARY].pending and not rows[SECONDARY].bootable
+    booted, log = boot(slots)
+    assert booted.version == "1.0.0"
+    assert any(line.startswith("E: Image in the secondary slot is not valid!") for line in log)
+    assert [r.slot for r in slots.slot_infos()] == [PRIMARY]
+
+
+def test_install_verify_key_refuses_what_is_not_a_firmware_key(tmp_path, images):
+    state = tmp_path / "state"
+    path = install_verify_key(state, images.key_pem.read_bytes())
+    assert path == state / "slots" / "verify-key.pem"
+    with pytest.raises(ImageKeyError, match="not a PEM public key"):
+        install_verify_key(state, b"-----BEGIN PUBLIC KEY-----\nnonsense\n-----END PUBLIC KEY-----\n")
+    assert path.read_bytes() == images.key_pem.read_bytes()    # the previous key stays

@@ -146,7 +146,7 @@ def test_base64url_nonce_comes_back_as_it_was_sent(lab, pledge, tmp_path):
 def test_idevid_with_utf8string_masa_url_reaches_the_masa(lab, tmp_path):
     """The owner registrar finds the MASA through the IDevID's id-pe-masa-url, which
     OpenSSL wrote as a UTF8String (under an intermediate CA the lab's manufacturer made)."""
-    mfg_key, mfg_cert = _lab_ca(lab, "vendor", "manufacturer-ca")
+    mfg_key, mfg_cert = _lab_ca(lab, "manufacturer", "manufacturer-ca")
     inter_key = SoftwareSigner.generate(KeyAlgorithm.EC_P256)
     inter = issue_certificate(mfg_key, mfg_cert, inter_key.public_key, "CN=line 7 IDevID CA", is_ca=True)
     (tmp_path / "inter.pem").write_bytes(to_pem(inter))
@@ -234,8 +234,8 @@ def test_unsigned_json_where_cms_belongs_says_what_came(lab, pledge, file_regist
 def test_the_pledge_enrolls_with_an_openssl_version_3_voucher(lab, tmp_path):
     """A cloud registrar answers with a voucher OpenSSL signed (version 3, est-domain: the
     owner registrar); the pledge verifies it and enrolls there."""
-    mfg_key, mfg_cert = _lab_ca(lab, "vendor", "manufacturer-ca")
-    web_key, web_cert = _lab_ca(lab, "vendor", "web-ca")
+    mfg_key, mfg_cert = _lab_ca(lab, "manufacturer", "manufacturer-ca")
+    web_key, web_cert = _lab_ca(lab, "web", "web-ca")
     masa_key = SoftwareSigner.generate(KeyAlgorithm.EC_P256)
     masa_cert = issue_certificate(mfg_key, mfg_cert, masa_key.public_key, "CN=openssl-signing MASA")
     (tmp_path / "masa.pem").write_bytes(to_pem(masa_cert))

@@ -5,15 +5,21 @@ from __future__ import annotations
 import json
 import os
 import socket
+import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from clirunner import openssl, run_cli
+from clirunner import jq, openssl, run_cli
+from pledgeforge.firmware.identity import PledgeIdentity
 from pledgeforge.hsm.chain import load_certificate_file
+from pledgeforge.hsm.errors import PinError
 from pledgeforge.hsm.keystore import open_signer
 from pledgeforge.hsm.x509 import masa_url_of, serial_number_of
-from pledgeforge.registrar.lab import LabError
+from pledgeforge.lab import LabError
+from pledgeforge.lab.configs import server_configs
+from pledgeforge.registrar.config import load_config
 
 
 def _alive(pid: int) -> bool:
@@ -22,8 +28,10 @@ def _alive(pid: int) -> bool:
 
 
 def _json(result) -> dict:
+    """The one JSON object a `--json` command printed, as jq reads it."""
     assert result.returncode == 0, result.stderr.decode()
-    return json.loads(result.stdout.decode().strip().splitlines()[-1])
+    [value] = jq(result.stdout)
+    return value
 
 
 def test_up_status_down_as_commands(tmp_path):
@@ -79,7 +87,7 @@ def test_failed_start_stops_what_was_started_and_shows_the_log(tmp_path):
         squatter.bind(("127.0.0.1", owner_port))
         squatter.listen()
         result = run_cli("lab", "up", "--dir", lab_dir, "--timeout", "30")
-    assert result.returncode == 1
+    assert result.returncode == 3
     message = result.stderr.decode()
     assert "owner server" in message and "last lines of" in message
     assert f"cannot listen on 127.0.0.1:{owner_port}" in message
@@ -89,7 +97,7 @@ def test_failed_start_stops_what_was_started_and_shows_the_log(tmp_path):
 
 def test_commands_name_a_missing_lab(tmp_path):
     result = run_cli("lab", "status", "--dir", tmp_path / "nothing")
-    assert result.returncode == 1
+    assert result.returncode == 3
     assert b"holds no lab; create one with `pledgeforge lab up" in result.stderr
 
 
@@ -123,6 +131,8 @@ def test_provision_pledge(lab, keystore, algorithm, flow, tmp_path):
         assert lab.owner_store().pledge_flow(identity.serial) == flow
         record = lab.cloud_store().take_response(identity.serial, "main")
         assert record.response == ("voucher" if flow == "est-domain" else "redirect")
+        # The pledge's directory keeps its identity in the one stored form.
+        assert PledgeIdentity.load(identity.directory) == identity.identity
         described = json.loads(json.dumps(identity.to_dict()))
         assert described["key_uri"] == identity.key_uri and described["serial"] == identity.serial
         with pytest.raises(LabError, match="already provisioned"):
@@ -141,5 +151,55 @@ def test_lab_api_refuses_bad_input(lab):
     with pytest.raises(LabError, match="retry_after"):
         lab.set_cloud_response("X", "accepted")
     # The lab's keys carry its SoftHSM configuration; this process's environment is left alone.
-    assert dict(lab.key_uri("vendor", "web-ca").module_env)["SOFTHSM2_CONF"] == str(lab.softhsm.conf)
+    assert dict(lab.key_uri("web", "web-ca").module_env)["SOFTHSM2_CONF"] == str(lab.softhsm.conf)
     assert os.environ.get("SOFTHSM2_CONF") != str(lab.softhsm.conf)
+
+
+def test_the_lab_writes_its_servers_configurations_from_the_dataclasses_they_read(lab):
+    written = server_configs(lab)
+    assert sorted(config.role for config in written) == ["cloud", "masa", "owner"]
+    for config in written:
+        assert load_config(config.path) == config
+
+
+def _pin_files(config) -> set[Path]:
+    """The PIN files a server configuration names (pin-source=file:...)."""
+    keys = [config.signer.key_uri] + ([config.est.ca_key_uri] if getattr(config, "est", None) else [])
+    return {Path(key.pin_source.removeprefix("file:")) for key in keys}
+
+
+def test_each_trust_role_has_its_own_token_and_each_server_only_its_own_pins(lab):
+    configs = {role: load_config(lab.config_path(role)) for role in ("masa", "cloud", "owner")}
+    pins = {role: _pin_files(config) for role, config in configs.items()}
+    assert pins == {"masa": {lab.pin_file("masa")}, "cloud": {lab.pin_file("cloud")},
+                    "owner": {lab.pin_file("owner"), lab.pin_file("registrar")}}
+    # The manufacturer CA's PIN is the factory's: no server configuration names it.
+    held = set().union(*pins.values())
+    assert lab.pin_file("manufacturer") not in held and lab.pin_file("web") not in held
+    # One PIN per token, each its own, readable by the lab's user only.
+    every = [lab.pin_file(t) for t in ("manufacturer", "web", "masa", "owner", "registrar", "cloud", "pledges")]
+    every += [lab.so_pin_file(t) for t in ("manufacturer", "masa", "owner")]
+    assert all(oct(p.stat().st_mode & 0o777) == "0o600" for p in every)
+    assert len({p.read_text() for p in every}) == len(every)
+
+    # With the PIN sources the MASA's configuration holds, no other role's key opens.
+    masa_key = configs["masa"].signer.key_uri
+    assert open_signer(masa_key).public_key == load_certificate_file(str(lab.pki("masa-signer")))[0].public_key()
+    for token, label in (("owner", "owner-ca"), ("registrar", "registrar-signer"),
+                         ("manufacturer", "manufacturer-ca"), ("cloud", "registrar-signer")):
+        with pytest.raises(PinError, match=f"wrong PIN for PKCS#11 token '{token}'"):
+            open_signer(replace(masa_key, token=token, object=label))
+    # Nor the other way round: the owner registrar's PINs do not open the MASA's key.
+    for key in (configs["owner"].signer.key_uri, configs["owner"].est.ca_key_uri):
+        with pytest.raises(PinError, match="wrong PIN for PKCS#11 token 'masa'"):
+            open_signer(replace(key, token="masa", object="voucher-signer"))
+
+    # pkcs11-tool says the same: the owner CA's token refuses the MASA's PIN, takes its own.
+    def login(token: str, pin_file: Path):
+        return subprocess.run(["pkcs11-tool", "--module", lab.softhsm.module_path, "--token-label", token,
+                               "--login", "--pin", pin_file.read_text().strip(), "--list-objects"],
+                              env=lab.softhsm.env(), capture_output=True, text=True, timeout=60)
+    refused = login("owner", lab.pin_file("masa"))
+    assert refused.returncode != 0 and "CKR_PIN_INCORRECT" in refused.stdout + refused.stderr
+    accepted = login("owner", lab.pin_file("owner"))
+    assert accepted.returncode == 0 and "owner-ca" in accepted.stdout

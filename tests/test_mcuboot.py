@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from pledgeforge.boards import mcuboot
 from pledgeforge.boards.mcuboot import ImageError, ImageVersion, Refusal
+from pledgeforge.errors import FileAccessError
 
 IMGTOOL = [sys.executable, "-m", "imgtool.main"]
 PAYLOAD = b"firmware body " * 700
@@ -153,7 +154,7 @@ def test_version_parsing():
 def test_non_image_key_files_are_refused(tmp_path):
     with pytest.raises(mcuboot.ImageKeyError, match="not a PEM public key"):
         mcuboot.load_public_key(b"-----BEGIN NOTHING-----\n")
-    with pytest.raises(mcuboot.ImageKeyError, match="cannot read"):
+    with pytest.raises(FileAccessError, match="cannot read"):   # an I/O failure, not a bad key
         mcuboot.load_public_key_file(tmp_path / "missing.pem")
 
 

@@ -152,8 +152,8 @@ def test_a_token_removed_and_put_back_gets_a_new_session(token):
     token out; the signer says so, and signs again once the token is back."""
     signer = keystore.generate_key(token.uri("removable"), "ec-p256")
     assert _signed(signer, signer.sign_digest(b"\x01" * 32), b"\x01" * 32)
-    mine = next(d for d in token.hsm.token_dir.iterdir()
-                if token.label.encode() in (d / "token.object").read_bytes())
+    mine = next(d for d in token.hsm.token_dir.iterdir()    # beside them: the store's lock file
+                if d.is_dir() and token.label.encode() in (d / "token.object").read_bytes())
     away = token.hsm.state_dir / f"removed-{token.label}"
     mine.rename(away)
     try:

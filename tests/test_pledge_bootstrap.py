@@ -32,7 +32,7 @@ def forge(lab):
 @pytest.fixture(scope="module")
 def web_ca_tls(lab, tmp_path_factory):
     """TLS files from the lab's web CA: a server the pledge authenticates as a cloud registrar."""
-    web = keystore.open_signer(lab.key_uri("vendor", "web-ca"))
+    web = keystore.open_signer(lab.key_uri("web", "web-ca"))
     return tls_files(tmp_path_factory.mktemp("webtls"), "rogue", web, load_certificate_file(str(lab.pki("web-ca")))[0])
 
 
@@ -62,11 +62,12 @@ def run(lab, flow="redirect", keystore_kind="pkcs11", cloud_url=None, timeout=5.
 def test_cli_bootstrap_enrolls_and_openssl_checks_the_results(lab, flow, kind):
     out = run_cli("pledge", "bootstrap", "--lab", lab.dir, "--flow", flow, "--keystore", kind, "--json")
     assert out.returncode == 0, out.stdout.decode() + out.stderr.decode()
-    lines = out.stdout.decode().splitlines()
-    summary = json.loads(lines[-1])
+    # With --json, stdout is the JSON object alone; the states go to stderr.
+    summary = json.loads(out.stdout)
     assert summary["state"] == "enrolled" and summary["flow"] == flow and summary["keystore"] == kind
     walked = [t["to"] for t in summary["transitions"]]
     # Every state is printed as it is entered, in order.
+    lines = out.stderr.decode().splitlines()
     printed = [line.split()[0] for line in lines if line.startswith("  ")]
     assert printed == walked
     if flow == "redirect":
@@ -95,7 +96,7 @@ def test_cli_bootstrap_enrolls_and_openssl_checks_the_results(lab, flow, kind):
 
 def test_cli_bootstrap_against_a_stopped_lab_is_one_clear_error(tmp_path):
     out = run_cli("pledge", "bootstrap", "--lab", tmp_path / "nolab")
-    assert out.returncode == 1
+    assert out.returncode == 3
     assert b"lab up" in out.stderr and b"Traceback" not in out.stderr
 
 
@@ -288,7 +289,7 @@ def test_registrar_serve_runs_the_lab_configurations(tmp_path):
     import subprocess
 
     from clirunner import PLEDGEFORGE
-    from pledgeforge.registrar.lab import Lab
+    from pledgeforge.lab import Lab
 
     with running_lab(tmp_path / "lab") as lab:
         pass  # created, then stopped: the configuration files stay
@@ -316,4 +317,28 @@ def test_registrar_serve_runs_the_lab_configurations(tmp_path):
     assert codes == [0, 0], [proc.stderr.read().decode() for proc in procs.values()]
 
     wrong = run_cli("registrar", "serve", "--config", lab.config_path("masa"))
-    assert wrong.returncode == 1 and b"masa serve" in wrong.stderr
+    assert wrong.returncode == 2 and b"masa serve" in wrong.stderr
+
+
+# --------------------------------------------------------------------------- failures after the voucher
+
+@pytest.mark.parametrize("flow", ["redirect", "est-domain"])
+def test_a_key_store_failure_after_the_voucher_is_reported_in_enrollstatus(lab, flow):
+    from pledgeforge.firmware.ldevid_keys import LdevidKeys, LdevidSlots
+    from pledgeforge.firmware.pledge import PledgeDriver
+    from pledgeforge.registrar.db import OWNER_METADATA, table_contents
+
+    pledge = lab.provision_pledge(f"T-{secrets.token_hex(4).upper()}", keystore="pkcs11", flow=flow)
+    identity = lab_pledge.pledge_identity(pledge)
+    # The LDevID key cannot be made: its slots are on a token this SoftHSM does not have.
+    broken = LdevidKeys(LdevidSlots.beside(lab.key_uri("no-such-token", "ldevid")))
+    config = PledgeConfig(cloud_registrar_url=identity.cloud_registrar_url, max_restarts=0)
+    result = PledgeDriver(identity, config, timeout=5, ldevid_keys=broken).run()
+    assert result.state == "failed" and "no PKCS#11 token labelled 'no-such-token'" in result.reason
+    assert states(result)[-2:] == ["est-status", "failed"]
+    reports = [r for r in table_contents(lab.owner_store().engine, OWNER_METADATA)["owner_status_reports"]
+               if r[1] == pledge.serial and r[2] == "enrollstatus"]
+    assert len(reports) == 1
+    assert reports[0][3] is False and "generating the LDevID key and CSR failed" in reports[0][4]
+    assert "no-such-token" in json.loads(reports[0][5])["reason"]
+    assert lab.owner_store().ldevids(pledge.serial) == []  # nothing was issued

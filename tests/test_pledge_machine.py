@@ -785,7 +785,7 @@ def test_csrattrs_without_attributes(status):
     [("cacerts", 404), ("cacerts", 500), ("cacerts", 202), ("csrattrs", 500), ("csrattrs", 401),
      ("simpleenroll", 400), ("simpleenroll", 401), ("simpleenroll", 500), ("simpleenroll", 503)],
 )
-def test_est_errors_fail_with_the_reason(step, status):
+def test_est_errors_are_reported_in_enrollstatus_then_fail_with_the_reason(step, status):
     m = machine()
     est_domain_connected(m)
     if step != "cacerts":
@@ -793,7 +793,13 @@ def test_est_errors_fail_with_the_reason(step, status):
     if step == "simpleenroll":
         m.handle(Response(204))
         m.handle(CsrReady(CSR))
-    failed = expect(m.handle(Response(status, {"Content-Type": "text/plain"}, b"CA offline")), Failed)
+    report = expect(m.handle(Response(status, {"Content-Type": "text/plain"}, b"CA offline")),
+                    SendRequest, url=f"{EST}/.well-known/brski/enrollstatus")
+    body = json.loads(report.body)
+    assert body["status"] is False and f"EST {step}" in body["reason"] and "CA offline" in body["reason"]
+    assert m.state is State.EST_STATUS
+    # Whether the report is delivered or not, the pledge fails with the reason.
+    failed = expect(m.handle(Response(200) if status < 500 else Timeout()), Failed)
     assert f"EST {step}" in failed.reason and str(status) in failed.reason
     assert "CA offline" in failed.reason
 
@@ -821,7 +827,10 @@ def test_simpleenroll_202_is_bounded():
     m.handle(Response(202, {"Retry-After": "1"}))
     m.handle(TimerFired())
     m.handle(ConnectOk(True, EST_CERT))
-    failed = expect(m.handle(Response(202, {"Retry-After": "1"})), Failed)
+    report = expect(m.handle(Response(202, {"Retry-After": "1"})), SendRequest,
+                    url=f"{EST}/.well-known/brski/enrollstatus")
+    assert "certificate not ready" in json.loads(report.body)["reason"]
+    failed = expect(m.handle(Response(200)), Failed)
     assert "certificate not ready" in failed.reason
 
 
@@ -871,7 +880,7 @@ def test_enrollstatus_is_telemetry_a_lost_report_still_enrolls():
 
 
 @pytest.mark.parametrize("where", ["voucher-request", "csr"])
-def test_key_operation_failures_fail(where):
+def test_key_operation_failures_fail_and_after_the_voucher_are_reported_first(where):
     m = machine()
     if where == "voucher-request":
         m.start()
@@ -882,7 +891,13 @@ def test_key_operation_failures_fail(where):
         est_domain_connected(m)
         m.handle(Response(200, body=CACERTS))
         m.handle(Response(204))
-        failed = expect(m.handle(KeyOperationFailed("TPM lockout")), Failed)
+        # After the voucher, the EST server learns why the pledge gives up.
+        report = expect(m.handle(KeyOperationFailed("TPM lockout")), SendRequest,
+                        url=f"{EST}/.well-known/brski/enrollstatus")
+        assert json.loads(report.body) == {
+            "version": 1, "status": False,
+            "reason": "generating the LDevID key and CSR failed: TPM lockout"}
+        failed = expect(m.handle(ConnectFailed("reset")), Failed)
         assert "LDevID key and CSR failed: TPM lockout" in failed.reason
 
 

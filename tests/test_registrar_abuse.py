@@ -35,7 +35,7 @@ def _state(lab):
 def foreign_idevid(lab, directory, serial: str) -> StandIn:
     """A pledge whose IDevID was issued by a CA without our serial checks (another
     manufacturer's line), here signed with the lab's manufacturer CA key."""
-    ca = open_signer(lab.key_uri("vendor", "manufacturer-ca"))
+    ca = open_signer(lab.key_uri("manufacturer", "manufacturer-ca"))
     ca_cert = load_certificate_file(str(lab.pki("manufacturer-ca")))[0]
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "foreign device"),
                          x509.NameAttribute(NameOID.SERIAL_NUMBER, serial)])
@@ -51,7 +51,7 @@ def registrar_request(lab, pledge_cms: bytes, serial: str, nonce: bytes | None,
                    created_on=dt.datetime.now(dt.timezone.utc),
                    prior_signed_voucher_request=pledge_cms).to_json().decode()
     assert body.endswith("}}")
-    signer = open_signer(lab.key_uri("owner", "registrar-signer"))
+    signer = open_signer(lab.key_uri("registrar", "registrar-signer"))
     cert = load_certificate_file(str(lab.pki("registrar-signer")))[0]
     return sign_cms((body[:-2] + extra_json + "}}").encode(), signer, cert, content_type="voucher")
 

@@ -11,6 +11,7 @@ from clirunner import openssl
 from pledgeforge.commands.registrar import RESPONSES
 from pledgeforge.hsm.signer import KeyAlgorithm, SoftwareSigner
 from pledgeforge.hsm.x509 import make_ca, make_csr, to_der
+from pledgeforge.errors import FileAccessError
 from pledgeforge.registrar.config import ConfigError, CsrAttrsSettings, load_config
 from pledgeforge.hsm.cloud_responses import CloudResponse
 from pledgeforge.registrar.db import CloudStore, DatabaseError
@@ -127,7 +128,7 @@ def test_config_errors_name_the_file_and_the_key(tmp_path):
         load_config(_write(tmp_path, base.replace('"tls.crt"', '"missing.crt"')))
     with pytest.raises(ConfigError, match=r"not valid TOML"):
         load_config(_write(tmp_path, base + "[[["))
-    with pytest.raises(ConfigError, match=r"does not exist"):
+    with pytest.raises(FileAccessError, match=r"does not exist"):
         load_config(tmp_path / "nope.toml")
 
 
@@ -206,3 +207,30 @@ def test_without_templates_the_csr_names_are_certified_only_if_they_are_host_nam
     with pytest.raises(Refusal) as refused:
         check_csr_identity(_csr("CN=x", ["../../etc.example"]), policy, "SN-1")
     assert refused.value.status == 400 and "dNSName" in refused.value.message
+
+
+def test_the_crl_settings_are_checked_when_the_configuration_is_read(tmp_path):
+    for name in ("tls.crt", "tls.key", "signer.crt", "mfg.crt", "web.crt", "ca.crt"):
+        (tmp_path / name).write_text("x")
+    base = ('role = "owner"\n[server]\nport = 0\ntls_cert = "tls.crt"\ntls_key = "tls.key"\n'
+            '[database]\nurl = "sqlite:///owner.sqlite"\n'
+            '[registrar]\nsigning_key = "pkcs11:token=t;object=k"\nsigning_cert = "signer.crt"\n'
+            'manufacturer_cas = ["mfg.crt"]\nmasa_anchors = ["web.crt"]\n'
+            '[est]\nca_key = "pkcs11:token=t;object=ca"\nca_cert = "ca.crt"\n')
+    default = load_config(_write(tmp_path, base)).est
+    assert default.crl_url is None and default.crl_days == 7
+    est = load_config(_write(tmp_path, base + 'crl_url = "https://ra.example:8443/crl"\ncrl_days = 2\n')).est
+    assert (est.crl_url, est.crl_days) == ("https://ra.example:8443/crl", 2)
+    for extra, problem in [('crl_url = "ldap:///cn=crl"\n', r"est.crl_url must be an http"),
+                           ('crl_url = "https:///crl"\n', r"est.crl_url must be an http"),
+                           ("crl_days = 0\n", r"est.crl_days must be greater than 0")]:
+        with pytest.raises(ConfigError, match=problem):
+            load_config(_write(tmp_path, base + extra))
+
+
+def test_the_cli_offers_the_revocation_reasons_the_database_keeps():
+    from pledgeforge.commands.registrar import REVOCATION_REASONS as offered
+    from pledgeforge.registrar.crl import REASONS
+    from pledgeforge.registrar.db import REVOCATION_REASONS as kept
+
+    assert offered == kept == tuple(REASONS)

@@ -135,9 +135,12 @@ def test_round_trip_voucher_then_est_enrollment(lab, pledge, tmp_path):
     assert renewed.status == 200, renewed.body
     new_cert = parse_certs_only(renewed.body)[0]
     assert new_cert.subject == ldevid.subject and new_cert.public_key() == renewal_key.public_key
-    kinds = [r[2] for r in table_contents(lab.owner_store().engine, OWNER_METADATA)["owner_enrollments"]
-             if r[1] == pledge.serial]
-    assert kinds == ["enroll", "reenroll"]
+    issued = lab.owner_store().ldevids(pledge.serial)
+    assert [(i.kind, i.certificate_serial) for i in issued] == [
+        ("enroll", f"{ldevid.serial_number:x}"), ("reenroll", f"{new_cert.serial_number:x}")]
+    assert issued[0].requester.startswith("idevid ") and issued[1].requester == (
+        f"ldevid {ldevid.subject.rfc4514_string()} (certificate {ldevid.serial_number:x})")
+    assert [i.state for i in issued] == ["confirmed", "unconfirmed"]
 
 
 def test_est_domain_pledge_enrolls_without_a_voucher_from_this_registrar(lab, pledge):
@@ -213,7 +216,7 @@ def test_unreachable_masa_is_retried_a_bounded_number_of_times(lab, tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         closed = s.getsockname()[1]  # nothing listens once the socket is closed
-    ca = open_signer(lab.key_uri("vendor", "manufacturer-ca"))
+    ca = open_signer(lab.key_uri("manufacturer", "manufacturer-ca"))
     ca_cert = load_certificate_file(str(lab.pki("manufacturer-ca")))[0]
     pledge = StandIn.create(tmp_path, "OW-NO-MASA", lambda pub, s: issue_idevid(
         ca, ca_cert, pub, s, masa_url=f"127.0.0.1:{closed}"))

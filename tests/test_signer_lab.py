@@ -15,22 +15,24 @@ import hashlib
 import json
 import re
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from cryptography import x509
 
-from clirunner import openssl, run_cli
+from clirunner import jq, openssl, run_cli
 from pledgeforge.hsm.chain import load_certificate_file
 from pledgeforge.hsm.keyuri import Pkcs11Uri, SignerUri
 from pledgeforge.hsm.voucher import Voucher
 from pledgeforge.hsm.wellknown import REQUEST_VOUCHER
 from pledgeforge.hsm.x509 import to_der
 from pledgeforge.keyserver import audit
-from pledgeforge.keyserver.lab import NODE_SUBJECT, renewal
+from pledgeforge.keyserver.config import load_signer_config, write_signer_config
 from pledgeforge.keyserver.store import open_store
+from pledgeforge.lab import Lab
+from pledgeforge.lab.signing_service import NODE_SUBJECT, renewal
 from pledgeforge.registrar.config import load_config
-from pledgeforge.registrar.lab import Lab
 
 from registrar_standin import StandIn, post_voucher_request
 from signer_world import ID_KP_CMC_RA
@@ -82,11 +84,11 @@ def test_every_registrar_side_key_is_the_services(keyless):
     for name, uri in uris.items():
         assert isinstance(uri, SignerUri) and uri.key == name and uri.port == keyless.port("signer")
     status = run_cli("lab", "status", "--dir", keyless.dir, "--json")
-    state = json.loads(status.stdout)
-    assert state["servers"]["signer"]["answering"]
-    assert state["signer"]["mode"] == "keyless" and state["signer"]["keys"] == sorted(uris)
+    [service] = jq(status.stdout, ".servers.signer")
+    assert service["answering"] and service["mode"] == "keyless" and service["keys"] == sorted(uris)
     human = run_cli("lab", "status", "--dir", keyless.dir).stdout.decode()
-    assert re.search(r"signer\s+answering", human) and "held by the signing service (keyless)" in human
+    assert re.search(r"signer\s+answering", human)
+    assert f"holds the keys {', '.join(sorted(uris))} (keyless)" in human
 
 
 @pytest.mark.parametrize("flow,registrar_key", [("redirect", "owner-registrar"),
@@ -110,7 +112,7 @@ def test_both_flows_bootstrap_with_the_keys_behind_the_service(keyless, flow, re
 
 def test_a_registrar_on_a_short_term_certificate_bootstraps_a_pledge(short_term):
     owner = load_config(short_term.config_path("owner"))
-    assert isinstance(owner.signer.key_uri, Pkcs11Uri) and owner.signer.key_uri.token == "owner-node"
+    assert isinstance(owner.signer.key_uri, Pkcs11Uri) and owner.signer.key_uri.token == "registrar-node"
     cert = load_certificate_file(str(owner.signer.cert))[0]
     assert cert.subject.rfc4514_string() == NODE_SUBJECT
     assert ID_KP_CMC_RA in cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
@@ -118,7 +120,7 @@ def test_a_registrar_on_a_short_term_certificate_bootstraps_a_pledge(short_term)
     assert lifetime <= dt.timedelta(hours=8, minutes=5)
     chained = openssl("verify", "-CAfile", short_term.pki("owner-ca"), "-purpose", "any", owner.signer.cert)
     assert chained.returncode == 0, chained.stderr.decode()
-    state = short_term.status()["signer"]
+    state = short_term.status()["servers"]["signer"]
     assert state["renewal"]["running"] and state["renewal"]["valid_until"] == cert.not_valid_after_utc.isoformat()
 
     result = bootstrap(short_term, "redirect")
@@ -132,12 +134,11 @@ def test_a_registrar_on_a_short_term_certificate_bootstraps_a_pledge(short_term)
 
 def _end_node_delegation(lab, seconds: float) -> dt.datetime:
     """Rewrite the service's configuration so that the node's delegation ends soon."""
-    path = Path(lab.data["signer"]["config"])
+    config = load_signer_config(lab.config_path("signer"))
     end = dt.datetime.now(dt.timezone.utc).replace(microsecond=0) + dt.timedelta(seconds=seconds)
-    text = path.read_text()
-    block = text[text.index('name = "owner-registrar-node"'):]
-    old = re.search(r"not_after = \S+", block).group(0)
-    path.write_text(text.replace(block, block.replace(old, "not_after = " + end.strftime("%Y-%m-%dT%H:%M:%SZ"), 1)))
+    delegations = tuple(replace(d, not_after=end) if d.name == "owner-registrar-node" else d
+                        for d in config.policy.delegations)
+    write_signer_config(replace(config, policy=replace(config.policy, delegations=delegations)))
     return end
 
 

@@ -7,12 +7,11 @@ service runs here.
 from __future__ import annotations
 
 import datetime as dt
-import json
 
 import pytest
 from cryptography.x509.oid import NameOID
 
-from clirunner import run_cli
+from clirunner import jq, run_cli
 from pledgeforge.hsm.signer import KeyAlgorithm, SoftwareSigner
 from pledgeforge.hsm.x509 import issue_certificate, make_ca, parse_dn, to_pem
 from pledgeforge.keyserver.config import load_signer_config
@@ -136,8 +135,7 @@ def test_signer_check_shows_what_the_file_grants(tmp_path):
     path = _config(tmp_path, GOOD)
     out = run_cli("signer", "check", "--config", path, "--json")
     assert out.returncode == 0, out.stderr
-    summary = json.loads(out.stdout)
-    assert summary["delegations"][0]["operations"] == ["voucher"] and "masa" in summary["clients"]
+    assert jq(out.stdout, "[.delegations[0].operations, (.clients | keys)]") == [[["voucher"], ["masa"]]]
     broken = _config(tmp_path, {**GOOD, "serials": []})
     out = run_cli("signer", "check", "--config", broken)
     assert out.returncode != 0 and out.stderr.count(b"\n") == 1

@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, utils
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from clirunner import openssl, run_cli
+from clirunner import jq, openssl, run_cli
 from pledgeforge.hsm import keystore
 from pledgeforge.hsm.cms import sign_cms
 from pledgeforge.hsm.errors import KeyStoreError
@@ -59,7 +59,7 @@ def world(softhsm, tmp_path_factory):
                    serials=["SV-*"], domains=["*.owner.example"]),
         delegation("registrar-requests", "registrar", "registrar", ["voucher-request"],
                    delegator="owner PKI officer", serials=["SV-*"]),
-        delegation("est-ca", "est", "owner-ca", ["certificate"], delegator="owner PKI officer",
+        delegation("est-ca", "est", "owner-ca", ["certificate", "crl"], delegator="owner PKI officer",
                    subjects=["*serialNumber=SV-*"], domains=["*.pledges.owner.example"],
                    certificate_days=30),
         delegation("registrar-node", "node", "owner-ca", ["delegation-certificate"],
@@ -476,7 +476,8 @@ def _copy(world, directory: Path) -> Path:
 
 def _verify(path: Path, *extra) -> tuple[int, dict]:
     out = run_cli("signer", "audit", "verify", "--database", f"sqlite:///{path}", "--json", *extra)
-    return out.returncode, json.loads(out.stdout)
+    [report] = jq(out.stdout)
+    return out.returncode, report
 
 
 def test_audit_verify_names_the_first_edited_deleted_or_moved_record(world, tmp_path):
@@ -525,7 +526,7 @@ def test_audit_show_filters_by_client_serial_and_time(world):
     config = ["--config", str(world.config_path)]
     out = run_cli("signer", "audit", "show", *config, "--serial", number, "--json")
     assert out.returncode == 0, out.stderr
-    (row,) = [json.loads(line) for line in out.stdout.splitlines()]
+    (row,) = jq(out.stdout)
     assert row["subject"] == number and row["client"] == "masa"
     out = run_cli("signer", "audit", "show", *config, "--client", "flood", "--since", before)
     assert out.returncode == 0 and out.stdout == b""

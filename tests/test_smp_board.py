@@ -18,7 +18,7 @@ from smpclient.requests.image_management import ImageStatesRead
 from smpclient.requests.os_management import DateTimeRead, DateTimeWrite
 from smpclient.transport.serial import SMPSerialTransport
 
-from boardrunner import BoardProcess, BridgeProcess
+from boardrunner import BoardProcess, BridgeProcess, quick_profile
 from clirunner import run_cli, smpmgr
 from pledgeforge.boards.image_signing import firmware_payload
 from pledgeforge.boards.image_slots import ImageSlots
@@ -225,7 +225,7 @@ def test_smpmgr_shell_runs_board_commands_and_reports_their_status(tmp_path):
 
 
 def test_smpmgr_enumerates_the_groups(tmp_path):
-    with BoardProcess("mcu-se", tmp_path / "mcu") as board:
+    with BoardProcess(quick_profile("mcu-se", tmp_path), tmp_path / "mcu") as board:
         groups = smpmgr(board.console_path, "enum", "get-supported-groups").stdout
         for name in ("OS_MANAGEMENT: 0", "IMAGE_MANAGEMENT: 1", "SHELL_MANAGEMENT: 9",
                      "ENUM_MANAGEMENT: 10"):
@@ -250,7 +250,7 @@ async def rtc_session(port: str, write: str | None = None):
 
 def test_datetime_is_set_read_and_lost_at_power_off(tmp_path):
     state = tmp_path / "mcu"
-    with BoardProcess("mcu-se", state) as board:
+    with BoardProcess(quick_profile("mcu-se", tmp_path), state) as board:
         port = board.console_path
         unset = asyncio.run(rtc_session(port))
         assert error(unset) and unset.err.rc == osm.OS_MGMT_RET_RC.RTC_NOT_SET
@@ -267,7 +267,7 @@ def test_datetime_is_set_read_and_lost_at_power_off(tmp_path):
 
 @pytest.mark.parametrize("kind", ["rfc2217", "tcp"])
 def test_smpmgr_through_a_pty_bridge(tmp_path, kind):
-    with BoardProcess("mcu-se", tmp_path / "mcu", "--serial", kind) as board:
+    with BoardProcess(quick_profile("mcu-se", tmp_path), tmp_path / "mcu", "--serial", kind) as board:
         link = tmp_path / "bridge"
         with BridgeProcess(board.info["console"], link) as bridge:
             assert bridge.info["url"] == board.info["console"] and link.resolve() == \
@@ -281,16 +281,16 @@ def test_smpmgr_through_a_pty_bridge(tmp_path, kind):
 
 def test_pty_bridge_reports_bad_urls_and_a_console_that_goes_away(tmp_path):
     result = run_cli("board", "pty-bridge", "--url", "/dev/ttyS0", "--link", tmp_path / "x")
-    assert result.returncode != 0 and not (tmp_path / "x").exists()
+    assert result.returncode == 2 and not (tmp_path / "x").exists()
     assert b"use rfc2217://HOST:PORT or socket://HOST:PORT" in result.stderr
-    with BoardProcess("mcu-se", tmp_path / "mcu", "--serial", "tcp") as board:
+    with BoardProcess(quick_profile("mcu-se", tmp_path), tmp_path / "mcu", "--serial", "tcp") as board:
         url = board.info["console"]
         with BridgeProcess(url, tmp_path / "bridge") as bridge:
             board.stop()
-            assert bridge.proc.wait(30) == 1
+            assert bridge.proc.wait(30) == 3                 # environment: the console is gone
             assert b"went away" in bridge.proc.stderr.read()
     refused = run_cli("board", "pty-bridge", "--url", url, "--link", tmp_path / "x")
-    assert refused.returncode == 1 and b"cannot open the console at " + url.encode() in refused.stderr
+    assert refused.returncode == 3 and b"cannot open the console at " + url.encode() in refused.stderr
 
 
 def test_smpmgr_upgrade_through_a_pty_bridge_to_an_rfc2217_board(bench):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import struct
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from smp import packet as smppacket
@@ -122,3 +123,9 @@ def test_random_frame_lines_never_raise(starts, continuations):
     for line in starts + continuations + starts:
         decoder.feed_line(line)
     assert feed_all(decoder, client_lines(b"still alive")) == [b"still alive"]
+
+
+def test_line_length_without_room_for_base64_is_refused():
+    assert encode_smp_frames(b"ab", line_length=8).count(b"\n") == 2
+    with pytest.raises(ValueError, match="at least 8"):
+        encode_smp_frames(b"ab", line_length=7)

@@ -1,23 +1,35 @@
-"""`pledgeforge board run|power|profiles|console-log|pty-bridge`: emulated boards on the bench."""
+"""`pledgeforge board run|power|profiles|console-log|pty-bridge|set-verify-key`: emulated boards
+on the bench."""
 
 from __future__ import annotations
 
-import json
+import hashlib
 import logging
 import os
 import signal
-import sys
 import threading
 from pathlib import Path
 
 import click
 
+from pledgeforge.boards import mcuboot
+from pledgeforge.boards.image_slots import install_verify_key
 from pledgeforge.boards.power import power_request
 from pledgeforge.boards.profile import load_profile, profile_names
 from pledgeforge.boards.pty_bridge import BridgeError, PtyBridge
-from pledgeforge.boards.runtime import SERIAL_KINDS, Board, load_firmware_app
+from pledgeforge.boards.runtime import SERIAL_KINDS, BoardError, lock_state_dir
 from pledgeforge.boards.transcript import follow_lines, parse_line, read_lines, transcript_path
-from pledgeforge.commands.common import UsageError
+from pledgeforge.errors import FileAccessError
+from pledgeforge.hsm.identity_names import check_serial_number
+
+from .common import json_option, print_json, read_input
+
+
+def _serial_number(ctx, param, value):
+    """A bad serial number is a usage error, found before anything starts."""
+    if value is not None:
+        check_serial_number(value, "--serial-number")
+    return value
 
 
 @click.group()
@@ -37,12 +49,13 @@ def board() -> None:
 @click.option("--replay", is_flag=True,
               help="rfc2217/tcp: send each client the recent output when it connects (off by default, "
                    "so a script waiting for a prompt never matches one printed before it connected)")
-@click.option("--lab", "lab_dir", type=click.Path(file_okay=False, exists=True),
+@click.option("--lab", "lab_dir", type=click.Path(file_okay=False),
               help="lab directory whose registrars and manufacturer CA the pledge firmware uses")
 @click.option("--flow", type=click.Choice(["redirect", "est-domain"]), default="redirect", show_default=True,
               help="with --lab: how the lab's cloud registrar treats this board, recorded when it is "
                    "manufactured (307 to the owner registrar, or a voucher naming the EST server)")
-@click.option("--serial-number", help="serial number for a new board (default: generated)")
+@click.option("--serial-number", callback=_serial_number,
+              help="serial number for a new board (default: generated)")
 @click.option("--power-off", is_flag=True, help="start with the power off (switch it on with `board power on`)")
 def run(profile_name, state_dir, serial_kind, port, replay, lab_dir, flow, serial_number, power_off):
     """Run one board until interrupted. Prints one JSON line once the console is up:
@@ -52,18 +65,31 @@ def run(profile_name, state_dir, serial_kind, port, replay, lab_dir, flow, seria
                                "output for its next reader anyway")
     logging.basicConfig(level=logging.WARNING, format="board: %(message)s")
     profile = load_profile(profile_name)
-    app = load_firmware_app(Path(lab_dir) if lab_dir else None, flow)
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, lambda *_: stop.set())
-    with Board(profile, state_dir, app=app, serial_number=serial_number) as running:
+    with _assemble(profile, state_dir, lab_dir, flow, serial_number) as running:
         running.open_console(serial_kind, port, replay=replay)
         running.serve_power()
         if not power_off:
             running.power_on()
-        click.echo(json.dumps(running.describe()))
+        print_json(running.describe())
         while not stop.wait(3600):
             pass
+
+
+def _assemble(profile, state_dir, lab_dir, flow, serial_number):
+    """The board of `profile`; with a lab, the pledge firmware and the lab's factory step
+    (the board is manufactured at its first power-on by the lab's CA)."""
+    from pledgeforge.boards.assembly import assemble_board
+
+    if lab_dir is None:
+        return assemble_board(profile, state_dir, serial_number=serial_number)
+    from pledgeforge.lab import Lab
+    from pledgeforge.lab.manufacture import LabManufacturing
+
+    return assemble_board(profile, state_dir, app="pledge", serial_number=serial_number,
+                          provisioning=LabManufacturing(Lab.load(Path(lab_dir)), flow))
 
 
 @board.command()
@@ -72,10 +98,14 @@ def run(profile_name, state_dir, serial_kind, port, replay, lab_dir, flow, seria
               help="the state directory of the running board")
 @click.option("--timeout", type=click.FloatRange(1, 600), default=30, show_default=True,
               help="seconds to wait for the board to answer")
-def power(action, state_dir, timeout):
+@json_option(help='print the power state and boot phase as JSON: {"power": "on", "phase": "shell"}')
+def power(action, state_dir, timeout, as_json):
     """Switch a running board's power (what lab tools' power hooks call)."""
     reply = power_request(state_dir, action, timeout=timeout)
-    click.echo(f"power {reply['power']}" + (f" ({reply['phase']})" if reply.get("phase") else ""))
+    if as_json:
+        print_json({"power": reply["power"], "phase": reply.get("phase")})
+    else:
+        click.echo(f"power {reply['power']}" + (f" ({reply['phase']})" if reply.get("phase") else ""))
 
 
 @board.command("pty-bridge")
@@ -94,7 +124,7 @@ def pty_bridge(url, link, baud):
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, lambda *_: bridge.closed.set())
     try:
-        click.echo(json.dumps(bridge.describe()))
+        print_json(bridge.describe())
         while not bridge.closed.wait(3600):
             pass
     finally:
@@ -110,8 +140,7 @@ def pty_bridge(url, link, baud):
               help="keep printing new lines as the board writes them (across rotation) until "
                    "interrupted")
 @click.option("--lines", "-n", "last", type=click.IntRange(1), help="start with the last N lines only")
-@click.option("--json", "as_json", is_flag=True,
-              help="one JSON object per line: time (UTC), dir (out, in or event) and text")
+@json_option(help="one JSON object per line: time (UTC), dir (out, in or event) and text")
 def console_log(state_dir, follow, last, as_json):
     """Show a board's console transcript: everything its console sent (out) and
     received (in), with a timestamp per line, from DIR/console.log and its
@@ -119,27 +148,72 @@ def console_log(state_dir, follow, last, as_json):
     state = Path(state_dir)
     path = transcript_path(state)
     if not state.is_dir():
-        raise UsageError(f"no board state directory {state} (give the --state of `board run`)")
+        raise FileAccessError(f"no board state directory {state} (give the --state of `board run`)")
     if not follow and not path.exists():
-        raise UsageError(f"no console transcript in {state}: a board writes {path} while it runs "
-                         "(unless its profile sets transcript_files = 0)")
+        raise FileAccessError(f"no console transcript in {state}: a board writes {path} while it "
+                              "runs (unless its profile sets transcript_files = 0)")
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, lambda *_: stop.set())
-    lines = follow_lines(state, stop, last) if follow else read_lines(state, last)
-    try:
-        for line in lines:
-            click.echo(json.dumps(parse_line(line)) if as_json else line.rstrip("\n"))
-    except BrokenPipeError:
-        # The reader went away (`| head`): not an error. Point stdout at
-        # /dev/null so that the interpreter's last flush does not complain.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    for line in follow_lines(state, stop, last) if follow else read_lines(state, last):
+        if as_json:
+            print_json(parse_line(line))
+        else:
+            click.echo(line.rstrip("\n"))
 
 
 @board.command()
-def profiles():
+@json_option(help="one JSON object per profile and line: name, description, key store, "
+                  "algorithm, console (baud, prompt, login), image slots")
+def profiles(as_json):
     """List the shipped board profiles."""
     for name in profile_names():
         profile = load_profile(name)
-        click.echo(f"{name:<14} {profile.keystore.type:<7} {profile.keystore.algorithm.value:<9} "
-                   f"{profile.board.description}")
+        if as_json:
+            print_json({"name": name, "description": profile.board.description,
+                        "model": profile.board.model, "keystore": profile.keystore.type,
+                        "algorithm": profile.keystore.algorithm.value,
+                        "console": {"baud": profile.console.baud, "prompt": profile.console.prompt,
+                                    "login": profile.console.login},
+                        "image": {"slots": profile.image.slots,
+                                  "slot_size_kib": profile.image.slot_size_kib,
+                                  "version": profile.image.version},
+                        "path": str(profile.path)})
+        else:
+            click.echo(f"{name:<14} {profile.keystore.type:<7} {profile.keystore.algorithm.value:<9} "
+                       f"{profile.board.description}")
+
+
+@board.command("set-verify-key")
+@click.option("--state", "state_dir", required=True, type=click.Path(file_okay=False),
+              help="the board's state directory (created if missing, to prepare a new board)")
+@click.option("--key-pem", required=True,
+              help="the firmware public key (PEM, EC P-256/P-384 or RSA-2048/3072) images must be "
+                   "signed with: `pledgeforge keys public --key URI` of the firmware-signing key")
+@json_option(help="print the key file written and its MCUboot key hash as JSON")
+def set_verify_key(state_dir, key_pem, as_json):
+    """Install the firmware verification key in a stopped board's flash.
+
+    The bootloader checks every image against it at boot: an image signed with
+    another key, or any image while a board has no key, is erased instead of
+    booted. Boards started with `board run --lab` get the lab's key at their
+    first power-on; a profile that sets [image] verify_key uses that file instead.
+    """
+    pem = read_input(key_pem, "firmware key")
+    public_key = mcuboot.load_public_key(pem, f"firmware key {key_pem}")
+    state = Path(state_dir)
+    state.mkdir(parents=True, exist_ok=True)
+    try:
+        lock = lock_state_dir(state)
+    except BoardError as exc:
+        raise BoardError(f"{exc}: a board's firmware key is set while the board is stopped") from None
+    try:
+        path = install_verify_key(state, pem)
+    finally:
+        os.close(lock)
+    key_hash = hashlib.new(mcuboot.hash_name_for_key(public_key), mcuboot.key_bytes(public_key)).hexdigest()
+    if as_json:
+        print_json({"state_dir": str(state), "verify_key": str(path), "key_hash": key_hash})
+    else:
+        click.echo(f"installed firmware key {path} (key hash {key_hash}); the board checks images "
+                   "against it from its next power-on")

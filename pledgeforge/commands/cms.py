@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
+import json
 
 import click
 
@@ -10,7 +12,7 @@ from pledgeforge.hsm import cms as hcms
 from pledgeforge.hsm import keystore
 from pledgeforge.hsm.chain import load_certificate_file
 
-from .common import key_uri, pin_env_option, read_input, write_output
+from .common import json_option, key_uri, pin_env_option, print_json, read_input, write_output
 
 
 @click.group()
@@ -45,11 +47,28 @@ def sign(uri, cert, in_path, out_path, content_type, pss, pin_env):
 @click.option("--no-check-time", is_flag=True, help="ignore certificate validity periods")
 @click.option("--at-time", type=click.DateTime(["%Y-%m-%dT%H:%M:%S", "%Y-%m-%d"]),
               help="check validity at this UTC time instead of now")
-def verify(in_path, anchors, certfile, no_check_time, at_time):
-    """Verify, then print the content on stdout (exit 0 only when valid)."""
+@json_option(help="print one JSON object instead of the content: content type, signer, chain, "
+                  "signing time, the content (parsed when it is JSON, as a voucher is) and its base64")
+def verify(in_path, anchors, certfile, no_check_time, at_time, as_json):
+    """Verify, then print the content on stdout (exit 0 only when valid, 1 when not)."""
     der = hcms.load_cms_input(read_input(in_path, "CMS input"))
     extra = load_certificate_file(certfile, "certfile") if certfile else []
     when = at_time.replace(tzinfo=dt.timezone.utc) if at_time else None
     result = hcms.verify_cms(der, load_certificate_file(anchors, "trust anchors"), extra,
                              at_time=when, check_time=not no_check_time)
-    write_output(None, result.content)
+    if not as_json:
+        write_output(None, result.content)
+        return
+    try:
+        content = json.loads(result.content)
+    except ValueError:   # not JSON (or not UTF-8): the base64 says it all
+        content = None
+    print_json({
+        "valid": True,
+        "content_type": result.content_type,
+        "signer": result.signer_cert.subject.rfc4514_string(),
+        "chain": [c.subject.rfc4514_string() for c in result.chain],
+        "signing_time": result.signing_time.isoformat() if result.signing_time else None,
+        "content": content,
+        "content_base64": base64.b64encode(result.content).decode(),
+    })

@@ -1,22 +1,31 @@
-"""Options and I/O shared by the CLI commands."""
+"""Options and I/O shared by the CLI commands.
+
+With `--json`, stdout carries JSON only: a command prints one JSON object (a
+listing or a stream prints one object per line), and everything meant for a
+person (progress, states, "wrote FILE") goes to stderr. Errors always go to
+stderr as one line; the exit status says what kind of error it was
+(pledgeforge/cli.py).
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import sys
+from typing import Callable
 
 import click
 
 from pledgeforge.atomicfile import atomic_write
-from pledgeforge.errors import PledgeforgeError
+from pledgeforge.errors import FileAccessError, UsageError
 from pledgeforge.hsm.keyuri import KeyUri, Pkcs11Uri, parse_key_uri
 
 PIN_ENV_HELP = ("environment variable holding the token PIN (default: $PLEDGEFORGE_PIN_ENV); "
                 "or put pin-source=file:PATH in the URI")
+JSON_HELP = "print JSON on stdout (and messages for people on stderr)"
 
-
-class UsageError(PledgeforgeError):
-    """The command line asks for something impossible."""
+__all__ = ["UsageError", "key_uri", "pin_env_option", "json_option", "read_input", "write_output",
+           "messages", "print_json", "check_json_output"]
 
 
 def key_uri(text: str, pin_env: str | None) -> KeyUri:
@@ -32,6 +41,29 @@ def pin_env_option(func):
     return click.option("--pin-env", metavar="NAME", help=PIN_ENV_HELP)(func)
 
 
+def json_option(func=None, *, help: str = JSON_HELP):
+    """`--json` (as `as_json`); use bare (`@json_option`) or with a help text of the command's own."""
+    option = click.option("--json", "as_json", is_flag=True, help=help)
+    return option(func) if func is not None else option
+
+
+def messages(as_json: bool) -> Callable[[str], None]:
+    """Where lines for people go: stdout, or stderr when stdout carries JSON."""
+    return lambda text: click.echo(text, err=as_json)
+
+
+def print_json(data) -> None:
+    """One JSON document on one line of stdout."""
+    click.echo(json.dumps(data))
+
+
+def check_json_output(as_json: bool, *outputs: str | None) -> None:
+    """--json and data written to stdout ('-') cannot share stdout."""
+    if as_json and any(out == "-" for out in outputs):
+        raise UsageError("--json prints JSON on stdout, so the output cannot go there too: "
+                         "give --out a file name")
+
+
 def read_input(path: str, what: str) -> bytes:
     try:
         if path == "-":
@@ -39,7 +71,7 @@ def read_input(path: str, what: str) -> bytes:
         with open(path, "rb") as fh:
             return fh.read()
     except OSError as exc:
-        raise UsageError(f"cannot read {what} {path}: {exc.strerror}") from None
+        raise FileAccessError(f"cannot read {what} {path}: {exc.strerror}") from None
 
 
 def write_output(path: str | None, data: bytes, mode: int = 0o644) -> None:
@@ -51,4 +83,4 @@ def write_output(path: str | None, data: bytes, mode: int = 0o644) -> None:
     try:
         atomic_write(path, data, mode)
     except OSError as exc:
-        raise UsageError(f"cannot write {path}: {exc.strerror}") from None
+        raise FileAccessError(f"cannot write {path}: {exc.strerror}") from None

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import json
-
 import click
 
 from pledgeforge.boards import mcuboot
 from pledgeforge.boards.image_signing import ImageLayout, sign_image
+from pledgeforge.errors import VerificationFailure
 from pledgeforge.hsm import keystore
 
-from .common import UsageError, key_uri, pin_env_option, read_input, write_output
+from .common import (check_json_output, json_option, key_uri, pin_env_option, print_json, read_input,
+                     write_output)
 
 
 def _size(text: str) -> int:
@@ -38,9 +38,12 @@ def image() -> None:
 @click.option("--pad-header/--no-pad-header", default=True, show_default=True,
               help="prepend the header space (use --no-pad-header for binaries that reserve it)")
 @click.option("--profile", default=None, help="take the slot size from this board profile")
+@json_option(help="print the signed image's file, version, size and hash as JSON")
 @pin_env_option
-def sign(uri, version, infile, outfile, header_size, slot_size, align, pad_header, profile, pin_env):
+def sign(uri, version, infile, outfile, header_size, slot_size, align, pad_header, profile, as_json,
+         pin_env):
     """Sign a firmware binary; the key never leaves its key store."""
+    check_json_output(as_json, outfile)
     if slot_size is not None:
         slot_bytes = _size(slot_size)
     elif profile is not None:
@@ -56,36 +59,45 @@ def sign(uri, version, infile, outfile, header_size, slot_size, align, pad_heade
         signed = sign_image(signer, payload, version, layout)
     write_output(outfile, signed)
     info = mcuboot.parse_image(signed)
-    click.echo(f"signed {outfile}: version {info.version}, {len(signed)} bytes, "
-               f"hash {info.hash.hex()}", err=outfile == "-")
+    if as_json:
+        print_json({"out": outfile, "version": str(info.version), "size": len(signed),
+                    "hash": info.hash.hex()})
+    else:
+        click.echo(f"signed {outfile}: version {info.version}, {len(signed)} bytes, "
+                   f"hash {info.hash.hex()}", err=outfile == "-")
 
 
 @image.command()
 @click.option("--key-pem", required=True, help="the firmware public key (PEM)")
 @click.option("--in", "infile", required=True, help="the signed image")
-def verify(key_pem, infile):
+@json_option(help="print the verified image's version and hash as JSON")
+def verify(key_pem, infile, as_json):
     """Check an image as the bootloader does; exit 1 and say why when it fails."""
     public_key = mcuboot.load_public_key_file(key_pem)
     data = read_input(infile, "image")
     try:
         verified = mcuboot.verify_image(data, public_key)
     except mcuboot.ImageError as exc:
-        raise UsageError(f"{infile} is refused: {exc}") from None
-    click.echo(f"{infile}: valid, version {verified.version}, hash {verified.hash.hex()}")
+        raise VerificationFailure(f"{infile} is refused: {exc}") from None
+    if as_json:
+        print_json({"in": infile, "valid": True, "version": str(verified.version),
+                    "hash": verified.hash.hex()})
+    else:
+        click.echo(f"{infile}: valid, version {verified.version}, hash {verified.hash.hex()}")
 
 
 @image.command()
 @click.option("--in", "infile", required=True, help="an MCUboot image")
-@click.option("--json", "as_json", is_flag=True, help="print one JSON object")
+@json_option(help="print one JSON object")
 def info(infile, as_json):
     """Print an image's header and TLVs (without verifying the signature)."""
     data = read_input(infile, "image")
     try:
         summary = mcuboot.describe(data)
     except mcuboot.ImageError as exc:
-        raise UsageError(f"{infile} is not a readable MCUboot image: {exc}") from None
+        raise VerificationFailure(f"{infile} is not a readable MCUboot image: {exc}") from None
     if as_json:
-        click.echo(json.dumps(summary))
+        print_json(summary)
         return
     click.echo(f"version       {summary['version']}")
     click.echo(f"header size   {summary['header_size']:#x}")

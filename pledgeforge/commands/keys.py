@@ -10,7 +10,7 @@ import click
 from pledgeforge.hsm import keystore
 from pledgeforge.hsm.signer import KeyAlgorithm
 
-from .common import UsageError, key_uri, pin_env_option, write_output
+from .common import UsageError, json_option, key_uri, pin_env_option, print_json, write_output
 
 ALGORITHMS_HELP = (f"{', '.join(a.value for a in KeyAlgorithm)} (every key store), or what a key "
                    "store offers besides (PKCS#11: ec-p521, rsa-4096); anything else is refused "
@@ -26,13 +26,18 @@ def keys() -> None:
 @click.option("--key", "uri", required=True, help="where the new key goes: pkcs11:token=T;object=O or tpm:handle=0x81...")
 @click.option("--algorithm", default="ec-p256", show_default=True, help=ALGORITHMS_HELP)
 @click.option("--out", "out", help="also write the public key PEM here")
+@json_option(help="print the key's URI, algorithm and public key (PEM) as JSON")
 @pin_env_option
-def generate(uri, algorithm, out, pin_env):
+def generate(uri, algorithm, out, as_json, pin_env):
     """Generate a non-extractable key pair inside the key store."""
     signer = keystore.generate_key(key_uri(uri, pin_env), algorithm)
     if out:
         write_output(out, signer.public_key_pem())
-    click.echo(f"generated {signer.algorithm.value} key {signer.description}")
+    if as_json:
+        print_json({"key": signer.description, "algorithm": signer.algorithm.value,
+                    "public_key": signer.public_key_pem().decode(), "out": out})
+    else:
+        click.echo(f"generated {signer.algorithm.value} key {signer.description}")
 
 
 @keys.command()
@@ -45,7 +50,7 @@ def public(uri, pin_env):
 
 @keys.command("list")
 @click.option("--token-uri", "uri", required=True, help="pkcs11:token=T (with pin-source) or tpm:?tcti=...")
-@click.option("--json", "as_json", is_flag=True, help="one JSON object per key")
+@json_option(help="one JSON object per key and line")
 @pin_env_option
 def list_(uri, as_json, pin_env):
     """List the keys in a token or the persistent keys of a TPM."""
@@ -59,11 +64,16 @@ def list_(uri, as_json, pin_env):
 @keys.command()
 @click.option("--key", "uri", required=True, help="the key's URI")
 @click.option("--yes", is_flag=True, help="really delete: the key cannot be brought back")
+@json_option(help="print the deleted key's URI as JSON")
 @pin_env_option
-def delete(uri, yes, pin_env):
+def delete(uri, yes, as_json, pin_env):
     """Delete a key from its key store (PKCS#11: private and public objects; TPM: evict the handle)."""
     parsed = key_uri(uri, pin_env)
     if not yes:
         raise UsageError(f"refusing to delete {parsed} without --yes: a deleted key cannot be "
                          "brought back")
-    click.echo(f"deleted {keystore.delete_key(parsed)}")
+    deleted = keystore.delete_key(parsed)
+    if as_json:
+        print_json({"deleted": str(deleted)})
+    else:
+        click.echo(f"deleted {deleted}")

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
-
 import click
+
+from .common import json_option, print_json
 
 DIR_OPTION = click.option("--dir", "directory", required=True,
                           type=click.Path(file_okay=False), help="the lab directory")
-JSON_OPTION = click.option("--json", "as_json", is_flag=True, help="print JSON")
+JSON_OPTION = json_option
 
 
 @click.group()
@@ -28,11 +28,11 @@ def lab() -> None:
 @JSON_OPTION
 def up(directory, timeout, signer, as_json):
     """Create (first time) or reuse the lab and start its servers."""
-    from pledgeforge.registrar.lab import Lab
+    from pledgeforge.lab import Lab
 
     the_lab, report = Lab.up(directory, timeout_s=timeout, signer=signer)
     if as_json:
-        click.echo(json.dumps({"created": report.created, "started": report.started,
+        print_json(({"created": report.created, "started": report.started,
                                "already_running": report.already_running, **the_lab.status()}))
         return
     click.echo(("created" if report.created else "reusing") + f" lab in {the_lab.dir}")
@@ -48,11 +48,11 @@ def up(directory, timeout, signer, as_json):
 @JSON_OPTION
 def down(directory, as_json):
     """Stop the lab's servers (SIGTERM, then SIGKILL after a bounded wait)."""
-    from pledgeforge.registrar.lab import Lab
+    from pledgeforge.lab import Lab
 
     stopped = Lab.load(directory).down()
     if as_json:
-        click.echo(json.dumps({"stopped": stopped}))
+        print_json(({"stopped": stopped}))
     else:
         click.echo("stopped " + (", ".join(stopped) if stopped else "nothing (no server was running)"))
 
@@ -62,23 +62,21 @@ def down(directory, as_json):
 @JSON_OPTION
 def status(directory, as_json):
     """Show which servers run and answer."""
-    from pledgeforge.registrar.lab import Lab
+    from pledgeforge.lab import Lab
 
     state = Lab.load(directory).status()
     if as_json:
-        click.echo(json.dumps(state))
+        print_json((state))
         return
     click.echo(f"lab {state['dir']}")
     for role, info in state["servers"].items():
         word = "answering" if info["answering"] else "running, not answering" if info["running"] else "stopped"
         pid = f"pid {info['pid']}" if info["pid"] else "no pid"
         click.echo(f"  {role:6} {word:22} {pid:11} {info['url']}")
-    signer = state.get("signer")
-    if signer:
-        click.echo(f"  keys {', '.join(signer['keys'])} are held by the signing service "
-                   f"({signer['mode']}) at {signer['url']}")
-        renewal = signer.get("renewal")
+        if "keys" in info:   # a signing service
+            click.echo(f"  {'':6} holds the keys {', '.join(info['keys'])} ({info['mode']})")
+        renewal = info.get("renewal")
         if renewal:
             process = f"pid {renewal['pid']}" if renewal["running"] else "not running"
-            click.echo(f"  owner registrar node certificate valid until {renewal['valid_until']}, "
+            click.echo(f"  {'':6} owner registrar node certificate valid until {renewal['valid_until']}, "
                        f"renewal process {process}")

@@ -7,7 +7,7 @@ import click
 from pledgeforge.hsm.chain import load_certificate_file
 from pledgeforge.hsm.x509 import to_pem
 
-from .common import UsageError
+from .common import UsageError, json_option, print_json
 
 
 def _masa_config(path: str):
@@ -47,11 +47,15 @@ def serve(config_path):
 @click.option("--name", required=True, help="the owner's name")
 @click.option("--domain-ca", required=True, type=click.Path(dir_okay=False),
               help="the owner's domain CA certificate (pinned in its vouchers)")
-def add_owner(config_path, name, domain_ca):
+@json_option
+def add_owner(config_path, name, domain_ca, as_json):
     """Add (or update) an owner and its domain CA."""
     cert = load_certificate_file(domain_ca, "domain CA certificate")[0]
     _store(config_path).add_owner(name, to_pem(cert).decode())
-    click.echo(f"owner {name}: domain CA {cert.subject.rfc4514_string()}")
+    if as_json:
+        print_json({"owner": name, "domain_ca": cert.subject.rfc4514_string()})
+    else:
+        click.echo(f"owner {name}: domain CA {cert.subject.rfc4514_string()}")
 
 
 @masa.command("add-device")
@@ -60,7 +64,12 @@ def add_owner(config_path, name, domain_ca):
 @click.option("--owner", required=True, help="an owner added with add-owner")
 @click.option("--est-domain", help="est-domain for the owner's EST server (brski-cloud)")
 @click.option("--additional-configuration-url", help="additional-configuration-url for the voucher")
-def add_device(config_path, serial, owner, est_domain, additional_configuration_url):
+@json_option
+def add_device(config_path, serial, owner, est_domain, additional_configuration_url, as_json):
     """Record (or change) who owns a device."""
     _store(config_path).set_device(serial, owner, est_domain, additional_configuration_url)
-    click.echo(f"device {serial} belongs to {owner}")
+    if as_json:
+        print_json({"serial": serial, "owner": owner, "est_domain": est_domain,
+                    "additional_configuration_url": additional_configuration_url})
+    else:
+        click.echo(f"device {serial} belongs to {owner}")

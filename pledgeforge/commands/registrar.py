@@ -1,4 +1,4 @@
-"""`pledgeforge registrar serve|add-pledge|set-response|overload`: owner and cloud registrars."""
+"""`pledgeforge registrar serve|add-pledge|set-response|overload|ldevids|revoke`: owner and cloud registrars."""
 
 from __future__ import annotations
 
@@ -6,9 +6,13 @@ import click
 
 from pledgeforge.hsm.cloud_responses import CloudResponse
 
-from .common import UsageError
+from .common import UsageError, json_option, print_json
 
 RESPONSES = CloudResponse.names()
+#: RFC 5280 reason codes (kept in step with pledgeforge.registrar.db.REVOCATION_REASONS, which
+#: is not imported here so that `--help` stays cheap)
+REVOCATION_REASONS = ("unspecified", "keyCompromise", "affiliationChanged", "superseded",
+                      "cessationOfOperation", "privilegeWithdrawn")
 
 
 def _config(path: str, role: str | None = None):
@@ -44,12 +48,16 @@ def serve(config_path):
 @click.option("--serial", required=True)
 @click.option("--flow", type=click.Choice(["redirect", "est-domain"]), default="redirect",
               show_default=True, help="est-domain: the voucher comes from the cloud registrar")
-def add_pledge(config_path, serial, flow):
+@json_option
+def add_pledge(config_path, serial, flow, as_json):
     """Put a pledge on the owner registrar's pledge list."""
     from pledgeforge.registrar.db import OwnerStore
 
     OwnerStore(_config(config_path, "owner").database_url).add_pledge(serial, flow)
-    click.echo(f"pledge {serial} ({flow}) added")
+    if as_json:
+        print_json({"serial": serial, "flow": flow})
+    else:
+        click.echo(f"pledge {serial} ({flow}) added")
 
 
 @registrar.command("set-response")
@@ -62,25 +70,104 @@ def add_pledge(config_path, serial, flow):
 @click.option("--times", type=click.IntRange(min=1), help="answer this many times, then --then")
 @click.option("--then", "then", type=click.Choice(RESPONSES))
 @click.option("--endpoint", default="main", show_default=True, help="which listening endpoint")
-def set_response(config_path, serial, response, location, retry_after, times, then, endpoint):
+@json_option
+def set_response(config_path, serial, response, location, retry_after, times, then, endpoint, as_json):
     """What the cloud registrar answers a pledge's voucher-requests."""
     from pledgeforge.registrar.db import CloudStore
 
     CloudStore(_config(config_path, "cloud").database_url).set_response(
         serial, response, endpoint=endpoint, location=location, retry_after=retry_after,
         times=times, then=then)
-    click.echo(f"pledge {serial} on {endpoint}: {response}")
+    if as_json:
+        print_json({"serial": serial, "endpoint": endpoint, "response": response,
+                    "status": int(CloudResponse(response).status), "location": location,
+                    "retry_after": retry_after, "times": times, "then": then})
+    else:
+        click.echo(f"pledge {serial} on {endpoint}: {response}")
 
 
 @registrar.command()
 @click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False))
 @click.option("--retry-after", type=click.IntRange(min=0), help="answer 503 with this Retry-After")
 @click.option("--off", is_flag=True, help="stop answering 503")
-def overload(config_path, retry_after, off):
+@json_option
+def overload(config_path, retry_after, off, as_json):
     """Make the cloud registrar answer every voucher-request with 503 (or stop)."""
     from pledgeforge.registrar.db import CloudStore
 
     if off == (retry_after is not None):
         raise UsageError("give either --retry-after SECONDS or --off")
     CloudStore(_config(config_path, "cloud").database_url).set_overloaded(None if off else retry_after)
-    click.echo("overload off" if off else f"overloaded, Retry-After {retry_after}")
+    if as_json:
+        print_json({"overloaded": not off, "retry_after": None if off else retry_after})
+    else:
+        click.echo("overload off" if off else f"overloaded, Retry-After {retry_after}")
+
+
+def _owner_store(config_path: str):
+    from pledgeforge.registrar.db import OwnerStore
+
+    return OwnerStore(_config(config_path, "owner").database_url)
+
+
+def _checked_serial(serial: str | None) -> str | None:
+    from pledgeforge.hsm.identity_names import check_serial_number
+
+    return None if serial is None else check_serial_number(serial)
+
+
+def _ldevid_line(issued) -> str:
+    status = issued.state
+    if issued.state == "failed":
+        status += f" ({issued.status_reason})"
+    elif issued.state == "revoked":
+        status += f" {issued.revoked_at:%Y-%m-%dT%H:%M:%SZ} ({issued.revocation_reason})"
+    return (f"{issued.serial}  certificate {issued.certificate_serial}  {status}  "
+            f"issued {issued.issued_at:%Y-%m-%dT%H:%M:%SZ} ({issued.kind}) to {issued.requester}")
+
+
+@registrar.command()
+@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False),
+              help="the owner registrar's configuration")
+@click.option("--serial-number", "serial", help="only this pledge's LDevIDs")
+@click.option("--unconfirmed", is_flag=True,
+              help="only LDevIDs that no enrollstatus confirmed and nobody revoked")
+@json_option(help="one JSON object per LDevID and line on stdout")
+def ldevids(config_path, serial, unconfirmed, as_json):
+    """LDevIDs the owner CA issued: who asked, what the pledge's enrollstatus said, revocation.
+
+    An unconfirmed LDevID was issued but never put to use (the pledge failed, or lost
+    power before storing it); revoke it with `pledgeforge registrar revoke`.
+    """
+    issued = _owner_store(config_path).ldevids(_checked_serial(serial), unconfirmed=unconfirmed)
+    for item in issued:
+        if as_json:
+            print_json(item.to_dict())
+        else:
+            click.echo(_ldevid_line(item))
+    if not issued and not as_json:
+        click.echo("no LDevIDs" + (" left unconfirmed" if unconfirmed else ""), err=True)
+
+
+@registrar.command()
+@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False),
+              help="the owner registrar's configuration")
+@click.option("--serial-number", "serial", help="revoke every LDevID of this pledge")
+@click.option("--cert-serial", help="revoke this LDevID (its certificate serial, as openssl prints it)")
+@click.option("--reason", type=click.Choice(REVOCATION_REASONS), default="unspecified", show_default=True,
+              help="RFC 5280 reason code")
+@json_option(help="one JSON object per LDevID revoked and line on stdout")
+def revoke(config_path, serial, cert_serial, reason, as_json):
+    """Revoke LDevIDs: the owner registrar's /crl lists them at its next request, and they
+    can no longer renew (/simplereenroll) or report."""
+    if (serial is None) == (cert_serial is None):
+        raise UsageError("give either --serial-number S (every LDevID of pledge S) or --cert-serial N")
+    revoked = _owner_store(config_path).revoke(certificate_serial=cert_serial,
+                                               serial=_checked_serial(serial), reason=reason)
+    for item in revoked:
+        if as_json:
+            print_json(item.to_dict())
+        else:
+            click.echo(f"revoked {_ldevid_line(item)}")
+    if not revoked and not as_json:
+        click.echo("nothing to revoke: already revoked", err=True)

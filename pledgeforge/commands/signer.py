@@ -1,20 +1,27 @@
-"""`pledgeforge signer serve|check|renew|audit verify|audit show`: the signing service."""
+"""`pledgeforge signer serve|check|renew|audit verify|audit show`: the signing service.
+
+Exit statuses by kind (pledgeforge/cli.py): a configuration that does not
+read is a usage error (2); a service, token or database that cannot be used
+is an environment failure (3); an audit log that does not verify, or a
+request the service refused, is a verification failure (1).
+"""
 
 from __future__ import annotations
 
-import json
 import signal
 import threading
 
 import click
 
-from .common import UsageError, key_uri, pin_env_option
+from pledgeforge.errors import VerificationFailure
+
+from .common import UsageError, json_option, key_uri, messages, pin_env_option, print_json
 
 CONFIG_OPTION = click.option("--config", "config_path", type=click.Path(dir_okay=False),
                              help="the signing service's TOML configuration")
 DATABASE_OPTION = click.option("--database", "database_url",
                                help="its database URL instead (sqlite:///PATH, postgresql://...)")
-JSON_OPTION = click.option("--json", "as_json", is_flag=True, help="print JSON")
+JSON_OPTION = json_option
 
 
 @click.group()
@@ -37,7 +44,8 @@ def serve(config_path):
 
 
 @signer.command()
-@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False))
+@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False),
+              help="the signing service's TOML configuration")
 @JSON_OPTION
 def check(config_path, as_json):
     """Read the configuration as `serve` would and show its keys, clients and delegations."""
@@ -56,7 +64,7 @@ def check(config_path, as_json):
                         for d in policy.delegations],
     }
     if as_json:
-        click.echo(json.dumps(summary))
+        print_json(summary)
         return
     click.echo(f"node {config.node}: {len(config.keys)} key(s), {len(policy.clients)} client(s), "
                f"{len(policy.delegations)} delegation(s)")
@@ -93,9 +101,9 @@ def renew(service_uri, key, subject, cert_path, chain_path, watch, pin_env, as_j
     if not watch:
         cert = renewal.renew()
         if as_json:
-            click.echo(json.dumps({"cert": cert_path, "subject": cert.subject.rfc4514_string(),
-                                   "issuer": cert.issuer.rfc4514_string(),
-                                   "not_after": cert.not_valid_after_utc.isoformat()}))
+            print_json({"cert": cert_path, "subject": cert.subject.rfc4514_string(),
+                        "issuer": cert.issuer.rfc4514_string(),
+                        "not_after": cert.not_valid_after_utc.isoformat()})
         else:
             click.echo(f"{cert_path}: {cert.subject.rfc4514_string()} valid until "
                        f"{cert.not_valid_after_utc.isoformat()}")
@@ -148,20 +156,17 @@ def verify(config_path, database_url, expect_heads, as_json):
     result = verify_log(_engine(config_path, database_url), _heads(expect_heads))
     heads = {node: f"{node}:{head.seq}:{head.hash}" for node, head in result.heads.items()}
     if as_json:
-        click.echo(json.dumps({"ok": result.problem is None, "records": result.records,
-                               "heads": heads,
-                               "problem": str(result.problem) if result.problem else None,
-                               "first_bad": None if result.problem is None else {
-                                   "node": result.problem.node, "seq": result.problem.seq,
-                                   "row": result.problem.row_id}}))
-    elif result.problem is None:
-        click.echo(f"audit log intact: {result.records} record(s)")
-        for head in heads.values():
-            click.echo(f"  head {head}")
+        print_json({"ok": result.problem is None, "records": result.records, "heads": heads,
+                    "problem": str(result.problem) if result.problem else None,
+                    "first_bad": None if result.problem is None else {
+                        "node": result.problem.node, "seq": result.problem.seq,
+                        "row": result.problem.row_id}})
     if result.problem is not None:
-        if not as_json:
-            click.echo(f"pledgeforge: error: audit log broken at {result.problem}", err=True)
-        raise SystemExit(1)
+        raise VerificationFailure(f"audit log broken at {result.problem}")
+    say = messages(as_json)
+    say(f"audit log intact: {result.records} record(s)")
+    for head in heads.values():
+        say(f"  head {head}")
 
 
 @audit.command()
@@ -183,7 +188,7 @@ def show(config_path, database_url, client, serial, since, until, node, outcome,
                  until=until, node=node, outcome=outcome, limit=limit)
     for row in rows:
         if as_json:
-            click.echo(json.dumps(row))
+            print_json(row)
             continue
         who = row["client"] or row["identity"] or row["peer"]
         what = " ".join(p for p in (row["operation"], row["key"], row["subject"]) if p)

@@ -4,17 +4,17 @@ voucher-requests or certificates at libcrypto speed and report what failed."""
 from __future__ import annotations
 
 import collections
-import json
 import os
 import sys
 import time
 
 import click
 
+from pledgeforge.errors import VerificationFailure
 from pledgeforge.fastpath import BulkVerifier, Result
 from pledgeforge.hsm.chain import load_certificate_file
 
-from .common import UsageError
+from .common import UsageError, json_option, print_json
 
 
 def _failure_line(r) -> str:
@@ -67,7 +67,7 @@ class _Progress:
 
 
 @click.command()
-@click.option("--bulk", "path", required=True, type=click.Path(exists=True),
+@click.option("--bulk", "path", required=True, type=click.Path(),
               help="a directory (one DER object per file) or a file of concatenated DER objects")
 @click.option("--anchors", required=True, type=click.Path(dir_okay=False),
               help="trust anchors (PEM, one or more certificates)")
@@ -80,8 +80,7 @@ class _Progress:
 @click.option("--no-check-time", is_flag=True, help="ignore certificate validity periods")
 @click.option("--at-time", type=click.DateTime(["%Y-%m-%dT%H:%M:%S", "%Y-%m-%d"]),
               help="check validity at this UTC time instead of now")
-@click.option("--json", "as_json", is_flag=True,
-              help="JSON lines: one per failing item, then a summary")
+@json_option(help="JSON lines: one per failing item, then a summary")
 def verify(path, anchors, certfile, certificates, threads, no_check_time, at_time, as_json):
     """Verify many CMS-signed vouchers / voucher-requests (or certificates) at once.
 
@@ -108,21 +107,20 @@ def verify(path, anchors, certfile, certificates, threads, no_check_time, at_tim
                 continue
             failures += 1
             if as_json:
-                click.echo(json.dumps({"index": result.index, "name": result.name,
-                                       "offset": result.item_offset, "result": result.code.name,
-                                       "serial": result.serial}))
+                print_json({"index": result.index, "name": result.name, "offset": result.item_offset,
+                            "result": result.code.name, "serial": result.serial})
             else:
                 progress.echo(_failure_line(result))
     elapsed = time.perf_counter() - started
     total = sum(counts.values())
     rate = total / elapsed if elapsed > 0 else 0.0
     if as_json:
-        click.echo(json.dumps({"summary": {c.name: counts.get(c, 0) for c in Result},
-                               "items": total, "seconds": round(elapsed, 6),
-                               "items_per_second": round(rate, 1), "threads": verifier.threads}))
+        print_json({"summary": {c.name: counts.get(c, 0) for c in Result}, "items": total,
+                    "seconds": round(elapsed, 6), "items_per_second": round(rate, 1),
+                    "threads": verifier.threads})
     else:
         shown = ", ".join(f"{c.name} {counts[c]}" for c in Result if counts.get(c))
         click.echo(f"{total} items in {elapsed:.3f} s ({rate:,.0f} items/s, "
                    f"{verifier.threads} threads): {shown or 'none'}")
     if failures:
-        sys.exit(1)
+        raise VerificationFailure(f"{failures} of {total} items failed verification")

@@ -1,6 +1,8 @@
-# Included by _verify.pyx: the C interfaces it uses: OpenSSL 3.0 libcrypto and POSIX threads.
-# Only what the fastpath calls is declared; every function is thread-safe in
-# OpenSSL 3.0 when each thread uses its own contexts.
+# The C interfaces the fastpath uses: OpenSSL 3.0 libcrypto, POSIX threads and two
+# atomics. Only what the fastpath calls is declared; every libcrypto function here
+# is thread-safe in OpenSSL 3.0 when each thread uses its own contexts.
+
+from libc.stdint cimport uint64_t
 
 cdef extern from "openssl/crypto.h" nogil:
     unsigned long OpenSSL_version_num()
@@ -95,5 +97,8 @@ cdef extern from *:
     static inline size_t pf_claim(size_t *counter, size_t step) {
         return __atomic_fetch_add(counter, step, __ATOMIC_RELAXED);
     }
+    /* Statistics counters shared by the workers. */
+    static inline void pf_count(uint64_t *p) { __atomic_fetch_add(p, 1, __ATOMIC_RELAXED); }
     """
     size_t pf_claim(size_t *counter, size_t step) nogil
+    void pf_count(uint64_t *p) nogil
