@@ -7,6 +7,7 @@ service runs here.
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import replace
 
 import pytest
 from cryptography.x509.oid import NameOID
@@ -14,7 +15,7 @@ from cryptography.x509.oid import NameOID
 from clirunner import jq, run_cli
 from pledgeforge.hsm.signer import KeyAlgorithm, SoftwareSigner
 from pledgeforge.hsm.x509 import issue_certificate, make_ca, parse_dn, to_pem
-from pledgeforge.keyserver.config import load_signer_config
+from pledgeforge.keyserver.config import EXTENDED_KEY_USAGES, load_signer_config, write_signer_config
 from pledgeforge.keyserver.policy import Client, Delegation, Denied, Policy, Scope
 from pledgeforge.registrar.config import ConfigError
 
@@ -123,6 +124,36 @@ def test_a_mistake_in_a_delegation_is_one_error_naming_file_and_key(tmp_path, ch
     assert str(tmp_path / "signer.toml") in str(info.value) and words in str(info.value)
 
 
+@pytest.mark.parametrize("old,new,words", [
+    ('node = "n1"', 'node = "n1"\nnodes = 2', "nodes is not a known setting; did you mean node?"),
+    ("port = 9443", "prot = 9443", "server.prot is not a known setting; did you mean port?"),
+    ("[database]", "[database]\nurls = []", "database.urls is not a known setting; did you mean url?"),
+    ('subject = "CN=masa,O=t"', 'subject = "CN=masa,O=t"\nbrust = 3',
+     "clients.masa.brust is not a known setting; did you mean burst?"),
+    ('delegator = "officer"', 'delegatr = "officer"', "delegations[0].delegatr is not a known setting; "
+                                                        "did you mean delegator?"),
+])
+def test_a_misspelt_key_is_refused_naming_the_closest_known_one(tmp_path, old, new, words):
+    path = _config(tmp_path, GOOD)
+    text = open(path).read()
+    assert old in text
+    open(path, "w").write(text.replace(old, new, 1))
+    with pytest.raises(ConfigError) as info:
+        load_signer_config(path)
+    assert words in str(info.value)
+
+
+def test_a_configuration_written_from_its_dataclasses_reads_back_the_same(tmp_path):
+    config = load_signer_config(_config(tmp_path, {**GOOD, "domains": ["*.example.com"],
+                                                   "extended_key_usages": ["serverAuth"]}))
+    copy = replace(config, path=tmp_path / "copy.toml", workers_per_token=3, window_s=60)
+    write_signer_config(copy, "written by a test")
+    again = load_signer_config(copy.path)
+    assert again == copy
+    assert again.policy.delegations[0].extended_key_usages == (EXTENDED_KEY_USAGES["serverAuth"],)
+    assert copy.path.read_text().startswith("# written by a test\n")
+
+
 def test_a_time_without_offset_is_refused(tmp_path):
     path = _config(tmp_path, GOOD)
     text = open(path).read().replace(toml_value(NOW), "2030-06-01T12:00:00")
@@ -138,5 +169,7 @@ def test_signer_check_shows_what_the_file_grants(tmp_path):
     assert jq(out.stdout, "[.delegations[0].operations, (.clients | keys)]") == [[["voucher"], ["masa"]]]
     broken = _config(tmp_path, {**GOOD, "serials": []})
     out = run_cli("signer", "check", "--config", broken)
-    assert out.returncode != 0 and out.stderr.count(b"\n") == 1
+    assert out.returncode == 2 and out.stderr.count(b"\n") == 1   # a usage error
     assert b"delegations[0].serials must list the patterns" in out.stderr
+    missing = run_cli("signer", "check", "--config", tmp_path / "nowhere.toml")
+    assert missing.returncode == 3 and b"does not exist" in missing.stderr   # the environment
