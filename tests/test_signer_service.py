@@ -7,6 +7,7 @@ uses serial numbers and request ids of its own.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import datetime as dt
 import http.client
@@ -18,6 +19,7 @@ import sqlite3
 import ssl
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -32,13 +34,14 @@ from pledgeforge.hsm.cms import sign_cms
 from pledgeforge.hsm.errors import KeyStoreError
 from pledgeforge.hsm.signer import KeyAlgorithm, SoftwareSigner
 from pledgeforge.hsm.voucher import Voucher, format_date
-from pledgeforge.hsm.x509 import issue_from_csr, issue_idevid, make_csr, to_der, to_pem
+from pledgeforge.hsm.x509 import issue_crl_async, issue_from_csr, issue_idevid, make_csr, to_der, to_pem
 from pledgeforge.keyserver import audit
 from pledgeforge.keyserver.client import SigningRefused, new_request
+from pledgeforge.keyserver.config import load_signer_config, write_signer_config
 from pledgeforge.keyserver.renewal import Renewal
 from pledgeforge.keyserver.store import open_store
 
-from signer_world import ID_KP_CMC_RA, HOST, SignerWorld, delegation
+from signer_world import ID_KP_CMC_RA, HOST, SignerWorld, delegation, free_port
 
 FLOOD_BURST = 5
 
@@ -191,6 +194,26 @@ def test_a_certificate_from_a_csr_within_subject_and_san(world, tmp_path):
     assert answer.status == 400
 
 
+def test_a_crl_is_built_from_the_entries_and_dated_by_the_service(world, tmp_path):
+    ca = keystore.open_signer(world.uri("owner-ca", world.identities["est"]))
+    when = dt.datetime(2030, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc)
+    revoked = [(0x1234ABCD, when, x509.ReasonFlags.key_compromise), (0x42, when, None)]
+    crl = asyncio.run(issue_crl_async(ca, world.owner_ca, revoked, number=7,
+                                      this_update=when, next_update=when + dt.timedelta(days=2)))
+    (tmp_path / "crl.der").write_bytes(to_der(crl))
+    checked = openssl("crl", "-inform", "DER", "-in", tmp_path / "crl.der", "-noout", "-verify", "-text",
+                      "-CAfile", world.owner_ca_path)
+    text = checked.stdout.decode()
+    assert b"verify OK" in checked.stdout + checked.stderr, checked.stderr
+    assert "1234ABCD" in text and "Key Compromise" in text and "X509v3 CRL Number: \n                7" in text
+    # The service's clock, not the client's, dates it; the lifetime asked for is kept.
+    assert abs(crl.last_update_utc - dt.datetime.now(dt.timezone.utc)) < dt.timedelta(minutes=5)
+    assert crl.next_update_utc - crl.last_update_utc == dt.timedelta(days=2)
+    (record,) = records(world, serial="CRL 7")
+    assert (record["operation"], record["delegation"], record["outcome"]) == ("crl", "est-ca", "signed")
+    assert record["digest"] == audit.hashlib.sha256(to_der(crl)).hexdigest()
+
+
 def test_a_short_term_delegation_certificate(world, tmp_path):
     node = keystore.open_signer(world.uri("owner-ca", world.identities["node"]))
     key = SoftwareSigner.generate(KeyAlgorithm.EC_P256)
@@ -237,6 +260,36 @@ def test_a_raw_digest_is_signed_where_a_delegation_grants_it(world):
     dgst = secrets.token_bytes(32)
     signature = raw.sign_digest(dgst)
     raw.public_key.verify(signature, dgst, ec.ECDSA(utils.Prehashed(hashes.SHA256())))
+
+
+def test_the_signer_commands_exit_by_the_kind_of_failure(world, token, tmp_path):
+    """A refused request 1, a configuration that does not read 2, a token or service that
+    cannot be used 3 (pledgeforge/cli.py)."""
+    keystore.generate_key(token.uri("exit-node"), "ec-p256")
+
+    def renew(service, subject):
+        return run_cli("signer", "renew", "--service", service, "--key", token.uri_text("exit-node"),
+                       "--subject", subject, "--cert", tmp_path / "node.pem", env=token.hsm.env())
+
+    service = world.uri("owner-ca", world.identities["node"])
+    refused = renew(service, "CN=masa,O=signer tests")
+    assert refused.returncode == 1 and b"refused (403)" in refused.stderr, refused.stderr
+    unreachable = renew(replace(service, port=free_port()), "CN=registrar-8,O=signer tests")
+    assert unreachable.returncode == 3 and b"cannot be reached" in unreachable.stderr, unreachable.stderr
+    assert not (tmp_path / "node.pem").exists()
+
+    config = load_signer_config(world.config_path)
+    masa = config.keys["masa"]
+    absent = replace(config, path=tmp_path / "absent-token.toml",
+                     server=replace(config.server, port=free_port()),
+                     keys={**config.keys, "masa": replace(masa, uri=replace(masa.uri, token="absent"))})
+    write_signer_config(absent)
+    served = run_cli("signer", "serve", "--config", absent.path)
+    assert served.returncode == 3 and b"no PKCS#11 token labelled 'absent'" in served.stderr, served.stderr
+    typo = tmp_path / "typo.toml"
+    typo.write_text(absent.path.read_text().replace("[requests]", "[request]"))
+    served = run_cli("signer", "serve", "--config", typo)
+    assert served.returncode == 2 and b"request is not a known setting; did you mean requests?" in served.stderr
 
 
 # --------------------------------------------------------------------------- refusals
@@ -293,6 +346,11 @@ def test_a_certificate_from_an_unknown_ca_ends_the_handshake_and_is_recorded(wor
     ("masa", "masa", "voucher", lambda w: {"voucher": voucher_fields(
         w, serial(), created_on=dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=3))}, 400,
      "created-on"),
+    ("masa", "masa", "crl", lambda w: {"revoked": [], "number": 1, "validity_s": 60}, 403,
+     "no delegation lets client masa issue CRLs with key masa"),
+    ("est", "owner-ca", "crl", lambda w: {"revoked": [{"serial": "1f", "revoked_at": "2030-01-01T00:00:00Z",
+                                                        "reason": "boredom"}], "number": 1, "validity_s": 60},
+     400, "revoked[0].reason 'boredom' is no RFC 5280 reason"),
 ])
 def test_refusals_have_a_status_a_reason_and_a_record(world, who, key, operation, make, status, words):
     request = new_request(**make(world))
