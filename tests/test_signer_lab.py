@@ -34,7 +34,7 @@ from pledgeforge.lab import Lab
 from pledgeforge.lab.signing_service import NODE_SUBJECT, renewal
 from pledgeforge.registrar.config import load_config
 
-from registrar_standin import StandIn, post_voucher_request
+from registrar_standin import StandIn, https, post_voucher_request
 from signer_world import ID_KP_CMC_RA
 
 
@@ -83,6 +83,9 @@ def test_every_registrar_side_key_is_the_services(keyless):
             "owner-registrar": owner.signer.key_uri, "owner-ca": owner.est.ca_key_uri}
     for name, uri in uris.items():
         assert isinstance(uri, SignerUri) and uri.key == name and uri.port == keyless.port("signer")
+    # No server holds a token PIN: each has its client certificate and key for the service.
+    for config in (masa, cloud, owner):
+        assert "pin-source" not in config.path.read_text()
     status = run_cli("lab", "status", "--dir", keyless.dir, "--json")
     [service] = jq(status.stdout, ".servers.signer")
     assert service["answering"] and service["mode"] == "keyless" and service["keys"] == sorted(uris)
@@ -110,9 +113,43 @@ def test_both_flows_bootstrap_with_the_keys_behind_the_service(keyless, flow, re
         hashlib.sha256(Path(result["voucher"]).read_bytes()).hexdigest()
 
 
+def _crl(lab, path: Path) -> str:
+    """The owner registrar's CRL, checked by openssl against the owner CA; its text."""
+    answer = https(lab.url("owner") + "/crl", anchors=[lab.pki("owner-ca")])
+    assert answer.status == 200 and answer.header("content-type") == "application/pkix-crl"
+    converted = openssl("crl", "-inform", "DER", "-out", path, input=answer.body)
+    assert converted.returncode == 0, converted.stderr
+    checked = openssl("crl", "-in", path, "-noout", "-verify", "-CAfile", lab.pki("owner-ca"))
+    assert b"verify OK" in checked.stdout + checked.stderr, checked.stderr
+    return openssl("crl", "-in", path, "-noout", "-text").stdout.decode()
+
+
+def test_the_owner_cas_crl_is_built_by_the_service_and_revokes_an_ldevid(keyless, tmp_path):
+    result = bootstrap(keyless, "redirect")
+    dp = openssl("x509", "-in", result["ldevid"], "-noout", "-ext", "crlDistributionPoints")
+    assert f"URI:{keyless.url('owner')}/crl" in dp.stdout.decode()
+    _crl(keyless, tmp_path / "before.pem")
+    serial = openssl("x509", "-in", result["ldevid"], "-noout", "-serial").stdout.decode().strip().split("=")[1]
+    revoked = run_cli("registrar", "revoke", "--config", keyless.config_path("owner"), "--cert-serial", serial,
+                      "--reason", "keyCompromise", "--json")
+    assert revoked.returncode == 0, revoked.stderr
+    text = _crl(keyless, tmp_path / "after.pem")
+    assert serial in text.replace(":", "").upper() and "Key Compromise" in text
+    refused = openssl("verify", "-crl_check", "-CRLfile", tmp_path / "after.pem", "-CAfile",
+                      keyless.pki("owner-ca"), result["ldevid"])
+    assert refused.returncode != 0 and b"certificate revoked" in refused.stdout + refused.stderr
+    crls = [r for r in audit.query(open_store(keyless.data["servers"]["signer"]["database"]), outcome="signed")
+            if r["operation"] == "crl"]
+    assert crls and {(r["client"], r["key"], r["delegation"]) for r in crls} == \
+        {("owner", "owner-ca", "owner-ldevids")}
+
+
 def test_a_registrar_on_a_short_term_certificate_bootstraps_a_pledge(short_term):
     owner = load_config(short_term.config_path("owner"))
     assert isinstance(owner.signer.key_uri, Pkcs11Uri) and owner.signer.key_uri.token == "registrar-node"
+    # The owner registrar holds the PIN of its own node key and no other.
+    assert re.findall(r"pin-source=file:[^&\"]+", owner.path.read_text()) == \
+        [f"pin-source=file:{short_term.pin_file('registrar-node')}"]
     cert = load_certificate_file(str(owner.signer.cert))[0]
     assert cert.subject.rfc4514_string() == NODE_SUBJECT
     assert ID_KP_CMC_RA in cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
@@ -159,7 +196,7 @@ def test_a_registrar_whose_delegation_ended_is_refused_by_the_masa(short_term, t
     # ends, so the test waits for the clock to pass it (bounded: a few seconds).
     threading.Event().wait(max(0.0, (end - dt.datetime.now(dt.timezone.utc)).total_seconds()) + 1.5)
     refused = _renew(short_term)
-    assert refused.returncode != 0
+    assert refused.returncode == 1    # refused: a verification failure, not an environment one
     assert b"refused (403)" in refused.stderr and b"delegation owner-registrar-node expired" in refused.stderr
 
     pledge = StandIn.create(tmp_path, "PF-ENDED" + dt.datetime.now().strftime("%H%M%S"),
