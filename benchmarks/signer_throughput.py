@@ -43,7 +43,7 @@ from pledgeforge.hsm.signer import KeyAlgorithm, SoftwareSigner
 from pledgeforge.hsm.softhsm import SoftHsm
 from pledgeforge.hsm.voucher import Voucher, format_date
 from pledgeforge.hsm.x509 import issue_certificate, make_ca, to_der, to_pem
-from pledgeforge.registrar.lab import stop_process
+from pledgeforge.lab.processes import stop_process
 
 HOST = "127.0.0.1"
 PIN = "1234"
