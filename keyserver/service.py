@@ -125,8 +125,8 @@ class SigningService:
     async def start(self) -> None:
         self.state.start()
         await self.state.run(self.chain.reload)
-        await self.state.run(release_unanswered_job(self.node))
-        await self.state.run(prune_job(self._replay_horizon()))
+        await self.state.run(release_unanswered_job(self.node), durable=False)
+        await self.state.run(prune_job(self._replay_horizon()), durable=False)
         log.info("signing service %s: audit head %s/%d %s; keys %s", self.node, self.node,
                  self.chain.head.seq, self.chain.head.hash, ", ".join(self.keys))
 
@@ -298,7 +298,7 @@ class SigningService:
                 raise Refusal(403, problem)
             items = self._items(body, batch)
             admission = await self.state.run(admit_job(
-                client, request_id, _content_digest(body), len(items), self.node))
+                client, request_id, _content_digest(body), len(items), self.node), durable=False)
             if admission.seen:
                 return await self._repeat(entry, client, request_id, admission)
             if admission.wait_s > 0:
@@ -360,7 +360,7 @@ class SigningService:
                                 headers={**answer.headers, "Content-Type": answer.content_type})
         except BaseException:
             # Nothing may stay reserved for an id whose request did not get an answer.
-            await asyncio.shield(self.state.run(answer_job(client.name, request_id, None)))
+            await asyncio.shield(self.state.run(answer_job(client.name, request_id, None), durable=False))
             raise
         finally:
             del self._in_flight[in_flight]
@@ -369,7 +369,7 @@ class SigningService:
             self._answered += 1
             if self._answered % PRUNE_EVERY == 0:
                 asyncio.get_running_loop().create_task(
-                    self.state.run(prune_job(self._replay_horizon())))
+                    self.state.run(prune_job(self._replay_horizon()), durable=False))
 
     def _prepare_items(self, policy: Policy, client: Client, key: ServedKey, operation: str,
                        items: list) -> tuple[list[_Item], list]:
