@@ -19,13 +19,17 @@ the operations, a scope and a time window:
 An empty pattern list matches nothing, so a delegation must list the scope
 its operations need (the configuration reader refuses one that does not).
 Everything here is pure: `Policy.grant` answers with the delegation that
-covers a request, or raises Denied with the reason the client is told.
+covers a request, or raises Denied with the reason the client is told (a
+batch finds its candidates once, `Policy.candidates`, and each item's
+delegation among them, `grant_among`).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import fnmatch
+import functools
+import re
 from dataclasses import dataclass, field
 
 from cryptography import x509
@@ -94,14 +98,14 @@ class Delegation:
                     f"it is now {_when(at)}")
         if at >= self.not_after:
             return f"delegation {self.name} expired on {_when(self.not_after)}"
-        if scope.serial is not None and not _matches(scope.serial, self.serials):
+        if scope.serial is not None and not _patterns(self.serials).match(scope.serial):
             return (f"serial number {scope.serial!r} is outside delegation {self.name} "
                     f"(serials {', '.join(self.serials) or 'none'})")
         for name in scope.dns_names:
-            if not _matches(name.lower(), tuple(p.lower() for p in self.domains)):
+            if not _patterns(self.domains, lower=True).match(name.lower()):
                 return (f"DNS name {name!r} is outside delegation {self.name} "
                         f"(domains {', '.join(self.domains) or 'none'})")
-        if scope.subject is not None and not _matches(scope.subject, self.subjects):
+        if scope.subject is not None and not _patterns(self.subjects).match(scope.subject):
             return (f"subject {scope.subject!r} is outside delegation {self.name} "
                     f"(subjects {', '.join(self.subjects) or 'none'})")
         return None
@@ -116,8 +120,13 @@ def subject_text(name: x509.Name) -> str:
     return name.rfc4514_string(_ATTRIBUTE_NAMES)
 
 
-def _matches(value: str, patterns: tuple[str, ...]) -> bool:
-    return any(fnmatch.fnmatchcase(value, pattern) for pattern in patterns)
+@functools.lru_cache(maxsize=1024)
+def _patterns(patterns: tuple[str, ...], lower: bool = False) -> re.Pattern:
+    """One regular expression matching what any of the shell `patterns` matches (fnmatchcase;
+    `lower`: the patterns in lower case). An empty list matches nothing."""
+    if not patterns:
+        return re.compile(r"(?!)")
+    return re.compile("|".join(f"(?:{fnmatch.translate(p.lower() if lower else p)})" for p in patterns))
 
 
 def _when(moment: dt.datetime) -> str:
@@ -142,6 +151,11 @@ class Policy:
     def grant(self, client: Client, key: str, operation: str, scope: Scope,
               at: dt.datetime) -> Delegation:
         """The first delegation that lets `client` do `operation` with `key` for `scope` at `at`."""
+        return grant_among(self.candidates(client, key, operation), scope, at)
+
+    def candidates(self, client: Client, key: str, operation: str) -> list[Delegation]:
+        """The delegations that let `client` do `operation` with `key` at some time, for some
+        scope (a batch's items share them); Denied when there are none."""
         mine = self.delegations_of(client, key)
         if not mine:
             raise Denied(f"client {client.name} has no delegation for key {key}")
@@ -150,15 +164,20 @@ class Policy:
             granted = sorted({op for d in mine for op in d.operations})
             raise Denied(f"no delegation lets client {client.name} {_verb(operation)} with key {key} "
                          f"(its delegations grant: {', '.join(granted)})")
-        problems = []
-        for delegation in for_operation:
-            problem = delegation.problem(scope, at)
-            if problem is None:
-                return delegation
-            problems.append(problem)
-        others = f" (and {len(problems) - 1} other delegation(s) do not cover it either)" \
-            if len(problems) > 1 else ""
-        raise Denied(problems[0] + others)
+        return for_operation
+
+
+def grant_among(candidates: list[Delegation], scope: Scope, at: dt.datetime) -> Delegation:
+    """The first of `candidates` (Policy.candidates) that covers `scope` at `at`."""
+    problems = []
+    for delegation in candidates:
+        problem = delegation.problem(scope, at)
+        if problem is None:
+            return delegation
+        problems.append(problem)
+    others = f" (and {len(problems) - 1} other delegation(s) do not cover it either)" \
+        if len(problems) > 1 else ""
+    raise Denied(problems[0] + others)
 
 
 def _verb(operation: str) -> str:

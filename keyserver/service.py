@@ -58,7 +58,7 @@ from .admission import (Admission, StoredAnswer, admit_job, answer_job, prune_jo
 from .audit import AuditChain, AuditEntry
 from .config import SignerConfig, load_policy
 from .operations import Invalid, Prepared, object_digest, prepare, sign_all
-from .policy import OPERATIONS, Client, Delegation, Denied, Policy, subject_text
+from .policy import OPERATIONS, Client, Delegation, Denied, Policy, grant_among, subject_text
 from .store import StateWorker, open_store
 from .tls_accept import AlertingContext, peer_text, refusal_reason
 from .workers import ServedKey, open_key
@@ -374,12 +374,18 @@ class SigningService:
     def _prepare_items(self, policy: Policy, client: Client, key: ServedKey, operation: str,
                        items: list) -> tuple[list[_Item], list]:
         now = _now()
+        try:
+            candidates: list[Delegation] | Denied = policy.candidates(client, key.name, operation)
+        except Denied as exc:
+            candidates = exc   # every item that reads is refused with it
         states, work = [], []
         for item in items:
             state = _Item()
             try:
                 state.prepared = prepare(operation, item, key, now, self.config.window_s)
-                state.delegation = policy.grant(client, key.name, operation, state.prepared.scope, now)
+                if isinstance(candidates, Denied):
+                    raise candidates
+                state.delegation = grant_among(candidates, state.prepared.scope, now)
                 work.append(state.prepared.build(state.delegation))
                 state.work_index = len(work) - 1
             except Invalid as exc:
