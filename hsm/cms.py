@@ -112,52 +112,42 @@ def signed_data_steps(
     """DER ContentInfo/SignedData over `content`, the signature made inside `signer`.
 
     Everything that depends only on the certificates, the content type and the
-    algorithms is encoded once by asn1crypto and kept (`_fixed_parts`); per
+    algorithms is encoded once by asn1crypto and kept (`_template`); per
     signature only the three signed attributes, the signature and the content
-    are new, and they are framed as DER TLVs around asn1crypto's encodings of
-    each value. Building the whole structure through asn1crypto objects costs
-    about ten ECDSA signatures in an HSM; a signing service that builds every
-    voucher it signs cannot afford that.
+    are new, and they are framed as DER TLVs around the kept parts. Building
+    the whole structure through asn1crypto objects costs about ten ECDSA
+    signatures in an HSM; a signing service that builds every voucher it signs
+    cannot afford that.
     """
     ct_oid = CONTENT_TYPES.get(content_type, content_type)
     if ct_oid not in ACCEPTED_CONTENT_TYPES:
         raise ValueError(f"content type must be 'voucher' or 'data', not {content_type!r}")
-    fixed = _fixed_parts(cert, tuple(chain))
-    if fixed.public_key_der != signer.public_key_der():
-        raise CmsError("the signer certificate does not belong to the signing key")
     hash_name = hash_name or signer.algorithm.default_hash
+    parts = _template(cert, chain, ct_oid, hash_name, pad, signer)
+    if parts.public_key_der != signer.public_key_der():
+        raise CmsError("the signer certificate does not belong to the signing key")
     when = (signing_time or dt.datetime.now(dt.timezone.utc)).replace(microsecond=0)
-    attrs = [
-        _attribute(_OID_CONTENT_TYPE, _oid(ct_oid)),
-        _signing_time_attribute(when),
-        _attribute(_OID_MESSAGE_DIGEST, _tlv(0x04, hashlib.new(hash_name, content).digest())),
-    ]
+    attrs = [parts.content_type_attribute, _signing_time_attribute(when),
+             parts.message_digest_head + hashlib.new(hash_name, content).digest()]
     # DER orders SET OF by encoding; verifiers such as OpenSSL re-encode the
     # attributes before checking, so an unsorted set would not verify there.
     attrs.sort()
     signed_attrs = _tlv(0x31, b"".join(attrs))
     signature = yield SignatureRequest(signer, signed_attrs, hash_name, pad)
 
-    digest_algorithm = _digest_algorithm(hash_name)
     signer_info = _tlv(0x30, b"".join((
-        _VERSION_DER[_SIGNER_INFO_VERSION["issuer_and_serial_number"]],
-        fixed.sid,
-        digest_algorithm,
+        parts.signer_info_head,
         b"\xa0" + signed_attrs[1:],          # [0] IMPLICIT SignedAttributes
-        _signature_algorithm_der(signer, hash_name, pad),
+        parts.signature_algorithm,
         _tlv(0x04, signature),
     )))
-    # RFC 5652 5.1 for what we write (certificates only, a version-1 SignerInfo):
-    # version 3 when eContentType is not id-data, else 1.
-    version = "v3" if ct_oid != ID_DATA else "v1"
     signed_data = _tlv(0x30, b"".join((
-        _VERSION_DER[version],
-        _tlv(0x31, digest_algorithm),
-        _tlv(0x30, _oid(ct_oid) + _tlv(0xA0, _tlv(0x04, content))),
-        fixed.certificates,
+        parts.signed_data_head,
+        _tlv(0x30, parts.econtent_type + _tlv(0xA0, _tlv(0x04, content))),
+        parts.certificates,
         _tlv(0x31, signer_info),
     )))
-    return _tlv(0x30, _oid(ID_SIGNED_DATA) + _tlv(0xA0, signed_data))
+    return _tlv(0x30, _CONTENT_INFO_HEAD + _tlv(0xA0, signed_data))
 
 
 ID_SIGNED_DATA = "1.2.840.113549.1.7.2"
@@ -181,6 +171,10 @@ def _oid(dotted: str) -> bytes:
     return core.ObjectIdentifier(dotted).dump()
 
 
+#: ContentInfo's contentType, id-signedData
+_CONTENT_INFO_HEAD = _oid(ID_SIGNED_DATA)
+
+
 @functools.lru_cache(maxsize=4)
 def _signing_time_attribute(when: dt.datetime) -> bytes:
     """RFC 5652 11.3: UTCTime through 2049, GeneralizedTime after (kept: many SignedData
@@ -194,35 +188,48 @@ def _attribute(oid: str, value_der: bytes) -> bytes:
     return _tlv(0x30, _oid(oid) + _tlv(0x31, value_der))
 
 
-@functools.lru_cache(maxsize=None)
-def _digest_algorithm(hash_name: str) -> bytes:
-    return algos.DigestAlgorithm({"algorithm": hash_name}).dump()
-
-
-_signature_algorithms: dict[tuple, bytes] = {}
-
-
-def _signature_algorithm_der(signer: Signer, hash_name: str, pad: Padding) -> bytes:
-    key = (type(signer.public_key), hash_name, pad)
-    der = _signature_algorithms.get(key)
-    if der is None:
-        der = algos.SignedDigestAlgorithm(_signature_algorithm(signer, hash_name, pad)).dump()
-        _signature_algorithms[key] = der
-    return der
-
-
 @dataclass(frozen=True)
-class _FixedParts:
-    """What every SignedData of one signer certificate and chain shares, DER-encoded."""
+class _Template:
+    """What every SignedData of one signer certificate, chain, content type and set of
+    algorithms shares, DER-encoded (with the objects it was made from: see `_template`)."""
 
+    made_from: tuple
     public_key_der: bytes
-    sid: bytes
+    content_type_attribute: bytes
+    #: the messageDigest attribute up to the digest itself (whose length the hash fixes)
+    message_digest_head: bytes
+    #: SignerInfo's version, sid and digestAlgorithm
+    signer_info_head: bytes
+    signature_algorithm: bytes
+    #: SignedData's version and digestAlgorithms
+    signed_data_head: bytes
+    econtent_type: bytes
     #: [0] IMPLICIT CertificateSet of the signer's certificate and its chain
     certificates: bytes
 
 
-@functools.lru_cache(maxsize=64)
-def _fixed_parts(cert: x509.Certificate, chain: tuple[x509.Certificate, ...]) -> _FixedParts:
+_templates: dict[tuple, _Template] = {}
+_MAX_TEMPLATES = 64
+
+
+def _template(cert: x509.Certificate, chain: Sequence[x509.Certificate], ct_oid: str, hash_name: str,
+              pad: Padding, signer: Signer) -> _Template:
+    """The kept parts for these objects, found by their identities.
+
+    Hashing a certificate costs a pass over its DER (about 2 us), more than the
+    rest of a lookup; the template holds the objects it was made from, so while
+    it is kept no other object can have their ids."""
+    key = (id(cert), *map(id, chain), ct_oid, hash_name, pad, type(signer.public_key))
+    parts = _templates.get(key)
+    if parts is None:
+        if len(_templates) >= _MAX_TEMPLATES:
+            _templates.clear()
+        parts = _templates[key] = _make_template(cert, tuple(chain), ct_oid, hash_name, pad, signer)
+    return parts
+
+
+def _make_template(cert: x509.Certificate, chain: tuple[x509.Certificate, ...], ct_oid: str,
+                   hash_name: str, pad: Padding, signer: Signer) -> _Template:
     public_key_der = cert.public_key().public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     cert_der = cert.public_bytes(serialization.Encoding.DER)
@@ -232,7 +239,23 @@ def _fixed_parts(cert: x509.Certificate, chain: tuple[x509.Certificate, ...]) ->
     # CertificateChoices' certificate alternative is the untagged Certificate;
     # DER orders the SET OF by encoding.
     ders = {cert_der, *(c.public_bytes(serialization.Encoding.DER) for c in chain)}
-    return _FixedParts(public_key_der, sid.dump(), _tlv(0xA0, b"".join(sorted(ders))))
+    digest_algorithm = algos.DigestAlgorithm({"algorithm": hash_name}).dump()
+    digest_size = hashlib.new(hash_name).digest_size
+    message_digest = _attribute(_OID_MESSAGE_DIGEST, _tlv(0x04, bytes(digest_size)))
+    # RFC 5652 5.1 for what we write (certificates only, a version-1 SignerInfo):
+    # version 3 when eContentType is not id-data, else 1.
+    version = "v3" if ct_oid != ID_DATA else "v1"
+    return _Template(
+        made_from=(cert, chain),
+        public_key_der=public_key_der,
+        content_type_attribute=_attribute(_OID_CONTENT_TYPE, _oid(ct_oid)),
+        message_digest_head=message_digest[:-digest_size],
+        signer_info_head=(_VERSION_DER[_SIGNER_INFO_VERSION["issuer_and_serial_number"]] + sid.dump()
+                          + digest_algorithm),
+        signature_algorithm=algos.SignedDigestAlgorithm(_signature_algorithm(signer, hash_name, pad)).dump(),
+        signed_data_head=_VERSION_DER[version] + _tlv(0x31, digest_algorithm),
+        econtent_type=_oid(ct_oid),
+        certificates=_tlv(0xA0, b"".join(sorted(ders))))
 
 
 #: RFC 5652 §5.3: the SignerInfo version follows the form of its sid.
