@@ -94,6 +94,18 @@ def test_every_registrar_side_key_is_the_services(keyless):
     assert f"holds the keys {', '.join(sorted(uris))} (keyless)" in human
 
 
+def test_a_lab_keeps_the_signing_service_it_was_made_with(keyless, tmp_path):
+    other = run_cli("lab", "up", "--dir", keyless.dir, "--signer", "short-term")
+    assert other.returncode == 2 and other.stderr.count(b"\n") == 1     # a usage error
+    assert b"was created with a keyless signing service" in other.stderr
+    plain = tmp_path / "plain"
+    (plain / "lab.json").parent.mkdir()
+    (plain / "lab.json").write_text(json.dumps({**keyless.data, "servers": {
+        role: info for role, info in keyless.data["servers"].items() if role != "signer"}}))
+    refused = run_cli("lab", "up", "--dir", plain, "--signer")
+    assert refused.returncode == 2 and b"was created without a signing service" in refused.stderr
+
+
 @pytest.mark.parametrize("flow,registrar_key", [("redirect", "owner-registrar"),
                                                 ("est-domain", "cloud-registrar")])
 def test_both_flows_bootstrap_with_the_keys_behind_the_service(keyless, flow, registrar_key):
@@ -191,7 +203,7 @@ def test_a_registrar_whose_delegation_ended_is_refused_by_the_masa(short_term, t
     assert renewed.returncode == 0, renewed.stderr.decode()
     cert = renewal(short_term).current()
     assert cert.not_valid_after_utc == end
-    assert json.loads(renewed.stdout)["not_after"] == end.isoformat()
+    assert jq(renewed.stdout, ".not_after") == [end.isoformat()]
     # A certificate's validity is counted in whole seconds: nothing happens when it
     # ends, so the test waits for the clock to pass it (bounded: a few seconds).
     threading.Event().wait(max(0.0, (end - dt.datetime.now(dt.timezone.utc)).total_seconds()) + 1.5)
