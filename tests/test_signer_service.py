@@ -38,6 +38,7 @@ from pledgeforge.hsm.x509 import issue_crl_async, issue_from_csr, issue_idevid, 
 from pledgeforge.keyserver import audit
 from pledgeforge.keyserver.client import SigningRefused, new_request
 from pledgeforge.keyserver.config import load_signer_config, write_signer_config
+from pledgeforge.keyserver.policy import subject_text
 from pledgeforge.keyserver.renewal import Renewal
 from pledgeforge.keyserver.store import open_store
 
@@ -455,6 +456,35 @@ def test_a_batch_answers_each_item_and_signs_the_good_ones(world, tmp_path):
     assert [r["request_id"] for r in rows] == [f"{request['id']}#{i}" for i in range(5)]
     assert [r["outcome"] for r in rows] == ["signed", "refused", "signed", "refused", "signed"]
     assert f"audit=signer-1/{rows[0]['seq']}-{rows[-1]['seq']}" in answer.trace
+
+
+def test_a_batch_of_csrs_answers_each_certificate_or_refusal(world, tmp_path):
+    numbers = [serial() for _ in range(3)]
+    devices = [SoftwareSigner.generate(KeyAlgorithm.EC_P256) for _ in numbers]
+    csrs = [make_csr(device, f"CN={number},serialNumber={number}",
+                     dns_names=[f"{number.lower()}.pledges.owner.example"])
+            for device, number in zip(devices, numbers)]
+    csrs[1] = make_csr(devices[1], f"CN={numbers[1]},serialNumber={numbers[1]}", dns_names=["evil.example"])
+    items = [{"csr": to_pem(csr).decode()} for csr in csrs]
+    items.append({"csr": "not a certificate request"})
+    request = new_request(items=items)
+    answer = post(world, "est", "owner-ca", "certificate", request, batch=True)
+    assert answer.status == 200, answer.body
+    results = answer.json()["results"]
+    assert [r["status"] for r in results] == [200, 403, 200, 400]
+    assert "DNS name 'evil.example' is outside delegation est-ca" in results[1]["reason"]
+    assert "'csr' is neither PEM nor base64" in results[3]["reason"]
+    for i in (0, 2):
+        path = tmp_path / f"ldevid-{i}.pem"
+        path.write_text(results[i]["certificate"])
+        out = openssl("verify", "-CAfile", world.owner_ca_path, path)
+        assert out.returncode == 0, out.stderr.decode()
+        cert = x509.load_pem_x509_certificate(path.read_bytes())
+        assert cert.public_key() == devices[i].public_key
+    rows = record_of(world, request["id"])
+    assert [(r["operation"], r["outcome"]) for r in rows] == \
+        [("certificate batch", o) for o in ("signed", "refused", "signed", "refused")]
+    assert [r["subject"] for r in rows[:3]] == [subject_text(csr.subject) for csr in csrs]
 
 
 def test_a_batch_larger_than_allowed_is_refused_whole(world):
