@@ -25,13 +25,13 @@ import json
 import time
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, delete, insert, select, update
+from sqlalchemy import Connection, bindparam, delete, insert, select, update
 
 from pledgeforge.registrar.rate_limit import Limit, take
 
 from .audit import timestamp
 from .policy import Client
-from .store import rate_buckets, replay_entries
+from .store import execute_prepared, rate_buckets, replay_entries
 
 
 def timestamp_problem(sent: dt.datetime, now: dt.datetime, window_s: int) -> str | None:
@@ -70,22 +70,22 @@ def admit_job(client: Client, request_id: str, body_sha256: str, signatures: int
     """The job that looks the id up, charges the client's bucket and reserves the id."""
 
     def job(conn: Connection) -> Admission:
-        # FOR UPDATE: nodes sharing a PostgreSQL database take turns on a client's rows
-        # (SQLite, one writer at a time, renders nothing for it).
-        row = conn.execute(select(replay_entries).where(
-            replay_entries.c.client == client.name, replay_entries.c.request_id == request_id)
-            .with_for_update()).first()
+        row = execute_prepared(conn, "select replay entry", _select_entry,
+                               {"client": client.name, "request_id": request_id}).first()
         if row is not None:
             answer = None
             if row.status is not None:
-                answer = StoredAnswer(row.status, row.content_type, row.response, json.loads(row.headers))
+                # bytes(): a PostgreSQL driver hands bytea out as a memoryview
+                answer = StoredAnswer(row.status, row.content_type, bytes(row.response),
+                                      json.loads(row.headers))
             return Admission(seen=True, answer=answer, same_body=row.body_sha256 == body_sha256)
         wait = _charge(conn, client, signatures)
         if wait > 0:
             return Admission(wait_s=wait)
-        conn.execute(insert(replay_entries).values(
-            client=client.name, request_id=request_id, body_sha256=body_sha256, node=node,
-            created_at=timestamp()))
+        execute_prepared(conn, "reserve replay entry", lambda: insert(replay_entries).values(
+            {name: bindparam(name) for name in ("client", "request_id", "body_sha256", "node", "created_at")}),
+            {"client": client.name, "request_id": request_id, "body_sha256": body_sha256, "node": node,
+             "created_at": timestamp()})
         return Admission(reserved=True)
 
     return job
@@ -94,29 +94,48 @@ def admit_job(client: Client, request_id: str, body_sha256: str, signatures: int
 def _charge(conn: Connection, client: Client, count: int) -> float:
     now = time.time()
     limit = Limit(client.rate_per_s, client.burst)
-    row = conn.execute(select(rate_buckets).where(rate_buckets.c.client == client.name)
-                       .with_for_update()).first()
+    row = execute_prepared(conn, "select rate bucket", lambda: select(rate_buckets).where(
+        rate_buckets.c.client == bindparam("client")).with_for_update(), {"client": client.name}).first()
     tokens, at = (row.tokens, row.at) if row is not None else (float(client.burst), now)
     tokens, wait = take(tokens, at, now, limit, count)
+    values = {"client": client.name, "tokens": tokens, "at": now}
     if row is None:
-        conn.execute(insert(rate_buckets).values(client=client.name, tokens=tokens, at=now))
+        execute_prepared(conn, "insert rate bucket", lambda: insert(rate_buckets).values(
+            {name: bindparam(name) for name in values}), values)
     else:
-        conn.execute(update(rate_buckets).where(rate_buckets.c.client == client.name)
-                     .values(tokens=tokens, at=now))
+        execute_prepared(conn, "update rate bucket", lambda: update(rate_buckets).where(
+            rate_buckets.c.client == bindparam("client")).values(
+            tokens=bindparam("tokens"), at=bindparam("at")), values)
     return wait
+
+
+def _select_entry():
+    # FOR UPDATE: nodes sharing a PostgreSQL database take turns on a client's rows
+    # (SQLite, one writer at a time, renders nothing for it).
+    return select(replay_entries).where(replay_entries.c.client == bindparam("client"),
+                                        replay_entries.c.request_id == bindparam("request_id")
+                                        ).with_for_update()
+
+
+def _where_entry():
+    return (replay_entries.c.client == bindparam("client")) & \
+        (replay_entries.c.request_id == bindparam("request_id"))
 
 
 def answer_job(client: str, request_id: str, answer: StoredAnswer | None):
     """The job that stores the answer of a reserved id (None: forget the id, nothing was signed)."""
 
     def job(conn: Connection) -> None:
-        where = (replay_entries.c.client == client) & (replay_entries.c.request_id == request_id)
+        entry = {"client": client, "request_id": request_id}
         if answer is None:
-            conn.execute(delete(replay_entries).where(where))
+            execute_prepared(conn, "forget replay entry",
+                             lambda: delete(replay_entries).where(_where_entry()), entry)
         else:
-            conn.execute(update(replay_entries).where(where).values(
-                status=answer.status, content_type=answer.content_type, response=answer.body,
-                headers=json.dumps(answer.headers)))
+            execute_prepared(conn, "answer replay entry", lambda: update(replay_entries).where(
+                _where_entry()).values({name: bindparam(name) for name in (
+                    "status", "content_type", "response", "headers")}),
+                {**entry, "status": answer.status, "content_type": answer.content_type,
+                 "response": answer.body, "headers": json.dumps(answer.headers)})
 
     return job
 

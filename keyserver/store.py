@@ -28,8 +28,8 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, TypeVar
 
-from sqlalchemy import (Column, Connection, Engine, Float, Integer, LargeBinary, MetaData, String,
-                        Table, Text, UniqueConstraint, insert)
+from sqlalchemy import (Column, Connection, CursorResult, Engine, Executable, Float, Integer, LargeBinary,
+                        MetaData, String, Table, Text, UniqueConstraint, bindparam, insert)
 
 from pledgeforge.registrar.db import open_engine
 
@@ -90,26 +90,47 @@ def open_store(url: str) -> Engine:
     return open_engine(url, METADATA)
 
 
-_compiled_inserts: dict[tuple, tuple[str, tuple[str, ...] | None]] = {}
+#: statements compiled for a dialect: their SQL text and, for a positional paramstyle,
+#: the order of their parameters
+_compiled: dict[tuple, tuple[str, tuple[str, ...] | None]] = {}
+
+
+def execute_prepared(conn: Connection, name: str, build: Callable[[], Executable],
+                     params: dict | list[dict]) -> CursorResult:
+    """Execute the statement `build()` makes (named `name`), compiled once per dialect.
+
+    Every request runs a few statements on its own rows; building and compiling
+    a SQLAlchemy expression (or finding it in the compiled cache, which hashes
+    the whole expression) costs a request more than the database's work, so the
+    SQL text is kept and handed to the driver as it is. The parameters are
+    plain text, numbers and bytes that need no SQLAlchemy type processing; the
+    rows come back as the driver gives them. A list of parameter dicts is one
+    executemany.
+    """
+    key = (conn.dialect.name, conn.dialect.paramstyle, name)
+    compiled = _compiled.get(key)
+    if compiled is None:
+        statement = build().compile(dialect=conn.dialect)
+        compiled = (str(statement), tuple(statement.positiontup) if statement.positional else None)
+        _compiled[key] = compiled
+    sql, order = compiled
+
+    def arranged(values: dict):
+        return tuple(values[n] for n in order) if order is not None else values
+
+    return conn.exec_driver_sql(sql, [arranged(p) for p in params] if isinstance(params, list)
+                                else arranged(params))
 
 
 def insert_rows(conn: Connection, table: Table, columns: tuple[str, ...], rows: list[dict]) -> None:
     """INSERT `rows` (dicts with at least `columns`) in one executemany.
 
-    The statement is compiled once per dialect and handed to the driver as it
-    is: SQLAlchemy's processing of each row's parameters costs more than the
+    SQLAlchemy's processing of each row's parameters costs more than the
     database's insert of it (a batch of 100 audit records: 15 us a row against
-    6), and these columns are plain text and numbers that need none.
+    6); these columns are plain text and numbers that need none.
     """
-    key = (conn.dialect.name, conn.dialect.paramstyle, table.name, columns)
-    compiled = _compiled_inserts.get(key)
-    if compiled is None:
-        statement = insert(table).compile(dialect=conn.dialect, column_keys=list(columns))
-        compiled = (str(statement), tuple(statement.positiontup) if statement.positional else None)
-        _compiled_inserts[key] = compiled
-    sql, order = compiled
-    conn.exec_driver_sql(sql, [tuple(row[name] for name in order) for row in rows] if order is not None
-                         else [{name: row[name] for name in columns} for row in rows])
+    execute_prepared(conn, f"insert {table.name} {','.join(columns)}",
+                     lambda: insert(table).values({name: bindparam(name) for name in columns}), rows)
 
 
 def _set_durability(conn: Connection, durable: bool) -> None:
