@@ -52,7 +52,7 @@ from pledgeforge.hsm.signer import KeyAlgorithm, SoftwareSigner
 from pledgeforge.hsm.softhsm import SoftHsm
 from pledgeforge.hsm.voucher import Voucher, format_date
 from pledgeforge.hsm.x509 import issue_certificate, make_ca, to_der, to_pem
-from pledgeforge.lab.processes import stop_process
+from pledgeforge.lab.processes import free_port, stop_process
 
 HOST = "127.0.0.1"
 PIN = "1234"
@@ -154,7 +154,7 @@ not_after = {(now + dt.timedelta(hours=4)).strftime("%Y-%m-%dT%H:%M:%SZ")}
 class Service:
     def __init__(self, setup: Setup, workers: int):
         self.setup = setup
-        self.port = _free_port()
+        self.port = free_port(HOST)
         database = setup.dir / f"bench-{workers}-{secrets.token_hex(3)}.sqlite"
         config = setup.config(workers, self.port, database)
         self.log = open(setup.dir / f"signer-{workers}.log", "ab")
@@ -188,14 +188,6 @@ class Service:
     def stop(self) -> None:
         stop_process(self.proc.pid)
         self.log.close()
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
 
 
 def _bodies(setup: Setup, count: int, per_request: int) -> list[bytes]:

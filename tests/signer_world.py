@@ -16,7 +16,6 @@ import http.client
 import json
 import os
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -33,7 +32,7 @@ from pledgeforge.hsm.keyuri import SignerUri
 from pledgeforge.hsm.signer import KeyAlgorithm, SoftwareSigner
 from pledgeforge.hsm.x509 import issue_certificate, make_ca, to_pem
 from pledgeforge.keyserver.client import ServiceConnection
-from pledgeforge.lab.processes import stop_process
+from pledgeforge.lab.processes import free_port as lab_free_port, stop_process
 
 from fixtures_softhsm import SO_PIN, USER_PIN, Token
 
@@ -74,9 +73,8 @@ def token_factory(softhsm, directory: Path):
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
+    """A port outside the ephemeral range, which outgoing connections cannot take first."""
+    return lab_free_port(HOST)
 
 
 @dataclass
