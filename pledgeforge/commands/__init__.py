@@ -9,7 +9,8 @@ def COMMAND_GROUPS():
     from . import verify
     from . import lab, masa, pledge, registrar
     from . import demo
+    from . import signer
 
     return [board.board, image.image, keys.keys, ca.ca, ca.csr, cms.cms, cert.cert, verify.verify,
             lab.lab, masa.masa, registrar.registrar, pledge.pledge,
-            demo.demo]
+            demo.demo, signer.signer]
