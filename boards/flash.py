@@ -4,7 +4,9 @@ The data partition (flash.bin) holds what a real board keeps there: the
 configuration, the factory identity (serial number, and the pledge's identity:
 IDevID certificate, trust anchors, where the IDevID key lives, stored in the
 form firmware/identity.py defines), the voucher, the LDevID and the boot
-counters. Boards with a file system (`[flash] files_kib` in the profile) have
+counters, and the manufacturing record (what a station staged before it
+locked the board, then what the factory left beside the identity, e.g. the
+IAK certificate). Boards with a file system (`[flash] files_kib` in the profile) have
 a second partition (flash-files.bin) for the shell's files (filesystem.py).
 
 Every change to either is a whole new image written with `atomic_write` (temp file,
@@ -71,6 +73,8 @@ class FlashState:
     voucher: bytes | None = None
     ldevid_pem: str | None = None
     counters: Counters = Counters()
+    #: the manufacturing mode's record: JSON-ready text values (boards/manufacturing_app.py)
+    manufacturing: dict | None = None
 
     def to_json(self) -> bytes:
         doc = {
@@ -81,6 +85,8 @@ class FlashState:
             "ldevid_pem": self.ldevid_pem,
             "counters": {"boots": self.counters.boots, "power_ons": self.counters.power_ons},
         }
+        if self.manufacturing is not None:
+            doc["manufacturing"] = self.manufacturing
         return json.dumps(doc, indent=1).encode()
 
     @classmethod
@@ -89,6 +95,9 @@ class FlashState:
         ident = doc.get("identity")
         voucher = doc.get("voucher")
         counters = doc.get("counters") or {}
+        manufacturing = doc.get("manufacturing")
+        if manufacturing is not None and not isinstance(manufacturing, dict):
+            raise TypeError("the manufacturing record is not a JSON object")
         return cls(
             serial_number=str(doc.get("serial_number", "")),
             config={str(k): str(v) for k, v in (doc.get("config") or {}).items()},
@@ -97,6 +106,7 @@ class FlashState:
             ldevid_pem=doc.get("ldevid_pem"),
             counters=Counters(boots=int(counters.get("boots", 0)),
                               power_ons=int(counters.get("power_ons", 0))),
+            manufacturing=manufacturing,
         )
 
 
@@ -249,6 +259,15 @@ class Flash:
     def set_identity(self, identity: PledgeIdentity | None) -> None:
         self._commit(lambda s: replace(s, identity=identity))
 
+    def set_manufacturing(self, record: dict | None) -> None:
+        self._commit(lambda s: replace(s, manufacturing=record))
+
+    def commit_identity(self, identity: PledgeIdentity, manufacturing: dict | None) -> None:
+        """The end of manufacturing, in one write: the identity and what the manufacturing
+        record keeps. A power cut leaves the board either as it was (still to be
+        manufactured) or manufactured, never half."""
+        self._commit(lambda s: replace(s, identity=identity, manufacturing=manufacturing))
+
     def set_voucher(self, voucher: bytes | None) -> None:
         self._commit(lambda s: replace(s, voucher=voucher))
 
@@ -265,8 +284,9 @@ class Flash:
 
     def factory_reset(self) -> None:
         """Forget the owner: configuration, voucher, LDevID and the files. The
-        factory identity (serial number, IDevID, trust anchors) and counters stay."""
+        factory identity (serial number, IDevID, trust anchors, the manufacturing record)
+        and counters stay."""
         if self.files is not None:
             self.files.erase()
         self._commit(lambda s: FlashState(serial_number=s.serial_number, identity=s.identity,
-                                          counters=s.counters))
+                                          counters=s.counters, manufacturing=s.manufacturing))

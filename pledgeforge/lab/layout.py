@@ -10,7 +10,10 @@
                        started with --lab trust for their firmware images
     tls/               TLS server certificates and their keys (PEM files)
     config/            masa.toml, cloud.toml, owner.toml (`pledgeforge ... serve --config`)
-    db/                one SQLite database per server
+    db/                one SQLite database per server, and manufacturing.sqlite: the boards the
+                       lab's manufacturing station provisioned
+    tpm-maker/         the TPM maker's CA its boards' TPMs get EK certificates from
+                       (`board run --tpm-maker D/tpm-maker`; root: tpm-maker-root.pem)
     logs/              one log per server
     swtpm/<serial>/    TPM state of each TPM pledge (one swtpm per pledge, as one TPM per board;
                        encrypted, reached through Unix sockets only its owner may open)
@@ -37,7 +40,7 @@ from pledgeforge.hsm.softhsm import SoftHsm
 LAB_FILE = "lab.json"
 HOST = "127.0.0.1"
 SUBDIRECTORIES = ("softhsm", "secrets", "pki", "tls", "config", "db", "logs", "swtpm", "pledges",
-                  "owner-config")
+                  "owner-config", "tpm-maker")
 
 
 class LabError(EnvironmentFailure):
@@ -81,6 +84,16 @@ class LabLayout:
 
     def database_url(self, role: str) -> str:
         return f"sqlite:///{self.dir / 'db' / f'{role}.sqlite'}"
+
+    @property
+    def manufacturing_db_url(self) -> str:
+        """The lab station's manufacturing database."""
+        return f"sqlite:///{self.dir / 'db' / 'manufacturing.sqlite'}"
+
+    @property
+    def tpm_maker_dir(self) -> Path:
+        """The TPM maker CA of the lab's boards (made by manufacture.tpm_maker on first use)."""
+        return self.dir / "tpm-maker"
 
     def pledge_dir(self, serial: str) -> Path:
         return self.dir / "pledges" / serial
