@@ -49,6 +49,7 @@ from pledgeforge.hsm.tpm_attestation import parse_public, public_key_of
 from pledgeforge.hsm.x509 import make_csr, to_pem
 
 from . import mcuboot
+from .board_keystore import KeyStoreNotRunningError
 from .firmware_apps import FIRMWARE_APPS, FirmwareApp
 
 FACTORY_NEW, KEYED, LOCKED = "factory-new", "keyed", "locked"
@@ -136,7 +137,7 @@ class ManufacturingApp(FirmwareApp):
             return self._channel.refuse(request, refusal.code, str(refusal)).data
         except KeyNotFoundError as exc:
             return self._refused(board, request, "no-key", str(exc))
-        except KeyStoreError as exc:
+        except (KeyStoreError, KeyStoreNotRunningError) as exc:
             return self._refused(board, request, "key-store", f"the key store failed: {exc}")
         except PledgeforgeError as exc:
             return self._refused(board, request, "invalid", str(exc))

@@ -6,10 +6,11 @@ it does not know):
 
     masa       {"serial", "owner", "est_domain", "additional_configuration_url"}
                -> pledgeforge masa add-device --config masa.toml --from FILE
-    ownership  {"serial", "flow", "response"}
+    ownership  {"serial", "flow", "response", "location"}
                -> pledgeforge registrar add-pledge --config owner.toml --from FILE (serial, flow)
                   pledgeforge registrar set-response --config cloud.toml --from FILE (serial,
-                  response: redirect for the redirect flow, voucher for est-domain)
+                  response: redirect for the redirect flow, voucher for est-domain; location:
+                  where a redirect sends the pledge, the owner registrar)
 
 A lab imports both (pledgeforge/lab/databases.py), as its MASA, cloud
 registrar and owner registrar would.
@@ -31,7 +32,7 @@ FLOWS = ("redirect", "est-domain")
 #: the cloud registrar's answer for each flow (hsm/cloud_responses.py names)
 FLOW_RESPONSES = {"redirect": "redirect", "est-domain": "voucher"}
 MASA_FIELDS = ("serial", "owner", "est_domain", "additional_configuration_url")
-OWNERSHIP_FIELDS = ("serial", "flow", "response")
+OWNERSHIP_FIELDS = ("serial", "flow", "response", "location")
 
 
 class ImportFileError(UsageError):
@@ -51,6 +52,8 @@ class Ownership:
     serial: str
     flow: str
     response: str
+    #: the redirect flow's target: the owner registrar's URL
+    location: str | None = None
 
 
 def masa_records(boards: Iterable[BoardRecord], owner: str, est_domain: str | None = None,
@@ -60,10 +63,15 @@ def masa_records(boards: Iterable[BoardRecord], owner: str, est_domain: str | No
              "additional_configuration_url": additional_configuration_url} for b in boards]
 
 
-def ownership_records(boards: Iterable[BoardRecord], flow: str) -> list[dict]:
+def ownership_records(boards: Iterable[BoardRecord], flow: str, location: str | None = None) -> list[dict]:
     if flow not in FLOWS:
         raise UsageError(f"flow must be redirect or est-domain, not {flow!r}")
-    return [{"serial": b.serial, "flow": flow, "response": FLOW_RESPONSES[flow]} for b in boards]
+    if flow == "redirect" and not location:
+        raise UsageError("the redirect flow needs the owner registrar's URL the cloud registrar "
+                         "redirects to (--location)")
+    location = location if flow == "redirect" else None
+    return [{"serial": b.serial, "flow": flow, "response": FLOW_RESPONSES[flow], "location": location}
+            for b in boards]
 
 
 def to_lines(records: Iterable[dict]) -> bytes:
@@ -114,7 +122,8 @@ def read_ownership(text: str, source: str = "the import file") -> list[Ownership
         if record["flow"] not in FLOWS:
             raise ImportFileError(f"{where}: flow must be redirect or est-domain, "
                                   f"not {record['flow']!r}")
-        out.append(Ownership(record["serial"], record["flow"], record["response"]))
+        out.append(Ownership(record["serial"], record["flow"], record["response"],
+                             record.get("location")))
     return out
 
 

@@ -79,9 +79,12 @@ class BoardLink:
         self.slow_timeout = slow_timeout
         self.channel = channel or StationChannel()
         self.stats = LinkStats()
+        # pyserial's RFC 2217 client has no write timeout (its socket writes block, bounded by
+        # the server reading); the others get one.
+        limits = {} if url.startswith("rfc2217://") else {"write_timeout": max(timeout, 5.0)}
         try:
             self._port = serial.serial_for_url(url, baudrate=baudrate, timeout=_POLL_SECONDS,
-                                               write_timeout=max(timeout, 5.0))
+                                               **limits)
         except (serial.SerialException, ValueError, OSError) as exc:
             raise LinkError(f"cannot open the board's console {url}: {exc}") from None
 

@@ -175,12 +175,14 @@ class _ProgressBars:
 @click.option("--additional-configuration-url", help="masa: additional-configuration-url for the vouchers")
 @click.option("--flow", type=click.Choice(["redirect", "est-domain"]), default="redirect",
               show_default=True, help="ownership: how the cloud registrar treats the boards")
+@click.option("--location", help="ownership, redirect flow: the owner registrar's URL the cloud "
+                                 "registrar redirects the boards to")
 @click.option("--serial", "serials", multiple=True, help="only this board (repeatable; default: all)")
 @click.option("--out", default="-", show_default=True, help="where to write the JSON lines ('-': stdout)")
-def export(db_url, fmt, owner, est_domain, additional_configuration_url, flow, serials, out):
+def export(db_url, fmt, owner, est_domain, additional_configuration_url, flow, location, serials, out):
     """Write the boards of the manufacturing database as JSON lines, one board a line, for the
     MASA (`--format masa`: serial, owner, est_domain, additional_configuration_url) or the
-    cloud and owner registrars (`--format ownership`: serial, flow, response)."""
+    cloud and owner registrars (`--format ownership`: serial, flow, response, location)."""
     from pledgeforge.station.export import masa_records, ownership_records, to_lines
     from pledgeforge.station.records import ManufacturingDb
 
@@ -191,7 +193,7 @@ def export(db_url, fmt, owner, est_domain, additional_configuration_url, flow, s
     if unknown:
         raise UsageError(f"no board {', '.join(unknown)} in {db_url}")
     records = (masa_records(boards, owner, est_domain, additional_configuration_url)
-               if fmt == "masa" else ownership_records(boards, flow))
+               if fmt == "masa" else ownership_records(boards, flow, location))
     write_output(out, to_lines(records))
     if out != "-":
         click.echo(f"wrote {len(records)} {fmt} record(s) to {out}", err=True)

@@ -85,7 +85,7 @@ class LabDatabases:
         for pledge in pledges:
             check_flow(pledge.flow)
             self.owner_store().add_pledge(pledge.serial, pledge.flow)
-            self.set_cloud_response(pledge.serial, pledge.response)
+            self.set_cloud_response(pledge.serial, pledge.response, location=pledge.location)
 
     def set_cloud_response(self, serial: str, response: str, *, location: str | None = None,
                            retry_after: int | None = None, times: int | None = None,

@@ -17,6 +17,7 @@ from __future__ import annotations
 from pledgeforge.hsm import keystore
 from pledgeforge.hsm.chain import load_certificate_file
 from pledgeforge.hsm.tpm_maker_ca import TpmMakerCa, create_tpm_maker_ca
+from pledgeforge.hsm.wellknown import REQUEST_VOUCHER
 from pledgeforge.station.export import masa_records, ownership_records, read_masa, read_ownership, to_lines
 from pledgeforge.station.provisioner import BoardResult, Station, StationConfig
 from pledgeforge.station.records import ManufacturingDb
@@ -58,7 +59,8 @@ def import_ownership(lab: LabLayout, databases: LabDatabases, serials: list[str]
     boards = ManufacturingDb(lab.manufacturing_db_url).boards(serials)
     est_domain = lab.url("owner") if flow == "est-domain" else None
     databases.import_masa(read_masa(to_lines(masa_records(boards, OWNER_NAME, est_domain)).decode()))
-    databases.import_ownership(read_ownership(to_lines(ownership_records(boards, flow)).decode()))
+    location = lab.url("owner") + REQUEST_VOUCHER if flow == "redirect" else None
+    databases.import_ownership(read_ownership(to_lines(ownership_records(boards, flow, location)).decode()))
 
 
 def manufacture_board(lab: LabLayout, databases: LabDatabases, port: str, flow: str = "redirect",
