@@ -6,8 +6,8 @@
     secrets/           each token's user PIN (TOKEN.pin) and SO PIN (TOKEN.so.pin), 0600;
                        key URIs name the user PIN by pin-source=file:
     pki/               CA and signer certificates (PEM), and firmware-signing.pem: the public key
-                       of the manufacturer's firmware-signing key (firmware token), which boards
-                       started with --lab trust for their firmware images
+                       of the manufacturer's firmware-signing key (firmware token), which the
+                       lab's station installs on the boards it manufactures
     tls/               TLS server certificates and their keys (PEM files)
     config/            masa.toml, cloud.toml, owner.toml (`pledgeforge ... serve --config`)
     db/                one SQLite database per server, and manufacturing.sqlite: the boards the
