@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import selectors
 import signal
 import socket
@@ -21,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
+import pexpect.fdpexpect
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -164,8 +166,10 @@ def test_a_tpm_board_is_provisioned_over_its_pty_then_bootstraps(lab, tmp_path):
 def test_a_pkcs11_board_over_rfc2217_is_token_reported(lab, tmp_path):
     db = f"sqlite:///{tmp_path / 'm.sqlite'}"
     with factory_board(lab, quick_profile("mcu-se", tmp_path), tmp_path / "mcu", "--serial",
-                       "rfc2217") as board:
-        assert board.console_path.startswith("rfc2217://")
+                       "rfc2217", "--pace") as board:
+        # A UART's pace (115200 baud): the station's requests and the board's answers take
+        # the time they would on the line.
+        assert board.console_path.startswith("rfc2217://") and board.info["paced"]
         [made] = provision_cli(lab, db, board.console_path)
         assert (made["status"], made["keystore"], made["assurance"]) == \
             ("provisioned", "pkcs11", "token-reported")
@@ -223,12 +227,12 @@ def test_eight_boards_in_parallel(lab, tmp_path):
 
 @contextmanager
 def factory_board_here(directory: Path, profile=GATEWAY, *, manufacturing=None, maker_dir=None,
-                       console: str = "pty"):
+                       console: str = "pty", factory_console: bool = True):
     """A factory-new board in this process (its swtpm or token its own), for boards made to
     misbehave: a subclass of the manufacturing firmware."""
     store = keystore_for(profile.keystore, directory.resolve(), maker_dir=maker_dir)
     board = Board(profile, directory, keystore=store, manufacturing=manufacturing or ManufacturingApp(),
-                  factory_console=True)
+                  factory_console=factory_console)
     tcti = None
     try:
         transport = board.open_console(console)
@@ -397,6 +401,27 @@ def test_a_generate_repeated_after_a_reboot_gets_the_same_key(tmp_path):
             with pytest.raises(BoardRefusal, match="install idevid-certificate, trust-anchors, "
                                                    "cloud-registrar before locking"):
                 link.request("lock")
+
+
+def test_a_board_that_boots_as_usual_serves_the_station_wherever_it_reads(station, tmp_path):
+    """Without a factory console, a board no station locked still serves one: here the first
+    request's first byte stops the autoboot countdown, the rest reaches the bootloader prompt as
+    a command it does not know, and the request sent again is served there."""
+    counting = MCU.with_timings(autoboot_seconds=30)
+    with factory_board_here(tmp_path / "board", counting, factory_console=False) as (board, port):
+        assert board.wait_for_phase("bootloader", 30)
+        result = station.provision(port)
+        assert result.status == "provisioned", result.error
+        assert result.retries >= 1
+        con = pexpect.fdpexpect.fdspawn(os.open(port, os.O_RDWR | os.O_NOCTTY), timeout=30)
+        con.send("\r")
+        con.expect_exact(counting.boot.bootloader_prompt)
+        con.send("boot\r")
+        con.expect_exact(counting.console.prompt)
+        status = run(con, "status", counting.console.prompt)
+        assert re.search(r"^state: +provisioned", status, re.M)
+        assert re.search(r"^manufacturing: +locked", status, re.M)
+        con.close()
 
 
 # --------------------------------------------------------------------------- pure logic
