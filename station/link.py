@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 
 import serial
 
-from pledgeforge.errors import EnvironmentFailure, VerificationFailure
-from pledgeforge.firmware.mfg_protocol import (COMMANDS, Answered, Failed, Refused, Send,
-                                               StationChannel)
+from pledgeforge.errors import EnvironmentFailure, UsageError, VerificationFailure
+from pledgeforge.firmware.mfg_protocol import (COMMANDS, Answered, Failed, ProtocolError, Refused,
+                                               Send, StationChannel)
 
 DEFAULT_TIMEOUT = 5.0
 DEFAULT_SLOW_TIMEOUT = 60.0
@@ -109,7 +109,10 @@ class BoardLink:
         started = time.monotonic()
         before = (self.stats.bytes_out, self.stats.bytes_in)
         cap = started + self.channel.max_attempts * quiet + _REQUEST_CAP_EXTRA
-        pending = [self.channel.request(command, args, rid=rid)]
+        try:
+            pending = [self.channel.request(command, args, rid=rid)]
+        except ProtocolError as exc:  # e.g. anchors too large for one message
+            raise UsageError(f"cannot send {command} to the board: {exc}") from None
         outcome = None
         while outcome is None:
             for send in pending:

@@ -31,7 +31,7 @@ from boardrunner import factory_board, quick_profile
 from clirunner import jq, openssl, run_cli
 from pledgeforge.bench import login, run
 from pledgeforge.boards.board_keystore import keystore_for
-from pledgeforge.boards.manufacturing_app import ManufacturingApp
+from pledgeforge.boards.manufacturing_app import ManufacturingApp, Refusal
 from pledgeforge.boards.power import power_request
 from pledgeforge.boards.profile import load_profile
 from pledgeforge.boards.runtime import Board
@@ -304,6 +304,22 @@ def test_evidence_that_does_not_hold_is_refused_and_nothing_recorded(lab, statio
         assert board.manufacturing.state(board) == "keyed"       # provisionable again
 
 
+class WillNotLock(ManufacturingApp):
+    """Takes everything, then refuses to lock (its flash is worn out, say)."""
+
+    def do_lock(self, board, request):
+        raise Refusal("invalid", "the lock bit cannot be written")
+
+
+def test_a_board_that_will_not_lock_leaves_no_record(station, tmp_path):
+    with factory_board_here(tmp_path / "board", MCU, manufacturing=WillNotLock()) as (board, port):
+        result = station.provision(port)
+        assert result.status == "failed" and result.steps[-1] == "record"
+        assert result.error == "the board refused lock: the lock bit cannot be written (invalid)"
+        assert station.db.get(board.serial_number) is None       # recorded, then taken back
+        assert board.manufacturing.state(board) == "keyed"
+
+
 class NoisyWire(threading.Thread):
     """A TCP hop between the station and a board's raw TCP console that damages one character
     of every `every`-th reply line the board sends, as bursts of noise on a UART would. The
@@ -422,6 +438,12 @@ def test_a_board_that_boots_as_usual_serves_the_station_wherever_it_reads(statio
         assert re.search(r"^state: +provisioned", status, re.M)
         assert re.search(r"^manufacturing: +locked", status, re.M)
         con.close()
+
+
+def test_a_console_that_is_not_there_is_an_environment_failure(station, tmp_path):
+    result = station.provision(str(tmp_path / "no-board" / "console"))
+    assert result.status == "failed" and isinstance(result.failure, EnvironmentFailure)
+    assert result.error.startswith(f"cannot open the board's console {tmp_path}/no-board/console")
 
 
 # --------------------------------------------------------------------------- pure logic
