@@ -228,16 +228,21 @@ def run_demo(directory: Path, *, keep: bool = False, say: Callable[[str], None] 
             "boards": [asdict(s) for s in summaries]}
 
 
+def _made(manufactured: dict) -> str:
+    """How the station made a board, on one line ("-" when it was not)."""
+    if not manufactured:
+        return "-"
+    return (f"{manufactured['assurance']} by {manufactured['station']} in {manufactured['seconds']} s "
+            f"({' > '.join(manufactured['steps'])})")
+
+
 def summary_text(result: dict) -> str:
     lines = ["", "pledgeforge demo: " + ("every board enrolled" if result["ok"] else "FAILED"), ""]
     for board in result["boards"]:
         lines += [
             f"{board['board']}  [{board['keystore']}]  flow {board['flow']}  serial {board['serial']}",
             f"  result : {board['state']}" + (f" ({board['error']})" if board["error"] else ""),
-            f"  made   : " + (f"{board['manufactured']['assurance']} by {board['manufactured']['station']} "
-                            f"in {board['manufactured']['seconds']} s "
-                            f"({' > '.join(board['manufactured']['steps'])})"
-                            if board["manufactured"] else "-"),
+            f"  made   : {_made(board['manufactured'])}",
             f"  states : {' > '.join(board['states']) or '-'}",
             f"  IDevID : {board['idevid_subject'] or '-'}",
             f"  LDevID : {board['ldevid_subject'] or '-'}",

@@ -14,6 +14,7 @@ import json
 import os
 import re
 import selectors
+import shlex
 import signal
 import socket
 import subprocess
@@ -28,7 +29,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from boardrunner import factory_board, quick_profile
-from clirunner import jq, openssl, run_cli
+from clirunner import PLEDGEFORGE, jq, openssl, run_cli
 from pledgeforge.bench import login, run
 from pledgeforge.boards.board_keystore import keystore_for
 from pledgeforge.boards.manufacturing_app import ManufacturingApp, Refusal
@@ -221,6 +222,36 @@ def test_eight_boards_in_parallel(lab, tmp_path):
         assert (record.ek_certificate_sha256 is not None) == (record.keystore == "tpm")
     exported = run_cli("provision", "export", "--db", db, "--format", "ownership", "--flow", "est-domain")
     assert [json.loads(line)["response"] for line in exported.stdout.splitlines()] == ["voucher"] * 8
+
+
+def test_a_terminal_shows_a_progress_bar_per_board_while_stdout_holds_json_only(lab, tmp_path):
+    db = f"sqlite:///{tmp_path / 'tty.sqlite'}"
+    profile = quick_profile("mcu-se", tmp_path)
+    boards = [factory_board(lab, profile, tmp_path / f"b{i}") for i in range(2)]
+    for board in boards:
+        board.start()
+    try:
+        # stderr is a terminal (a pty as wide as the console paths), stdout a file.
+        args = [*station_args(lab, db), *(a for b in boards for a in ("--port", b.console_path)),
+                "--json"]
+        command = " ".join(shlex.quote(str(a)) for a in [PLEDGEFORGE, *args])
+        out = tmp_path / "stdout.jsonl"
+        terminal = pexpect.spawn("sh", ["-c", f"exec {command} > {shlex.quote(str(out))}"],
+                                 timeout=300, dimensions=(24, 250))
+        terminal.expect(pexpect.EOF)
+        terminal.close()
+    finally:
+        for board in boards:
+            board.stop()
+    shown = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", terminal.before.decode(errors="replace"))
+    assert terminal.exitstatus == 0, shown
+    lines = jq(out.read_bytes())
+    assert sorted(line["port"] for line in lines) == sorted(b.console_path for b in boards)
+    assert {line["status"] for line in lines} == {"provisioned"}
+    # One bar per board, each at its last step, and no JSON on the terminal.
+    for board in boards:
+        assert re.search(re.escape(board.console_path) + r" +\S+ +lock\b", shown), shown
+    assert '{"port"' not in shown
 
 
 # --------------------------------------------------------------------------- boards that lie, lines that break
