@@ -7,6 +7,7 @@ behind `bootstrap` (firmware_apps.py) and the manufacturing mode that lets a
 station give a new board its identity over the console
 (manufacturing_app.py). boards/assembly.py puts a board together from those
 parts by name. Powering on starts the key store and a firmware thread that
+lets the firmware apps clean up after a power cut (`FirmwareApp.power_on`),
 boots (bootloader, autoboot, image verification, firmware banner, login) and
 then runs the shell, serving a station's requests on the console while the
 board is not manufactured; a factory console (`factory_console`) serves only
@@ -94,6 +95,7 @@ class _PowerSession:
     def __init__(self, flash: Flash):
         self.flash = flash
         self.attention = threading.Event()     # power-off or reset: stop waiting
+        self.lost = threading.Event()          # power-off: firmware work of this session stops
         self.powered = True
         self.reset_pending = False
         self.started = time.monotonic()
@@ -245,8 +247,6 @@ class Board:
             self._manufacture(self._flash)
             self._flash.record_power_on()
             self.keystore.power_on()
-            if self.manufacturing is not None:
-                self.manufacturing.power_on(self)
             session = _PowerSession(self._flash)
             self._transcript_event("power on")
             self.events.clear()
@@ -264,6 +264,7 @@ class Board:
             if session is None:
                 return
             session.powered = False
+            session.lost.set()
             session.attention.set()
             self.console.wake()
             # Waits for a flash write in progress, then refuses any later one.
@@ -338,6 +339,17 @@ class Board:
         return session.flash if session is not None else self._flash
 
     @property
+    def power_lost(self) -> threading.Event:
+        """Set when the power of the caller's session goes (firmware code waits on it, so a
+        power-off stops its waits and retries). Outside a session: an Event that is set."""
+        session = getattr(self._firmware_local, "session", None) or self._session
+        if session is None:
+            gone = threading.Event()
+            gone.set()
+            return gone
+        return session.lost
+
+    @property
     def serial_number(self) -> str:
         return self.flash.state.serial_number
 
@@ -400,6 +412,7 @@ class Board:
         if self.manufacturing is not None:
             term.station = lambda text: self.manufacturing.serve_line(self, text, term.write)
         try:
+            self._start_apps()
             if self.factory_console and self.manufacturing is not None and \
                     self.manufacturing.state(self) != "locked":
                 self._factory_console(session, term)
@@ -448,6 +461,20 @@ class Board:
             if part is not None:
                 fields.update(part.status_fields(self))
         return fields
+
+
+    def _start_apps(self) -> None:
+        """The firmware apps' power-on work (the pledge's clean-up after a power cut, the
+        manufacturing mode's fresh reply memory); a failure is logged and the board boots
+        anyway."""
+        for part in (self.app, self.manufacturing):
+            if part is None:
+                continue
+            try:
+                part.power_on(self)
+            except Exception as exc:   # PowerLost is no Exception: a power-off still unwinds
+                self.log_event(f"firmware start failed: {exc}")
+                _log.error("firmware app power-on failed: %s", traceback.format_exc())
 
     def _factory_console(self, session: _PowerSession, term: Terminal) -> None:
         """The factory image: a console that serves a station's requests and nothing else.
