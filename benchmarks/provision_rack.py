@@ -9,10 +9,10 @@ without delays), waits until every one is in its manufacturing console, and
 has the lab's station provision them all at once over their ptys. Prints per
 rack size: boards per minute, the time per board, and where a board's time
 went, as shares of it: TPM operations (the board's time on its TPM commands
-beyond moving their bytes), CA signing (the station issuing the IDevID and
-IAK certificates) and serial transfer (the bytes of the busier direction at
-the baud rate: the serial lower bound); then the one-board time against its
-serial lower bound, and the rack speedup.
+beyond moving their bytes; on a PKCS#11 board, its token's), CA signing (the
+station issuing the IDevID and IAK certificates) and serial transfer (the
+bytes of the busier direction at the baud rate: the serial lower bound); then
+the one-board time against its serial lower bound, and the rack speedup.
 
 Goals, measured in the same run: one board within 2 times its serial lower
 bound; 8 boards at least 4 times the one-board rate on a 2-core machine (a
@@ -95,9 +95,11 @@ def main() -> None:
         finally:
             lab.down()
 
+    # The key store's share: TPM operations on a TPM board, the token's work on a PKCS#11 one.
+    store = "TPM" if loaded.keystore.type == "tpm" else "token"
     print(f"{args.profile} boards, consoles paced at {baudrate} baud")
     print(f"{'boards':>6} {'boards/min':>11} {'s/board':>8} {'lower bound s':>14} "
-          f"{'/bound':>7} {'TPM':>6} {'CA':>6} {'serial':>7}")
+          f"{'/bound':>7} {store:>6} {'CA':>6} {'serial':>7}")
     for row in rows:
         share = lambda part: f"{part / row['per_board']:6.0%}"  # noqa: E731
         print(f"{row['size']:>6} {row['per_minute']:>11.1f} {row['per_board']:>8.2f} "
