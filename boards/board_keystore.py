@@ -3,18 +3,21 @@
 Drivers are registered by the profile `[keystore] type` they bind to
 (`KEYSTORE_DRIVERS`: "tpm", "pkcs11"); each names its keys by URI through the
 key-store registry (hsm/keystore.py) and maps the firmware's key slots
-("idevid", "ldevid") to its own names for them (a persistent handle, a label).
-The factory fills every slot but the firmware's own (FIRMWARE_SLOTS: "ldevid");
-every other key in the board's part of the store is the firmware's
-(`firmware_keys()`: the LDevID slots, and whatever else it made), which a
-factory reset destroys.
+("idevid", "ldevid", and on a TPM "iak", the attestation key the
+manufacturing station binds to the TPM) to its own names for them (a
+persistent handle, a label). The factory fills every slot but the firmware's
+own (FIRMWARE_SLOTS: "ldevid"); every other key in the board's part of the
+store is the firmware's (`firmware_keys()`: the LDevID slots, and whatever
+else it made), which a factory reset destroys.
 
 Each board keeps its keys in its state directory (`DIR/tpm/` or
 `DIR/softhsm/`), so boards never share a key store and a board's keys survive
 its restarts. The TPM runs only while the board is powered: swtpm starts at
 power-on and stops at power-off, as a TPM chip loses power with its board.
 The first power-on is the factory: swtpm gets its endorsement keys and EK
-certificate, the SoftHSM token its PINs (kept in 0600 files beside it). The
+certificate (from the TPM maker's CA in `maker_dir`, shared by every board of
+one TPM maker; by default one of the board's own), the SoftHSM token its
+PINs (kept in 0600 files beside it). The
 TPM's state is encrypted with a key kept in the board's state directory
 (`DIR/tpm-state.key`, 0600), outside the TPM's own directory; only the board's
 owner can reach the TPM (swtpm's Unix sockets, see hsm/swtpm.py).
@@ -33,6 +36,7 @@ from typing import ClassVar
 from pledgeforge.atomicfile import atomic_write
 from pledgeforge.errors import EnvironmentFailure
 from pledgeforge.hsm import keystore as keystores
+from pledgeforge.hsm.errors import KeyNotFoundError
 from pledgeforge.hsm.keyuri import SOFTHSM2_MODULE
 from pledgeforge.hsm.softhsm import SoftHsm
 from pledgeforge.hsm.swtpm import Swtpm
@@ -60,11 +64,13 @@ class BoardKeyStore(ABC):
     #: (the IDevID's, and any a station adds), and its key outlives a factory reset
     FIRMWARE_SLOTS: ClassVar[frozenset[str]] = frozenset({"ldevid"})
 
-    def __init__(self, config, state_dir: Path):
+    def __init__(self, config, state_dir: Path, *, maker_dir: Path | None = None):
         #: the profile's [keystore] table (boards/profile.py KeyStoreConfig)
         self.config = config
         self.algorithm = config.algorithm
         self.state_dir = state_dir
+        #: the key store maker's CA directory (a TPM's EK certificate comes from it)
+        self.maker_dir = maker_dir
 
     @property
     def type(self) -> str:
@@ -82,8 +88,17 @@ class BoardKeyStore(ABC):
         """The URI of a key in this store, by the store's own name for it."""
 
     def slot_uri(self, slot: str) -> str:
-        """The URI of a firmware key slot: "idevid" or "ldevid"."""
+        """The URI of a firmware key slot: "idevid" or "ldevid" (and "iak" on a TPM)."""
         return self.key_uri(self.SLOTS[slot])
+
+    def clear_slot(self, slot: str) -> bool:
+        """Delete the key in a slot, if there is one (an attempt at manufacturing that was
+        never finished left it); True if one was deleted."""
+        try:
+            keystores.delete_key(self.slot_uri(slot))
+        except KeyNotFoundError:
+            return False
+        return True
 
     def current_uri(self, stored: str) -> str:
         """A key URI stored earlier, as it reaches the key now."""
@@ -111,9 +126,9 @@ class BoardKeyStore(ABC):
 KEYSTORE_DRIVERS: Registry[type[BoardKeyStore]] = Registry("key-store driver")
 
 
-def keystore_for(config, state_dir: Path) -> BoardKeyStore:
+def keystore_for(config, state_dir: Path, *, maker_dir: Path | None = None) -> BoardKeyStore:
     """The driver a profile's [keystore] table binds to, for the board in `state_dir`."""
-    return KEYSTORE_DRIVERS.get(config.type)(config, state_dir)
+    return KEYSTORE_DRIVERS.get(config.type)(config, state_dir, maker_dir=maker_dir)
 
 
 @KEYSTORE_DRIVERS.register
@@ -122,13 +137,15 @@ class TpmKeyStore(BoardKeyStore):
 
     binds_to = "tpm"
     scheme = "tpm"
-    SLOTS = {"idevid": 0x81020000, "ldevid": 0x81020001}
+    #: the LDevID's two slots are its handle and the next (firmware/ldevid_keys.py), so the
+    #: IAK lives beyond them
+    SLOTS = {"idevid": 0x81020000, "ldevid": 0x81020001, "iak": 0x81020003}
     #: the persistent handles of the board's factory and firmware; the TPM maker's keys (EK,
     #: SRK) are below them
     HANDLES = range(0x81020000, 0x81030000)
 
-    def __init__(self, config, state_dir: Path):
-        super().__init__(config, state_dir)
+    def __init__(self, config, state_dir: Path, *, maker_dir: Path | None = None):
+        super().__init__(config, state_dir, maker_dir=maker_dir)
         self._dir = state_dir / "tpm"
         self._tpm_key = state_dir / _TPM_STATE_KEY
         self.swtpm: Swtpm | None = None
@@ -138,7 +155,7 @@ class TpmKeyStore(BoardKeyStore):
             self.swtpm = Swtpm(self._dir, key_file=self._tpm_key)
         if not (self._dir / "tpm2-00.permall").exists():
             # First power-on: the TPM maker's endorsement keys and certificates.
-            self.swtpm.manufacture(create_ek_cert=True)
+            self.swtpm.manufacture(create_ek_cert=True, ca_dir=self.maker_dir)
         _stop_orphan_swtpm(self._dir)
         self.swtpm.start()
         atomic_write(self._dir / _SWTPM_PID, f"{self.swtpm.pid}\n".encode())
@@ -184,8 +201,8 @@ class SoftHsmKeyStore(BoardKeyStore):
     scheme = "pkcs11"
     SLOTS = {"idevid": "idevid", "ldevid": "ldevid"}
 
-    def __init__(self, config, state_dir: Path):
-        super().__init__(config, state_dir)
+    def __init__(self, config, state_dir: Path, *, maker_dir: Path | None = None):
+        super().__init__(config, state_dir, maker_dir=maker_dir)
         self._dir = state_dir / "softhsm"
         self.softhsm: SoftHsm | None = None
 

@@ -378,14 +378,19 @@ class Terminal:
 
     `check` is called around every wait; the runtime makes it raise when the
     board loses power or must reset, which unwinds whatever was reading.
-    `smp` receives each complete SMP console line.
+    `smp` receives each complete SMP console line. `station` is offered every
+    line typed, wherever the firmware reads one (bootloader, login, shell): it
+    returns True for a line it served (a manufacturing station's request), which
+    the reader then never sees, as SMP frames share the UART with the text.
     """
 
     def __init__(self, console: Console, *, check: Callable[[], None],
-                 smp: Callable[[bytes], None] | None = None, editor: LineEditor | None = None):
+                 smp: Callable[[bytes], None] | None = None, editor: LineEditor | None = None,
+                 station: Callable[[str], bool] | None = None):
         self.console = console
         self.check = check
         self.smp = smp
+        self.station = station
         self.editor = editor or LineEditor()
         self._items: deque = deque()
         self._pending = b""
@@ -441,7 +446,7 @@ class Terminal:
                         self._handle_smp(item)
                     elif isinstance(item, Cancel):
                         return None
-                    else:
+                    elif self.station is None or not self.station(item.text):
                         return item
                 data = self._next_input(_READ_SLICE)
                 if data:

@@ -1,8 +1,10 @@
 """Firmware apps: what the board's firmware runs behind its shell's `bootstrap`.
 
 An app declares the name it binds to and registers itself in FIRMWARE_APPS;
-`board run` picks one by name (boards/assembly.py). The runtime calls it; it
-never touches the console except through the `emit_line` it is given.
+`board run` picks one by name (boards/assembly.py): "pledge" behind
+`bootstrap`, and "manufacturing" (manufacturing_app.py), the mode in which a
+station provisions the board over its console. The runtime calls it; the
+pledge never touches the console except through the `emit_line` it is given.
 
 Its methods run in the board's firmware thread. When the power goes,
 `emit_line` raises `PowerLost` and `board.flash` refuses writes

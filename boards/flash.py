@@ -6,7 +6,10 @@ IDevID certificate, trust anchors, where the IDevID key lives, stored in the
 form firmware/identity.py defines), the voucher, the enrollment (the LDevID,
 the key slot of its key, the EST CA certificates and URL: one record, written
 in one write, because the firmware makes a new LDevID key current only once
-the record naming it is stored) and the boot counters. Boards with a file system (`[flash] files_kib` in the profile) have
+the record naming it is stored), the boot counters, and the manufacturing
+record (what a station staged before it locked the board, then what the
+factory left beside the identity, e.g. the IAK certificate). Boards with a
+file system (`[flash] files_kib` in the profile) have
 a second partition (flash-files.bin) for the shell's files (filesystem.py).
 
 Every change to either is a whole new image written with `atomic_write` (temp file,
@@ -100,6 +103,8 @@ class FlashState:
     voucher: bytes | None = None
     enrollment: Enrollment | None = None
     counters: Counters = Counters()
+    #: the manufacturing mode's record: JSON-ready text values (boards/manufacturing_app.py)
+    manufacturing: dict | None = None
 
     @property
     def ldevid_pem(self) -> str | None:
@@ -114,6 +119,8 @@ class FlashState:
             "enrollment": None if self.enrollment is None else self.enrollment.to_json(),
             "counters": {"boots": self.counters.boots, "power_ons": self.counters.power_ons},
         }
+        if self.manufacturing is not None:
+            doc["manufacturing"] = self.manufacturing
         return json.dumps(doc, indent=1).encode()
 
     @classmethod
@@ -127,6 +134,9 @@ class FlashState:
             # cannot be renewed (no EST server on record) until the board bootstraps again.
             enrollment = {"ldevid_pem": doc["ldevid_pem"], "slot": "a"}
         counters = doc.get("counters") or {}
+        manufacturing = doc.get("manufacturing")
+        if manufacturing is not None and not isinstance(manufacturing, dict):
+            raise TypeError("the manufacturing record is not a JSON object")
         return cls(
             serial_number=str(doc.get("serial_number", "")),
             config={str(k): str(v) for k, v in (doc.get("config") or {}).items()},
@@ -135,6 +145,7 @@ class FlashState:
             enrollment=None if enrollment is None else Enrollment.from_json(enrollment),
             counters=Counters(boots=int(counters.get("boots", 0)),
                               power_ons=int(counters.get("power_ons", 0))),
+            manufacturing=manufacturing,
         )
 
 
@@ -287,6 +298,15 @@ class Flash:
     def set_identity(self, identity: PledgeIdentity | None) -> None:
         self._commit(lambda s: replace(s, identity=identity))
 
+    def set_manufacturing(self, record: dict | None) -> None:
+        self._commit(lambda s: replace(s, manufacturing=record))
+
+    def commit_identity(self, identity: PledgeIdentity, manufacturing: dict | None) -> None:
+        """The end of manufacturing, in one write: the identity and what the manufacturing
+        record keeps. A power cut leaves the board either as it was (still to be
+        manufactured) or manufactured, never half."""
+        self._commit(lambda s: replace(s, identity=identity, manufacturing=manufacturing))
+
     def set_voucher(self, voucher: bytes | None) -> None:
         self._commit(lambda s: replace(s, voucher=voucher))
 
@@ -305,8 +325,9 @@ class Flash:
 
     def factory_reset(self) -> None:
         """Forget the owner: configuration, voucher, enrollment and the files. The
-        factory identity (serial number, IDevID, trust anchors) and counters stay."""
+        factory identity (serial number, IDevID, trust anchors, the manufacturing record)
+        and counters stay."""
         if self.files is not None:
             self.files.erase()
         self._commit(lambda s: FlashState(serial_number=s.serial_number, identity=s.identity,
-                                          counters=s.counters))
+                                          counters=s.counters, manufacturing=s.manufacturing))

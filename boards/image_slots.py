@@ -20,7 +20,7 @@ Storage (under `<state dir>/slots/`), safe against a power cut at any moment:
 - `verify-key.pem`: the firmware public key the bootloader checks images
   against, unless the profile names one (`[image] verify_key`). It is written
   by `install_verify_key`, the one way a key gets into a board's flash: at the
-  factory, by the lab at the first power-on of a board started with `--lab`,
+  factory, when a manufacturing station locks the board (it installed the key),
   or by `pledgeforge board set-verify-key` on a stopped board.
 
 A board without a key trusts no image: the bootloader erases a pending image
@@ -86,9 +86,8 @@ def install_verify_key(state_dir: str | os.PathLike, pem: bytes) -> Path:
     """Write the firmware public key (PEM) into a board's flash; returns the file.
 
     The bootloader reads it at every boot and checks every image against it.
-    This is what a manufacturing station does to a new board; until one does,
-    the lab does it at a `--lab` board's first power-on and `pledgeforge board
-    set-verify-key` does it to a stopped board. A PEM that is not a key MCUboot
+    A manufacturing station has the board do it when it locks (`provision
+    --image-key`); `pledgeforge board set-verify-key` does it to a stopped board. A PEM that is not a key MCUboot
     can check images with is refused, and the flash keeps its previous key.
     """
     load_public_key(pem, "firmware key")
@@ -101,8 +100,8 @@ def install_verify_key(state_dir: str | os.PathLike, pem: bytes) -> Path:
 def _no_key_message(path: Path) -> str:
     return (f"no firmware verification key in this board's flash ({path}): install one with "
             f"`pledgeforge board set-verify-key --state {path.parent.parent} --key-pem PEM` "
-            "while the board is stopped (boards started with --lab get the lab's at their first "
-            "power-on), or set [image] verify_key in the profile")
+            "while the board is stopped (a manufacturing station installs one: pledgeforge "
+            "provision --image-key), or set [image] verify_key in the profile")
 
 
 class NextBoot(enum.Enum):

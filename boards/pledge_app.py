@@ -2,7 +2,8 @@
 
 It reads the pledge's identity from the board's flash (IDevID, where its key
 lives, the built-in anchors) and the cloud registrar's URL from the flash's
-configuration (`registrar.url`, defaulting to the profile's), and runs the
+configuration (`registrar.url`, defaulting to the factory's, else the
+profile's), and runs the
 real pledge driver (firmware/pledge.py) with the keys in the board's key
 store. It prints each state as it is entered.
 
@@ -64,7 +65,8 @@ class PledgeApp(FirmwareApp):
 
         stored = board.flash.state.identity
         if stored is None:
-            emit_line("no IDevID on this board (manufacturing failed; see `log`)")
+            emit_line("no IDevID on this board: it is not manufactured yet (a station provisions "
+                      "it over this console: pledgeforge provision --port ...)")
             return False
         identity = replace(stored, idevid_key_uri=board.keystore.current_uri(stored.idevid_key_uri),
                            cloud_registrar_url=board.config_value("registrar.url"))

@@ -3,7 +3,7 @@
 A part (a key-store driver, a firmware app) is a class that declares the name
 it binds to (`binds_to`); registering it makes that name choosable: a
 profile's `[keystore] type = "tpm"` picks the key-store driver bound to
-"tpm", `board run --lab` the firmware app bound to "pledge". An unknown name
+"tpm", `board run` the firmware apps bound to "pledge" and "manufacturing". An unknown name
 is an error that lists the registered ones.
 """
 

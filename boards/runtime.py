@@ -3,15 +3,18 @@
 `Board` holds the console, the persistent flash, the firmware image slots and
 the power switch, and is given its other parts: the key store (the driver its
 profile's `[keystore] type` binds to, see board_keystore.py), the firmware app
-behind `bootstrap` (firmware_apps.py) and the factory step that gives a new
-board its identity (provisioning.py). boards/assembly.py puts a board
-together from those parts by name. Powering on starts the key store and a
-firmware thread that lets the firmware app clean up after a power cut
-(`FirmwareApp.power_on`), provisions a board without an identity, boots
-(bootloader, autoboot, image verification, firmware banner, login) and then
-runs the shell; powering off stops that thread at its next console or flash
-access, closes the flash and stops the key store. A power cut (the process
-killed) loses nothing that was written: every flash write is atomic.
+behind `bootstrap` (firmware_apps.py) and the manufacturing mode that lets a
+station give a new board its identity over the console
+(manufacturing_app.py). boards/assembly.py puts a board together from those
+parts by name. Powering on starts the key store and a firmware thread that
+lets the firmware apps clean up after a power cut (`FirmwareApp.power_on`),
+boots (bootloader, autoboot, image verification, firmware banner, login) and
+then runs the shell, serving a station's requests on the console while the
+board is not manufactured; a factory console (`factory_console`) serves only
+those until a station locks the board. Powering off stops that thread at its
+next console or flash access, closes the flash and stops the key store. A
+power cut (the process killed) loses nothing that was written: every flash
+write is atomic.
 
 Tests use `Board` in-process; `pledgeforge board run` wraps it in a process.
 """
@@ -42,7 +45,6 @@ from .flash import Flash
 from .image_slots import ImageSlots, NoBootableImageError
 from .power import PowerServer
 from .profile import Profile
-from .provisioning import ProvisioningStep
 from .rtc import Rtc
 from .shell import CapturedConsole, Shell, ShellExit
 from .shell_commands import board_registry
@@ -118,15 +120,19 @@ class Board:
 
     def __init__(self, profile: Profile, state_dir: str | os.PathLike, *,
                  keystore: BoardKeyStore | None = None, app: FirmwareApp | None = None,
-                 provisioning: ProvisioningStep | None = None, serial_number: str | None = None):
+                 manufacturing=None, factory_console: bool = False,
+                 serial_number: str | None = None):
         """`keystore`: default, the driver the profile's [keystore] type binds to; `app`:
         the firmware behind `bootstrap` (none: the board has no pledge firmware);
-        `provisioning`: the factory step for a board whose flash holds no identity."""
+        `manufacturing`: the manufacturing mode (a ManufacturingApp) that serves a station
+        on the console until the board is locked; `factory_console`: boot a board that is
+        not locked into a console serving nothing but the station."""
         self.profile = profile
         self.state_dir = Path(state_dir).resolve()
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.app = app
-        self.provisioning = provisioning
+        self.manufacturing = manufacturing
+        self.factory_console = factory_console
         self._firmware_local = threading.local()
         self._lock_fd = lock_state_dir(self.state_dir)
         self.transcript: TranscriptRecorder | None = None
@@ -180,16 +186,20 @@ class Board:
             raise BoardError(f"this board's flash already holds serial number {current}; "
                              f"--serial-number {requested} only applies to a new board")
 
-    def open_console(self, kind: str = "pty", port: int = 0, *, replay: bool = False):
+    def open_console(self, kind: str = "pty", port: int = 0, *, replay: bool = False,
+                     pace: bool = False):
         """Expose the console as a pty (DIR/console), RFC 2217 or raw TCP on loopback.
-        `replay`: network clients get the recent output when they connect."""
+        `replay`: network clients get the recent output when they connect; `pace`: bytes
+        move at the profile's baud rate, as over a real UART."""
         baud = self.profile.console.baud
+        rate = baud if pace else None
         if kind == "pty":
-            transport = PtyTransport(self.console, self.state_dir / CONSOLE_LINK, baudrate=baud)
+            transport = PtyTransport(self.console, self.state_dir / CONSOLE_LINK, baudrate=baud,
+                                     pace=rate)
         elif kind == "rfc2217":
-            transport = Rfc2217Transport(self.console, port, baudrate=baud, replay=replay)
+            transport = Rfc2217Transport(self.console, port, baudrate=baud, replay=replay, pace=rate)
         elif kind == "tcp":
-            transport = TcpTransport(self.console, port, replay=replay)
+            transport = TcpTransport(self.console, port, replay=replay, pace=rate)
         else:
             raise BoardError(f"unknown console transport {kind!r}; use one of {', '.join(SERIAL_KINDS)}")
         self.transports.append(transport)
@@ -307,7 +317,8 @@ class Board:
 
     @property
     def phase(self) -> str:
-        """off, bootloader, booting, login, shell or halted."""
+        """off, manufacturing (the factory console), manufactured (locked there, waiting for
+        a power cycle), bootloader, booting, login, shell or halted."""
         return self._phase
 
     def _set_phase(self, phase: str) -> None:
@@ -362,7 +373,11 @@ class Board:
         return "unprovisioned"
 
     def config_defaults(self) -> dict[str, str]:
-        return {"registrar.url": self.profile.registrar.cloud_url}
+        """The factory's cloud registrar (installed by the manufacturing station), else the
+        profile's."""
+        identity = self.flash.state.identity
+        url = identity.cloud_registrar_url if identity is not None else None
+        return {"registrar.url": url or self.profile.registrar.cloud_url}
 
     def config_value(self, key: str) -> str | None:
         value = self.flash.config_get(key)
@@ -380,6 +395,7 @@ class Board:
             "consoles": [{"type": t.scheme, "address": t.address} for t in self.transports],
             "transcript": str(self.transcript.path) if self.transcript else None,
             "baud": self.profile.console.baud,
+            "paced": any(getattr(t, "pace", None) for t in self.transports),
             "power": self.power_server.address if self.power_server else None,
             "powered": self.powered,
             "keystore": self.keystore.describe(),
@@ -393,9 +409,13 @@ class Board:
     def _firmware(self, session: _PowerSession) -> None:
         self._firmware_local.session = session
         term = Terminal(self.console, check=session.check, smp=self._smp_line)
+        if self.manufacturing is not None:
+            term.station = lambda text: self.manufacturing.serve_line(self, text, term.write)
         try:
-            self._start_app()
-            self._provision(term)
+            self._start_apps()
+            if self.factory_console and self.manufacturing is not None and \
+                    self.manufacturing.state(self) != "locked":
+                self._factory_console(session, term)
             while True:
                 try:
                     self._boot_and_run(session, term)
@@ -435,30 +455,49 @@ class Board:
             flash.set_serial_number(serial)
 
     def status_fields(self) -> dict[str, str]:
-        """What the firmware app and the factory step add to `status`."""
+        """What the firmware app and the manufacturing mode add to `status`."""
         fields: dict[str, str] = {}
-        for part in (self.app, self.provisioning):
+        for part in (self.app, self.manufacturing):
             if part is not None:
                 fields.update(part.status_fields(self))
         return fields
 
-    def _start_app(self) -> None:
-        """The firmware app's power-on work; a failure is logged and the board boots anyway."""
-        if self.app is None:
-            return
-        try:
-            self.app.power_on(self)
-        except Exception as exc:   # PowerLost is no Exception: a power-off still unwinds
-            self.log_event(f"firmware start failed: {exc}")
-            _log.error("firmware app power-on failed: %s", traceback.format_exc())
 
-    def _provision(self, term: Terminal) -> None:
-        if self.flash.state.identity is None and self.provisioning is not None:
+    def _start_apps(self) -> None:
+        """The firmware apps' power-on work (the pledge's clean-up after a power cut, the
+        manufacturing mode's fresh reply memory); a failure is logged and the board boots
+        anyway."""
+        for part in (self.app, self.manufacturing):
+            if part is None:
+                continue
             try:
-                self.provisioning.provision(self)
-            except Exception as exc:
-                self.log_event(f"provisioning failed: {exc}")
-                term.print(f"provisioning failed: {exc}")
+                part.power_on(self)
+            except Exception as exc:   # PowerLost is no Exception: a power-off still unwinds
+                self.log_event(f"firmware start failed: {exc}")
+                _log.error("firmware app power-on failed: %s", traceback.format_exc())
+
+    def _factory_console(self, session: _PowerSession, term: Terminal) -> None:
+        """The factory image: a console that serves a station's requests and nothing else.
+        Once a station locked the board it says so and waits for the power cycle that boots
+        the firmware (the line moves the board on); a station asking again meanwhile hears
+        that it is locked."""
+        station, term.station = term.station, None  # served here, line by line
+        self._set_phase("manufacturing")
+        self.log_event("manufacturing mode")
+        keystore = f"{self.keystore.type} ({self.keystore.algorithm.value})"
+        term.print(f"{self.profile.board.model}: manufacturing mode, serial {self.serial_number}, "
+                   f"key store {keystore}; waiting for a station")
+        while True:
+            line = term.read_line()
+            if line is not None and station(line.text):
+                if self.manufacturing.just_locked and self.phase != "manufactured":
+                    self._set_phase("manufactured")
+                    term.print(f"manufactured: serial {self.serial_number} is locked; power-cycle "
+                               "the board to boot its firmware")
+            elif line is not None and line.text.strip():
+                term.print("manufacturing mode: only a station's requests are served here "
+                           "(pledgeforge provision --port ...); power-cycle a locked board to "
+                           "boot its firmware")
 
     def _template_fields(self) -> dict[str, str]:
         p = self.profile

@@ -155,7 +155,7 @@ def _bootstrap(ctx: CommandContext, args: list[str]) -> int:
     board = ctx.board
     if board.app is None:
         return ctx.error("no registrar configured: this board runs without pledge firmware "
-                         "(start it with `pledgeforge board run --lab DIR`)")
+                         "(`pledgeforge board run` gives it one)")
 
     def emit_line(text: str) -> None:
         board.log_event(f"bootstrap: {text}")

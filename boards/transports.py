@@ -13,6 +13,11 @@ queued per client and flushed when the client's socket (or the pty) can take
 it; a client that stops reading loses its oldest queued bytes instead of
 stalling the board.
 
+With a baud rate to pace at (`pace=`), a transport moves the bytes of each
+direction no faster than a UART at that rate does (10 bits a byte, 8N1): the
+board reads its input, and the client its output, as they would arrive over
+a real line. Without it, bytes move as fast as the host allows.
+
 A network client sees output from the moment it connects, as with ser2net: a
 script that waits for a prompt must not match one printed for an earlier
 client. With `replay=True` a client is sent the console's recent output first
@@ -30,6 +35,7 @@ import selectors
 import socket
 import termios
 import threading
+import time
 import tty
 from pathlib import Path
 
@@ -49,13 +55,50 @@ class TransportError(EnvironmentFailure):
     """A console transport could not be set up."""
 
 
+class LinePacer:
+    """One direction of a UART at `baudrate` (8N1: 10 bits a byte): which of the bytes
+    waiting have crossed the line by now. Bytes are let through in small batches (a few
+    milliseconds of line time), so pacing costs a few hundred wake-ups a second, not one
+    a byte."""
+
+    BATCH_SECONDS = 0.004
+
+    def __init__(self, baudrate: int):
+        self.rate = baudrate / 10.0
+        self.batch = max(1, int(self.rate * self.BATCH_SECONDS))
+        #: the moment up to which the line has carried the bytes let through so far
+        self._line_time = 0.0
+
+    def started(self, now: float) -> None:
+        """Bytes were queued: an idle line starts carrying them now."""
+        self._line_time = max(self._line_time, now)
+
+    def due(self, pending: int, now: float) -> int:
+        """How many of `pending` bytes may go now (0 until a batch, or all of fewer, is over)."""
+        if pending <= 0:
+            return 0
+        count = min(pending, int((now - self._line_time) * self.rate))
+        if count < min(pending, self.batch):
+            return 0
+        self._line_time += count / self.rate
+        return count
+
+    def deadline(self, pending: int) -> float | None:
+        """When the next batch of `pending` bytes will have crossed the line."""
+        if pending <= 0:
+            return None
+        return self._line_time + min(pending, self.batch) / self.rate
+
+
 class _Outbox:
     """Bytes waiting for one client. `raw` is trimmed from the front when it
     grows past the limit; `wire` is what is already encoded for the wire
-    (escaped data, protocol replies) and is never cut."""
+    (escaped data, protocol replies) and is never cut. With a pacer, raw bytes
+    leave at the line's rate."""
 
-    def __init__(self, limit: int):
+    def __init__(self, limit: int, pacer: LinePacer | None = None):
         self.limit = limit
+        self.pacer = pacer
         self.raw = bytearray()
         self.wire = bytearray()
         self.dropped = 0
@@ -64,6 +107,8 @@ class _Outbox:
     def put(self, data: bytes) -> bool:
         """Queue `data`; True if bytes had to be dropped to stay in bounds."""
         with self.lock:
+            if self.pacer is not None and not self.raw:
+                self.pacer.started(time.monotonic())
             self.raw += data
             excess = len(self.raw) - self.limit
             if excess > 0:
@@ -75,6 +120,63 @@ class _Outbox:
     def pending(self) -> bool:
         with self.lock:
             return bool(self.raw or self.wire)
+
+    def sendable(self, now: float) -> bool:
+        """Whether something may be written now (wire bytes, or raw bytes the line carried)."""
+        with self.lock:
+            if self.wire or (self.raw and self.pacer is None):
+                return True
+            return bool(self.raw) and self.pacer.deadline(len(self.raw)) <= now
+
+    def take(self, limit: int, now: float) -> bytes:
+        """Up to `limit` raw bytes that may go now (call with the lock held)."""
+        count = min(limit, len(self.raw))
+        if self.pacer is not None:
+            count = self.pacer.due(count, now)
+        chunk = bytes(self.raw[:count])
+        del self.raw[:count]
+        return chunk
+
+    def deadline(self, now: float) -> float | None:
+        """When raw bytes become due next; None when nothing waits on the clock (none wait,
+        or they are due already and wait for the client to take them)."""
+        with self.lock:
+            if self.pacer is None or self.wire:
+                return None
+            due = self.pacer.deadline(len(self.raw))
+            return due if due is not None and due > now else None
+
+
+class _Inbox:
+    """Client input on its way to the board, let through at the line's rate."""
+
+    def __init__(self, console: Console, pacer: LinePacer | None):
+        self.console = console
+        self.pacer = pacer
+        self.held = bytearray()
+
+    def put(self, data: bytes, now: float) -> None:
+        if self.pacer is None:
+            self.console.receive(data)
+            return
+        if not self.held:
+            self.pacer.started(now)
+        self.held += data
+        self.release(now)
+
+    def release(self, now: float) -> None:
+        if self.pacer is not None and self.held:
+            count = self.pacer.due(len(self.held), now)
+            if count:
+                self.console.receive(bytes(self.held[:count]))
+                del self.held[:count]
+
+    def deadline(self, now: float) -> float | None:
+        return None if self.pacer is None else self.pacer.deadline(len(self.held))
+
+
+def _pacer(baudrate: int | None) -> LinePacer | None:
+    return LinePacer(baudrate) if baudrate else None
 
 
 class _Loop(threading.Thread):
@@ -111,14 +213,22 @@ class _Loop(threading.Thread):
 
     def run(self) -> None:
         while not self._stopping:
-            # Ask for writability only where output waits, so an idle client costs nothing.
+            # Ask for writability only where output may go now, so an idle client costs
+            # nothing; a paced line wakes the loop when its next bytes are due.
+            now = time.monotonic()
+            timeout = 1.0
             for channel in list(self._channels):
-                events = selectors.EVENT_READ | (selectors.EVENT_WRITE if channel.wants_write() else 0)
+                channel.release(now)
+                events = selectors.EVENT_READ | (selectors.EVENT_WRITE if channel.wants_write(now) else 0)
                 try:
                     self.selector.modify(channel.fileobj, events, channel)
                 except (KeyError, ValueError, OSError):
                     self.remove(channel)
-            for key, events in self.selector.select(timeout=1.0):
+                    continue
+                deadline = channel.deadline(now)
+                if deadline is not None:
+                    timeout = min(timeout, max(0.0, deadline - now))
+            for key, events in self.selector.select(timeout=timeout):
                 if key.data is None:
                     try:
                         self._wake_r.recv(4096)
@@ -154,8 +264,15 @@ class _Channel:
 
     fileobj = None
 
-    def wants_write(self) -> bool:
+    def wants_write(self, now: float) -> bool:
         return False
+
+    def release(self, now: float) -> None:
+        """Let paced input through to the board."""
+
+    def deadline(self, now: float) -> float | None:
+        """When paced bytes become due next (None: nothing waits on the clock)."""
+        return None
 
     def on_readable(self, loop: _Loop) -> None:
         raise NotImplementedError
@@ -170,13 +287,15 @@ class _Channel:
 class _SocketClient(_Channel):
     """A network client of the console; subclasses add the wire protocol."""
 
-    def __init__(self, console: Console, sock: socket.socket, loop: _Loop, *, replay: bool = False):
+    def __init__(self, console: Console, sock: socket.socket, loop: _Loop, *, replay: bool = False,
+                 pace: int | None = None):
         self.console = console
         self.replay = replay
         self.sock = sock
         self.fileobj = sock
         self.loop = loop
-        self.outbox = _Outbox(console.log_capacity)
+        self.outbox = _Outbox(console.log_capacity, _pacer(pace))
+        self.inbox = _Inbox(console, _pacer(pace))
         # A fixed send buffer: otherwise the kernel grows it to megabytes for
         # a client that stopped reading, and our bound on queued output would
         # be the kernel's instead.
@@ -197,8 +316,15 @@ class _SocketClient(_Channel):
     def decode(self, data: bytes) -> bytes:
         return data
 
-    def wants_write(self) -> bool:
-        return self.outbox.pending()
+    def wants_write(self, now: float) -> bool:
+        return self.outbox.sendable(now)
+
+    def release(self, now: float) -> None:
+        self.inbox.release(now)
+
+    def deadline(self, now: float) -> float | None:
+        times = [t for t in (self.outbox.deadline(now), self.inbox.deadline(now)) if t is not None]
+        return min(times) if times else None
 
     def on_readable(self, loop: _Loop) -> None:
         try:
@@ -208,15 +334,15 @@ class _SocketClient(_Channel):
         if not data:
             loop.remove(self)
             return
-        self.console.receive(self.decode(data))
+        self.inbox.put(self.decode(data), time.monotonic())
 
     def on_writable(self) -> None:
         box = self.outbox
         with box.lock:
             if not box.wire and box.raw:
-                chunk = bytes(box.raw[:_SEND_CHUNK])
-                del box.raw[:_SEND_CHUNK]
-                box.wire += self.encode(chunk)
+                chunk = box.take(_SEND_CHUNK, time.monotonic())
+                if chunk:
+                    box.wire += self.encode(chunk)
             if not box.wire:
                 return
             try:
@@ -263,9 +389,11 @@ class _NetworkTransport:
 
     scheme = ""
 
-    def __init__(self, console: Console, port: int = 0, host: str = LOOPBACK, *, replay: bool = False):
+    def __init__(self, console: Console, port: int = 0, host: str = LOOPBACK, *, replay: bool = False,
+                 pace: int | None = None):
         self.console = console
         self.replay = replay
+        self.pace = pace
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
@@ -298,7 +426,7 @@ class TcpTransport(_NetworkTransport):
     scheme = "socket"
 
     def _make_client(self, conn, loop):
-        return _SocketClient(self.console, conn, loop, replay=self.replay)
+        return _SocketClient(self.console, conn, loop, replay=self.replay, pace=self.pace)
 
 
 class VirtualUart:
@@ -332,8 +460,9 @@ class VirtualUart:
 
 
 class _Rfc2217Client(_SocketClient):
-    def __init__(self, console, sock, loop, baudrate: int, *, replay: bool = False):
-        super().__init__(console, sock, loop, replay=replay)
+    def __init__(self, console, sock, loop, baudrate: int, *, replay: bool = False,
+                 pace: int | None = None):
+        super().__init__(console, sock, loop, replay=replay, pace=pace)
         self.uart = VirtualUart(baudrate)
         # PortManager sends Telnet replies through `self.write` and starts
         # negotiating at once, so it is created after the queue exists.
@@ -363,21 +492,23 @@ class Rfc2217Transport(_NetworkTransport):
     scheme = "rfc2217"
 
     def __init__(self, console: Console, port: int = 0, host: str = LOOPBACK, *, baudrate: int = 115200,
-                 replay: bool = False):
+                 replay: bool = False, pace: int | None = None):
         self.baudrate = baudrate
-        super().__init__(console, port, host, replay=replay)
+        super().__init__(console, port, host, replay=replay, pace=pace)
 
     def _make_client(self, conn, loop):
-        return _Rfc2217Client(self.console, conn, loop, self.baudrate, replay=self.replay)
+        return _Rfc2217Client(self.console, conn, loop, self.baudrate, replay=self.replay,
+                              pace=self.pace)
 
 
 class _PtyMaster(_Channel):
-    def __init__(self, console: Console, master: int, slave: int):
+    def __init__(self, console: Console, master: int, slave: int, pace: int | None = None):
         self.console = console
         self.master = master
         self.slave = slave
         self.fileobj = master
-        self.outbox = _Outbox(console.log_capacity)
+        self.outbox = _Outbox(console.log_capacity, _pacer(pace))
+        self.inbox = _Inbox(console, _pacer(pace))
         self.loop: _Loop | None = None
         self.attachment: Attachment | None = None
 
@@ -390,8 +521,15 @@ class _PtyMaster(_Channel):
         if self.loop is not None:
             self.loop.wake()
 
-    def wants_write(self) -> bool:
-        return self.outbox.pending()
+    def wants_write(self, now: float) -> bool:
+        return self.outbox.sendable(now)
+
+    def release(self, now: float) -> None:
+        self.inbox.release(now)
+
+    def deadline(self, now: float) -> float | None:
+        times = [t for t in (self.outbox.deadline(now), self.inbox.deadline(now)) if t is not None]
+        return min(times) if times else None
 
     def on_readable(self, loop: _Loop) -> None:
         try:
@@ -402,18 +540,23 @@ class _PtyMaster(_Channel):
             if exc.errno == errno.EIO:
                 return  # no client has the pty open; we keep the slave, so this passes
             raise
-        self.console.receive(data)
+        self.inbox.put(data, time.monotonic())
 
     def on_writable(self) -> None:
         box = self.outbox
         with box.lock:
-            if not box.raw:
+            if box.wire or not box.raw:
+                # `wire` holds bytes the line let through that the pty could not take yet
+                chunk = bytes(box.wire)
+            else:
+                chunk = box.take(_SEND_CHUNK, time.monotonic())
+            if not chunk:
                 return
             try:
-                sent = os.write(self.master, bytes(box.raw[:_SEND_CHUNK]))
+                sent = os.write(self.master, chunk)
             except BlockingIOError:
-                return
-            del box.raw[:sent]
+                sent = 0
+            box.wire[:] = chunk[sent:]
 
     def close(self) -> None:
         if self.attachment is not None:
@@ -464,11 +607,13 @@ class PtyTransport:
 
     scheme = "pty"
 
-    def __init__(self, console: Console, link: str | os.PathLike, *, baudrate: int = 115200):
+    def __init__(self, console: Console, link: str | os.PathLike, *, baudrate: int = 115200,
+                 pace: int | None = None):
         self.console = console
         self.link = Path(link)
+        self.pace = pace
         master, slave, self.path = open_raw_pty(baudrate)
-        self._channel = _PtyMaster(console, master, slave)
+        self._channel = _PtyMaster(console, master, slave, pace)
         self._loop = _Loop(f"console-pty-{os.path.basename(self.path)}")
         self._channel.loop = self._loop
         self._loop.add(self._channel)

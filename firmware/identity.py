@@ -11,9 +11,9 @@ where it does not parse.
      "trust_anchors_pem": ["..."], "masa_anchors_pem": ["..."],
      "cloud_registrar_url": "https://...", ...}
 
-The flash keeps the cloud registrar's URL in its configuration (the board's
-user may change it), so a board's stored identity leaves it out and the
-firmware fills it in.
+A board's stored identity carries the cloud registrar's URL its factory
+installed; the board's configuration (`registrar.url`, which its user may
+change) overrides it.
 """
 
 from __future__ import annotations

@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import io
 import re
 import secrets
@@ -105,9 +106,9 @@ INSTALL_ITEMS = {
 
 _COMMAND_LIST = [
     CommandSpec("identify", {}, {"model": str, "profile": str, "serial": str, "keystore": str,
-                                 "state": str, "protocol": int},
+                                 "state": str, "protocol": int, "algorithm?": str},
                 doc="who the board is; keystore is tpm or pkcs11; state is factory-new, "
-                    "keyed or locked"),
+                    "keyed or locked; algorithm, the key algorithm its key store is made for"),
     CommandSpec("generate", {"algorithm": str}, {"public-key": bytes, "tpm-public?": bytes},
                 slow=True, doc="generate the IDevID key in the key store; its SubjectPublicKeyInfo "
                                "(and TPM2B_PUBLIC on a TPM)"),
@@ -127,7 +128,8 @@ _COMMAND_LIST = [
     CommandSpec("csr", {"subject?": str}, {"csr": bytes},
                 doc="a PKCS#10 request (DER) signed by the IDevID key"),
     CommandSpec("install", {"item": str, "data": bytes, "url?": str}, {"item": str, "sha256": bytes},
-                doc="store an item of INSTALL_ITEMS; sha256 is of what the board read back"),
+                doc="store an item of INSTALL_ITEMS; sha256 is of what the board read back "
+                    "(install_digest)"),
     CommandSpec("lock", {}, {"locked": bool},
                 doc="leave manufacturing mode for good; manufacturing commands are refused after"),
 ]
@@ -240,6 +242,15 @@ def _chunk_texts(payload: bytes, line_length: int) -> list[str]:
     return chunks
 
 
+def install_digest(item: str, data: bytes, url: str | None = None) -> bytes:
+    """What `install` answers: SHA-256 of the item as the board read it back from its store
+    (for the cloud registrar, its URL and a newline before its anchors), so the station
+    knows the board keeps what it sent."""
+    if item == "cloud-registrar":
+        data = (url or "").encode() + b"\n" + data
+    return hashlib.sha256(data).digest()
+
+
 def max_payload(line_length: int = DEFAULT_LINE_LENGTH) -> int:
     """The largest payload (bytes) one message carries at this line length."""
     return (line_length - _LINE_OVERHEAD) // 4 * 3 * MAX_CHUNKS
@@ -276,6 +287,12 @@ _REQUEST_LINE = re.compile(r"(?<![@A-Za-z0-9_-])mfg" + _FIELDS)
 _REPLY_LINE = re.compile(r"@mfg" + _FIELDS)
 _REQUEST_START = re.compile(r"(?<![@A-Za-z0-9_-])mfg (?P<seq>[0-9]{1,9}) (?P<rid>[A-Za-z0-9_-]{1,32}) ")
 _REPLY_START = re.compile(r"@mfg (?P<seq>[0-9]{1,9}) (?P<rid>[A-Za-z0-9_-]{1,32}) ")
+
+
+def is_request_line(raw: bytes) -> bool:
+    """Whether a console line carries the start of a station request (tag, seq and rid):
+    what a board's console hands to its manufacturing mode instead of its shell."""
+    return _REQUEST_START.search(raw.decode("latin-1")) is not None
 
 
 def parse_line(raw: bytes, tag: str) -> Line | Damaged | None:
@@ -660,6 +677,12 @@ class BoardChannel:
         #: (seq, rid, command) of the last request received whole: its lines sent again are ignored
         self._last_complete: tuple[int, str, str] | None = None
 
+    @property
+    def receiving(self) -> bool:
+        """True between the first and the last chunk of a request: every console line is
+        then the station's, even one whose tag noise destroyed."""
+        return self._assembly is not None
+
     def receive(self, data: bytes) -> list[Send | Execute]:
         out: list[Send | Execute] = []
         for raw in self._splitter.feed(data):
@@ -779,5 +802,5 @@ class BoardChannel:
 __all__ = ["COMMANDS", "CommandSpec", "ERRORS", "RETRYABLE_ERRORS", "INSTALL_ITEMS",
            "PROTOCOL_VERSION", "StationChannel", "BoardChannel", "Send", "Execute", "Request",
            "Answered", "Refused", "Failed", "ProtocolError", "PayloadError", "LineSplitter",
-           "Line", "Damaged", "parse_line", "encode_message", "encode_payload", "decode_payload",
-           "check_fields", "max_payload"]
+           "Line", "Damaged", "parse_line", "is_request_line", "encode_message", "encode_payload",
+           "decode_payload", "check_fields", "max_payload", "install_digest"]

@@ -1,9 +1,14 @@
 """The demo: a lab, two boards, both cloud registrar flows, driven over their consoles.
 
-It does what a bench script would: starts the lab's servers, starts each
-board as its own `pledgeforge board run` process (a pty console), waits for
-the boot, logs in, types `bootstrap`, and reads what the board printed. The
-boards are one per flow and one per key store kind:
+It does what a factory and a bench script would: starts the lab's servers,
+starts each board factory-new as its own `pledgeforge board run --factory-new`
+process (a pty console), has the lab's manufacturing station provision it over
+that console (IDevID key generated in the board's TPM or secure element, TPM
+attestation or the token's report, IDevID from the manufacturer CA, anchors and
+firmware key installed, board locked, recorded, and handed on to the lab's
+MASA and registrars), power-cycles it into its firmware, waits for the boot,
+logs in, types `bootstrap`, and reads what the board printed. The boards are
+one per flow and one per key store kind:
 
     gateway-tpm  (swtpm, ECC P-256)    redirect: 307 to the owner registrar
     mcu-se       (SoftHSM, ECC P-256)  est-domain: voucher from the cloud registrar
@@ -33,7 +38,9 @@ from cryptography import x509
 
 from pledgeforge import bench
 from pledgeforge.atomicfile import atomic_write
+from pledgeforge.errors import PledgeforgeError
 from pledgeforge.boards.flash import FLASH_FILE, decode_image
+from pledgeforge.boards.power import power_request
 from pledgeforge.boards.profile import Profile, load_profile
 
 BOARDS = (("gateway-tpm", "redirect"), ("mcu-se", "est-domain"))
@@ -60,6 +67,8 @@ class BoardSummary:
     pid: int | None = None
     state_dir: str = ""
     error: str | None = None
+    #: how the station made it: assurance, station, seconds, steps, bytes over the console
+    manufactured: dict = field(default_factory=dict)
     #: what the board holds, as files (idevid, manufacturer_ca, voucher, ldevid, cacerts)
     files: dict[str, str] = field(default_factory=dict)
     #: shell commands (openssl) that check those files; each exits 0 when its file is good
@@ -121,6 +130,21 @@ def drive_board(console: BoardConsole, summary: BoardSummary, say: Callable[[str
         summary.error = last[0]
 
 
+def manufacture(lab, summary: BoardSummary, state_dir: Path, say: Callable[[str], None]) -> None:
+    """The factory: the lab's station provisions the board over its console, the lab's servers
+    learn of it, and the board is power-cycled into its firmware."""
+    say(f"{summary.board}: factory-new; manufacturing over {state_dir / 'console'}")
+    result = lab.manufacture_board(str(state_dir / "console"), summary.flow)
+    summary.serial = result.serial
+    summary.manufactured = {"assurance": result.assurance, "station": result.record.station,
+                            "seconds": round(result.seconds, 2), "steps": result.steps,
+                            "bytes": {"to_board": result.bytes_out, "from_board": result.bytes_in},
+                            "record": lab.manufacturing_db_url}
+    say(f"  {summary.board}: {result.serial} {result.assurance}, IDevID issued, locked "
+        f"({result.seconds:.1f} s, {result.bytes_out + result.bytes_in} bytes over the console)")
+    power_request(state_dir, "cycle")
+
+
 def save_artefacts(summary: BoardSummary, state_dir: Path, directory: Path, est_ca: Path) -> None:
     """Copy the board's IDevID, voucher and LDevID out of its flash into
     `directory/pledges/<serial>/`, with the CA certificates that check them, and
@@ -171,7 +195,8 @@ def run_demo(directory: Path, *, keep: bool = False, say: Callable[[str], None] 
                                    keystore=f"{profile.keystore.type} ({profile.keystore.algorithm.value})",
                                    state_dir=str(state_dir))
             summaries.append(summary)
-            process = bench.BoardProcess(name, state_dir, "--lab", lab_dir, "--flow", flow)
+            process = bench.BoardProcess(name, state_dir, "--factory-new",
+                                         "--tpm-maker", lab.tpm_maker_dir)
             boards.append(process)
             process.start()
             summary.console = process.info["console"]
@@ -179,6 +204,11 @@ def run_demo(directory: Path, *, keep: bool = False, say: Callable[[str], None] 
             summary.power = process.info.get("power")
             summary.pid = process.proc.pid
             summary.attach = f"picocom -b {profile.console.baud} {state_dir / 'console'}"
+            try:
+                manufacture(lab, summary, state_dir, say)
+            except PledgeforgeError as exc:
+                summary.error, summary.state = f"manufacturing failed: {exc}", "failed"
+                continue
             console = BoardConsole(str(state_dir / "console"), profile)
             try:
                 drive_board(console, summary, say)
@@ -198,12 +228,21 @@ def run_demo(directory: Path, *, keep: bool = False, say: Callable[[str], None] 
             "boards": [asdict(s) for s in summaries]}
 
 
+def _made(manufactured: dict) -> str:
+    """How the station made a board, on one line ("-" when it was not)."""
+    if not manufactured:
+        return "-"
+    return (f"{manufactured['assurance']} by {manufactured['station']} in {manufactured['seconds']} s "
+            f"({' > '.join(manufactured['steps'])})")
+
+
 def summary_text(result: dict) -> str:
     lines = ["", "pledgeforge demo: " + ("every board enrolled" if result["ok"] else "FAILED"), ""]
     for board in result["boards"]:
         lines += [
             f"{board['board']}  [{board['keystore']}]  flow {board['flow']}  serial {board['serial']}",
             f"  result : {board['state']}" + (f" ({board['error']})" if board["error"] else ""),
+            f"  made   : {_made(board['manufactured'])}",
             f"  states : {' > '.join(board['states']) or '-'}",
             f"  IDevID : {board['idevid_subject'] or '-'}",
             f"  LDevID : {board['ldevid_subject'] or '-'}",

@@ -44,7 +44,8 @@ one line on stderr, `pledgeforge: error: ...`.
 With `--json`, stdout carries JSON only (one object; listings and streams one object per line)
 and lines for people go to stderr. Commands without `--json`: `board run` and `board pty-bridge`
 always print one JSON line and nothing else; `cms sign` and `keys public` print the data itself
-(or nothing); `masa serve` and `registrar serve` are servers and log.
+(or nothing); `provision export` writes its JSON lines; `masa serve` and `registrar serve` are
+servers and log.
 
 ## Shell completion
 

@@ -16,6 +16,7 @@ import pexpect.fdpexpect
 
 from clirunner import PLEDGEFORGE, run_cli
 from pledgeforge import bench
+from pledgeforge.boards.power import power_request
 from pledgeforge.boards.profile import load_profile, write_profile
 
 EXPECT_TIMEOUT = 30
@@ -54,6 +55,19 @@ class BoardProcess(bench.BoardProcess):
         child = pexpect.fdpexpect.fdspawn(sock, timeout=EXPECT_TIMEOUT)
         child._socket = sock  # keep the socket object alive as long as the spawn
         return child
+
+
+def factory_board(lab, profile: str | Path, state_dir: Path, *args: str) -> "BoardProcess":
+    """A factory-new board whose TPM comes from the lab's TPM maker (use it with `with`)."""
+    return BoardProcess(profile, state_dir, "--factory-new", "--tpm-maker", lab.tpm_maker_dir, *args)
+
+
+def manufacture(lab, board: "BoardProcess", flow: str = "redirect"):
+    """The lab's station provisions the board over its console (the lab's servers learn of it
+    for `flow`), then the board is power-cycled into its firmware; the station's result."""
+    result = lab.manufacture_board(board.console_path, flow)
+    power_request(board.state_dir, "cycle")
+    return result
 
 
 class BridgeProcess:

@@ -18,7 +18,6 @@ from pledgeforge.boards.power import power_request
 from pledgeforge.boards.profile import load_profile
 from pledgeforge.boards.firmware_apps import FirmwareApp
 from pledgeforge.boards.flash import Enrollment
-from pledgeforge.boards.provisioning import ProvisioningStep
 from pledgeforge.boards.runtime import Board
 
 # No boot delays: these tests wait for the prompt, not for a countdown.
@@ -27,11 +26,12 @@ PROMPT = MCU.console.prompt
 VOUCHER = json.dumps({"ietf-voucher:voucher": {"serial-number": "x", "nonce": "n"}}).encode()
 
 
-class StagedFactory(ProvisioningStep):
-    def provision(self, board):
-        board.flash.set_identity(PledgeIdentity(
-            idevid_pem="-----BEGIN CERTIFICATE-----\nIDEVID\n-----END CERTIFICATE-----\n",
-            idevid_key_uri=board.keystore.key_uri("idevid")))
+def staged_identity(board: Board) -> None:
+    """What a station leaves in the flash of a board it manufactured, written as a
+    programmer would while the board is off."""
+    board.flash.set_identity(PledgeIdentity(
+        idevid_pem="-----BEGIN CERTIFICATE-----\nIDEVID\n-----END CERTIFICATE-----\n",
+        idevid_key_uri=board.keystore.key_uri("idevid")))
 
 
 class StagedPledge(FirmwareApp):
@@ -76,12 +76,13 @@ def command(con, line: str) -> str:
 
 def test_pledge_hook_and_power_loss_between_voucher_and_ldevid(tmp_path):
     app = StagedPledge()
-    with Board(MCU, tmp_path / "mcu", app=app, provisioning=StagedFactory()) as board:
+    with Board(MCU, tmp_path / "mcu", app=app) as board:
+        staged_identity(board)
         board.open_console("pty")
         board.power_on()
         con = open_console(board)
         con.expect_exact(PROMPT)
-        # provision() ran at the first power-on, with a key URI in the board's own token.
+        # The identity names a key URI in the board's own token.
         out = command(con, "idevid")
         assert "key: pkcs11:token=secure-element;object=idevid" in out and "IDEVID" in out
         assert re.search(r"pledge: +idle", command(con, "status"))

@@ -1,8 +1,8 @@
 """A board's key store over its life: bootstrap again and again, power cuts in the middle of an
 enrollment, factory resets and LDevID renewal from the shell never leave a key behind.
 
-The boards run in-process with the pledge firmware against the lab, driven over their pty; their
-keys are counted with tools nobody here wrote (tpm2_getcap over the board's TPM socket,
+The boards run in-process with the pledge firmware against the lab, made by the lab's
+manufacturing station over their pty and then driven over it; their keys are counted with tools nobody here wrote (tpm2_getcap over the board's TPM socket,
 pkcs11-tool on the board's token) and the renewed LDevID is checked with openssl.
 """
 
@@ -16,15 +16,13 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from boardrunner import BoardProcess, quick_profile
+from boardrunner import factory_board, manufacture, quick_profile
 from clirunner import openssl
 from pledgeforge.bench import login, open_console, run
-from pledgeforge.boards.pledge_app import PledgeApp
+from pledgeforge.boards.assembly import assemble_board
 from pledgeforge.boards.profile import load_profile
-from pledgeforge.boards.runtime import Board
 from pledgeforge.hsm import keystore
 from pledgeforge.hsm.keyuri import SOFTHSM2_MODULE
-from pledgeforge.lab.manufacture import LabManufacturing
 
 pytestmark = pytest.mark.slow
 
@@ -66,15 +64,23 @@ def ldevid_key(store_type: str, slot: str | None) -> list[str]:
 
 
 class BenchBoard:
-    """A board with the pledge firmware, manufactured by the lab, and its console."""
+    """A board with the pledge firmware, manufactured by the lab's station over its console
+    (and then off), and that console."""
 
     def __init__(self, lab, profile, flow: str, state_dir):
         self.lab = lab
         self.profile = profile
         self.prompt = profile.console.prompt
-        self.board = Board(profile, state_dir, app=PledgeApp(),
-                           provisioning=LabManufacturing(lab, flow))
-        self.board.open_console("pty")
+        self.board = assemble_board(profile, state_dir, app="pledge", manufacturing="manufacturing",
+                                    factory_console=True, maker_dir=lab.tpm_maker_dir)
+        try:
+            self.board.open_console("pty")
+            self.board.power_on()
+            lab.manufacture_board(str(self.board.state_dir / "console"), flow)
+            self.board.power_off()
+        except BaseException:
+            self.board.close()
+            raise
         self.con = open_console(self.board.state_dir / "console", 60)
 
     def close(self) -> None:
@@ -231,7 +237,8 @@ def test_a_power_cut_of_the_board_process_mid_enrollment_leaves_no_key_after_pow
             con.expect_exact(profile.console.prompt)
         return con, process.info["keystore"]
 
-    with BoardProcess(quick, state, "--lab", lab.dir, "--flow", flow) as process:
+    with factory_board(lab, quick, state) as process:
+        manufacture(lab, process, flow)
         con, described = boot(process)
         factory = key_store(described)
         out = run(con, "bootstrap", profile.console.prompt)
@@ -245,7 +252,7 @@ def test_a_power_cut_of_the_board_process_mid_enrollment_leaves_no_key_after_pow
         process.kill()
         con.close()
 
-    with BoardProcess(quick, state, "--lab", lab.dir, "--flow", flow) as process:
+    with factory_board(lab, quick, state) as process:   # locked: it boots its firmware
         con, described = boot(process)
         log = run(con, "log", profile.console.prompt)
         assert "deleted the key of an enrollment cut short" in log, log

@@ -1,5 +1,5 @@
 """Boards are assembled from parts registered by name: key-store drivers picked by the
-profile's [keystore] type, firmware apps picked by name, the factory step passed in."""
+profile's [keystore] type, firmware apps (the pledge, the manufacturing mode) picked by name."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import pytest
 from pledgeforge.boards.assembly import assemble_board, firmware_app_names
 from pledgeforge.boards.board_keystore import (KEYSTORE_DRIVERS, BoardKeyStore, KeyStoreNotRunningError,
                                                SoftHsmKeyStore, TpmKeyStore, keystore_for)
+from pledgeforge.boards.manufacturing_app import ManufacturingApp
 from pledgeforge.boards.pledge_app import PledgeApp
 from pledgeforge.boards.profile import ProfileError, load_profile
 from pledgeforge.boards.registry import UnknownPartError
@@ -59,10 +60,12 @@ def test_a_registered_driver_is_a_profile_type(tmp_path):
 
 
 def test_firmware_apps_are_chosen_by_name(tmp_path):
-    assert "pledge" in firmware_app_names()
+    assert {"pledge", "manufacturing"} <= set(firmware_app_names())
     with assemble_board(MCU, tmp_path / "plain") as board:
-        assert board.app is None and board.provisioning is None
-    with assemble_board(MCU, tmp_path / "pledge", app="pledge") as board:
-        assert isinstance(board.app, PledgeApp) and board.status_fields() == {"pledge": "idle"}
-    with pytest.raises(UnknownPartError, match="no firmware app is registered as 'bridge'; registered: pledge"):
+        assert board.app is None and board.manufacturing is None
+    with assemble_board(MCU, tmp_path / "pledge", app="pledge", manufacturing="manufacturing") as board:
+        assert isinstance(board.app, PledgeApp) and isinstance(board.manufacturing, ManufacturingApp)
+        assert board.status_fields() == {"pledge": "idle", "manufacturing": "factory-new"}
+    with pytest.raises(UnknownPartError, match="no firmware app is registered as 'bridge'; "
+                                               "registered: .*pledge"):
         assemble_board(MCU, tmp_path / "nope", app="bridge")

@@ -1,5 +1,6 @@
 """Boards with pledge firmware, driven over their pty with pexpect as a bench script would:
-boot, login, `status`, `bootstrap` to enrolled against the lab, and a power cut mid-enrollment."""
+manufactured by the lab's station over that console, then boot, login, `status`, `bootstrap`
+to enrolled against the lab, and a power cut mid-enrollment."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import re
 
 import pytest
 
-from boardrunner import BoardProcess, quick_profile
+from boardrunner import BoardProcess, factory_board, manufacture, quick_profile
 from clirunner import openssl, run_cli
 from pledgeforge.boards.profile import load_profile
 from pledgeforge.bench import login, run
@@ -40,8 +41,9 @@ def check_enrolled(con, prompt: str, lab, tmp_path, serial: str) -> None:
                          ids=["gateway-tpm-redirect", "mcu-pkcs11-est-domain"])
 def test_pexpect_boot_login_status_bootstrap(lab, tmp_path, profile, flow):
     prompt = profile.console.prompt
-    with BoardProcess(quick_profile(profile.name, tmp_path, autoboot_seconds=0.1), tmp_path / "board",
-                      "--lab", lab.dir, "--flow", flow) as board:
+    with factory_board(lab, quick_profile(profile.name, tmp_path, autoboot_seconds=0.1),
+                       tmp_path / "board") as board:
+        made = manufacture(lab, board, flow)
         con = board.open_pty()
         con.expect_exact("Hit any key to stop autoboot")
         if profile.console.login:
@@ -50,9 +52,10 @@ def test_pexpect_boot_login_status_bootstrap(lab, tmp_path, profile, flow):
             con.expect_exact(prompt)
         status = run(con, "status", prompt)
         serial = field(status, "serial")
+        assert serial == made.serial and made.status == "provisioned"
         assert field(status, "state") == "provisioned"
-        assert field(status, "registrar") == lab.url("cloud")
-        assert field(status, "owner flow") == flow
+        assert field(status, "registrar") == lab.url("cloud")   # the factory's, as a default
+        assert field(status, "manufacturing") == "locked"
         assert "key: " + ("tpm:" if profile.keystore.type == "tpm" else "pkcs11:") in run(con, "idevid", prompt)
 
         out = run(con, "bootstrap", prompt)
@@ -65,7 +68,7 @@ def test_pexpect_boot_login_status_bootstrap(lab, tmp_path, profile, flow):
         check_enrolled(con, prompt, lab, tmp_path, serial)
 
     # The enrollment survives the board process: a new run boots enrolled.
-    with BoardProcess(quick_profile(profile.name, tmp_path), tmp_path / "board", "--lab", lab.dir, "--flow", flow) as board:
+    with BoardProcess(quick_profile(profile.name, tmp_path), tmp_path / "board") as board:
         con = board.open_pty()
         if profile.console.login:
             login(con, profile.console.username, profile.console.password, prompt)
@@ -77,10 +80,10 @@ def test_pexpect_boot_login_status_bootstrap(lab, tmp_path, profile, flow):
 def test_power_off_during_enrollment_boots_the_last_good_state(lab, tmp_path):
     prompt = MCU.console.prompt
     state = tmp_path / "board"
-    with BoardProcess(quick_profile(MCU.name, tmp_path), state, "--lab", lab.dir, "--flow", "redirect") as board:
+    with factory_board(lab, quick_profile(MCU.name, tmp_path), state) as board:
+        serial = manufacture(lab, board, "redirect").serial
         con = board.open_pty()
         con.expect_exact(prompt)
-        serial = field(run(con, "status", prompt), "serial")
         # The owner registrar keeps the pledge waiting (202) while we cut the power.
         lab.set_cloud_response(serial, "accepted", retry_after=30)
         con.send("bootstrap\r")

@@ -275,13 +275,13 @@ def test_late_pty_client_reads_the_recent_output(tmp_path):
         con.expect_exact(MCU.console.prompt)
 
 
-def test_bootstrap_without_pledge_firmware_is_an_error_not_a_success(tmp_path):
+def test_bootstrap_before_manufacturing_is_an_error_not_a_success(tmp_path):
     prompt = MCU.console.prompt
     with BoardProcess(quick_profile("mcu-se", tmp_path), tmp_path / "mcu") as board:
         con = board.open_pty()
         con.expect_exact(prompt)
         out = run(con, "bootstrap", prompt)
-        assert out.startswith("bootstrap: no registrar configured")
+        assert out.startswith("no IDevID on this board: it is not manufactured yet")
         assert run(con, "echo $?", prompt).strip() == "1"
         assert run(con, "voucher; ldevid; idevid", prompt).split() == ["none", "none", "none"]
 

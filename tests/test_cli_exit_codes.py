@@ -113,6 +113,8 @@ TABLE = [
      2, "pin-value"),
     ("a profile name", lambda b: ["board", "run", "--profile", "nosuch", "--state", b.tmp / "board"],
      2, "no profile named 'nosuch'"),
+    ("a station without its CA", lambda b: ["provision", "--port", b.tmp / "console"], 2,
+     "give --ca-key, --ca-cert, --masa-url, --cloud-registrar, --cloud-anchor, --anchors"),
     ("a serial number", lambda b: ["ca", "issue-idevid", "--ca-key", b.key_uri, "--ca-cert", b.tmp / "ca",
                                    "--csr", b.tmp / "csr", "--serial", "no spaces", "--out", b.tmp / "o"],
      2, "serial number (--serial) 'no spaces'"),

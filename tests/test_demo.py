@@ -43,7 +43,13 @@ def test_demo_json_from_a_clean_directory(tmp_path):
     assert set(boards) == {"gateway-tpm", "mcu-se"}
     assert boards["gateway-tpm"]["flow"] == "redirect" and boards["gateway-tpm"]["keystore"].startswith("tpm")
     assert boards["mcu-se"]["flow"] == "est-domain" and boards["mcu-se"]["keystore"].startswith("pkcs11")
+    # Each board was made by the lab's station over its console before it booted its firmware.
+    assert boards["gateway-tpm"]["manufactured"]["assurance"] == "tpm-attested"
+    assert boards["mcu-se"]["manufactured"]["assurance"] == "token-reported"
     for board in boards.values():
+        made = board["manufactured"]
+        assert made["station"] == "lab station" and made["steps"][-2:] == ["record", "lock"]
+        assert f"made   : {made['assurance']} by lab station" in summary_text(result)
         assert board["state"] == "enrolled" and board["error"] is None
         assert board["states"][0] == "cloud-connect" and board["states"][-1] == "enrolled"
         assert board["serial"] in board["idevid_subject"] and board["serial"] in board["ldevid_subject"]

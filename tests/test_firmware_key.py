@@ -1,7 +1,8 @@
-"""The README's flash flow on the shipped profiles, with smpmgr: a board started with `--lab`
-trusts the lab's firmware-signing key from its first power-on, so an image signed with
-`pledgeforge image sign` boots; a board without a lab gets a key with `board set-verify-key`;
-an image that will not boot is reported in the SMP image state and on the console."""
+"""The README's flash flow on the shipped profiles, with smpmgr: a board the lab's station
+manufactured trusts the lab's firmware-signing key (the station installed it), so an image
+signed with `pledgeforge image sign` boots; a board no station made gets a key with `board
+set-verify-key`; an image that will not boot is reported in the SMP image state and on the
+console."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from boardrunner import BoardProcess
+from boardrunner import BoardProcess, factory_board, manufacture
 from clirunner import run_cli, smpmgr
 from pledgeforge.boards.image_signing import firmware_payload
 from pledgeforge.boards.profile import load_profile
@@ -71,9 +72,10 @@ def ready(board: BoardProcess, profile: str) -> None:
 @pytest.mark.parametrize("profile,slot", SHIPPED)
 def test_a_lab_board_boots_an_image_signed_with_the_lab_key(lab, tmp_path, profile, slot):
     state = tmp_path / profile
-    with BoardProcess(profile, state, "--lab", lab.dir) as board:
+    with factory_board(lab, profile, state) as board:
+        manufacture(lab, board)
         ready(board, profile)
-        # Manufactured at its first power-on: the lab's public key is in the board's flash.
+        # The station installed the lab's public key in the board's flash.
         installed = state / "slots" / "verify-key.pem"
         assert installed.read_bytes() == (lab.dir / "pki" / "firmware-signing.pem").read_bytes()
 
@@ -94,7 +96,8 @@ def test_an_image_signed_by_another_key_is_reported_and_not_taken(lab, token, tm
     state = tmp_path / "mcu"
     generate(token, "rogue")
     rogue = sign(tmp_path, token.uri_text("rogue"), token.hsm.env(), "mcu-se", "6.6.6")
-    with BoardProcess("mcu-se", state, "--lab", lab.dir) as board:
+    with factory_board(lab, "mcu-se", state) as board:
+        manufacture(lab, board)
         port = board.console_path
         ready(board, "mcu-se")
         smpmgr(port, "upgrade", "--slot", "1", lab_sign(lab, tmp_path, "mcu-se", "1.1.0"))

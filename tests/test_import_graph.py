@@ -17,7 +17,8 @@ ROOT = Path(__file__).resolve().parent.parent
 #: folder -> the package it is (pyproject's package-dir)
 PACKAGES = {"pledgeforge": "pledgeforge", "hsm": "pledgeforge.hsm", "firmware": "pledgeforge.firmware",
             "boards": "pledgeforge.boards", "registrar": "pledgeforge.registrar",
-            "fastpath": "pledgeforge.fastpath", "keyserver": "pledgeforge.keyserver"}
+            "fastpath": "pledgeforge.fastpath", "keyserver": "pledgeforge.keyserver",
+            "station": "pledgeforge.station"}
 
 
 def _modules() -> dict[str, Path]:
@@ -88,23 +89,28 @@ def _in(package: str) -> set[str]:
 
 
 @pytest.mark.parametrize("package", ["pledgeforge.boards", "pledgeforge.lab", "pledgeforge.firmware",
-                                     "pledgeforge.keyserver"])
+                                     "pledgeforge.keyserver", "pledgeforge.station"])
 def test_no_package_imports_itself_in_a_circle(package):
     assert _cycle(_in(package)) is None
 
 
 @pytest.mark.parametrize("package, forbidden", [
     ("pledgeforge.boards", ["pledgeforge.lab", "pledgeforge.registrar", "pledgeforge.commands",
-                            "pledgeforge.cli", "pledgeforge.lab_pledge", "pledgeforge.demo"]),
+                            "pledgeforge.cli", "pledgeforge.lab_pledge", "pledgeforge.demo",
+                            "pledgeforge.station"]),
+    # The station reaches boards only through their consoles, and serves no lab in particular.
+    ("pledgeforge.station", ["pledgeforge.boards", "pledgeforge.lab", "pledgeforge.commands",
+                             "pledgeforge.cli", "pledgeforge.demo", "pledgeforge.bench"]),
     ("pledgeforge.firmware", ["pledgeforge.boards", "pledgeforge.lab", "pledgeforge.registrar",
-                              "pledgeforge.commands"]),
+                              "pledgeforge.commands", "pledgeforge.station"]),
     ("pledgeforge.hsm", ["pledgeforge.firmware", "pledgeforge.boards", "pledgeforge.lab",
-                         "pledgeforge.registrar", "pledgeforge.commands", "pledgeforge.keyserver"]),
+                         "pledgeforge.registrar", "pledgeforge.commands", "pledgeforge.keyserver",
+                         "pledgeforge.station"]),
     ("pledgeforge.registrar", ["pledgeforge.firmware", "pledgeforge.boards", "pledgeforge.lab",
-                               "pledgeforge.commands", "pledgeforge.keyserver"]),
+                               "pledgeforge.commands", "pledgeforge.keyserver", "pledgeforge.station"]),
     # The signing service serves keys to the registrar side; the lab and the CLI start it.
     ("pledgeforge.keyserver", ["pledgeforge.firmware", "pledgeforge.boards", "pledgeforge.lab",
-                               "pledgeforge.commands", "pledgeforge.cli"]),
+                               "pledgeforge.commands", "pledgeforge.cli", "pledgeforge.station"]),
 ])
 def test_dependencies_point_one_way(package, forbidden):
     wrong = sorted(f"{module} imports {target}" for module in _in(package) for target in GRAPH[module]
@@ -113,8 +119,8 @@ def test_dependencies_point_one_way(package, forbidden):
 
 
 def test_the_check_sees_imports_inside_functions_and_relative_ones():
-    # The board command line assembles boards inside a function; the lab imports boards.
-    assert "pledgeforge.lab.manufacture" in GRAPH["pledgeforge.commands.board"]
-    assert "pledgeforge.boards.provisioning" in GRAPH["pledgeforge.lab.manufacture"]
+    # The board command line assembles boards inside a function; the lab runs the station.
+    assert "pledgeforge.boards.assembly" in GRAPH["pledgeforge.commands.board"]
+    assert "pledgeforge.station.provisioner" in GRAPH["pledgeforge.lab.manufacture"]
     assert "pledgeforge.boards.firmware_apps" in GRAPH["pledgeforge.boards.pledge_app"]
     assert _cycle({"pledgeforge.hsm.keyuri", "pledgeforge.hsm.keystore"}) is not None

@@ -8,9 +8,10 @@ def COMMAND_GROUPS():
     from . import board
     from . import verify
     from . import lab, masa, pledge, registrar
+    from . import provision
     from . import demo
     from . import signer
 
     return [board.board, image.image, keys.keys, ca.ca, ca.csr, cms.cms, cert.cert, verify.verify,
-            lab.lab, masa.masa, registrar.registrar, pledge.pledge,
+            lab.lab, masa.masa, registrar.registrar, pledge.pledge, provision.provision,
             demo.demo, signer.signer]

@@ -49,47 +49,48 @@ def board() -> None:
 @click.option("--replay", is_flag=True,
               help="rfc2217/tcp: send each client the recent output when it connects (off by default, "
                    "so a script waiting for a prompt never matches one printed before it connected)")
-@click.option("--lab", "lab_dir", type=click.Path(file_okay=False),
-              help="lab directory whose registrars and manufacturer CA the pledge firmware uses")
-@click.option("--flow", type=click.Choice(["redirect", "est-domain"]), default="redirect", show_default=True,
-              help="with --lab: how the lab's cloud registrar treats this board, recorded when it is "
-                   "manufactured (307 to the owner registrar, or a voucher naming the EST server)")
+@click.option("--factory-new", is_flag=True,
+              help="boot a board that no station has locked yet into its manufacturing console: it "
+                   "serves only a station's requests (pledgeforge provision) until locked, then "
+                   "waits for a power cycle; without it an unlocked board still serves a station "
+                   "wherever its console reads a line")
+@click.option("--tpm-maker", "tpm_maker", type=click.Path(file_okay=False),
+              help="the TPM maker's CA directory a new board's TPM gets its EK certificate from "
+                   "(made on first use; boards of one maker share it; default: the board's own)")
+@click.option("--pace", is_flag=True,
+              help="move console bytes at the profile's baud rate, as a real UART does (off: as "
+                   "fast as the host allows)")
 @click.option("--serial-number", callback=_serial_number,
               help="serial number for a new board (default: generated)")
 @click.option("--power-off", is_flag=True, help="start with the power off (switch it on with `board power on`)")
-def run(profile_name, state_dir, serial_kind, port, replay, lab_dir, flow, serial_number, power_off):
+def run(profile_name, state_dir, serial_kind, port, replay, factory_new, tpm_maker, pace, serial_number,
+        power_off):
     """Run one board until interrupted. Prints one JSON line once the console is up:
-    the console path or URL, the power-control address and the key store."""
+    the console path or URL, the power-control address and the key store.
+
+    The board runs the pledge firmware (`bootstrap` on its console) and, until a
+    manufacturing station locks it, its manufacturing mode: a station provisions it
+    over this console (`pledgeforge provision --port ...`)."""
     if replay and serial_kind == "pty":
         raise click.UsageError("--replay applies to --serial rfc2217|tcp; a pty keeps the latest "
                                "output for its next reader anyway")
+    from pledgeforge.boards.assembly import assemble_board
+
     logging.basicConfig(level=logging.WARNING, format="board: %(message)s")
     profile = load_profile(profile_name)
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, lambda *_: stop.set())
-    with _assemble(profile, state_dir, lab_dir, flow, serial_number) as running:
-        running.open_console(serial_kind, port, replay=replay)
+    with assemble_board(profile, state_dir, app="pledge", manufacturing="manufacturing",
+                        factory_console=factory_new, maker_dir=tpm_maker,
+                        serial_number=serial_number) as running:
+        running.open_console(serial_kind, port, replay=replay, pace=pace)
         running.serve_power()
         if not power_off:
             running.power_on()
         print_json(running.describe())
         while not stop.wait(3600):
             pass
-
-
-def _assemble(profile, state_dir, lab_dir, flow, serial_number):
-    """The board of `profile`; with a lab, the pledge firmware and the lab's factory step
-    (the board is manufactured at its first power-on by the lab's CA)."""
-    from pledgeforge.boards.assembly import assemble_board
-
-    if lab_dir is None:
-        return assemble_board(profile, state_dir, serial_number=serial_number)
-    from pledgeforge.lab import Lab
-    from pledgeforge.lab.manufacture import LabManufacturing
-
-    return assemble_board(profile, state_dir, app="pledge", serial_number=serial_number,
-                          provisioning=LabManufacturing(Lab.load(Path(lab_dir)), flow))
 
 
 @board.command()
@@ -196,8 +197,9 @@ def set_verify_key(state_dir, key_pem, as_json):
 
     The bootloader checks every image against it at boot: an image signed with
     another key, or any image while a board has no key, is erased instead of
-    booted. Boards started with `board run --lab` get the lab's key at their
-    first power-on; a profile that sets [image] verify_key uses that file instead.
+    booted. A manufacturing station installs it when it provisions the board
+    (`pledgeforge provision --image-key`); a profile that sets [image] verify_key
+    uses that file instead.
     """
     pem = read_input(key_pem, "firmware key")
     public_key = mcuboot.load_public_key(pem, f"firmware key {key_pem}")

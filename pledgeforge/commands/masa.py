@@ -7,7 +7,7 @@ import click
 from pledgeforge.hsm.chain import load_certificate_file
 from pledgeforge.hsm.x509 import to_pem
 
-from .common import UsageError, json_option, print_json
+from .common import UsageError, json_option, print_json, read_input
 
 
 def _masa_config(path: str):
@@ -60,16 +60,36 @@ def add_owner(config_path, name, domain_ca, as_json):
 
 @masa.command("add-device")
 @click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False))
-@click.option("--serial", required=True, help="the device serial number (IDevID serialNumber)")
-@click.option("--owner", required=True, help="an owner added with add-owner")
+@click.option("--serial", help="the device serial number (IDevID serialNumber)")
+@click.option("--owner", help="an owner added with add-owner")
 @click.option("--est-domain", help="est-domain for the owner's EST server (brski-cloud)")
 @click.option("--additional-configuration-url", help="additional-configuration-url for the voucher")
-@json_option
-def add_device(config_path, serial, owner, est_domain, additional_configuration_url, as_json):
-    """Record (or change) who owns a device."""
-    _store(config_path).set_device(serial, owner, est_domain, additional_configuration_url)
-    if as_json:
-        print_json({"serial": serial, "owner": owner, "est_domain": est_domain,
-                    "additional_configuration_url": additional_configuration_url})
+@click.option("--from", "from_file", type=click.Path(dir_okay=False, allow_dash=True),
+              help="add every device of a manufacturing export instead ('-': stdin): the JSON "
+                   "lines `pledgeforge provision export --format masa` writes")
+@json_option(help="one JSON object per device recorded")
+def add_device(config_path, serial, owner, est_domain, additional_configuration_url, from_file, as_json):
+    """Record (or change) who owns a device, or every device of a manufacturing export."""
+    if from_file is not None:
+        if serial or owner or est_domain or additional_configuration_url:
+            raise UsageError("give either --from FILE or --serial/--owner/..., not both")
+        from pledgeforge.station.export import read_masa
+
+        devices = read_masa(read_input(from_file, "MASA import file").decode("utf-8", "replace"),
+                            from_file)
+    elif serial and owner:
+        from pledgeforge.station.export import MasaDevice
+
+        devices = [MasaDevice(serial, owner, est_domain, additional_configuration_url)]
     else:
-        click.echo(f"device {serial} belongs to {owner}")
+        raise UsageError("give --serial SN and --owner NAME, or --from FILE")
+    store = _store(config_path)
+    for device in devices:
+        store.set_device(device.serial, device.owner, device.est_domain,
+                         device.additional_configuration_url)
+        if as_json:
+            print_json({"serial": device.serial, "owner": device.owner,
+                        "est_domain": device.est_domain,
+                        "additional_configuration_url": device.additional_configuration_url})
+        else:
+            click.echo(f"device {device.serial} belongs to {device.owner}")

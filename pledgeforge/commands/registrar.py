@@ -6,7 +6,7 @@ import click
 
 from pledgeforge.hsm.cloud_responses import CloudResponse
 
-from .common import UsageError, json_option, print_json
+from .common import UsageError, json_option, print_json, read_input
 
 RESPONSES = CloudResponse.names()
 #: RFC 5280 reason codes (kept in step with pledgeforge.registrar.db.REVOCATION_REASONS, which
@@ -43,47 +43,78 @@ def serve(config_path):
     server.run(config)
 
 
+_FROM_HELP = ("every pledge of a manufacturing export instead ('-': stdin): the JSON lines "
+              "`pledgeforge provision export --format ownership` writes")
+
+
+def _ownership(from_file: str):
+    from pledgeforge.station.export import read_ownership
+
+    return read_ownership(read_input(from_file, "ownership import file").decode("utf-8", "replace"),
+                          from_file)
+
+
 @registrar.command("add-pledge")
 @click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False))
-@click.option("--serial", required=True)
+@click.option("--serial")
 @click.option("--flow", type=click.Choice(["redirect", "est-domain"]), default="redirect",
               show_default=True, help="est-domain: the voucher comes from the cloud registrar")
-@json_option
-def add_pledge(config_path, serial, flow, as_json):
-    """Put a pledge on the owner registrar's pledge list."""
+@click.option("--from", "from_file", type=click.Path(dir_okay=False, allow_dash=True),
+              help="add " + _FROM_HELP + " (serial, flow)")
+@json_option(help="one JSON object per pledge added")
+def add_pledge(config_path, serial, flow, from_file, as_json):
+    """Put a pledge on the owner registrar's pledge list (or every pledge of an export)."""
     from pledgeforge.registrar.db import OwnerStore
 
-    OwnerStore(_config(config_path, "owner").database_url).add_pledge(serial, flow)
-    if as_json:
-        print_json({"serial": serial, "flow": flow})
-    else:
-        click.echo(f"pledge {serial} ({flow}) added")
+    if (serial is None) == (from_file is None):
+        raise UsageError("give either --serial SN or --from FILE")
+    pledges = [(p.serial, p.flow) for p in _ownership(from_file)] if from_file else [(serial, flow)]
+    store = OwnerStore(_config(config_path, "owner").database_url)
+    for serial, flow in pledges:
+        store.add_pledge(serial, flow)
+        if as_json:
+            print_json({"serial": serial, "flow": flow})
+        else:
+            click.echo(f"pledge {serial} ({flow}) added")
 
 
 @registrar.command("set-response")
 @click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False))
-@click.option("--serial", required=True)
-@click.option("--response", type=click.Choice(RESPONSES), required=True,
+@click.option("--serial")
+@click.option("--response", type=click.Choice(RESPONSES),
               help="the answer, by name: " + ", ".join(f"{r} ({r.status:d})" for r in CloudResponse))
 @click.option("--location", help="redirect target URL")
 @click.option("--retry-after", type=click.IntRange(min=0), help="Retry-After seconds")
 @click.option("--times", type=click.IntRange(min=1), help="answer this many times, then --then")
 @click.option("--then", "then", type=click.Choice(RESPONSES))
 @click.option("--endpoint", default="main", show_default=True, help="which listening endpoint")
-@json_option
-def set_response(config_path, serial, response, location, retry_after, times, then, endpoint, as_json):
-    """What the cloud registrar answers a pledge's voucher-requests."""
+@click.option("--from", "from_file", type=click.Path(dir_okay=False, allow_dash=True),
+              help="set the answer for " + _FROM_HELP + " (serial, response, location)")
+@json_option(help="one JSON object per pledge set")
+def set_response(config_path, serial, response, location, retry_after, times, then, endpoint,
+                 from_file, as_json):
+    """What the cloud registrar answers a pledge's voucher-requests (or every pledge of an
+    export)."""
     from pledgeforge.registrar.db import CloudStore
 
-    CloudStore(_config(config_path, "cloud").database_url).set_response(
-        serial, response, endpoint=endpoint, location=location, retry_after=retry_after,
-        times=times, then=then)
-    if as_json:
-        print_json({"serial": serial, "endpoint": endpoint, "response": response,
-                    "status": int(CloudResponse(response).status), "location": location,
-                    "retry_after": retry_after, "times": times, "then": then})
+    if from_file is not None:
+        if serial or response or times or then:
+            raise UsageError("give either --from FILE or --serial/--response/..., not both")
+        answers = [(p.serial, p.response, p.location or location) for p in _ownership(from_file)]
+    elif serial and response:
+        answers = [(serial, response, location)]
     else:
-        click.echo(f"pledge {serial} on {endpoint}: {response}")
+        raise UsageError("give --serial SN and --response NAME, or --from FILE")
+    store = CloudStore(_config(config_path, "cloud").database_url)
+    for serial, response, location in answers:
+        store.set_response(serial, response, endpoint=endpoint, location=location,
+                           retry_after=retry_after, times=times, then=then)
+        if as_json:
+            print_json({"serial": serial, "endpoint": endpoint, "response": response,
+                        "status": int(CloudResponse(response).status), "location": location,
+                        "retry_after": retry_after, "times": times, "then": then})
+        else:
+            click.echo(f"pledge {serial} on {endpoint}: {response}")
 
 
 @registrar.command()

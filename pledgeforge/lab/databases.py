@@ -71,6 +71,22 @@ class LabDatabases:
         else:
             self.set_cloud_response(serial, CloudResponse.VOUCHER)
 
+    def import_masa(self, devices) -> None:
+        """Devices of a station's masa export (station/export.py MasaDevice), as
+        `masa add-device --from` imports them."""
+        for device in devices:
+            self.masa_store().set_device(device.serial, device.owner, device.est_domain,
+                                         device.additional_configuration_url)
+
+    def import_ownership(self, pledges) -> None:
+        """Pledges of a station's ownership export (station/export.py Ownership): the owner
+        registrar's pledge list and the cloud registrar's answer, as `registrar add-pledge
+        --from` and `registrar set-response --from` import them."""
+        for pledge in pledges:
+            check_flow(pledge.flow)
+            self.owner_store().add_pledge(pledge.serial, pledge.flow)
+            self.set_cloud_response(pledge.serial, pledge.response, location=pledge.location)
+
     def set_cloud_response(self, serial: str, response: str, *, location: str | None = None,
                            retry_after: int | None = None, times: int | None = None,
                            then: str | None = None, endpoint: str = "main") -> None:

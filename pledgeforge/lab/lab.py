@@ -17,7 +17,7 @@ the tests; each of its jobs is a module of its own:
     processes.py   process control under them
     databases.py   what the servers know: owners, pledges, the cloud registrar's answers
     pledges.py     provisioning pledges (`provision_pledge`)
-    manufacture.py the factory step of a board started with `board run --lab`
+    manufacture.py the factory: the TPM maker of its boards, its manufacturing station
 
 The pledge side uses `Lab.load(dir)`, `provision_pledge(...)` and
 `set_cloud_response(...)`; servers read their databases per request, so
@@ -36,7 +36,7 @@ from cryptography import x509
 from pledgeforge.hsm.x509 import to_pem
 from pledgeforge.registrar.db import CloudStore, MasaStore, OwnerStore
 
-from . import pki, servers, signing_service
+from . import manufacture, pki, servers, signing_service
 from .configs import write_configs
 from .databases import OWNER_NAME, LabDatabases
 from .layout import HOST, LAB_FILE, SUBDIRECTORIES, LabError, LabLayout
@@ -109,11 +109,14 @@ class Lab(LabLayout):
                            "pin_file": str(lab.pin_file("pledges")),
                            "tokens": {token: str(lab.pin_file(token)) for token in pki.TOKENS}}
         data["swtpm_dir"] = str(directory / "swtpm")
+        data["tpm_maker"] = str(manufacture.tpm_maker(lab).directory)
+        data["manufacturing_db"] = lab.manufacturing_db_url
         data["trust_anchors"] = {
             "manufacturer_ca": str(lab.pki("manufacturer-ca")),
             "cloud_registrar_tls": str(lab.pki("web-ca")),
             "masa_tls": str(lab.pki("web-ca")),
             "owner_ca": str(lab.pki("owner-ca")),
+            "tpm_maker_root": str(manufacture.tpm_maker(lab).root_path),
         }
         data["firmware_signing"] = {"key": str(lab.firmware_key_uri),
                                     "public_key": str(lab.firmware_key_pem_path)}
@@ -177,6 +180,19 @@ class Lab(LabLayout):
         """A new pledge: IDevID key in swtpm or the pledges token, its IDevID, ownership for `flow`."""
         return provision_pledge(self, self.databases, serial, keystore, algorithm, flow,
                                 additional_configuration=additional_configuration)
+
+    # ------------------------------------------------------------------ boards (manufacture.py)
+
+    def manufacture_board(self, port: str, flow: str = "redirect", **options):
+        """Provision the factory-new board at console `port` with the lab's manufacturing
+        station and register it with the lab's servers for `flow` (manufacture.py); the
+        station's BoardResult. Start such boards with `board run --factory-new --tpm-maker
+        <lab>/tpm-maker`."""
+        return manufacture.manufacture_board(self, self.databases, port, flow, **options)
+
+    def station(self, **options):
+        """The lab's manufacturing station (its CA, anchors, TPM maker, database)."""
+        return manufacture.station(self, **options)
 
     def has_pledge(self, serial: str) -> bool:
         """Whether `serial` was provisioned in this lab (an invalid serial raises IdentityNameError)."""

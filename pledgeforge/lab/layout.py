@@ -6,11 +6,14 @@
     secrets/           each token's user PIN (TOKEN.pin) and SO PIN (TOKEN.so.pin), 0600;
                        key URIs name the user PIN by pin-source=file:
     pki/               CA and signer certificates (PEM), and firmware-signing.pem: the public key
-                       of the manufacturer's firmware-signing key (firmware token), which boards
-                       started with --lab trust for their firmware images
+                       of the manufacturer's firmware-signing key (firmware token), which the
+                       lab's station installs on the boards it manufactures
     tls/               TLS server certificates and their keys (PEM files)
     config/            masa.toml, cloud.toml, owner.toml (`pledgeforge ... serve --config`)
-    db/                one SQLite database per server
+    db/                one SQLite database per server, and manufacturing.sqlite: the boards the
+                       lab's manufacturing station provisioned
+    tpm-maker/         the TPM maker's CA its boards' TPMs get EK certificates from
+                       (`board run --tpm-maker D/tpm-maker`; root: tpm-maker-root.pem)
     logs/              one log per server
     swtpm/<serial>/    TPM state of each TPM pledge (one swtpm per pledge, as one TPM per board;
                        encrypted, reached through Unix sockets only its owner may open)
@@ -40,7 +43,7 @@ from pledgeforge.hsm.softhsm import SoftHsm, is_softhsm_module
 LAB_FILE = "lab.json"
 HOST = "127.0.0.1"
 SUBDIRECTORIES = ("softhsm", "secrets", "pki", "tls", "config", "db", "logs", "swtpm", "pledges",
-                  "owner-config")
+                  "owner-config", "tpm-maker")
 
 
 class LabError(EnvironmentFailure):
@@ -84,6 +87,16 @@ class LabLayout:
 
     def database_url(self, role: str) -> str:
         return f"sqlite:///{self.dir / 'db' / f'{role}.sqlite'}"
+
+    @property
+    def manufacturing_db_url(self) -> str:
+        """The lab station's manufacturing database."""
+        return f"sqlite:///{self.dir / 'db' / 'manufacturing.sqlite'}"
+
+    @property
+    def tpm_maker_dir(self) -> Path:
+        """The TPM maker CA of the lab's boards (made by manufacture.tpm_maker on first use)."""
+        return self.dir / "tpm-maker"
 
     def pledge_dir(self, serial: str) -> Path:
         return self.dir / "pledges" / serial

@@ -1,52 +1,79 @@
-"""The lab's factory step for boards: `pledgeforge board run --lab D` manufactures a new board.
+"""The lab's factory: a TPM maker for its boards, and a manufacturing station with its CA.
 
-At the board's first power-on the board's flash gets the lab's firmware
-public key (so that images signed with the lab's firmware-signing key boot),
-the IDevID key is generated in the board's own
-key store (its "idevid" slot: swtpm or SoftHSM token), the lab's manufacturer
-CA certifies it, and the board's flash gets the pledge identity with its
-built-in trust anchors and the lab's cloud registrar as `registrar.url`. The
-lab also records the board's owner, so its cloud registrar knows what to
-answer (`flow`: 307 to the owner registrar, or a voucher naming the EST
-server).
-
-This is an in-process shortcut: the step reaches into the board (its key
-store and flash) directly, as a manufacturing station talking to the board
-over its console would do through commands. It is one `ProvisioningStep`, so
-such a station can take its place.
+Boards made for a lab are started with `pledgeforge board run --factory-new
+--tpm-maker D/tpm-maker`: a TPM board's swtpm is born with EK certificates
+from the lab's TPM maker, as a real TPM ships with its maker's. The lab's
+station (pledgeforge/station) provisions each board over its console with
+the lab's manufacturer CA, whose PIN only the lab's own process holds,
+records it in D/db/manufacturing.sqlite, and the lab imports what that
+database exports for its MASA, cloud registrar and owner registrar (the
+owner and flow given): the same files `pledgeforge provision export` writes
+and `masa add-device --from` / `registrar add-pledge --from` /
+`registrar set-response --from` read.
 """
 
 from __future__ import annotations
 
-from pledgeforge.boards.provisioning import ProvisioningStep
-from pledgeforge.firmware.identity import PledgeIdentity
 from pledgeforge.hsm import keystore
 from pledgeforge.hsm.chain import load_certificate_file
+from pledgeforge.hsm.tpm_maker_ca import TpmMakerCa, create_tpm_maker_ca
+from pledgeforge.hsm.wellknown import REQUEST_VOUCHER
+from pledgeforge.station.export import masa_records, ownership_records, read_masa, read_ownership, to_lines
+from pledgeforge.station.provisioner import BoardResult, Station, StationConfig
+from pledgeforge.station.records import ManufacturingDb
 
-from .databases import check_flow
-from .lab import Lab
+from .databases import OWNER_NAME, LabDatabases, check_flow
+from .layout import LabLayout
+
+STATION_NAME = "lab station"
 
 
-class LabManufacturing(ProvisioningStep):
-    """Boards manufactured by the lab's CA, owned by the lab's owner for `flow`."""
+def tpm_maker(lab: LabLayout) -> TpmMakerCa:
+    """The TPM maker of the lab's boards (made on first use)."""
+    return create_tpm_maker_ca(lab.tpm_maker_dir)
 
-    def __init__(self, lab: Lab, flow: str = "redirect"):
-        self.lab = lab
-        self.flow = check_flow(flow)
 
-    def provision(self, board) -> None:
-        lab = self.lab
-        if board.profile.image.verify_key is None:   # a profile that names its key keeps it
-            board.slots.install_verify_key(lab.firmware_key_pem())
-        uri = board.keystore.slot_uri("idevid")
-        signer = keystore.generate_key(uri, board.keystore.algorithm)
-        idevid = lab.issue_idevid(signer.public_key, board.serial_number)
-        lab.register_pledge(board.serial_number, self.flow)
-        board.flash.config_set("registrar.url", lab.url("cloud"))
-        board.flash.set_identity(PledgeIdentity.from_certificates(
-            uri, idevid, builtin_anchors=load_certificate_file(str(lab.pki("web-ca"))),
-            masa_anchors=load_certificate_file(str(lab.pki("manufacturer-ca")))))
-        board.log_event(f"manufactured: IDevID {idevid.subject.rfc4514_string()}, owner flow {self.flow}")
+def station_config(lab: LabLayout, *, timeout: float | None = None) -> StationConfig:
+    """The lab's station: its manufacturer CA, MASA, cloud registrar, anchors, firmware key."""
+    maker = tpm_maker(lab)
+    options = {} if timeout is None else {"timeout": timeout}
+    return StationConfig(
+        ca_signer=keystore.open_signer(lab.key_uri("manufacturer", "manufacturer-ca")),
+        ca_certificate=load_certificate_file(str(lab.pki("manufacturer-ca")))[0],
+        masa_url=lab.masa_url, cloud_registrar_url=lab.url("cloud"),
+        trust_anchors_pem=lab.pki("manufacturer-ca").read_bytes(),
+        cloud_anchors_pem=lab.pki("web-ca").read_bytes(),
+        image_key_pem=lab.firmware_key_pem(),
+        tpm_maker_roots=[maker.root], tpm_maker_intermediates=[maker.issuer],
+        name=STATION_NAME, **options)
 
-    def status_fields(self, board) -> dict[str, str]:
-        return {"owner flow": self.flow}
+
+def station(lab: LabLayout, **options) -> Station:
+    return Station(station_config(lab, **options), ManufacturingDb(lab.manufacturing_db_url))
+
+
+def import_ownership(lab: LabLayout, databases: LabDatabases, serials: list[str], flow: str) -> None:
+    """What the station exports for `serials`, imported by the lab's servers: the MASA's devices
+    (the lab's owner; its EST server for the est-domain flow) and the registrars' pledges."""
+    check_flow(flow)
+    boards = ManufacturingDb(lab.manufacturing_db_url).boards(serials)
+    est_domain = lab.url("owner") if flow == "est-domain" else None
+    databases.import_masa(read_masa(to_lines(masa_records(boards, OWNER_NAME, est_domain)).decode()))
+    location = lab.url("owner") + REQUEST_VOUCHER if flow == "redirect" else None
+    databases.import_ownership(read_ownership(to_lines(ownership_records(boards, flow, location)).decode()))
+
+
+def manufacture_board(lab: LabLayout, databases: LabDatabases, port: str, flow: str = "redirect",
+                      **options) -> BoardResult:
+    """Provision the factory-new board at `port` with the lab's station and make the lab's
+    servers know it for `flow`; raises the station's error when the board was not provisioned."""
+    check_flow(flow)
+    result = station(lab, **options).provision(port)
+    if not result.ok:
+        raise result.failure
+    import_ownership(lab, databases, [result.serial], flow)
+    return result
+
+
+__all__ = ["tpm_maker", "station_config", "station", "import_ownership", "manufacture_board",
+           "STATION_NAME"]
