@@ -23,6 +23,8 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
+from tlslite.constants import CipherSuite
+from tlslite.recordlayer import RecordLayer
 from tlslite.utils.rsakey import RSAKey
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -35,6 +37,7 @@ from pledgeforge.firmware.tls_client import (
 )
 from pledgeforge.hsm.keystore import generate_key
 from pledgeforge.firmware.tls_keys import tls_private_key
+from pledgeforge.firmware.tls_records import NativeAeadRecordLayer
 from pledgeforge.hsm.signer import KeyAlgorithm, Padding, SoftwareSigner, verify_signature
 
 TLS12, TLS13 = ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3
@@ -386,6 +389,49 @@ def test_mtls_with_key_inside_softhsm(token, server_pki, client_ca, tmp_path, ve
     assert conn.version == VERSION_NAMES[version]
 
 
+@pytest.mark.parametrize("version,ciphers,name", [
+    (TLS12, "ECDHE-ECDSA-CHACHA20-POLY1305", "chacha20-poly1305"),
+    (TLS12, "ECDHE-ECDSA-AES128-GCM-SHA256", "aes128gcm"),
+    (TLS12, "ECDHE-ECDSA-AES256-GCM-SHA384", "aes256gcm"),
+    (TLS13, None, "aes256gcm"),
+], ids=["tls1.2-chacha20", "tls1.2-aes128gcm", "tls1.2-aes256gcm", "tls1.3"])
+def test_records_are_sealed_by_cryptography_whichever_aead_the_server_picks(
+        server_pki, client_ca, tmp_path, ec_client, version, ciphers, name):
+    chain, signer = ec_client
+    server = TlsHttpServer(server_context(server_pki, client_ca, tmp_path, version))
+    if ciphers:
+        server.context.set_ciphers(ciphers)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        with open_client(server, chain, signer, ServerAuth.anchors([server_pki.root.cert])) as conn:
+            responses = [HttpClient(conn).request("GET", path) for path in ("/whoami", "/big")]
+    finally:
+        server.release.set()
+        server.shutdown()
+        server.server_close()
+        thread.join(SERVER_WAIT)
+    assert (conn.cipher, conn.cipher_implementation) == (name, "cryptography")
+    assert responses[0].body.decode().split()[0] == fingerprint(chain[0])
+    assert responses[1].status == 200 and len(responses[1].body) > 16384  # more than one record
+
+
+@pytest.mark.parametrize("suite", [CipherSuite.TLS_CHACHA20_POLY1305_SHA256, CipherSuite.TLS_AES_128_GCM_SHA256,
+                                   CipherSuite.TLS_AES_256_GCM_SHA384])
+def test_native_aead_records_match_tlslites_own_and_refuse_a_changed_byte(suite):
+    key_length, _, native = NativeAeadRecordLayer._getCipherSettings(suite)
+    _, _, own = RecordLayer._getCipherSettings(suite)
+    key, nonce, aad = bytearray(range(key_length)), bytearray(range(12)), bytearray(b"record header")
+    plaintext = bytearray(b"voucher-request " * 40)
+    sealed = native(key).seal(nonce, plaintext, aad)
+    assert sealed == own(key, ["python"]).seal(nonce, plaintext, aad)
+    assert native(key).open(nonce, sealed, aad) == plaintext
+    tampered = bytearray(sealed)
+    tampered[5] ^= 1
+    assert native(key).open(nonce, tampered, aad) is None
+    assert native(key).open(nonce, sealed, bytearray(b"other header")) is None
+
+
 def test_client_certificate_from_unknown_ca_is_refused_by_the_server(server, server_pki):
     stranger = make_root("unknown manufacturer")
     signer = SoftwareSigner.generate(KeyAlgorithm.EC_P256)
@@ -418,6 +464,7 @@ def test_ecdsa_key_signs_a_digest_truncated_to_the_curve():
     signature = key.sign(bytearray(truncated), hashAlg="sha384")
     assert verify_signature(signer.public_key, bytes(signature), message, "sha384")
     assert key.verify(signature, bytearray(truncated))  # tlslite's own check agrees
+    assert not key.verify(signature, bytearray(hashlib.sha384(b"other messages").digest()[:32]))
 
 
 def test_rsa_key_unwraps_the_pkcs1_digest_info():
