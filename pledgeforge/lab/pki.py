@@ -74,7 +74,7 @@ def create_pki(lab: LabLayout) -> x509.Certificate:
     (directory / "secrets").chmod(0o700)
     lab.softhsm.ensure()
     for token in TOKENS:
-        lab.softhsm.ensure_token(token, _secret(lab.pin_file(token)), _secret(lab.so_pin_file(token)))
+        lab.softhsm.ensure_token(token, ensure_pin(lab.pin_file(token)), ensure_pin(lab.so_pin_file(token)))
 
     mfg = _ensure_key(lab.key_uri("manufacturer", "manufacturer-ca"))
     web = _ensure_key(lab.key_uri("web", "web-ca"))
@@ -149,7 +149,7 @@ def _ensure_tls(lab: LabLayout, name: str, make_cert) -> None:
     _ensure_certificate(cert_path, key.public_key(), lambda: make_cert(key.public_key()))
 
 
-def _secret(path: Path) -> str:
+def ensure_pin(path: Path) -> str:
     """A PIN of 16 hex digits, made once and kept in a 0600 file."""
     if not path.exists():
         atomic_write(path, (secrets.token_hex(8) + "\n").encode(), mode=0o600)

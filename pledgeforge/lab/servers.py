@@ -20,7 +20,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pledgeforge.registrar.web import HEALTH_PATH
+# Not from registrar.web, which would import aiohttp into every process that uses a lab.
+from pledgeforge.hsm.wellknown import HEALTH_PATH
 
 from .layout import HOST, LabError, LabLayout
 from .processes import STOP_TIMEOUT_S, log_tail, server_alive, stop_process
