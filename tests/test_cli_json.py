@@ -31,11 +31,14 @@ JQ_CHECKED = {
     "pledge reenroll", "registrar ldevids", "registrar revoke",  # test_ldevid_lifecycle.py
     "lab up", "lab status", "lab down",         # test_lab.py
     "demo",                                     # test_demo.py
+    "fleet run",                                # test_fleet.py
 }
 
 
 def commands(group: click.Group = main, prefix: str = ""):
-    for name, command in sorted(group.commands.items()):
+    ctx = click.Context(group)
+    for name in sorted(group.list_commands(ctx)):
+        command = group.get_command(ctx, name)
         if isinstance(command, click.Group):
             yield from commands(command, f"{prefix}{name} ")
         else:
