@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import sys
 
 import click
@@ -29,26 +28,43 @@ def _running_lab(lab_dir: str):
     return lab
 
 
-@contextlib.contextmanager
-def _progress(total: int, enabled: bool):
-    """A progress bar on stderr when it is a terminal; `advance(description)` moves it on."""
-    if not enabled:
-        yield lambda phase, done: None
-        return
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+class _Progress:
+    """Bars on stderr while it is a terminal (rich); lines for people go through the same console,
+    above the bars, so that neither overwrites the other. stdout stays the command's own."""
 
-    # stdout stays ours (JSON lines): the bar draws on stderr and captures nothing.
-    with Progress(TextColumn("{task.description:12}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=Console(stderr=True), redirect_stdout=False, redirect_stderr=False) as bar:
-        tasks: dict[str, int] = {}
+    def __init__(self, total: int, bars: bool):
+        self.total = total
+        self._bars = None
+        self._tasks: dict[str, int] = {}
+        if bars:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-        def show(phase: str, done: int) -> None:
-            if phase not in tasks:
-                tasks[phase] = bar.add_task(phase, total=total)
-            bar.update(tasks[phase], completed=done)
+            self._bars = Progress(TextColumn("{task.description:12}"), BarColumn(), MofNCompleteColumn(),
+                                  TimeElapsedColumn(), console=Console(stderr=True),
+                                  redirect_stdout=False, redirect_stderr=False)
 
-        yield show
+    def __enter__(self) -> "_Progress":
+        if self._bars is not None:
+            self._bars.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._bars is not None:
+            self._bars.stop()
+
+    def advance(self, phase: str, done: int) -> None:
+        if self._bars is None:
+            return
+        if phase not in self._tasks:
+            self._tasks[phase] = self._bars.add_task(phase, total=self.total)
+        self._bars.update(self._tasks[phase], completed=done)
+
+    def say(self, text: str) -> None:
+        if self._bars is not None:
+            self._bars.console.print(text, markup=False, highlight=False)
+        else:
+            click.echo(text, err=True)
 
 
 @fleet.command()
@@ -83,24 +99,21 @@ def run(lab_dir, count, concurrency, flow, keystore, timeout, as_json):
     say = messages(as_json)
     plan = FleetPlan(count=count, concurrency=concurrency, flow=flow, keystore=keystore, timeout=timeout)
     lab = _running_lab(lab_dir)
-    show_bar = sys.stderr.isatty()
-    with Fleet(lab, plan) as run_, _progress(count, show_bar) as advance:
-        click.echo(f"fleet {run_.name}: {count} pledges ({flow}, {keystore}), keys under {run_.directory}",
-                   err=True)
-        run_.provision(lambda done: advance("provisioning", done))
-        click.echo(f"provisioned in {run_.provisioning_s:.1f} s; bootstrapping {concurrency} at a time",
-                   err=True)
+    with Fleet(lab, plan) as run_, _Progress(count, bars=sys.stderr.isatty()) as progress:
+        progress.say(f"fleet {run_.name}: {count} pledges ({flow}, {keystore}), keys under {run_.directory}")
+        run_.provision(lambda done: progress.advance("provisioning", done))
+        progress.say(f"provisioned in {run_.provisioning_s:.1f} s; bootstrapping {concurrency} at a time")
         ended = 0
 
         def report(outcome) -> None:
             nonlocal ended
             ended += 1
-            advance("enrolling", ended)
+            progress.advance("enrolling", ended)
             if as_json:
                 print_json(outcome.to_dict())
                 sys.stdout.flush()
             elif not outcome.enrolled:
-                click.echo(f"  {outcome.serial} failed: {outcome.reason}", err=True)
+                progress.say(f"  {outcome.serial} failed: {outcome.reason}")
 
         figures = run_.run(report)
     if as_json:

@@ -125,7 +125,7 @@ class FleetReport:
             f"fleet {self.name}: {self.enrolled}/{len(self.outcomes)} enrolled in {self.wall_s:.2f} s "
             f"({d['enrollments_per_s']:.2f} enrollments/s, concurrency {self.plan.concurrency})",
             f"latency p50 {ms(lat['p50'])}, p95 {ms(lat['p95'])}, p99 {ms(lat['p99'])}",
-            "CPU per enrollment: fleet " + ms(cpu["fleet"]) + ", its key stores " + ms(cpu["fleet_key_stores"])
+            "CPU per enrollment: fleet " + ms(cpu["fleet"]) + ", key stores " + ms(cpu["fleet_key_stores"])
             + "; registrar side " + ms(cpu["registrar_side"]) + " ("
             + ", ".join(f"{role} {ms(cpu.get(role))}" for role in self.servers) + ")",
         ]
