@@ -69,6 +69,19 @@ class _Group(click.Group):
 
         return load_command(name)
 
+    def format_commands(self, ctx, formatter) -> None:
+        """The command list of `--help`, from the table's summaries: listing the commands must
+        not import them (click's own would import every module for its short help)."""
+        from click.utils import make_default_short_help
+
+        from pledgeforge.commands import COMMANDS
+
+        names = self.list_commands(ctx)
+        limit = formatter.width - 6 - max(len(name) for name in names)
+        with formatter.section("Commands"):
+            formatter.write_dl([(name, make_default_short_help(COMMANDS[name].summary, limit))
+                                for name in names])
+
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)

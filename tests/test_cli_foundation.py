@@ -178,3 +178,24 @@ def test_the_cli_imports_a_command_only_when_it_runs():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == ""
+
+
+def test_help_lists_every_command_with_its_own_first_line_and_imports_none():
+    """`pledgeforge --help` reads the command table; each summary there is the command's own."""
+    from pledgeforge.commands import COMMANDS, load_command
+
+    for name, entry in COMMANDS.items():
+        assert entry.summary == load_command(name).get_short_help_str(limit=1000), name
+    code = ("import sys\n"
+            "from pledgeforge.cli import main\n"
+            "try:\n"
+            "    main(['--help'])\n"
+            "except SystemExit:\n"
+            "    pass\n"
+            "print(' '.join(m for m in sys.modules if m.startswith('pledgeforge.commands.')),"
+            " file=sys.stderr)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    listed = [line.split()[0] for line in done.stdout.split("Commands:")[1].splitlines() if line.strip()]
+    assert listed == sorted(COMMANDS)
+    assert done.stderr.strip() == ""
