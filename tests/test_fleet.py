@@ -10,6 +10,7 @@ Timings are reported but never judged here (benchmarks/fleet.py does that).
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from clirunner import jq, openssl, run_cli
 from pledgeforge.errors import UsageError
 from pledgeforge.firmware.identity import PledgeIdentity
 from pledgeforge.fleet import Fleet, FleetPlan, PledgeOutcome
+from pledgeforge.fleet.cpu import children
 from pledgeforge.fleet.key_pools import FIRST_HANDLE, MAX_TPMS, PLEDGES_PER_TOKEN, PLEDGES_PER_TPM
 from pledgeforge.fleet.report import percentile
 from pledgeforge.hsm import keystore
@@ -86,6 +88,13 @@ def test_a_mixed_fleet_of_50_on_both_key_stores_enrolls_and_every_ldevid_chains_
     assert b"provisioned in" in result.stderr and b"\x1b[" not in result.stderr
 
 
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
 def test_a_fleet_where_the_cloud_registrar_answers_503_to_a_share_still_enrolls_within_its_budgets(lab):
     plan = FleetPlan(count=12, concurrency=6, flow="mixed", keystore="pkcs11")
     with Fleet(lab, plan) as fleet:
@@ -99,6 +108,10 @@ def test_a_fleet_where_the_cloud_registrar_answers_503_to_a_share_still_enrolls_
                                        times=2, then=then)
         seen: list[PledgeOutcome] = []
         report = fleet.run(seen.append)
+        conf = str(fleet.tokens.softhsm.conf)
+        assert any(conf in _cmdline(pid) for pid in children(os.getpid()))
+    # Closing the fleet stopped the module host of its SoftHSM.
+    assert not any(conf in _cmdline(pid) for pid in children(os.getpid()))
     assert report.failed == 0 and not report.failures, report.failures
     assert {o.serial for o in seen} == {m.pledge.serial for m in fleet.members}
     # Each overloaded pledge waited out both answers and was not turned away; the others never waited.

@@ -102,7 +102,11 @@ class TokenPool:
                        token_uri=str(token), softhsm2_conf=self.softhsm.conf)
 
     def close(self) -> None:
-        """Nothing runs per token (the module host ends with the process)."""
+        """Stop the module host of the fleet's SoftHSM (the tokens stay in its directory)."""
+        if self._tokens:
+            from pledgeforge.hsm import pkcs11_backend
+
+            pkcs11_backend.release_module(self.softhsm.token_uri(min(self._tokens), pin_file=self.pin_file))
 
 
 class TpmPool:
