@@ -170,3 +170,17 @@ def test_the_lab_masa_takes_a_thousand_vouchers_from_one_registrar_at_twenty_a_s
 
     assert refused(configured) == 0
     assert refused(MasaRateLimits()) > 0
+
+
+def test_the_servers_sqlite_databases_commit_without_a_sync_each_and_take_concurrent_readers(tmp_path):
+    """WAL (readers never wait for the writer) with synchronous=NORMAL: the servers commit on
+    their event loop, and an fsync per commit stalled every other connection."""
+    from pledgeforge.registrar.db import OwnerStore
+
+    store = OwnerStore(f"sqlite:///{tmp_path / 'owner.sqlite'}")
+    try:
+        with store.engine.connect() as connection:
+            assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+            assert connection.exec_driver_sql("PRAGMA synchronous").scalar() == 1  # NORMAL
+    finally:
+        store.engine.dispose()
