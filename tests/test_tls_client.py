@@ -23,10 +23,14 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
-from tlslite.constants import CipherSuite
+from tlslite.constants import CipherSuite, GroupName
+from tlslite.errors import TLSIllegalParameterException
+from tlslite.keyexchange import ECDHKeyExchange
 from tlslite.recordlayer import RecordLayer
+from tlslite.utils.python_ecdsakey import Python_ECDSAKey
 from tlslite.utils.rsakey import RSAKey
 from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, utils
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from pledgeforge.firmware.http_client import (MAX_HEADER_BYTES, HttpClient, MalformedResponse,
@@ -37,7 +41,8 @@ from pledgeforge.firmware.tls_client import (
 )
 from pledgeforge.hsm.keystore import generate_key
 from pledgeforge.firmware.tls_keys import tls_private_key
-from pledgeforge.firmware.tls_records import NativeAeadRecordLayer
+from pledgeforge.firmware.tls_native import (NativeAeadRecordLayer, NativeVerifyingECDSAKey,
+                                             NativeX25519KeyExchange)
 from pledgeforge.hsm.signer import KeyAlgorithm, Padding, SoftwareSigner, verify_signature
 
 TLS12, TLS13 = ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3
@@ -430,6 +435,46 @@ def test_native_aead_records_match_tlslites_own_and_refuse_a_changed_byte(suite)
     tampered[5] ^= 1
     assert native(key).open(nonce, tampered, aad) is None
     assert native(key).open(nonce, sealed, bytearray(b"other header")) is None
+
+
+# RFC 7748 section 6.1: Alice's and Bob's private keys, public keys and shared secret.
+RFC7748_ALICE = bytes.fromhex("77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a")
+RFC7748_ALICE_PUBLIC = bytes.fromhex("8520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a")
+RFC7748_BOB = bytes.fromhex("5dab087e624a8a4b79e17f8b83800ee66f3bb1292618b6fd1c2f8b27ff88e0eb")
+RFC7748_BOB_PUBLIC = bytes.fromhex("de9edb7d7b7dc1b4d35b61c2ece435373f8343c85b78674dadfc7e146f882b4f")
+RFC7748_SHARED = bytes.fromhex("4a5d9d5ba4ce2de1728e3bf480350f25e07e21c947d19e3376f09b3c1e161742")
+
+
+def test_native_x25519_key_exchange_gives_the_rfc7748_values_as_tlslite_does():
+    native, own = NativeX25519KeyExchange((3, 4)), ECDHKeyExchange(GroupName.x25519, (3, 4))
+    for kex in (native, own):
+        assert kex.calc_public_value(bytearray(RFC7748_ALICE)) == RFC7748_ALICE_PUBLIC
+        assert kex.calc_shared_key(bytearray(RFC7748_ALICE), bytearray(RFC7748_BOB_PUBLIC)) == RFC7748_SHARED
+        assert kex.calc_shared_key(bytearray(RFC7748_BOB), bytearray(RFC7748_ALICE_PUBLIC)) == RFC7748_SHARED
+    private = native.get_random_private_key()
+    assert native.calc_public_value(private) == own.calc_public_value(private)
+    for bad_share in (bytearray(32), bytearray(31)):  # small order (all-zero result), wrong length
+        with pytest.raises(TLSIllegalParameterException):
+            native.calc_shared_key(private, bad_share)
+
+
+@pytest.mark.parametrize("curve,hash_name", [(ec.SECP256R1(), "sha256"), (ec.SECP384R1(), "sha384")])
+def test_native_check_of_a_server_ecdsa_key_agrees_with_python_ecdsa(curve, hash_name):
+    private = ec.generate_private_key(curve)
+    numbers = private.public_key().public_numbers()
+    own = Python_ECDSAKey(numbers.x, numbers.y, {"secp256r1": "NIST256p", "secp384r1": "NIST384p"}[curve.name])
+    native = NativeVerifyingECDSAKey.of(own)
+    assert isinstance(native, NativeVerifyingECDSAKey) and native.curve_name == own.curve_name
+    digest = bytearray(hashlib.new(hash_name, b"CertificateVerify content").digest())
+    other = bytearray(hashlib.new(hash_name, b"other content").digest())
+    signature = bytearray(private.sign(bytes(digest), ec.ECDSA(utils.Prehashed(getattr(hashes, hash_name.upper())()))))
+    for key in (own, native):
+        assert key.verify(signature, digest) and not key.verify(signature, other)
+        assert not key.verify(bytearray(b"not DER"), digest)
+    # A digest of a size no hash here has (SHA-1 in TLS 1.2) is left to python-ecdsa.
+    sha1 = bytearray(hashlib.sha1(b"m").digest())
+    sha1_signature = bytearray(private.sign(bytes(sha1), ec.ECDSA(utils.Prehashed(hashes.SHA1()))))
+    assert native.verify(sha1_signature, sha1) and own.verify(sha1_signature, sha1)
 
 
 def test_client_certificate_from_unknown_ca_is_refused_by_the_server(server, server_pki):
