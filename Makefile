@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 APT_PACKAGES := softhsm2 swtpm swtpm-tools tpm2-tools libtss2-dev libssl-dev opensc p11-kit \
-                pkg-config gcc python3-dev python3-venv picocom openssl lrzsz jq
+                pkg-config gcc python3-dev python3-venv picocom openssl lrzsz jq gnutls-bin
 
 .PHONY: all install system-packages venv ext test demo clean
 

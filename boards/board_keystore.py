@@ -4,6 +4,10 @@ Drivers are registered by the profile `[keystore] type` they bind to
 (`KEYSTORE_DRIVERS`: "tpm", "pkcs11"); each names its keys by URI through the
 key-store registry (hsm/keystore.py) and maps the firmware's key slots
 ("idevid", "ldevid") to its own names for them (a persistent handle, a label).
+The factory fills every slot but the firmware's own (FIRMWARE_SLOTS: "ldevid");
+every other key in the board's part of the store is the firmware's
+(`firmware_keys()`: the LDevID slots, and whatever else it made), which a
+factory reset destroys.
 
 Each board keeps its keys in its state directory (`DIR/tpm/` or
 `DIR/softhsm/`), so boards never share a key store and a board's keys survive
@@ -52,6 +56,9 @@ class BoardKeyStore(ABC):
     scheme: ClassVar[str]
     #: where the firmware keeps its keys: slot -> the store's name for it (label or handle)
     SLOTS: ClassVar[dict[str, str | int]]
+    #: the slots whose keys the firmware makes for an owner; every other slot is the factory's
+    #: (the IDevID's, and any a station adds), and its key outlives a factory reset
+    FIRMWARE_SLOTS: ClassVar[frozenset[str]] = frozenset({"ldevid"})
 
     def __init__(self, config, state_dir: Path):
         #: the profile's [keystore] table (boards/profile.py KeyStoreConfig)
@@ -82,6 +89,17 @@ class BoardKeyStore(ABC):
         """A key URI stored earlier, as it reaches the key now."""
         return stored
 
+    def firmware_keys(self) -> list[str]:
+        """URIs of the keys the board's firmware made: every key in the board's part of the
+        store but those of the factory's slots."""
+        factory = {name for slot, name in self.SLOTS.items() if slot not in self.FIRMWARE_SLOTS}
+        return [self.key_uri(name) for name in self._key_names() if name not in factory]
+
+    def _key_names(self) -> list[str | int]:
+        """The store's names (labels, handles) of the keys in the board's part of it (a
+        driver whose store cannot list its keys names none)."""
+        return []
+
     def env(self) -> dict[str, str]:
         """Environment for a process that uses this key store."""
         return dict(os.environ)
@@ -105,6 +123,9 @@ class TpmKeyStore(BoardKeyStore):
     binds_to = "tpm"
     scheme = "tpm"
     SLOTS = {"idevid": 0x81020000, "ldevid": 0x81020001}
+    #: the persistent handles of the board's factory and firmware; the TPM maker's keys (EK,
+    #: SRK) are below them
+    HANDLES = range(0x81020000, 0x81030000)
 
     def __init__(self, config, state_dir: Path):
         super().__init__(config, state_dir)
@@ -142,6 +163,10 @@ class TpmKeyStore(BoardKeyStore):
         """The TCTI in a stored URI names the swtpm's socket, which moves with the state
         directory: the same handle, reached through the TPM running now."""
         return self.key_uri(keystores.parse_key_uri(stored).handle)
+
+    def _key_names(self) -> list[int]:
+        return [info.handle for info in keystores.list_keys(self.key_uri(None))
+                if info.handle in self.HANDLES]
 
     def env(self) -> dict[str, str]:
         return self.swtpm.env() if self.running else dict(os.environ)
@@ -183,6 +208,11 @@ class SoftHsmKeyStore(BoardKeyStore):
         return str(keystores.make_key_uri(
             self.scheme, token=self.config.token, object=name, module_path=SOFTHSM2_MODULE,
             pin_source=f"file:{self.pin_file}", module_env=tuple(self._softhsm_env.items())))
+
+    def _key_names(self) -> list[str]:
+        # The token is the board's own. The firmware labels every key it makes; an unlabelled
+        # key is none of its making.
+        return [info.label for info in keystores.list_keys(self.key_uri(None)) if info.label]
 
     @property
     def _softhsm_env(self) -> dict[str, str]:

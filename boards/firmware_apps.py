@@ -7,7 +7,8 @@ never touches the console except through the `emit_line` it is given.
 Its methods run in the board's firmware thread. When the power goes,
 `emit_line` raises `PowerLost` and `board.flash` refuses writes
 (`FlashClosedError`), so work cut short by a power-off stores nothing more;
-let those exceptions through. Keys live in `board.keystore` (`slot_uri(...)`,
+let those exceptions through; `board.power_lost` is an Event set at that moment,
+for work that waits. Keys live in `board.keystore` (`slot_uri(...)`,
 `key_uri(name)`), persistent data in `board.flash`.
 """
 
@@ -31,12 +32,24 @@ class FirmwareApp(ABC):
         state through `emit_line` as it happens. True once enrolled (voucher and
         LDevID stored in `board.flash`)."""
 
+    def power_on(self, board) -> None:
+        """The board got power and its key store runs: first thing in the firmware thread,
+        before the factory step and the boot (e.g. clean up what a power cut interrupted)."""
+
+    def reenroll(self, board, emit_line: Callable[[str], None]) -> bool:
+        """Renew the LDevID (the console's `reenroll`), printing through `emit_line` what it
+        does. True once the new LDevID is stored."""
+        emit_line("this firmware cannot renew an LDevID")
+        return False
+
     def status_fields(self, board) -> dict[str, str]:
         """Extra `status` lines, e.g. {"pledge": "waiting for owner"}."""
         return {}
 
-    def factory_reset(self, board) -> None:
-        """Forget owner keys held in the key store (the flash is cleared by the runtime)."""
+    def factory_reset(self, board) -> list[str]:
+        """Destroy the keys the firmware made (the owner's), after the flash forgot the owner;
+        what was destroyed, for the console."""
+        return []
 
 
 FIRMWARE_APPS: Registry[type[FirmwareApp]] = Registry("firmware app")

@@ -3,8 +3,10 @@
 The data partition (flash.bin) holds what a real board keeps there: the
 configuration, the factory identity (serial number, and the pledge's identity:
 IDevID certificate, trust anchors, where the IDevID key lives, stored in the
-form firmware/identity.py defines), the voucher, the LDevID and the boot
-counters. Boards with a file system (`[flash] files_kib` in the profile) have
+form firmware/identity.py defines), the voucher, the enrollment (the LDevID,
+the key slot of its key, the EST CA certificates and URL: one record, written
+in one write, because the firmware makes a new LDevID key current only once
+the record naming it is stored) and the boot counters. Boards with a file system (`[flash] files_kib` in the profile) have
 a second partition (flash-files.bin) for the shell's files (filesystem.py).
 
 Every change to either is a whole new image written with `atomic_write` (temp file,
@@ -64,13 +66,44 @@ class Counters:
 
 
 @dataclass(frozen=True)
+class Enrollment:
+    """What the firmware keeps of its enrollment, as text: the LDevID (PEM), the key slot its
+    key is in ("a" or "b", firmware/ldevid_keys.py), the EST server's CA certificates (PEM, what
+    /cacerts answered) and the EST URL it enrolled with (both needed to renew)."""
+
+    ldevid_pem: str
+    slot: str
+    ca_certs_pem: str = ""
+    est_url: str = ""
+
+    SLOTS = ("a", "b")
+
+    def __post_init__(self):
+        if self.slot not in self.SLOTS:
+            raise ValueError(f"LDevID key slot {self.slot!r} is neither of {', '.join(self.SLOTS)}")
+
+    def to_json(self) -> dict:
+        return {"ldevid_pem": self.ldevid_pem, "slot": self.slot, "ca_certs_pem": self.ca_certs_pem,
+                "est_url": self.est_url}
+
+    @classmethod
+    def from_json(cls, doc: dict) -> "Enrollment":
+        return cls(ldevid_pem=str(doc["ldevid_pem"]), slot=str(doc["slot"]),
+                   ca_certs_pem=str(doc.get("ca_certs_pem", "")), est_url=str(doc.get("est_url", "")))
+
+
+@dataclass(frozen=True)
 class FlashState:
     serial_number: str = ""
     config: dict[str, str] = field(default_factory=dict)
     identity: PledgeIdentity | None = None
     voucher: bytes | None = None
-    ldevid_pem: str | None = None
+    enrollment: Enrollment | None = None
     counters: Counters = Counters()
+
+    @property
+    def ldevid_pem(self) -> str | None:
+        return self.enrollment.ldevid_pem if self.enrollment is not None else None
 
     def to_json(self) -> bytes:
         doc = {
@@ -78,7 +111,7 @@ class FlashState:
             "config": dict(sorted(self.config.items())),
             "identity": None if self.identity is None else self.identity.to_json(),
             "voucher": None if self.voucher is None else base64.b64encode(self.voucher).decode(),
-            "ldevid_pem": self.ldevid_pem,
+            "enrollment": None if self.enrollment is None else self.enrollment.to_json(),
             "counters": {"boots": self.counters.boots, "power_ons": self.counters.power_ons},
         }
         return json.dumps(doc, indent=1).encode()
@@ -88,13 +121,18 @@ class FlashState:
         doc = json.loads(body)
         ident = doc.get("identity")
         voucher = doc.get("voucher")
+        enrollment = doc.get("enrollment")
+        if enrollment is None and doc.get("ldevid_pem"):
+            # An image of firmware that kept the LDevID alone: its key was in slot a, and it
+            # cannot be renewed (no EST server on record) until the board bootstraps again.
+            enrollment = {"ldevid_pem": doc["ldevid_pem"], "slot": "a"}
         counters = doc.get("counters") or {}
         return cls(
             serial_number=str(doc.get("serial_number", "")),
             config={str(k): str(v) for k, v in (doc.get("config") or {}).items()},
             identity=None if ident is None else PledgeIdentity.from_json(ident),
             voucher=None if voucher is None else base64.b64decode(voucher),
-            ldevid_pem=doc.get("ldevid_pem"),
+            enrollment=None if enrollment is None else Enrollment.from_json(enrollment),
             counters=Counters(boots=int(counters.get("boots", 0)),
                               power_ons=int(counters.get("power_ons", 0))),
         )
@@ -252,8 +290,10 @@ class Flash:
     def set_voucher(self, voucher: bytes | None) -> None:
         self._commit(lambda s: replace(s, voucher=voucher))
 
-    def set_ldevid(self, pem: str | None) -> None:
-        self._commit(lambda s: replace(s, ldevid_pem=pem))
+    def record_enrollment(self, enrollment: Enrollment, voucher: bytes | None = None) -> None:
+        """Store an enrollment (and the voucher it came with, when given) in one write."""
+        self._commit(lambda s: replace(s, enrollment=enrollment,
+                                       voucher=voucher if voucher is not None else s.voucher))
 
     def record_power_on(self) -> Counters:
         return self._commit(lambda s: replace(
@@ -264,7 +304,7 @@ class Flash:
             s, counters=replace(s.counters, boots=s.counters.boots + 1))).counters
 
     def factory_reset(self) -> None:
-        """Forget the owner: configuration, voucher, LDevID and the files. The
+        """Forget the owner: configuration, voucher, enrollment and the files. The
         factory identity (serial number, IDevID, trust anchors) and counters stay."""
         if self.files is not None:
             self.files.erase()

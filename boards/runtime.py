@@ -6,7 +6,8 @@ profile's `[keystore] type` binds to, see board_keystore.py), the firmware app
 behind `bootstrap` (firmware_apps.py) and the factory step that gives a new
 board its identity (provisioning.py). boards/assembly.py puts a board
 together from those parts by name. Powering on starts the key store and a
-firmware thread that provisions a board without an identity, boots
+firmware thread that lets the firmware app clean up after a power cut
+(`FirmwareApp.power_on`), provisions a board without an identity, boots
 (bootloader, autoboot, image verification, firmware banner, login) and then
 runs the shell; powering off stops that thread at its next console or flash
 access, closes the flash and stops the key store. A power cut (the process
@@ -92,6 +93,7 @@ class _PowerSession:
     def __init__(self, flash: Flash):
         self.flash = flash
         self.attention = threading.Event()     # power-off or reset: stop waiting
+        self.lost = threading.Event()          # power-off: firmware work of this session stops
         self.powered = True
         self.reset_pending = False
         self.started = time.monotonic()
@@ -252,6 +254,7 @@ class Board:
             if session is None:
                 return
             session.powered = False
+            session.lost.set()
             session.attention.set()
             self.console.wake()
             # Waits for a flash write in progress, then refuses any later one.
@@ -325,6 +328,17 @@ class Board:
         return session.flash if session is not None else self._flash
 
     @property
+    def power_lost(self) -> threading.Event:
+        """Set when the power of the caller's session goes (firmware code waits on it, so a
+        power-off stops its waits and retries). Outside a session: an Event that is set."""
+        session = getattr(self._firmware_local, "session", None) or self._session
+        if session is None:
+            gone = threading.Event()
+            gone.set()
+            return gone
+        return session.lost
+
+    @property
     def serial_number(self) -> str:
         return self.flash.state.serial_number
 
@@ -380,6 +394,7 @@ class Board:
         self._firmware_local.session = session
         term = Terminal(self.console, check=session.check, smp=self._smp_line)
         try:
+            self._start_app()
             self._provision(term)
             while True:
                 try:
@@ -426,6 +441,16 @@ class Board:
             if part is not None:
                 fields.update(part.status_fields(self))
         return fields
+
+    def _start_app(self) -> None:
+        """The firmware app's power-on work; a failure is logged and the board boots anyway."""
+        if self.app is None:
+            return
+        try:
+            self.app.power_on(self)
+        except Exception as exc:   # PowerLost is no Exception: a power-off still unwinds
+            self.log_event(f"firmware start failed: {exc}")
+            _log.error("firmware app power-on failed: %s", traceback.format_exc())
 
     def _provision(self, term: Terminal) -> None:
         if self.flash.state.identity is None and self.provisioning is not None:

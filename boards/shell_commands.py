@@ -104,10 +104,14 @@ def _anchors(ctx: CommandContext, args: list[str]) -> int:
     return 0
 
 
-@command("ldevid", "print the LDevID certificate (PEM) issued at enrollment")
+@command("ldevid", "print the LDevID certificate (PEM) issued at enrollment and its key's slot")
 def _ldevid(ctx: CommandContext, args: list[str]) -> int:
-    pem = ctx.board.flash.state.ldevid_pem
-    ctx.write(_pem_text(pem) if pem else "none\n")
+    enrollment = ctx.board.flash.state.enrollment
+    if enrollment is None:
+        ctx.print("none")
+        return 0
+    ctx.print(f"key slot: {enrollment.slot}")
+    ctx.write(_pem_text(enrollment.ldevid_pem))
     return 0
 
 
@@ -161,6 +165,22 @@ def _bootstrap(ctx: CommandContext, args: list[str]) -> int:
     return 0 if enrolled else 1
 
 
+@command("reenroll", "renew the LDevID with EST /simplereenroll, authenticated by the current one")
+def _reenroll(ctx: CommandContext, args: list[str]) -> int:
+    board = ctx.board
+    if args:
+        return ctx.error("usage: reenroll")
+    if board.app is None:
+        return ctx.error("no pledge firmware on this board (start it with `pledgeforge board run --lab DIR`)")
+
+    def emit_line(text: str) -> None:
+        board.log_event(f"reenroll: {text}")
+        ctx.print(text)
+
+    renewed = board.app.reenroll(board, emit_line)
+    return 0 if renewed else 1
+
+
 @command("log", "the firmware's event log since power-on")
 def _log(ctx: CommandContext, args: list[str]) -> int:
     for seconds, text in list(ctx.board.events):
@@ -212,13 +232,16 @@ def _reboot(ctx: CommandContext, args: list[str]) -> int:
     raise ResetRequested()
 
 
-@command("factory-reset", "forget the owner (configuration, voucher, LDevID) and reboot")
+@command("factory-reset", "forget the owner (configuration, voucher, LDevID and its keys) and reboot")
 def _factory_reset(ctx: CommandContext, args: list[str]) -> int:
     board = ctx.board
-    if board.app is not None:
-        board.app.factory_reset(board)
+    # The flash first: cut short after it, the board holds keys no record names, which the
+    # firmware deletes at its next power-on, rather than a record of keys that are gone.
     board.flash.factory_reset()
     board.log_event("factory reset")
+    if board.app is not None:
+        for destroyed in board.app.factory_reset(board):
+            ctx.print(f"destroyed {destroyed}")
     ctx.print("Factory reset done; the IDevID is kept. Rebooting...")
     raise ResetRequested()
 

@@ -20,6 +20,11 @@ class TokenNotFoundError(KeyStoreError):
     """No PKCS#11 token carries the requested label."""
 
 
+class ModuleNotConfiguredError(TokenNotFoundError):
+    """No token found, and the module ran on its default configuration because the key URI
+    gave it none (SoftHSM without SOFTHSM2_CONF): most likely the cause."""
+
+
 class PinError(KeyStoreError):
     """The PIN was wrong, locked, or could not be read."""
 

@@ -45,13 +45,13 @@ from pkcs11.util.ec import encode_ec_public_key, encode_named_curve_parameters
 from pkcs11.util.rsa import encode_rsa_public_key
 from cryptography.hazmat.primitives import serialization
 
-from .errors import (KeyExistsError, KeyNotFoundError, KeyStoreError, KeyUriError, PinError,
-                     TokenNotFoundError, UnsupportedAlgorithmError)
+from .errors import (KeyExistsError, KeyNotFoundError, KeyStoreError, KeyUriError,
+                     ModuleNotConfiguredError, PinError, TokenNotFoundError, UnsupportedAlgorithmError)
 from .key_evidence import TokenKeyReport
 from .keyuri import Pkcs11Uri
 from .signer import (KeyAlgorithm, OtherKeyAlgorithm, Padding, Signer, check_digest_length,
                      ecdsa_raw_to_der)
-from .softhsm import file_store_lock
+from .softhsm import DEFAULT_CONF, file_store_lock, is_softhsm_module
 
 #: what `generate` makes (SoftHSM2 and the HSMs we know do all of these)
 ALGORITHMS = ("ec-p256", "ec-p384", "ec-p521", "rsa-2048", "rsa-3072", "rsa-4096")
@@ -199,9 +199,23 @@ class LocalModule:
                 self._reinitialize()
             elif unreadable:
                 _backoff(attempt)
-        labels = ", ".join(sorted(t.label for t in found if t.label)) or "none"
-        raise TokenNotFoundError(f"no PKCS#11 token labelled {label!r} in {self.description} "
-                                 f"(tokens present: {labels})")
+        raise self._missing_token(label, [t.label for t in found if t.label])
+
+    def _missing_token(self, label: str, present: list[str]) -> TokenNotFoundError:
+        """The error for a token that is not there, naming the likely cause: SoftHSM given no
+        configuration (so it read its default one), or the tokens of the one it was given."""
+        text = f"no PKCS#11 token labelled {label!r} in {{}} (tokens present: {', '.join(sorted(present)) or 'none'})"
+        if not is_softhsm_module(self.path):
+            return TokenNotFoundError(text.format(self.description))
+        conf = os.environ.get("SOFTHSM2_CONF")
+        if conf is None:
+            return ModuleNotConfiguredError(
+                text.format(self.description) + f": the key URI gives SoftHSM no configuration, so it "
+                f"read its default {DEFAULT_CONF}; add x-module-env=SOFTHSM2_CONF=PATH to the key URI")
+        # In a module host the description names the configuration; here it came from our environment.
+        where = self.description if self.description != self.path else \
+            f"{self.path} with SOFTHSM2_CONF={conf} (from the environment)"
+        return TokenNotFoundError(text.format(where))
 
     def _present_tokens(self) -> tuple[list[pkcs11.Token], int]:
         """The readable tokens, and how many slots could not be read.

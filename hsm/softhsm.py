@@ -99,11 +99,15 @@ def read_conf(path: str | os.PathLike) -> dict[str, str]:
     return settings
 
 
+def is_softhsm_module(module_path: str) -> bool:
+    return os.path.basename(os.path.realpath(module_path)) == "libsofthsm2.so"
+
+
 def file_store_lock(module_path: str, environ: dict[str, str] | os._Environ) -> StoreLock | None:
     """The cross-process lock of the token store a SoftHSM2 module loaded with `environ` uses;
     None for any other module, and for a store that is not SoftHSM2's file store (see
     store_lock.py for why the file store needs one)."""
-    if os.path.basename(os.path.realpath(module_path)) != "libsofthsm2.so":
+    if not is_softhsm_module(module_path):
         return None
     try:
         settings = read_conf(environ.get("SOFTHSM2_CONF") or DEFAULT_CONF)

@@ -3,6 +3,8 @@ power cuts (SIGKILL of a real writer process at arbitrary points of its writes).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import random
 import select
@@ -12,14 +14,17 @@ import sys
 
 import pytest
 
-from pledgeforge.boards.flash import (Flash, FlashClosedError, FlashCorruptError, FlashError,
-                                      FlashFullError)
+from pledgeforge.boards.flash import (Enrollment, Flash, FlashClosedError, FlashCorruptError,
+                                      FlashError, FlashFullError)
 from pledgeforge.firmware.identity import PledgeIdentity
 
 CAPACITY = 256 * 1024
 IDENTITY = PledgeIdentity(idevid_pem="-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
                           idevid_key_uri="pkcs11:token=se;object=idevid",
                           builtin_anchors_pem=("-----BEGIN CERTIFICATE-----\nMIIC\n-----END CERTIFICATE-----\n",))
+ENROLLMENT = Enrollment(ldevid_pem="-----BEGIN CERTIFICATE-----\nLDEV\n-----END CERTIFICATE-----\n", slot="b",
+                        ca_certs_pem="-----BEGIN CERTIFICATE-----\nCA\n-----END CERTIFICATE-----\n",
+                        est_url="https://127.0.0.1:8443/.well-known/est")
 
 
 def test_contents_survive_reopening(tmp_path):
@@ -27,14 +32,14 @@ def test_contents_survive_reopening(tmp_path):
     assert flash.state.serial_number == "" and flash.state.identity is None
     flash.set_serial_number("GW-0001")
     flash.set_identity(IDENTITY)
-    flash.set_voucher(b"\x30\x82voucher-bytes")
-    flash.set_ldevid("-----BEGIN CERTIFICATE-----\nLDEV\n-----END CERTIFICATE-----\n")
+    flash.record_enrollment(ENROLLMENT, voucher=b"\x30\x82voucher-bytes")
     flash.config_set("registrar.url", "https://reg.example:8443")
     flash.record_power_on()
     flash.record_boot()
     again = Flash.in_state_dir(tmp_path, CAPACITY).state
     assert again == flash.state
     assert again.identity == IDENTITY and again.voucher == b"\x30\x82voucher-bytes"
+    assert again.enrollment == ENROLLMENT and again.ldevid_pem == ENROLLMENT.ldevid_pem
     assert (again.counters.boots, again.counters.power_ons) == (1, 1)
     assert oct(os.stat(tmp_path / "flash.bin").st_mode & 0o777) == "0o600"
 
@@ -43,14 +48,13 @@ def test_factory_reset_forgets_the_owner_not_the_factory(tmp_path):
     flash = Flash.in_state_dir(tmp_path, CAPACITY)
     flash.set_serial_number("GW-0001")
     flash.set_identity(IDENTITY)
-    flash.set_voucher(b"v")
-    flash.set_ldevid("pem")
+    flash.record_enrollment(ENROLLMENT, voucher=b"v")
     flash.config_set("site", "a")
     flash.record_boot()
     flash.factory_reset()
     state = Flash.in_state_dir(tmp_path, CAPACITY).state
     assert state.serial_number == "GW-0001" and state.identity == IDENTITY
-    assert state.voucher is None and state.ldevid_pem is None and state.config == {}
+    assert state.voucher is None and state.enrollment is None and state.config == {}
     assert state.counters.boots == 1
 
 
@@ -82,6 +86,28 @@ def test_damage_is_reported_with_the_file_name(tmp_path):
         Flash.in_state_dir(tmp_path, CAPACITY)
 
 
+def write_image(path, doc: dict) -> None:
+    """A flash image with `doc` as its body, sealed as the board seals one."""
+    body = json.dumps(doc).encode()
+    path.write_bytes(b"PLEDGEFORGE-FLASH 1 " + hashlib.sha256(body).hexdigest().encode() + b"\n" + body)
+
+
+def test_an_enrollment_names_one_of_the_two_key_slots(tmp_path):
+    with pytest.raises(ValueError, match="neither of a, b"):
+        Enrollment(ldevid_pem="pem", slot="c")
+    write_image(tmp_path / "flash.bin", {"enrollment": {**ENROLLMENT.to_json(), "slot": "../x"}})
+    with pytest.raises(FlashCorruptError, match="malformed body"):
+        Flash.in_state_dir(tmp_path, CAPACITY)
+
+
+def test_an_image_that_kept_the_ldevid_alone_reads_as_enrolled_in_slot_a(tmp_path):
+    # Firmware before the key slots kept the LDevID without its slot; its key was in slot a.
+    write_image(tmp_path / "flash.bin", {"serial_number": "GW-0001", "ldevid_pem": ENROLLMENT.ldevid_pem})
+    state = Flash.in_state_dir(tmp_path, CAPACITY).state
+    assert state.enrollment == Enrollment(ldevid_pem=ENROLLMENT.ldevid_pem, slot="a")
+    assert state.enrollment.est_url == ""   # renewal asks for a bootstrap first
+
+
 def test_a_closed_flash_refuses_writes(tmp_path):
     flash = Flash.in_state_dir(tmp_path, CAPACITY)
     flash.config_set("a", "1")
@@ -111,8 +137,9 @@ def test_power_cut_at_arbitrary_points_of_writes_keeps_the_last_good_state(tmp_p
     rng = random.Random(8366)
     acknowledged = 0
     for _ in range(25):
+        # Unbuffered: select() sees the pipe, so no line may wait in a reader's buffer.
         proc = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path)],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0)
         stop_after = rng.randrange(1, 30)
         seen = 0
         while seen < stop_after:

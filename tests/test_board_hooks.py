@@ -17,6 +17,7 @@ from pledgeforge.firmware.identity import PledgeIdentity
 from pledgeforge.boards.power import power_request
 from pledgeforge.boards.profile import load_profile
 from pledgeforge.boards.firmware_apps import FirmwareApp
+from pledgeforge.boards.flash import Enrollment
 from pledgeforge.boards.provisioning import ProvisioningStep
 from pledgeforge.boards.runtime import Board
 
@@ -48,7 +49,8 @@ class StagedPledge(FirmwareApp):
         board.flash.set_voucher(VOUCHER)
         emit_line("voucher accepted")
         self.go_on.wait(60)
-        board.flash.set_ldevid("-----BEGIN CERTIFICATE-----\nLDEVID\n-----END CERTIFICATE-----\n")
+        board.flash.record_enrollment(Enrollment("-----BEGIN CERTIFICATE-----\nLDEVID\n-----END CERTIFICATE-----\n",
+                                                 slot="a"))
         emit_line("enrolled")
         return True
 
@@ -57,6 +59,7 @@ class StagedPledge(FirmwareApp):
 
     def factory_reset(self, board):
         self.factory_resets += 1
+        return []
 
 
 def open_console(board: Board) -> pexpect.fdpexpect.fdspawn:

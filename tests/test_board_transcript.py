@@ -197,9 +197,10 @@ def test_console_log_follow_shows_new_lines_and_stops_cleanly(tmp_path, signum):
     state = tmp_path / "mcu"
     prompt = MCU.console.prompt
     with BoardProcess(quick_profile("mcu-se", tmp_path), state) as board:
+        # Unbuffered: select() sees the pipe, so no line may wait in a reader's buffer.
         follower = subprocess.Popen([PLEDGEFORGE, "board", "console-log", "--state", str(state),
                                      "--follow", "--json"], stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE)
+                                    stderr=subprocess.PIPE, bufsize=0)
         try:
             con = board.open_pty()
             con.expect_exact(prompt)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+from dataclasses import replace
 
 import pytest
 
@@ -330,8 +331,9 @@ def test_a_key_store_failure_after_the_voucher_is_reported_in_enrollstatus(lab, 
 
     pledge = lab.provision_pledge(f"T-{secrets.token_hex(4).upper()}", keystore="pkcs11", flow=flow)
     identity = lab_pledge.pledge_identity(pledge)
-    # The LDevID key cannot be made: its slots are on a token this SoftHSM does not have.
-    broken = LdevidKeys(LdevidSlots.beside(lab.key_uri("no-such-token", "ldevid")))
+    # The LDevID key cannot be made: its slots are on a token this SoftHSM does not have
+    # (with the PIN of a token it has, so that the token is what is missing).
+    broken = LdevidKeys(LdevidSlots.beside(replace(lab.key_uri("pledges", "ldevid"), token="no-such-token")))
     config = PledgeConfig(cloud_registrar_url=identity.cloud_registrar_url, max_restarts=0)
     result = PledgeDriver(identity, config, timeout=5, ldevid_keys=broken).run()
     assert result.state == "failed" and "no PKCS#11 token labelled 'no-such-token'" in result.reason

@@ -10,7 +10,7 @@ from pledgeforge.hsm import x509 as hx509
 from pledgeforge.hsm.chain import load_certificate_file
 from pledgeforge.hsm.identity_names import check_serial_number
 
-from .common import (check_json_output, json_option, key_uri, pin_env_option, print_json,
+from .common import (check_json_output, json_option, key_uri, lab_option, pin_env_option, print_json,
                      read_input, write_output)
 
 
@@ -26,10 +26,11 @@ def ca() -> None:
 @click.option("--out", required=True, help="CA certificate (PEM; '-' for stdout)")
 @json_option(help="print what was written as JSON (file, subject, validity)")
 @pin_env_option
-def init(uri, subject, days, out, as_json, pin_env):
+@lab_option
+def init(uri, subject, days, out, as_json, pin_env, lab):
     """Create a self-signed CA certificate for an existing key."""
     check_json_output(as_json, out)
-    signer = keystore.open_signer(key_uri(uri, pin_env))
+    signer = keystore.open_signer(key_uri(uri, pin_env, lab))
     cert = hx509.make_ca(signer, subject, days=days)
     write_output(out, hx509.to_pem(cert))
     if as_json:
@@ -49,11 +50,12 @@ def init(uri, subject, days, out, as_json, pin_env):
 @click.option("--out", required=True, help="IDevID certificate (PEM; '-' for stdout)")
 @json_option(help="print what was written as JSON (file, subject, issuer, serial number, MASA URL)")
 @pin_env_option
-def issue_idevid(ca_uri, ca_cert, csr_path, serial, masa_url, hw_type, out, as_json, pin_env):
+@lab_option
+def issue_idevid(ca_uri, ca_cert, csr_path, serial, masa_url, hw_type, out, as_json, pin_env, lab):
     """Issue an IEEE 802.1AR IDevID for a CSR whose key lives in the device."""
     check_json_output(as_json, out)
     check_serial_number(serial, "serial number (--serial)")  # before the HSM is opened
-    ca_signer = keystore.open_signer(key_uri(ca_uri, pin_env))
+    ca_signer = keystore.open_signer(key_uri(ca_uri, pin_env, lab))
     cert = load_certificate_file(ca_cert, "CA certificate")[0]
     csr = hx509.load_csr(read_input(csr_path, "CSR"))
     hx509.check_csr(csr)
@@ -74,10 +76,11 @@ def issue_idevid(ca_uri, ca_cert, csr_path, serial, masa_url, hw_type, out, as_j
 @click.option("--out", required=True, help="CSR (PEM; '-' for stdout)")
 @json_option(help="print what was written as JSON (file, subject)")
 @pin_env_option
-def csr(uri, subject, dns_names, out, as_json, pin_env):
+@lab_option
+def csr(uri, subject, dns_names, out, as_json, pin_env, lab):
     """Create a PKCS#10 CSR signed by a key in a key store."""
     check_json_output(as_json, out)
-    signer = keystore.open_signer(key_uri(uri, pin_env))
+    signer = keystore.open_signer(key_uri(uri, pin_env, lab))
     request = hx509.make_csr(signer, subject, dns_names=dns_names)
     write_output(out, hx509.to_pem(request))
     if as_json:

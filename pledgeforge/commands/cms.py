@@ -12,7 +12,7 @@ from pledgeforge.hsm import cms as hcms
 from pledgeforge.hsm import keystore
 from pledgeforge.hsm.chain import load_certificate_file
 
-from .common import json_option, key_uri, pin_env_option, print_json, read_input, write_output
+from .common import json_option, key_uri, lab_option, pin_env_option, print_json, read_input, write_output
 
 
 @click.group()
@@ -29,12 +29,13 @@ def cms() -> None:
 @click.option("--content-type", type=click.Choice(["voucher", "data"]), default="voucher", show_default=True)
 @click.option("--pss", is_flag=True, help="RSA keys: sign with RSASSA-PSS instead of PKCS#1 v1.5")
 @pin_env_option
-def sign(uri, cert, in_path, out_path, content_type, pss, pin_env):
+@lab_option
+def sign(uri, cert, in_path, out_path, content_type, pss, pin_env, lab):
     """Sign a file; the signature is made inside the key store."""
     from pledgeforge.hsm.signer import Padding
 
     certs = load_certificate_file(cert, "signer certificate")
-    signer = keystore.open_signer(key_uri(uri, pin_env))
+    signer = keystore.open_signer(key_uri(uri, pin_env, lab))
     der = hcms.sign_cms(read_input(in_path, "content"), signer, certs[0], certs[1:],
                         content_type=content_type, pad=Padding.PSS if pss else Padding.PKCS1V15)
     write_output(out_path, der)

@@ -9,6 +9,7 @@ stderr as one line; the exit status says what kind of error it was
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
@@ -18,27 +19,55 @@ import click
 
 from pledgeforge.atomicfile import atomic_write
 from pledgeforge.errors import FileAccessError, UsageError
+from pledgeforge.hsm.errors import ModuleNotConfiguredError
 from pledgeforge.hsm.keyuri import KeyUri, Pkcs11Uri, parse_key_uri
 
 PIN_ENV_HELP = ("environment variable holding the token PIN (default: $PLEDGEFORGE_PIN_ENV); "
                 "or put pin-source=file:PATH in the URI")
+LAB_HELP = ("a lab directory: pkcs11: URIs naming its tokens (pkcs11:token=owner;object=owner-ca) "
+            "get the lab's SoftHSM configuration and that token's PIN file")
 JSON_HELP = "print JSON on stdout (and messages for people on stderr)"
 
-__all__ = ["UsageError", "key_uri", "pin_env_option", "json_option", "read_input", "write_output",
-           "messages", "print_json", "check_json_output"]
+__all__ = ["UsageError", "key_uri", "pin_env_option", "lab_option", "json_option", "read_input",
+           "write_output", "messages", "print_json", "check_json_output"]
 
 
-def key_uri(text: str, pin_env: str | None) -> KeyUri:
-    """Parse a key URI from the command line, where a PIN must never appear."""
+def key_uri(text: str, pin_env: str | None, lab=None) -> KeyUri:
+    """Parse a key URI from the command line, where a PIN must never appear; with `lab` (the
+    value of --lab), as the lab reaches it."""
     uri = parse_key_uri(text, pin_env=pin_env or os.environ.get("PLEDGEFORGE_PIN_ENV"))
     if isinstance(uri, Pkcs11Uri) and uri.pin_value is not None:
         raise UsageError("pin-value in a command-line URI is visible to every user of this machine; "
                          "use pin-source=file:PATH or --pin-env NAME instead")
-    return uri
+    return lab.reach(uri) if lab is not None else uri
 
 
 def pin_env_option(func):
     return click.option("--pin-env", metavar="NAME", help=PIN_ENV_HELP)(func)
+
+
+def _load_lab(ctx, param, directory):
+    if directory is None:
+        return None
+    from pledgeforge.lab import Lab   # the lab (and its database code) only when asked for
+
+    return Lab.load(directory)
+
+
+def lab_option(func):
+    """`--lab DIR`, passed as `lab` (a Lab or None) for `key_uri`. A token that SoftHSM could
+    not find for want of a configuration is then said to be reachable through --lab too."""
+    @functools.wraps(func)
+    def command(*args, lab, **kwargs):
+        try:
+            return func(*args, lab=lab, **kwargs)
+        except ModuleNotConfiguredError as exc:
+            if lab is not None:
+                raise
+            raise ModuleNotConfiguredError(f"{exc}, or give --lab DIR for a lab's tokens") from None
+
+    return click.option("--lab", metavar="DIR", type=click.Path(file_okay=False), callback=_load_lab,
+                        help=LAB_HELP)(command)
 
 
 def json_option(func=None, *, help: str = JSON_HELP):

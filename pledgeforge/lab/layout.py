@@ -24,18 +24,21 @@
 
 Every key URI of the lab carries the lab's SoftHSM configuration
 (x-module-env=SOFTHSM2_CONF=...), so any process can use the lab's keys beside
-keys of other SoftHSM instances.
+keys of other SoftHSM instances; `reach` completes a URI that names a lab's token
+and nothing more (`pledgeforge keys ... --lab D`).
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 from pledgeforge.atomicfile import atomic_write
 from pledgeforge.errors import EnvironmentFailure
-from pledgeforge.hsm.keyuri import Pkcs11Uri
-from pledgeforge.hsm.softhsm import SoftHsm
+from pledgeforge.hsm.errors import KeyUriError, TokenNotFoundError
+from pledgeforge.hsm.keyuri import KeyUri, Pkcs11Uri
+from pledgeforge.hsm.softhsm import SoftHsm, is_softhsm_module
 
 LAB_FILE = "lab.json"
 HOST = "127.0.0.1"
@@ -91,6 +94,29 @@ class LabLayout:
     def key_uri(self, token: str, obj: str | None) -> Pkcs11Uri:
         """A key of the lab (or with obj None, its token), reached with that token's own PIN."""
         return self.softhsm.token_uri(token, pin_file=self.pin_file(token)).with_object(obj)
+
+    @property
+    def tokens(self) -> dict[str, Path]:
+        """The lab's tokens (one per trust role) and their PIN files, as lab.json lists them."""
+        return {token: Path(pin) for token, pin in self.data.get("softhsm", {}).get("tokens", {}).items()}
+
+    def reach(self, uri: KeyUri) -> KeyUri:
+        """`uri` as the lab reaches it. A pkcs11: URI of SoftHSM that gives no module
+        configuration must name one of the lab's tokens; it gets the lab's SoftHSM
+        configuration and, unless it names its own PIN source, that token's PIN file. Any other
+        URI (a TPM key, a token of another configuration or module) is left as it is."""
+        if not isinstance(uri, Pkcs11Uri) or uri.module_env or not is_softhsm_module(uri.module_path):
+            return uri
+        known = ", ".join(sorted(self.tokens))
+        if uri.token is None:
+            raise KeyUriError(f"name one of the lab's tokens with token=NAME in {uri} ({known})")
+        pin_file = self.tokens.get(uri.token)
+        if pin_file is None:
+            raise TokenNotFoundError(f"the lab in {self.dir} has no token {uri.token!r} (its tokens: {known})")
+        reached = uri.with_module_env(self.softhsm.module_env)
+        if uri.pin_source is None and uri.pin_value is None:
+            reached = replace(reached, pin_source=f"file:{pin_file}")
+        return reached
 
     @property
     def firmware_key_uri(self) -> Pkcs11Uri:

@@ -8,10 +8,13 @@ it the lab checks /proc that the PID still belongs to the server it started
 from __future__ import annotations
 
 import os
+import secrets
 import select
 import signal
 import socket
 from pathlib import Path
+
+from .layout import LabError
 
 STOP_TIMEOUT_S = 10.0
 
@@ -76,11 +79,39 @@ def stop_process(pid: int, timeout: float = STOP_TIMEOUT_S) -> None:
     wait_for_exit(pid, timeout)
 
 
+#: where the lab's ports are chosen from, less the kernel's ephemeral range
+LAB_PORTS = range(10000, 65536)
+_PORT_TRIES = 64
+
+
+def _ephemeral_ports() -> range:
+    """The ports the kernel hands to outgoing connections and to binds on port 0."""
+    try:
+        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        low, high = 32768, 60999
+    return range(low, high + 1)
+
+
 def free_port(host: str) -> int:
-    """A TCP port nobody listens on now (the server binds it later)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    """A TCP port nobody listens on now, for a server that binds it later.
+
+    It is chosen outside the ephemeral range: a port from that range can be
+    taken between now and the server's bind by any outgoing connection on the
+    machine (its source port), which busy test runs and fleets make by the
+    thousand. Outside it, only another listener can take it.
+    """
+    ephemeral = _ephemeral_ports()
+    candidates = [p for p in LAB_PORTS if p not in ephemeral]
+    for _ in range(_PORT_TRIES):
+        port = secrets.choice(candidates)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+            return port
+    raise LabError(f"found no free TCP port on {host} in {_PORT_TRIES} tries")
 
 
 def log_tail(path: Path, lines: int = 25) -> str:
