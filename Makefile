@@ -9,7 +9,7 @@ SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_PACKAGES := softhsm2 swtpm swtpm-tools tpm2-tools libtss2-dev libssl-dev opensc p11-kit \
                 pkg-config gcc python3-dev python3-venv picocom openssl lrzsz jq gnutls-bin
 
-.PHONY: all install system-packages venv ext test demo clean
+.PHONY: all install system-packages venv ext test test-fast demo clean
 
 all: install
 
@@ -46,8 +46,17 @@ install: system-packages $(VENV)/.installed ext
 ext: $(VENV)/.installed
 	@$(PY) setup.py -q build_ext --inplace >/dev/null
 
+# Most tests wait on boards, TPMs and servers rather than compute, so more workers than
+# cores pays; a file stays on one worker because its module fixtures (a lab) are costly.
+TEST_WORKERS ?= 4
+PYTEST := $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
+
 test: install
-	$(PY) -m pytest
+	$(PYTEST)
+
+# The suite without the slow end-to-end tests (boards booting, images flashed, fleets).
+test-fast: install
+	$(PYTEST) -m "not slow"
 
 demo: install
 	$(VENV)/bin/pledgeforge demo

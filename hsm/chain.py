@@ -12,6 +12,7 @@ not the anchor itself, validity of every certificate when asked.
 from __future__ import annotations
 
 import datetime as dt
+import os
 from typing import Iterable, Sequence
 
 from cryptography import x509
@@ -168,3 +169,27 @@ def load_certificate_file(path: str, what: str | None = None) -> list[x509.Certi
     except OSError as exc:
         raise FileAccessError(f"cannot read {what or 'certificate file'} {path}: {exc.strerror}") from None
     return load_certificates(data, f"{what or 'certificate file'} {path}")
+
+
+class CertificateFile:
+    """A certificate file that may be replaced while a server runs (a short-term certificate
+    renewed beside it, written by atomic rename): read again whenever the file changed."""
+
+    def __init__(self, path: str | os.PathLike, what: str | None = None):
+        self.path = str(path)
+        self.what = what
+        self._stamp: tuple | None = None
+        self._certificate: x509.Certificate | None = None
+        self.current()
+
+    def current(self) -> x509.Certificate:
+        try:
+            st = os.stat(self.path)
+        except OSError as exc:
+            raise CertificateError(f"cannot read {self.what or 'certificate'} {self.path}: "
+                                   f"{exc.strerror}") from None
+        stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
+        if stamp != self._stamp:
+            self._certificate = load_certificate_file(self.path, self.what)[0]
+            self._stamp = stamp
+        return self._certificate

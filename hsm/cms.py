@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
+import functools
 import hashlib
 import re
 from dataclasses import dataclass, field
@@ -33,12 +34,12 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from . import verification_profile as profile
-from .asn1_messages import asn1_problem
+from .asn1_messages import asn1_problem, received_encoding
 from .chain import build_chain
 from .errors import (BadSignatureError, CertificateError, CmsError, DigestMismatchError,
                      MalformedCmsError, UnexpectedContentTypeError)
-from .signer import (Padding, SignatureRequest, Signer, SigningSteps, async_signing_function,
-                     signing_function, verify_signature)
+from .signer import (BuildingSigner, Padding, SignatureRequest, Signer, SigningSteps,
+                     async_signing_function, signing_function, verify_signature)
 
 # Content types, digests, signature algorithms and signed attributes are the
 # verification profile's (hsm/verification_profile.py), which the fastpath applies too.
@@ -108,68 +109,187 @@ def signed_data_steps(
     pad: Padding = Padding.PKCS1V15,
     signing_time: dt.datetime | None = None,
 ) -> SigningSteps[bytes]:
-    """DER ContentInfo/SignedData over `content`, the signature made inside `signer`."""
+    """DER ContentInfo/SignedData over `content`, the signature made inside `signer`.
+
+    Everything that depends only on the certificates, the content type and the
+    algorithms is encoded once by asn1crypto and kept (`_template`); per
+    signature only the three signed attributes, the signature and the content
+    are new, and they are framed as DER TLVs around the kept parts. Building
+    the whole structure through asn1crypto objects costs about ten ECDSA
+    signatures in an HSM; a signing service that builds every voucher it signs
+    cannot afford that.
+    """
     ct_oid = CONTENT_TYPES.get(content_type, content_type)
     if ct_oid not in ACCEPTED_CONTENT_TYPES:
         raise ValueError(f"content type must be 'voucher' or 'data', not {content_type!r}")
-    if cert.public_key().public_bytes(serialization.Encoding.DER,
-                                      serialization.PublicFormat.SubjectPublicKeyInfo) \
-            != signer.public_key_der():
-        raise CmsError("the signer certificate does not belong to the signing key")
     hash_name = hash_name or signer.algorithm.default_hash
+    parts = _template(cert, chain, ct_oid, hash_name, pad, signer)
+    if parts.public_key_der != signer.public_key_der():
+        raise CmsError("the signer certificate does not belong to the signing key")
     when = (signing_time or dt.datetime.now(dt.timezone.utc)).replace(microsecond=0)
-    attrs = [
-        cms.CMSAttribute({"type": "content_type", "values": [ct_oid]}),
-        cms.CMSAttribute({"type": "signing_time", "values": [cms.Time({"utc_time": when})
-                                                              if when.year < 2050 else
-                                                              cms.Time({"generalized_time": when})]}),
-        cms.CMSAttribute({"type": "message_digest",
-                          "values": [hashlib.new(hash_name, content).digest()]}),
-    ]
+    attrs = [parts.content_type_attribute, _signing_time_attribute(when),
+             parts.message_digest_head + hashlib.new(hash_name, content).digest()]
     # DER orders SET OF by encoding; verifiers such as OpenSSL re-encode the
     # attributes before checking, so an unsorted set would not verify there.
-    attrs.sort(key=lambda a: a.dump())
-    signed_attrs = cms.CMSAttributes(attrs)
-    signature = yield SignatureRequest(signer, signed_attrs.dump(), hash_name, pad)
+    attrs.sort()
+    signed_attrs = _tlv(0x31, b"".join(attrs))
+    signature = yield SignatureRequest(signer, signed_attrs, hash_name, pad)
 
-    asn1_cert = asn1_x509.Certificate.load(cert.public_bytes(serialization.Encoding.DER))
+    signer_info = _tlv(0x30, b"".join((
+        parts.signer_info_head,
+        b"\xa0" + signed_attrs[1:],          # [0] IMPLICIT SignedAttributes
+        parts.signature_algorithm,
+        _tlv(0x04, signature),
+    )))
+    signed_data = _tlv(0x30, b"".join((
+        parts.signed_data_head,
+        _tlv(0x30, parts.econtent_type + _tlv(0xA0, _tlv(0x04, content))),
+        parts.certificates,
+        _tlv(0x31, signer_info),
+    )))
+    return _tlv(0x30, _CONTENT_INFO_HEAD + _tlv(0xA0, signed_data))
+
+
+ID_SIGNED_DATA = "1.2.840.113549.1.7.2"
+_OID_CONTENT_TYPE = "1.2.840.113549.1.9.3"
+_OID_MESSAGE_DIGEST = "1.2.840.113549.1.9.4"
+_OID_SIGNING_TIME = "1.2.840.113549.1.9.5"
+_VERSION_DER = {"v1": core.Integer(1).dump(), "v3": core.Integer(3).dump()}
+
+
+def _tlv(tag: int, content: bytes) -> bytes:
+    """One DER tag-length-value (definite length, the shortest form)."""
+    n = len(content)
+    if n < 0x80:
+        return bytes((tag, n)) + content
+    size = (n.bit_length() + 7) // 8
+    return bytes((tag, 0x80 | size)) + n.to_bytes(size, "big") + content
+
+
+@functools.lru_cache(maxsize=None)
+def _oid(dotted: str) -> bytes:
+    return core.ObjectIdentifier(dotted).dump()
+
+
+#: ContentInfo's contentType, id-signedData
+_CONTENT_INFO_HEAD = _oid(ID_SIGNED_DATA)
+
+
+@functools.lru_cache(maxsize=4)
+def _signing_time_attribute(when: dt.datetime) -> bytes:
+    """RFC 5652 11.3: UTCTime through 2049, GeneralizedTime after (kept: many SignedData
+    are signed within one second)."""
+    value = core.UTCTime(when) if when.year < 2050 else core.GeneralizedTime(when)
+    return _attribute(_OID_SIGNING_TIME, value.dump())
+
+
+def _attribute(oid: str, value_der: bytes) -> bytes:
+    """Attribute ::= SEQUENCE { attrType OBJECT IDENTIFIER, attrValues SET OF value } (one value)."""
+    return _tlv(0x30, _oid(oid) + _tlv(0x31, value_der))
+
+
+@dataclass(frozen=True)
+class _Template:
+    """What every SignedData of one signer certificate, chain, content type and set of
+    algorithms shares, DER-encoded (with the objects it was made from: see `_template`)."""
+
+    made_from: tuple
+    public_key_der: bytes
+    content_type_attribute: bytes
+    #: the messageDigest attribute up to the digest itself (whose length the hash fixes)
+    message_digest_head: bytes
+    #: SignerInfo's version, sid and digestAlgorithm
+    signer_info_head: bytes
+    signature_algorithm: bytes
+    #: SignedData's version and digestAlgorithms
+    signed_data_head: bytes
+    econtent_type: bytes
+    #: [0] IMPLICIT CertificateSet of the signer's certificate and its chain
+    certificates: bytes
+
+
+_templates: dict[tuple, _Template] = {}
+_MAX_TEMPLATES = 64
+
+
+def _template(cert: x509.Certificate, chain: Sequence[x509.Certificate], ct_oid: str, hash_name: str,
+              pad: Padding, signer: Signer) -> _Template:
+    """The kept parts for these objects, found by their identities.
+
+    Hashing a certificate costs a pass over its DER (about 2 us), more than the
+    rest of a lookup; the template holds the objects it was made from, so while
+    it is kept no other object can have their ids."""
+    key = (id(cert), *map(id, chain), ct_oid, hash_name, pad, type(signer.public_key))
+    parts = _templates.get(key)
+    if parts is None:
+        if len(_templates) >= _MAX_TEMPLATES:
+            _templates.clear()
+        parts = _templates[key] = _make_template(cert, tuple(chain), ct_oid, hash_name, pad, signer)
+    return parts
+
+
+def _make_template(cert: x509.Certificate, chain: tuple[x509.Certificate, ...], ct_oid: str,
+                   hash_name: str, pad: Padding, signer: Signer) -> _Template:
+    public_key_der = cert.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    cert_der = cert.public_bytes(serialization.Encoding.DER)
+    asn1_cert = asn1_x509.Certificate.load(cert_der)
     sid = cms.SignerIdentifier({"issuer_and_serial_number": cms.IssuerAndSerialNumber({
         "issuer": asn1_cert.issuer, "serial_number": asn1_cert.serial_number})})
-    signer_info = cms.SignerInfo({
-        "version": _SIGNER_INFO_VERSION[sid.name],
-        "sid": sid,
-        "digest_algorithm": {"algorithm": hash_name},
-        "signed_attrs": signed_attrs,
-        "signature_algorithm": _signature_algorithm(signer, hash_name, pad),
-        "signature": signature,
-    })
-    certs = [asn1_cert] + [asn1_x509.Certificate.load(c.public_bytes(serialization.Encoding.DER))
-                           for c in chain]
-    signed_data = cms.SignedData({
-        "version": _signed_data_version(ct_oid, [signer_info]),
-        "digest_algorithms": [{"algorithm": hash_name}],
-        "encap_content_info": {"content_type": ct_oid, "content": content},
-        "certificates": certs,
-        "signer_infos": [signer_info],
-    })
-    return cms.ContentInfo({"content_type": "signed_data", "content": signed_data}).dump()
+    # CertificateChoices' certificate alternative is the untagged Certificate;
+    # DER orders the SET OF by encoding.
+    ders = {cert_der, *(c.public_bytes(serialization.Encoding.DER) for c in chain)}
+    digest_algorithm = algos.DigestAlgorithm({"algorithm": hash_name}).dump()
+    digest_size = hashlib.new(hash_name).digest_size
+    message_digest = _attribute(_OID_MESSAGE_DIGEST, _tlv(0x04, bytes(digest_size)))
+    # RFC 5652 5.1 for what we write (certificates only, a version-1 SignerInfo):
+    # version 3 when eContentType is not id-data, else 1.
+    version = "v3" if ct_oid != ID_DATA else "v1"
+    return _Template(
+        made_from=(cert, chain),
+        public_key_der=public_key_der,
+        content_type_attribute=_attribute(_OID_CONTENT_TYPE, _oid(ct_oid)),
+        message_digest_head=message_digest[:-digest_size],
+        signer_info_head=(_VERSION_DER[_SIGNER_INFO_VERSION["issuer_and_serial_number"]] + sid.dump()
+                          + digest_algorithm),
+        signature_algorithm=algos.SignedDigestAlgorithm(_signature_algorithm(signer, hash_name, pad)).dump(),
+        signed_data_head=_VERSION_DER[version] + _tlv(0x31, digest_algorithm),
+        econtent_type=_oid(ct_oid),
+        certificates=_tlv(0xA0, b"".join(sorted(ders))))
 
 
 #: RFC 5652 §5.3: the SignerInfo version follows the form of its sid.
 _SIGNER_INFO_VERSION = {"issuer_and_serial_number": "v1", "subject_key_identifier": "v3"}
 
 
-def _signed_data_version(econtent_type: str, signer_infos: Sequence[cms.SignerInfo]) -> str:
-    """RFC 5652 §5.1 for what we write (certificates only, no CRLs of other formats):
-    3 when eContentType is not id-data or a SignerInfo is version 3, else 1."""
-    if econtent_type != ID_DATA or any(si["version"].native == "v3" for si in signer_infos):
-        return "v3"
-    return "v1"
+_sign_locally = signing_function(signed_data_steps)
+_sign_locally_async = async_signing_function(signed_data_steps)
 
 
-sign_cms = signing_function(signed_data_steps)
-#: sign_cms for servers: the event loop keeps serving while the key signs
-sign_cms_async = async_signing_function(signed_data_steps)
+def sign_cms(content: bytes, signer: Signer, cert: x509.Certificate,
+             chain: Sequence[x509.Certificate] = (), content_type: str = "voucher",
+             hash_name: str | None = None, pad: Padding = Padding.PKCS1V15,
+             signing_time: dt.datetime | None = None) -> bytes:
+    """DER SignedData over `content` (see signed_data_steps).
+
+    A key server's key (a BuildingSigner) builds the SignedData itself, with
+    the certificate, clock and algorithms it holds for the key: it is given
+    the content and its type only.
+    """
+    if isinstance(signer, BuildingSigner):
+        return signer.build_signed_data(content, content_type)
+    return _sign_locally(content, signer, cert, chain, content_type, hash_name, pad, signing_time)
+
+
+async def sign_cms_async(content: bytes, signer: Signer, cert: x509.Certificate,
+                         chain: Sequence[x509.Certificate] = (), content_type: str = "voucher",
+                         hash_name: str | None = None, pad: Padding = Padding.PKCS1V15,
+                         signing_time: dt.datetime | None = None) -> bytes:
+    """sign_cms for servers: the event loop keeps serving while the key signs."""
+    if isinstance(signer, BuildingSigner):
+        return await signer.build_signed_data_async(content, content_type)
+    return await _sign_locally_async(content, signer, cert, chain, content_type, hash_name, pad,
+                                     signing_time)
 
 
 # --------------------------------------------------------------------------- input
@@ -279,7 +399,7 @@ def _parse(der: bytes, extra_certs: Iterable[x509.Certificate]) -> _Parsed:
 
 def _embedded_certificate(choice, number: int) -> x509.Certificate:
     try:
-        return x509.load_der_x509_certificate(choice.chosen.dump())
+        return x509.load_der_x509_certificate(received_encoding(choice.chosen))
     except ValueError as exc:
         raise MalformedCmsError(f"certificate {number} of the SignedData is not a readable "
                                 f"X.509 certificate ({asn1_problem(exc)})") from None

@@ -41,6 +41,10 @@ class UnsupportedAlgorithmError(KeyStoreError):
     """The algorithm is unknown or the key store cannot do it."""
 
 
+class ModuleHostError(KeyStoreError):
+    """The process serving a PKCS#11 module died or hung; the next call starts a new one."""
+
+
 class TpmUnreachableError(KeyStoreError):
     """The TPM (or its TCTI) could not be reached."""
 

@@ -22,6 +22,7 @@ and shortened, so a hostile value cannot break the line) and what is wrong.
 
 from __future__ import annotations
 
+import functools
 import re
 
 from pledgeforge.errors import UsageError
@@ -58,10 +59,18 @@ def _fail(what: str, value: str, problem: str) -> IdentityNameError:
 
 
 def _bad_character(value: str, allowed: re.Pattern, hint: str) -> str | None:
+    if _all_allowed(allowed).fullmatch(value):   # the usual case, in one match
+        return None
     for ch in value:
         if not allowed.fullmatch(ch):
             return f"contains {ch!r}; use {hint}"
     return None
+
+
+@functools.lru_cache(maxsize=None)
+def _all_allowed(allowed: re.Pattern) -> re.Pattern:
+    """A pattern matching a string of characters that each match `allowed` (one character)."""
+    return re.compile(f"(?:{allowed.pattern})*", allowed.flags)
 
 
 def _label_problem(label: str) -> str | None:

@@ -15,11 +15,14 @@ The implementation module (or any object) provides
     list_keys(uri) -> list               dataclasses describing each key
     delete(uri) -> str                   what was deleted, for the user
 
-Built in: `pkcs11:` (RFC 7512, python-pkcs11) and `tpm:` (tpm2-pytss). A
-remote signer or a cloud KMS registers its own scheme the same way. An
-unknown scheme is an error naming the registered ones. `make_key_uri(scheme,
-**attributes)` builds a URI of a registered scheme from its attributes (the
-board key-store drivers name their keys so).
+Built in: `pkcs11:` (RFC 7512, python-pkcs11), `tpm:` (tpm2-pytss) and
+`signer+https:`, a key held by pledgeforge's signing service, whose
+implementation is the service's client (pledgeforge.keyserver.client, loaded
+on first use: nothing here imports the service). A cloud KMS registers its
+own scheme the same way. An unknown scheme is an error naming the
+registered ones. `make_key_uri(scheme, **attributes)` builds a URI of a
+registered scheme from its attributes (the board key-store drivers name
+their keys so).
 """
 
 from __future__ import annotations
@@ -30,7 +33,8 @@ from dataclasses import dataclass
 from typing import Callable
 
 from .errors import KeyUriError, UnsupportedAlgorithmError
-from .keyuri import KeyUri, Pkcs11Uri, TpmUri, parse_pkcs11_uri, parse_tpm_uri
+from .keyuri import (KeyUri, Pkcs11Uri, SignerUri, TpmUri, parse_pkcs11_uri, parse_signer_uri,
+                     parse_tpm_uri)
 from .signer import KeyAlgorithm, OtherKeyAlgorithm, Signer, algorithm_named
 
 #: parse(text after "scheme:", pin_env) -> KeyUri
@@ -153,7 +157,10 @@ def _load(module: str) -> Callable[[], object]:
 
 register_backend("pkcs11", parse_pkcs11_uri, _load("pkcs11_backend"), Pkcs11Uri)
 register_backend("tpm", parse_tpm_uri, _load("tpm_backend"), TpmUri)
+register_backend("signer+https", parse_signer_uri,
+                 lambda: importlib.import_module("pledgeforge.keyserver.client"), SignerUri)
 
 
 __all__ = ["register_backend", "unregister_backend", "schemes", "algorithms", "parse_key_uri", "make_key_uri",
-           "open_signer", "generate_key", "list_keys", "delete_key", "KeyUri", "Pkcs11Uri", "TpmUri"]
+           "open_signer", "generate_key", "list_keys", "delete_key", "KeyUri", "Pkcs11Uri", "TpmUri",
+           "SignerUri"]

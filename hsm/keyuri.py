@@ -1,7 +1,8 @@
-"""Key URIs: RFC 7512 `pkcs11:` and pledgeforge's `tpm:`.
+"""Key URIs: RFC 7512 `pkcs11:`, pledgeforge's `tpm:` and the signing service's `signer+https:`.
 
     pkcs11:token=mfg;object=idevid-ca?module-name=softhsm2&x-module-env=SOFTHSM2_CONF=/lab/softhsm2.conf&pin-source=file:/run/pin
     tpm:handle=0x81020000?tcti=swtpm:host=127.0.0.1,port=2321
+    signer+https://signer.example:9443/keys/masa?client-cert=/etc/masa/signer-client.crt&client-key=/etc/masa/signer-client.key&ca=/etc/masa/signer-ca.crt
 
 PINs come from `pin-value`, `pin-source=file:PATH` or `pin-source=env:NAME` in
 the URI, or from an environment variable named in configuration. The PIN is
@@ -176,6 +177,80 @@ class TpmUri(KeyUri):
         if self.hierarchy != "endorsement":
             query.append(f"hierarchy={self.hierarchy}")
         return f"tpm:{path}?" + "&".join(query)
+
+
+@dataclass(frozen=True)
+class SignerUri(KeyUri):
+    """A key held by a pledgeforge signing service (`pledgeforge signer serve`), reached over
+    mutual TLS with the client's certificate and key (PEM files) and the CA the service's
+    TLS certificate must chain to. The key itself never leaves the service."""
+
+    host: str
+    port: int
+    key: str
+    client_cert: str
+    client_key: str
+    ca: str
+    timeout_s: float = 30.0
+
+    scheme = "signer+https"
+
+    @property
+    def origin(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"https://{host}:{self.port}"
+
+    @property
+    def path(self) -> str:
+        return f"/keys/{quote(self.key, safe='')}"
+
+    def __str__(self) -> str:
+        query = "&".join(f"{name}={quote(value, safe='/:')}" for name, value in (
+            ("client-cert", self.client_cert), ("client-key", self.client_key), ("ca", self.ca)))
+        if self.timeout_s != 30.0:
+            query += f"&timeout={self.timeout_s:g}"
+        return f"signer+{self.origin}{self.path}?{query}"
+
+
+_SIGNER_QUERY_ATTRS = {"client-cert", "client-key", "ca", "timeout"}
+
+
+def parse_signer_uri(rest: str, pin_env: str | None = None) -> SignerUri:
+    """A `signer+https:` URI, given what follows `signer+https:` (the service holds the PINs)."""
+    from urllib.parse import urlsplit
+
+    example = "signer+https://HOST:PORT/keys/NAME?client-cert=PATH&client-key=PATH&ca=PATH"
+    try:
+        parts = urlsplit("https:" + rest)
+        port = parts.port
+    except ValueError as exc:
+        raise KeyUriError(f"signer+https URI is malformed ({exc}); expected {example}") from None
+    if not parts.hostname or port is None:
+        raise KeyUriError(f"signer+https URI needs a host and a port: {example}")
+    segments = parts.path.split("/")
+    if len(segments) != 3 or segments[:2] != ["", "keys"] or not segments[2]:
+        raise KeyUriError(f"signer+https URI path must be /keys/NAME, not {parts.path!r}: {example}")
+    q = _split_attrs(parts.query, "&", "signer+https query")
+    unknown = set(q) - _SIGNER_QUERY_ATTRS
+    if unknown:
+        raise KeyUriError(f"unknown signer+https query attribute(s): {', '.join(sorted(unknown))} "
+                          f"(known: {', '.join(sorted(_SIGNER_QUERY_ATTRS))})")
+    for name in ("client-cert", "client-key", "ca"):
+        if not q.get(name):
+            raise KeyUriError(f"signer+https URI lacks {name}=PATH: {example}")
+        if not os.path.isabs(q[name]):
+            raise KeyUriError(f"signer+https {name} must be an absolute path, not {q[name]!r}")
+    timeout = 30.0
+    if "timeout" in q:
+        try:
+            timeout = float(q["timeout"])
+        except ValueError:
+            timeout = 0.0
+        if not 0 < timeout <= 3600:
+            raise KeyUriError(f"signer+https timeout {q['timeout']!r} must be seconds between 0 and 3600")
+    return SignerUri(host=parts.hostname, port=port, key=unquote(segments[2]),
+                     client_cert=q["client-cert"], client_key=q["client-key"], ca=q["ca"],
+                     timeout_s=timeout)
 
 
 def parse_key_uri(text: str, *, pin_env: str | None = None) -> KeyUri:

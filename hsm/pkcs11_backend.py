@@ -11,11 +11,12 @@ instance reads its environment once. So:
 - otherwise it is loaded in a module host: a child process started with that
   environment, reached over a socket pair (`pkcs11_host.HostedModule`).
 
-Both answer the same operations (public_key, key_attributes, sign, generate,
-list_keys, delete) on plain values, so `Pkcs11Signer` does not know which
-one it has. One process can thus use two SoftHSM configurations, and the process
-environment is never changed. The host costs one round trip per signature
-(benchmarks/pkcs11_sign_rate.py measures it).
+Both answer the same operations (public_key, key_attributes, sign, sign_many,
+generate, list_keys, delete) on plain values, so `Pkcs11Signer` does not know
+which one it has. One process can thus use two SoftHSM configurations, and the
+process environment is never changed. The host costs one round trip per call
+(benchmarks/pkcs11_sign_rate.py measures it), so `sign_many` signs a batch of
+digests in one, under one hold of the token store's lock.
 
 python-pkcs11 calls C_Initialize without locking arguments, so SoftHSM2 runs
 unlocked and two threads inside one module crash the process. Every call on
@@ -67,6 +68,11 @@ _PSS_PARAMS = {
     "sha384": (Mechanism.SHA384, MGF.SHA384, 48),
     "sha512": (Mechanism.SHA512, MGF.SHA512, 64),
 }
+
+#: what a token answers about a session it no longer has (closed or invalidated
+#: under us, the token removed); a fresh session is worth one more try
+_SESSION_LOST = (p11err.SessionHandleInvalid, p11err.SessionClosed, p11err.ObjectHandleInvalid,
+                 p11err.KeyHandleInvalid, p11err.DeviceRemoved, p11err.TokenNotPresent)
 
 #: tries at reading a token that another process is rewriting, ~1 s in all
 _TOKEN_READ_ATTEMPTS = 8
@@ -284,7 +290,10 @@ class LocalModule:
         cached = self.sessions.pop(token, None)
         self._keys = {k: v for k, v in self._keys.items() if k[0] != token}
         if cached is not None:
-            cached[0].close()
+            try:
+                cached[0].close()
+            except p11err.PKCS11Error:
+                pass  # already gone on the token's side: what we are cleaning up after
 
     def _private_key(self, token: str, pin: str | None, label: str | None,
                      key_id: bytes | None) -> tuple[object, KeyType]:
@@ -336,22 +345,43 @@ class LocalModule:
     def sign(self, token: str, pin: str | None, label: str | None, key_id: bytes | None,
              dgst: bytes, hash_name: str, pad: str) -> bytes:
         """A signature over a digest: DER ECDSA-Sig-Value, or the RSA signature bytes."""
+        return self.sign_many(token, pin, label, key_id, [dgst], hash_name, pad)[0]
+
+    def sign_many(self, token: str, pin: str | None, label: str | None, key_id: bytes | None,
+                  digests: list[bytes], hash_name: str, pad: str) -> list[bytes]:
+        """A signature over each digest, in order (one module-host round trip for all of them).
+
+        A session the token no longer knows (closed or invalidated under us, the
+        token removed and put back) is dropped and the batch tried once more on a
+        freshly opened and logged-in session; a second failure is reported.
+        """
         with self.exclusive():
-            priv, key_type = self._private_key(token, pin, label, key_id)
-            try:
-                if key_type == KeyType.EC:
-                    # SoftHSM2 has no CKM_ECDSA_SHA256: hash first, sign with CKM_ECDSA.
-                    return ecdsa_raw_to_der(priv.sign(dgst, mechanism=Mechanism.ECDSA))
-                if pad == Padding.PSS.value:
-                    return priv.sign(dgst, mechanism=Mechanism.RSA_PKCS_PSS,
-                                     mechanism_param=_PSS_PARAMS[hash_name])
-                return priv.sign(_DIGEST_INFO[hash_name] + dgst, mechanism=Mechanism.RSA_PKCS)
-            except p11err.MechanismInvalid:
-                raise UnsupportedAlgorithmError(
-                    f"token {token!r} cannot sign with {key_type.name}/{hash_name}/{pad}") from None
-            except p11err.PKCS11Error as exc:
-                raise KeyStoreError(f"signing with {_key_name(token, label, key_id)} failed: "
-                                    f"{type(exc).__name__}") from None
+            for attempt in (1, 2):
+                priv, key_type = self._private_key(token, pin, label, key_id)
+                try:
+                    return [self._sign_one(priv, key_type, dgst, hash_name, pad) for dgst in digests]
+                except _SESSION_LOST as exc:
+                    self._drop_session(token)
+                    if attempt == 2:
+                        raise KeyStoreError(f"signing with {_key_name(token, label, key_id)} failed "
+                                            f"twice: {type(exc).__name__}") from None
+                except p11err.MechanismInvalid:
+                    raise UnsupportedAlgorithmError(
+                        f"token {token!r} cannot sign with {key_type.name}/{hash_name}/{pad}") from None
+                except p11err.PKCS11Error as exc:
+                    raise KeyStoreError(f"signing with {_key_name(token, label, key_id)} failed: "
+                                        f"{type(exc).__name__}") from None
+        raise AssertionError("unreachable")
+
+    @staticmethod
+    def _sign_one(priv, key_type: KeyType, dgst: bytes, hash_name: str, pad: str) -> bytes:
+        if key_type == KeyType.EC:
+            # SoftHSM2 has no CKM_ECDSA_SHA256: hash first, sign with CKM_ECDSA.
+            return ecdsa_raw_to_der(priv.sign(dgst, mechanism=Mechanism.ECDSA))
+        if pad == Padding.PSS.value:
+            return priv.sign(dgst, mechanism=Mechanism.RSA_PKCS_PSS,
+                             mechanism_param=_PSS_PARAMS[hash_name])
+        return priv.sign(_DIGEST_INFO[hash_name] + dgst, mechanism=Mechanism.RSA_PKCS)
 
     def generate(self, token: str, pin: str | None, label: str, key_id: bytes | None,
                  algorithm: str) -> bytes:

@@ -14,11 +14,11 @@ The protocol is one request, one answer, each a length-prefixed frame
     answer    ("ok", result) | ("error", exception class name, message)
 
 with the operations of LocalModule: public_key, key_attributes, sign,
-generate, list_keys, delete. The first frame the host sends is ("ok",
-module description) once the module is loaded, or the error that stopped
-it. Both ends are the same Python (sys.executable), so marshal's format
-always matches. PINs travel in the frames only: never on a command line, in
-the environment or in a log.
+sign_many, generate, list_keys, delete. The first frame the host sends is
+("ok", module description) once the module is loaded, or the error that
+stopped it. Both ends are the same Python (sys.executable), so marshal's
+format always matches. PINs travel in the frames only: never on a command
+line, in the environment or in a log.
 
 The host serves one request at a time; the parent holds one lock per host.
 It exits when the parent closes its end (or dies): EOF on the socket.
@@ -39,7 +39,7 @@ from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.connection import Connection
 
 from . import errors
-from .errors import KeyStoreError
+from .errors import KeyStoreError, ModuleHostError
 
 #: how long loading a module may take, and one operation (RSA-4096 generation
 #: on a slow token is the longest): beyond that the host is taken for hung
@@ -48,7 +48,7 @@ CALL_TIMEOUT_S = 300.0
 STOP_TIMEOUT_S = 5.0
 MAX_FRAME = 1 << 20
 
-OPERATIONS = ("public_key", "key_attributes", "sign", "generate", "list_keys", "delete")
+OPERATIONS = ("public_key", "key_attributes", "sign", "sign_many", "generate", "list_keys", "delete")
 
 
 def _error_class(name: str) -> type[KeyStoreError]:
@@ -82,6 +82,9 @@ class HostedModule:
 
     def sign(self, token, pin, label, key_id, dgst, hash_name, pad) -> bytes:
         return self._call("sign", token, pin, label, key_id, dgst, hash_name, pad)
+
+    def sign_many(self, token, pin, label, key_id, digests, hash_name, pad) -> list[bytes]:
+        return self._call("sign_many", token, pin, label, key_id, list(digests), hash_name, pad)
 
     def generate(self, token, pin, label, key_id, algorithm) -> bytes:
         return self._call("generate", token, pin, label, key_id, algorithm)
@@ -131,11 +134,11 @@ class HostedModule:
                 return marshal.loads(self._conn.recv_bytes(MAX_FRAME))
         except (OSError, EOFError):
             self._stop()
-            raise KeyStoreError(f"the module host of {self.path} exited during {what} "
-                                f"({self._exit_status()}); the next call starts a new one") from None
+            raise ModuleHostError(f"the module host of {self.path} exited during {what} "
+                                  f"({self._exit_status()}); the next call starts a new one") from None
         self._stop()
-        raise KeyStoreError(f"the PKCS#11 module {self.path} did not answer within {timeout:g} s "
-                            f"({what}); its host was stopped")
+        raise ModuleHostError(f"the PKCS#11 module {self.path} did not answer within {timeout:g} s "
+                              f"({what}); its host was stopped")
 
     @staticmethod
     def _result(answer):

@@ -17,13 +17,14 @@ point.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import enum
 import functools
 import hashlib
 from abc import ABC, abstractmethod
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import Awaitable, Callable, Generator, TypeVar
+from typing import Awaitable, Callable, Generator, Sequence, TypeVar
 
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
@@ -323,6 +324,51 @@ class Signer(ABC):
 
     def __exit__(self, *exc):
         self.close()
+
+
+class BuildingSigner(Signer):
+    """A key behind a key server that builds what it signs (the keyless mode of IETF LURK).
+
+    Such a server signs no digest of unknown meaning: it is given the content
+    of a SignedData (a voucher, a voucher-request), a CSR with the profile of
+    the certificate wanted, or the entries of a CRL, checks them against its
+    policy, builds the object with its own certificate and clock, and returns
+    it. `cms.sign_cms`, `x509.issue_from_csr` and `x509.issue_crl_async` (and
+    the async forms) hand such a signer the whole object; `sign_digest` stays
+    for what the server grants as raw signing.
+    """
+
+    @abstractmethod
+    def build_signed_data(self, content: bytes, content_type: str) -> bytes:
+        """DER ContentInfo/SignedData over `content`, built and signed by the key server."""
+
+    @abstractmethod
+    def build_certificate(self, csr, *, days: int, extended_key_usage: Sequence[str],
+                          dns_names: Sequence[str], crl_urls: Sequence[str] = ()):
+        """The certificate the key server issues for `csr` (a cryptography CSR) with that profile;
+        extended_key_usage as dotted OIDs, crl_urls its CRL distribution point."""
+
+    @abstractmethod
+    def build_crl(self, revoked: Sequence[tuple], *, number: int, validity: dt.timedelta):
+        """The CRL of the key server's CA certificate listing `revoked` ((certificate serial,
+        revocation time, cryptography ReasonFlags or None) each), with cRLNumber `number`,
+        valid for `validity` from the key server's clock."""
+
+    async def build_signed_data_async(self, content: bytes, content_type: str) -> bytes:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, self.build_signed_data, content, content_type)
+
+    async def build_certificate_async(self, csr, *, days: int, extended_key_usage: Sequence[str],
+                                      dns_names: Sequence[str], crl_urls: Sequence[str] = ()):
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, functools.partial(
+            self.build_certificate, csr, days=days, extended_key_usage=extended_key_usage,
+            dns_names=dns_names, crl_urls=crl_urls))
+
+    async def build_crl_async(self, revoked: Sequence[tuple], *, number: int, validity: dt.timedelta):
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, functools.partial(
+            self.build_crl, revoked, number=number, validity=validity))
 
 
 class SoftwareSigner(Signer):

@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
+import functools
 import json
 import re
 from dataclasses import dataclass, field, replace
@@ -63,6 +64,8 @@ _DATE_RE = re.compile(
 
 #: Vouchers and status reports are two or three levels deep; extensions get some room.
 MAX_JSON_DEPTH = 32
+#: json.dumps(..., separators=(",", ":")), made once
+_COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))
 
 
 def parse_json(data: bytes | str, what: str) -> Any:
@@ -75,14 +78,14 @@ def parse_json(data: bytes | str, what: str) -> Any:
         raise VoucherError(f"{what} is nested deeper than {MAX_JSON_DEPTH} levels") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise VoucherError(f"{what} is not valid JSON: {exc}") from None
-    pending = [(obj, 1)]
+    # Only containers are walked: a batch of vouchers is mostly strings.
+    pending = [(obj, 1)] if isinstance(obj, (dict, list)) else []
     while pending:
         value, depth = pending.pop()
-        if isinstance(value, (dict, list)):
-            if depth > MAX_JSON_DEPTH:
-                raise VoucherError(f"{what} is nested deeper than {MAX_JSON_DEPTH} levels")
-            pending.extend((child, depth + 1) for child in (value.values() if isinstance(value, dict)
-                                                            else value))
+        if depth > MAX_JSON_DEPTH:
+            raise VoucherError(f"{what} is nested deeper than {MAX_JSON_DEPTH} levels")
+        pending.extend((child, depth + 1) for child in (value.values() if isinstance(value, dict) else value)
+                       if isinstance(child, (dict, list)))
     return obj
 
 
@@ -90,6 +93,13 @@ def parse_date(text: str, leaf: str = "date") -> dt.datetime:
     """RFC 3339 date-and-time (YANG ietf-yang-types) to an aware datetime."""
     if not isinstance(text, str):
         raise VoucherError(f"{leaf} must be a date-and-time string, not {type(text).__name__}")
+    return _date_of(text, leaf)
+
+
+# Dates repeat (the vouchers of a batch are created within one second), and
+# both directions return immutable values: each is worked out once.
+@functools.lru_cache(maxsize=1024)
+def _date_of(text: str, leaf: str) -> dt.datetime:
     m = _DATE_RE.match(text)
     if not m:
         raise VoucherError(f"{leaf} {text!r} is not an RFC 3339 date-and-time")
@@ -108,15 +118,22 @@ def parse_date(text: str, leaf: str = "date") -> dt.datetime:
         raise VoucherError(f"{leaf} {text!r} is not a valid date: {exc}") from None
 
 
+@functools.lru_cache(maxsize=1024)
 def format_date(value: dt.datetime) -> str:
-    value = value.astimezone(dt.timezone.utc)
-    return value.strftime("%Y-%m-%dT%H:%M:%S") + f".{value.microsecond // 1000:03d}Z"
+    v = value.astimezone(dt.timezone.utc)
+    return (f"{v.year:04d}-{v.month:02d}-{v.day:02d}T{v.hour:02d}:{v.minute:02d}:{v.second:02d}"
+            f".{v.microsecond // 1000:03d}Z")
 
 
 def decode_binary(text: Any, leaf: str) -> bytes:
     """YANG binary is base64; base64url (seen in published nonces) is accepted too."""
     if not isinstance(text, str):
         raise VoucherError(f"{leaf} must be a base64 string, not {type(text).__name__}")
+    try:
+        # Canonical base64 (what nearly everyone sends) needs no preparing.
+        return binascii.a2b_base64(text, strict_mode=True)
+    except (binascii.Error, ValueError):
+        pass
     compact = "".join(text.split())
     padded = compact + "=" * (-len(compact) % 4)
     try:
@@ -240,14 +257,14 @@ class Voucher:
             elif attr == "nonce" and self._nonce_text_fits():
                 body[name] = self.nonce_text
             elif kind == "binary":
-                body[name] = base64.b64encode(value).decode("ascii")
+                body[name] = binascii.b2a_base64(value, newline=False).decode("ascii")
             else:
                 body[name] = value
         body.update(self.extensions)
         return {self.top_key: body}
 
     def to_json(self) -> bytes:
-        return json.dumps(self.to_dict(), separators=(",", ":")).encode()
+        return _COMPACT_JSON.encode(self.to_dict()).encode()
 
     def _nonce_text_fits(self) -> bool:
         """Whether nonce_text still spells the nonce (a replace() may have changed the bytes)."""

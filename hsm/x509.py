@@ -30,8 +30,8 @@ from cryptography.x509.oid import NameOID, ObjectIdentifier
 from .asn1_messages import asn1_problem
 from .errors import CertificateError
 from .identity_names import check_dns_name, check_serial_number
-from .signer import (Padding, SignatureRequest, Signer, SigningSteps, async_signing_function,
-                     hash_algorithm, run_signing, signing_function)
+from .signer import (BuildingSigner, Padding, SignatureRequest, Signer, SigningSteps,
+                     async_signing_function, hash_algorithm, run_signing, signing_function)
 
 ID_PE_MASA_URL = ObjectIdentifier("1.3.6.1.5.5.7.1.32")
 ID_ON_HARDWARE_MODULE_NAME = ObjectIdentifier("1.3.6.1.5.5.7.8.4")
@@ -293,6 +293,54 @@ issue_certificate = signing_function(issued_certificate_steps)
 issue_certificate_async = async_signing_function(issued_certificate_steps)
 
 
+def crl_distribution_points(crl_urls: Sequence[str]) -> list[tuple[x509.ExtensionType, bool]]:
+    """The cRLDistributionPoints extension naming `crl_urls` (none when there are none), as
+    `issued_certificate_steps(extra_extensions=...)` takes it."""
+    if not crl_urls:
+        return []
+    return [(x509.CRLDistributionPoints([x509.DistributionPoint(
+        [x509.UniformResourceIdentifier(url) for url in crl_urls], None, None, None)]), False)]
+
+
+def _csr_profile(csr: x509.CertificateSigningRequest, days: int,
+                 extended_key_usage: Sequence[ObjectIdentifier], dns_names: Sequence[str],
+                 crl_urls: Sequence[str]) -> dict:
+    check_csr(csr)
+    return dict(days=days, extended_key_usage=list(extended_key_usage), dns_names=list(dns_names),
+                extra_extensions=crl_distribution_points(crl_urls))
+
+
+def issue_from_csr(ca_signer: Signer, ca_cert: x509.Certificate, csr: x509.CertificateSigningRequest,
+                   *, days: int = 825, extended_key_usage: Sequence[ObjectIdentifier] = (),
+                   dns_names: Sequence[str] = (), crl_urls: Sequence[str] = ()) -> x509.Certificate:
+    """A certificate for the key and subject of `csr`, once the CSR proves possession of its key
+    (`crl_urls`: where relying parties find the CA's CRL).
+
+    A key server's CA key (a BuildingSigner) is given the CSR and the profile,
+    and checks and builds the certificate itself.
+    """
+    profile = _csr_profile(csr, days, extended_key_usage, dns_names, crl_urls)
+    if isinstance(ca_signer, BuildingSigner):
+        return ca_signer.build_certificate(
+            csr, days=days, extended_key_usage=[o.dotted_string for o in extended_key_usage],
+            dns_names=list(dns_names), crl_urls=list(crl_urls))
+    return issue_certificate(ca_signer, ca_cert, csr.public_key(), csr.subject, **profile)
+
+
+async def issue_from_csr_async(ca_signer: Signer, ca_cert: x509.Certificate,
+                               csr: x509.CertificateSigningRequest, *, days: int = 825,
+                               extended_key_usage: Sequence[ObjectIdentifier] = (),
+                               dns_names: Sequence[str] = (),
+                               crl_urls: Sequence[str] = ()) -> x509.Certificate:
+    """issue_from_csr for servers: the event loop keeps serving while the CA key signs."""
+    profile = _csr_profile(csr, days, extended_key_usage, dns_names, crl_urls)
+    if isinstance(ca_signer, BuildingSigner):
+        return await ca_signer.build_certificate_async(
+            csr, days=days, extended_key_usage=[o.dotted_string for o in extended_key_usage],
+            dns_names=list(dns_names), crl_urls=list(crl_urls))
+    return await issue_certificate_async(ca_signer, ca_cert, csr.public_key(), csr.subject, **profile)
+
+
 def revocation_list_steps(
     ca_signer: Signer,
     ca_cert: x509.Certificate,
@@ -331,8 +379,23 @@ def revocation_list_steps(
     return x509.load_der_x509_crl(final.dump())
 
 
-#: a CRL signed in the HSM, for servers: the event loop keeps serving meanwhile
-issue_crl_async = async_signing_function(revocation_list_steps)
+_issue_crl_locally_async = async_signing_function(revocation_list_steps)
+
+
+async def issue_crl_async(ca_signer: Signer, ca_cert: x509.Certificate,
+                          revoked: Iterable[tuple[int, dt.datetime, x509.ReasonFlags | None]], *,
+                          number: int, this_update: dt.datetime,
+                          next_update: dt.datetime) -> x509.CertificateRevocationList:
+    """A CRL signed in the HSM, for servers: the event loop keeps serving meanwhile.
+
+    A key server's CA key (a BuildingSigner) is given the entries and the CRL
+    number and builds the CRL itself, on its own clock, for as long as
+    `next_update - this_update`."""
+    if isinstance(ca_signer, BuildingSigner):
+        return await ca_signer.build_crl_async(list(revoked), number=number,
+                                               validity=next_update - this_update)
+    return await _issue_crl_locally_async(ca_signer, ca_cert, revoked, number=number,
+                                          this_update=this_update, next_update=next_update)
 
 
 def issue_idevid(

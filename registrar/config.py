@@ -577,3 +577,14 @@ def write_config(config: MasaConfig | RegistrarConfig, comment: str | None = Non
         text = "".join(f"# {line}\n" for line in comment.splitlines()) + "\n" + text
     atomic_write(config.path, text.encode())
     return config.path
+
+
+# The readers and writers other pledgeforge servers use for their own files (the signing
+# service's), so that every configuration mistake is reported, and every file written, the
+# same way.
+Table = _Table
+read_toml = _read
+read_server_settings = _server
+read_database_url = _database_url
+server_document = _server_document
+key_uri_text = _key_uri_text

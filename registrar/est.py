@@ -58,7 +58,7 @@ from pledgeforge.hsm.identity_names import IdentityNameError, check_dns_name
 from pledgeforge.hsm.keystore import open_signer
 from pledgeforge.hsm.wellknown import (CERTS_ONLY_MEDIA_TYPE, CSRATTRS_MEDIA_TYPE, EST_PATH, PKCS7_MEDIA_TYPE,
                                        PKCS10_MEDIA_TYPE)
-from pledgeforge.hsm.x509 import check_csr, issue_certificate_async, load_csr, parse_dn, to_pem
+from pledgeforge.hsm.x509 import check_csr, issue_from_csr_async, load_csr, parse_dn, to_pem
 
 from .brski import require_serial
 from .config import CsrAttrsSettings, EstSettings
@@ -188,9 +188,6 @@ class EstServer:
         self.ca_signer = open_signer(settings.ca_key_uri)
         self.ca_cert = load_certificate_file(str(settings.ca_cert), "EST CA certificate")[0]
         self.ca_chain = load_certificate_files(settings.ca_chain, "EST CA chain")
-        self._crl_distribution = [] if not settings.crl_url else [(x509.CRLDistributionPoints([
-            x509.DistributionPoint([x509.UniformResourceIdentifier(settings.crl_url)], None, None, None)]),
-            False)]
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_get(f"{EST_PATH}/cacerts", self.cacerts)
@@ -268,11 +265,12 @@ class EstServer:
 
     async def _issue(self, client: Client, kind: str, csr: x509.CertificateSigningRequest,
                      dns_names: list[str]) -> x509.Certificate:
-        """Sign in the HSM, then record the LDevID and who asked for it."""
-        cert = await issue_certificate_async(
-            self.ca_signer, self.ca_cert, csr.public_key(), csr.subject,
-            days=self.settings.certificate_days, extended_key_usage=[ExtendedKeyUsageOID.CLIENT_AUTH],
-            dns_names=dns_names, extra_extensions=self._crl_distribution)
+        """Sign in the HSM (or have the signing service build it), then record the LDevID and
+        who asked for it."""
+        cert = await issue_from_csr_async(
+            self.ca_signer, self.ca_cert, csr, days=self.settings.certificate_days,
+            extended_key_usage=[ExtendedKeyUsageOID.CLIENT_AUTH], dns_names=dns_names,
+            crl_urls=[self.settings.crl_url] if self.settings.crl_url else [])
         asked = client.certificate
         self.store.record_ldevid(
             client.serial, kind, to_pem(cert).decode(), cert.serial_number, cert.subject.rfc4514_string(),

@@ -26,6 +26,15 @@ class Limit:
     burst: int
 
 
+def take(tokens: float, at: float, now: float, limit: Limit, count: int = 1) -> tuple[float, float]:
+    """A bucket that held `tokens` at time `at`, refilled until `now`, after taking `count`:
+    (tokens left, 0.0) when it held them, else (tokens, seconds until it will) with nothing taken."""
+    tokens = min(float(limit.burst), tokens + max(0.0, now - at) * limit.rate_per_s)
+    if tokens >= count:
+        return tokens - count, 0.0
+    return tokens, (count - tokens) / limit.rate_per_s
+
+
 class TokenBuckets:
     def __init__(self, limit: Limit, capacity: int):
         if limit.rate_per_s <= 0 or limit.burst < 1 or capacity < 1:
@@ -41,22 +50,22 @@ class TokenBuckets:
         """Take a token for `key` at monotonic time `now`: 0.0 when there was one,
         otherwise the seconds until there will be one (nothing is taken then)."""
         tokens, at = self._buckets.pop(key, (float(self.limit.burst), now))
-        tokens = min(float(self.limit.burst), tokens + max(0.0, now - at) * self.limit.rate_per_s)
-        wait = 0.0
-        if tokens >= 1.0:
-            tokens -= 1.0
-        else:
-            wait = (1.0 - tokens) / self.limit.rate_per_s
+        tokens, wait = take(tokens, at, now, self.limit)
         self._buckets[key] = (tokens, now)
         while len(self._buckets) > self.capacity:
             self._buckets.popitem(last=False)
         return wait
 
 
+def too_many(who: str, wait: float) -> Refusal:
+    """429 with a Retry-After in whole seconds (RFC 6585)."""
+    seconds = max(1, math.ceil(wait))
+    return Refusal(429, f"too many requests from {who}; retry after {seconds} s",
+                   {"Retry-After": str(seconds)})
+
+
 def charge(buckets: TokenBuckets, key: Hashable, who: str, now: float) -> None:
-    """Take a token for `key`, or refuse with 429 and a Retry-After in whole seconds (RFC 6585)."""
+    """Take a token for `key`, or refuse with 429 and a Retry-After."""
     wait = buckets.take(key, now)
     if wait > 0:
-        seconds = max(1, math.ceil(wait))
-        raise Refusal(429, f"too many requests from {who}; retry after {seconds} s",
-                      {"Retry-After": str(seconds)})
+        raise too_many(who, wait)

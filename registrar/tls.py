@@ -31,9 +31,10 @@ def _pem_bundle(paths: Iterable[Path]) -> str:
 
 
 def server_context(cert_chain: Path, key: Path, *, client_auth: str = "none",
-                   client_cas: Iterable[Path] = ()) -> ssl.SSLContext:
+                   client_cas: Iterable[Path] = (),
+                   context_class: type[ssl.SSLContext] = ssl.SSLContext) -> ssl.SSLContext:
     """A TLS 1.2/1.3 server context; `client_auth` is required, optional or none."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context = context_class(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     try:
         context.load_cert_chain(str(cert_chain), str(key))

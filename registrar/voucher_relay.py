@@ -13,7 +13,7 @@ import asyncio
 from aiohttp import web
 from cryptography import x509
 
-from pledgeforge.hsm.chain import load_certificate_file, load_certificate_files
+from pledgeforge.hsm.chain import CertificateFile, load_certificate_files
 from pledgeforge.hsm.keystore import open_signer
 from pledgeforge.hsm.wellknown import VOUCHER_MEDIA_TYPE
 
@@ -30,7 +30,9 @@ class VoucherRelay:
     def __init__(self, config: RegistrarConfig, stop: asyncio.Event):
         self.config = config
         self.signer = open_signer(config.signer.key_uri)
-        self.signer_cert = load_certificate_file(str(config.signer.cert), "registrar signing certificate")[0]
+        # Read again when the file changes: a short-term certificate is renewed beside
+        # the running registrar (pledgeforge signer renew).
+        self.signer_cert = CertificateFile(config.signer.cert, "registrar signing certificate")
         self.signer_chain = load_certificate_files(config.signer.chain, "registrar signing chain")
         self.manufacturer_cas = load_certificate_files(config.manufacturer_cas, "manufacturer CA")
         self.tls_cert: x509.Certificate = leaf_certificate(config.server.tls_cert)
@@ -55,7 +57,8 @@ class VoucherRelay:
 
     async def voucher_for(self, pledge: PledgeRequest) -> bytes:
         """Sign a registrar voucher-request around the pledge's and get the MASA's voucher."""
-        request = await registrar_voucher_request(pledge, self.signer, self.signer_cert, self.signer_chain)
+        request = await registrar_voucher_request(pledge, self.signer, self.signer_cert.current(),
+                                                  self.signer_chain)
         url = self.masa.base_url(pledge.idevid) + "/requestvoucher"
         body, content_type = await self.masa.post(url, request)
         if content_type != VOUCHER_MEDIA_TYPE:

@@ -133,6 +133,7 @@ while True:
 """
 
 
+@pytest.mark.slow
 def test_power_cut_at_arbitrary_points_of_writes_keeps_the_last_good_state(tmp_path):
     rng = random.Random(8366)
     acknowledged = 0

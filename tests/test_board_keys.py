@@ -26,6 +26,8 @@ from pledgeforge.hsm import keystore
 from pledgeforge.hsm.keyuri import SOFTHSM2_MODULE
 from pledgeforge.lab.manufacture import LabManufacturing
 
+pytestmark = pytest.mark.slow
+
 # No boot delays: these tests wait for the prompt, not for a countdown.
 GATEWAY = load_profile("gateway-tpm").with_timings(autoboot_seconds=0, firmware_seconds=0)
 MCU = load_profile("mcu-se").with_timings(autoboot_seconds=0, firmware_seconds=0)

@@ -10,8 +10,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from boardrunner import BoardProcess
 from clirunner import PLEDGEFORGE
+
+pytestmark = pytest.mark.slow
 
 LABGRID_DIR = Path(__file__).parent / "labgrid"
 

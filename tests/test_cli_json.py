@@ -20,6 +20,7 @@ NO_JSON = {
     "keys public": "prints the public key (PEM): the output is the data",
     "masa serve": "a server: it logs and reports nothing on stdout",
     "registrar serve": "a server: it logs and reports nothing on stdout",
+    "signer serve": "a server: it logs and reports nothing on stdout",
 }
 # Where each --json output goes through jq.
 JQ_CHECKED = {
@@ -32,6 +33,9 @@ JQ_CHECKED = {
     "lab up", "lab status", "lab down",         # test_lab.py
     "demo",                                     # test_demo.py
     "fleet run",                                # test_fleet.py
+    "signer check",                             # test_signer_policy.py
+    "signer audit verify", "signer audit show",  # test_signer_service.py
+    "signer renew",                             # test_signer_lab.py
 }
 
 

@@ -73,6 +73,32 @@ def test_chain_certificates_are_included_and_used(token):
     assert verify_cms(without_chain, [root], extra_certs=[inter]).content == CONTENT
 
 
+@pytest.mark.parametrize("algorithm,pad", [(KeyAlgorithm.EC_P256, Padding.PKCS1V15),
+                                           (KeyAlgorithm.RSA_2048, Padding.PSS)])
+@pytest.mark.parametrize("content_type", ["voucher", "data"])
+@pytest.mark.parametrize("size", [1, 300, 70_000])
+def test_signed_data_is_the_der_asn1crypto_writes(algorithm, pad, content_type, size):
+    """The builder frames precomputed parts by hand: asn1crypto, re-encoding every value
+    from what it parsed, must write the very same bytes (definite lengths, sorted SETs,
+    the versions and signing-time type of RFC 5652)."""
+    ca = SoftwareSigner.generate(KeyAlgorithm.EC_P256)
+    ca_cert = hx509.make_ca(ca, "CN=Unit CA")
+    key = SoftwareSigner.generate(algorithm)
+    cert = hx509.issue_certificate(ca, ca_cert, key.public_key, "CN=Unit signer")
+    content = b"v" * size
+    for when in (dt.datetime(2030, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc),
+                 dt.datetime(2051, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc)):
+        der = sign_cms(content, key, cert, [ca_cert], content_type=content_type, pad=pad,
+                       signing_time=when)
+        info = acms.ContentInfo.load(der)
+        assert info.dump(force=True) == der
+        signer_info = info["content"]["signer_infos"][0]
+        times = [a["values"][0] for a in signer_info["signed_attrs"] if a["type"].native == "signing_time"]
+        assert times[0].name == ("utc_time" if when.year < 2050 else "generalized_time")
+        assert times[0].native == when
+        assert verify_cms(der, [ca_cert], check_time=False).content == content
+
+
 # ----------------------------------------------------------------- failures, each with its name
 
 @pytest.fixture(scope="module")

@@ -7,11 +7,15 @@ import shlex
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from clirunner import jq, openssl, run_cli
 from pledgeforge.boards.profile import load_profile
 from pledgeforge.demo import BoardConsole, summary_text
 from pledgeforge.lab import stop_process
 from pledgeforge.bench import run
+
+pytestmark = pytest.mark.slow
 
 
 def _alive(pid: int) -> bool:

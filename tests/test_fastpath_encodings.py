@@ -154,6 +154,20 @@ def test_nesting_in_an_unread_field_up_to_the_limit(vectors, anchors, extra):
     assert results == [Result.OK, Result.OK, Result.MALFORMED, Result.MALFORMED]
 
 
+def test_a_carried_certificate_of_length_128_plus_256k_reads_as_received(anchors, extra):
+    """A certificate whose definite length header ends in 0x80 (here 30 82 02 80), carried
+    but not on the path (the parboiled request's copy of the owner's root): asn1crypto
+    takes such a header for an indefinite length and re-encodes the certificate, which
+    fails on a domainComponent that is not an IA5String. Both verifiers read it as
+    received and accept the request."""
+    tree = parse((APPC / "parboiled_vr_00-D0-E5-F2-00-02.der").read_bytes())
+    root_copy = _signed_data(tree).body[3].body[1]
+    domain_component = next(n for n in walk(root_copy) if n.tag == 0x16 and n.body == b"sandelman")
+    domain_component.body, domain_component.header = nested(10, encode(domain_component)), "raw"
+    assert encode(root_copy)[:4] == b"\x30\x82\x02\x80"
+    assert _both([encode(tree)], anchors, extra) == [Result.OK]
+
+
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_any_element_reencoded_agrees(data, vectors, anchors, extra):

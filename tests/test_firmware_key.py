@@ -16,6 +16,8 @@ from clirunner import run_cli, smpmgr
 from pledgeforge.boards.image_signing import firmware_payload
 from pledgeforge.boards.profile import load_profile
 
+pytestmark = pytest.mark.slow
+
 # profile, the slot smpmgr uploads to (a single-slot board takes its image in slot 0)
 SHIPPED = [("mcu-se", 1), ("gateway-tpm", 1), ("legacy-rsa", 0)]
 
@@ -32,7 +34,7 @@ def generate(token, name: str, public_pem: Path | None = None) -> Path | None:
 def sign(tmp_path: Path, key_uri: str, env: dict, profile: str, version: str) -> Path:
     """`pledgeforge image sign` as the README has it, with the key in a SoftHSM token."""
     app = tmp_path / f"{profile}-{version}.bin"
-    app.write_bytes(firmware_payload(profile, version, 64 * 1024))
+    app.write_bytes(firmware_payload(profile, version, 16 * 1024))
     out = tmp_path / f"{profile}-{version}.signed.bin"
     signed = run_cli("image", "sign", "--key", key_uri, "--version", version, "--in", app,
                      "--out", out, "--profile", profile, env=env)

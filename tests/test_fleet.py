@@ -30,6 +30,7 @@ from pledgeforge.registrar.config import MasaRateLimits, load_config
 from pledgeforge.registrar.rate_limit import Limit, TokenBuckets
 
 
+@pytest.mark.slow
 def test_a_mixed_fleet_of_50_on_both_key_stores_enrolls_and_every_ldevid_chains_to_the_owner_ca(lab):
     result = run_cli("fleet", "run", "--lab", lab.dir, "--count", "50", "--concurrency", "8",
                      "--flow", "mixed", "--keystore", "mixed", "--json", timeout=900)

@@ -1,5 +1,6 @@
 """Dependencies point one way: boards run firmware apps and know nothing of the lab, the
-firmware knows no board, and no package's modules import each other in a circle.
+firmware knows no board, the signing service knows neither nor the lab, and no package's
+modules import each other in a circle.
 
 Read from the source (every import statement, those inside functions too), so an
 import that would only happen at run time is caught as well.
@@ -16,7 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 #: folder -> the package it is (pyproject's package-dir)
 PACKAGES = {"pledgeforge": "pledgeforge", "hsm": "pledgeforge.hsm", "firmware": "pledgeforge.firmware",
             "boards": "pledgeforge.boards", "registrar": "pledgeforge.registrar",
-            "fastpath": "pledgeforge.fastpath"}
+            "fastpath": "pledgeforge.fastpath", "keyserver": "pledgeforge.keyserver"}
 
 
 def _modules() -> dict[str, Path]:
@@ -86,7 +87,8 @@ def _in(package: str) -> set[str]:
     return {m for m in MODULES if m == package or m.startswith(package + ".")}
 
 
-@pytest.mark.parametrize("package", ["pledgeforge.boards", "pledgeforge.lab", "pledgeforge.firmware"])
+@pytest.mark.parametrize("package", ["pledgeforge.boards", "pledgeforge.lab", "pledgeforge.firmware",
+                                     "pledgeforge.keyserver"])
 def test_no_package_imports_itself_in_a_circle(package):
     assert _cycle(_in(package)) is None
 
@@ -97,9 +99,12 @@ def test_no_package_imports_itself_in_a_circle(package):
     ("pledgeforge.firmware", ["pledgeforge.boards", "pledgeforge.lab", "pledgeforge.registrar",
                               "pledgeforge.commands"]),
     ("pledgeforge.hsm", ["pledgeforge.firmware", "pledgeforge.boards", "pledgeforge.lab",
-                         "pledgeforge.registrar", "pledgeforge.commands"]),
+                         "pledgeforge.registrar", "pledgeforge.commands", "pledgeforge.keyserver"]),
     ("pledgeforge.registrar", ["pledgeforge.firmware", "pledgeforge.boards", "pledgeforge.lab",
-                               "pledgeforge.commands"]),
+                               "pledgeforge.commands", "pledgeforge.keyserver"]),
+    # The signing service serves keys to the registrar side; the lab and the CLI start it.
+    ("pledgeforge.keyserver", ["pledgeforge.firmware", "pledgeforge.boards", "pledgeforge.lab",
+                               "pledgeforge.commands", "pledgeforge.cli"]),
 ])
 def test_dependencies_point_one_way(package, forbidden):
     wrong = sorted(f"{module} imports {target}" for module in _in(package) for target in GRAPH[module]

@@ -46,11 +46,12 @@ def pkcs11_tool(hsm: SoftHsm, label: str, *args: str) -> str:
 # --------------------------------------------------------------------------- the registry
 
 def test_unknown_scheme_is_refused_naming_the_registered_ones():
-    for bad in ("kms:projects/p/keys/k", "signer+https://signer.example/k"):
+    for bad in ("kms:projects/p/keys/k", "vault+https://vault.example/k"):
         with pytest.raises(KeyUriError) as info:
             keystore.open_signer(bad)
         assert "pkcs11:" in str(info.value) and "tpm:" in str(info.value)
-    assert {"pkcs11", "tpm"} <= set(keystore.schemes())
+        assert "signer+https:" in str(info.value)
+    assert {"pkcs11", "tpm", "signer+https"} <= set(keystore.schemes())
 
 
 @dataclass(frozen=True)

@@ -82,6 +82,7 @@ def cut_power(lab, serial: str, at_state: str) -> list[str]:
 
 # --------------------------------------------------------------------------- bootstrap again
 
+@pytest.mark.slow
 @pytest.mark.parametrize("keystore", ["pkcs11", "tpm"])
 def test_bootstrap_again_after_power_cuts_keeps_the_key_store_the_same_size(lab, keystore):
     serial = new_serial("PC")

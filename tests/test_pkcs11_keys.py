@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import subprocess
+import sys
 import threading
 
 import pytest
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, utils
 
 from pledgeforge.hsm import keystore
 from pledgeforge.hsm.errors import (KeyExistsError, KeyNotFoundError, KeyUriError, PinError,
@@ -123,3 +126,61 @@ def test_two_threads_signing_on_one_token_do_not_crash(token):
         t.join(timeout=120)
     assert not errors and len(results) == 400
     assert all(verify_signature(signer.public_key, s, b"m", "sha256") for s in results[:10])
+
+
+def _signed(signer, signature: bytes, dgst: bytes) -> bool:
+    """Whether `signature` is the signer's ECDSA signature over the SHA-256 digest `dgst`."""
+    try:
+        signer.public_key.verify(signature, dgst, ec.ECDSA(utils.Prehashed(hashes.SHA256())))
+    except Exception:
+        return False
+    return True
+
+
+def test_sign_many_signs_each_digest_in_order(token):
+    signer = keystore.generate_key(token.uri("batch"), "ec-p256")
+    digests = [bytes([i]) * 32 for i in range(20)]
+    signatures = signer._module.sign_many(token.label, token.pin, "batch", None, digests, "sha256",
+                                          "pkcs1v15")
+    assert len(signatures) == len(digests)
+    assert all(_signed(signer, sig, dgst) for dgst, sig in zip(digests, signatures))
+    assert not _signed(signer, signatures[0], digests[1])
+
+
+def test_a_token_removed_and_put_back_gets_a_new_session(token):
+    """SoftHSM2 keeps a token in a directory of its own: moving it away is pulling the
+    token out; the signer says so, and signs again once the token is back."""
+    signer = keystore.generate_key(token.uri("removable"), "ec-p256")
+    assert _signed(signer, signer.sign_digest(b"\x01" * 32), b"\x01" * 32)
+    mine = next(d for d in token.hsm.token_dir.iterdir()    # beside them: the store's lock file
+                if d.is_dir() and token.label.encode() in (d / "token.object").read_bytes())
+    away = token.hsm.state_dir / f"removed-{token.label}"
+    mine.rename(away)
+    try:
+        with pytest.raises(TokenNotFoundError):
+            signer.sign_digest(b"\x02" * 32)
+    finally:
+        away.rename(mine)
+    assert _signed(signer, signer.sign_digest(b"\x03" * 32), b"\x03" * 32)
+
+
+CLOSED_SESSION_SCRIPT = """
+import sys
+from pledgeforge.hsm import keystore
+signer = keystore.open_signer(sys.argv[1])
+assert signer.in_process  # this process has the token's SOFTHSM2_CONF
+signer.sign_digest(bytes(32))
+session, _ = signer._module.sessions[sys.argv[2]]
+session.close()           # C_CloseSession behind the signer's back
+print(signer.sign_digest(bytes(32)).hex())
+"""
+
+
+def test_a_session_closed_under_the_signer_is_reopened(token):
+    signer = keystore.generate_key(token.uri("reopen"), "ec-p256")
+    # In a process whose environment names this SoftHSM, so the module runs in it.
+    out = subprocess.run([sys.executable, "-c", CLOSED_SESSION_SCRIPT, token.uri_text("reopen"),
+                          token.label], env=token.hsm.env(), capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert _signed(signer, bytes.fromhex(out.stdout.strip()), bytes(32))

@@ -12,7 +12,11 @@ import json
 import secrets
 import subprocess
 
+import pytest
+
 from clirunner import PLEDGEFORGE, openssl
+
+pytestmark = pytest.mark.slow
 
 PLEDGES = 32
 

@@ -26,6 +26,8 @@ from pledgeforge.boards.profile import load_profile
 from pledgeforge.hsm.keystore import generate_key
 from pledgeforge.bench import run
 
+pytestmark = pytest.mark.slow
+
 MCU = load_profile("mcu-se")
 PROMPT = MCU.console.prompt
 
@@ -49,7 +51,7 @@ class Bench:
         slots = ImageSlots(self.state, load_profile(self.profile).image)
         slots.install_factory_image(self.sign("1.0.0").read_bytes())
 
-    def sign(self, version: str, size: int = 64 * 1024) -> Path:
+    def sign(self, version: str, size: int = 16 * 1024) -> Path:
         app = self.tmp / f"app-{version}.bin"
         app.write_bytes(firmware_payload("mcu-se", version, size))
         out = self.tmp / f"app-{version}.signed.bin"
@@ -174,7 +176,7 @@ async def image_versions(port: str) -> list[tuple[int, str]]:
 
 
 def test_power_off_during_an_upload_boots_the_last_good_image(bench):
-    image = bench.sign("1.2.0", size=300 * 1024).read_bytes()
+    image = bench.sign("1.2.0", size=64 * 1024).read_bytes()
     with bench.board() as board:
         port = board.console_path
         firmware_version(board)

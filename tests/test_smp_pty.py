@@ -24,6 +24,8 @@ from pledgeforge.boards.profile import ImageConfig
 from pledgeforge.hsm.keystore import generate_key
 from smp_pty import PtySmpConsole
 
+pytestmark = pytest.mark.slow
+
 
 
 

@@ -41,6 +41,8 @@ COMMANDS = {
     "demo": CommandEntry("demo", "demo",
                          "Bring up a lab, start a TPM board (redirect flow) and a PKCS#11 board (est-domain "
                          "flow), drive their consoles through boot, login and `bootstrap`, and summarise."),
+    "signer": CommandEntry("signer", "signer",
+                           "The signing service: registrar-side keys behind a key server that builds what it signs."),
 }
 
 

@@ -20,12 +20,17 @@ def lab() -> None:
 @DIR_OPTION
 @click.option("--timeout", type=click.FloatRange(min=1), default=60, show_default=True,
               help="seconds to wait for the servers to answer")
+@click.option("--signer", type=click.Choice(["keyless", "short-term"]), is_flag=False,
+              flag_value="keyless", default=None,
+              help="put every registrar-side key behind a signing service the lab starts (chosen "
+                   "when the lab is created); short-term: the owner registrar keeps its own key "
+                   "under a short-term certificate the service renews")
 @JSON_OPTION
-def up(directory, timeout, as_json):
+def up(directory, timeout, signer, as_json):
     """Create (first time) or reuse the lab and start its servers."""
     from pledgeforge.lab import Lab
 
-    the_lab, report = Lab.up(directory, timeout_s=timeout)
+    the_lab, report = Lab.up(directory, timeout_s=timeout, signer=signer)
     if as_json:
         print_json(({"created": report.created, "started": report.started,
                                "already_running": report.already_running, **the_lab.status()}))
@@ -68,3 +73,10 @@ def status(directory, as_json):
         word = "answering" if info["answering"] else "running, not answering" if info["running"] else "stopped"
         pid = f"pid {info['pid']}" if info["pid"] else "no pid"
         click.echo(f"  {role:6} {word:22} {pid:11} {info['url']}")
+        if "keys" in info:   # a signing service
+            click.echo(f"  {'':6} holds the keys {', '.join(info['keys'])} ({info['mode']})")
+        renewal = info.get("renewal")
+        if renewal:
+            process = f"pid {renewal['pid']}" if renewal["running"] else "not running"
+            click.echo(f"  {'':6} owner registrar node certificate valid until {renewal['valid_until']}, "
+                       f"renewal process {process}")

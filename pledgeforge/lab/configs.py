@@ -71,6 +71,8 @@ def server_configs(lab: LabLayout) -> list[MasaConfig | RegistrarConfig]:
 _TITLES = {"masa": "MASA", "cloud": "cloud registrar", "owner": "owner registrar and EST server"}
 
 
-def write_configs(lab: LabLayout) -> None:
-    for config in server_configs(lab):
+def write_configs(lab: LabLayout, configs: list[MasaConfig | RegistrarConfig] | None = None) -> None:
+    """Write the servers' configurations: `server_configs(lab)`, or these (a lab whose keys are
+    behind its signing service writes them with the service's key URIs)."""
+    for config in server_configs(lab) if configs is None else configs:
         write_config(config, f"The lab's {_TITLES[config.role]} (written by `pledgeforge lab up`).")

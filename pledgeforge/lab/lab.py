@@ -13,6 +13,7 @@ the tests; each of its jobs is a module of its own:
     pki.py         tokens and PINs, CA and signer keys, certificates, TLS files
     configs.py     the servers' configuration files
     servers.py     starting, probing and stopping the servers
+    signing_service.py  `lab up --signer`: the registrar-side keys behind a signing service
     processes.py   process control under them
     databases.py   what the servers know: owners, pledges, the cloud registrar's answers
     pledges.py     provisioning pledges (`provision_pledge`)
@@ -35,7 +36,7 @@ from cryptography import x509
 from pledgeforge.hsm.x509 import to_pem
 from pledgeforge.registrar.db import CloudStore, MasaStore, OwnerStore
 
-from . import pki, servers
+from . import pki, servers, signing_service
 from .configs import write_configs
 from .databases import OWNER_NAME, LabDatabases
 from .layout import HOST, LAB_FILE, SUBDIRECTORIES, LabError, LabLayout
@@ -73,20 +74,25 @@ class Lab(LabLayout):
         return cls(directory, data)
 
     @classmethod
-    def up(cls, directory: str | os.PathLike, timeout_s: float = START_TIMEOUT_S) -> tuple["Lab", UpReport]:
-        """Create the lab if needed, start what is not running, return once all answer."""
+    def up(cls, directory: str | os.PathLike, timeout_s: float = START_TIMEOUT_S,
+           signer: str | None = None) -> tuple["Lab", UpReport]:
+        """Create the lab if needed, start what is not running, return once all answer.
+
+        signer: "keyless" or "short-term" puts the registrar-side keys behind a signing
+        service (signing_service.py); chosen when the lab is created."""
         directory = Path(directory).expanduser().resolve()
         report = UpReport()
         if (directory / LAB_FILE).exists():
             lab = cls.load(directory)
+            signing_service.check_mode(lab, signer)
         else:
-            lab = cls._create(directory)
+            lab = cls._create(directory, signer)
             report.created = True
         servers.start(lab, report, timeout_s)
         return lab, report
 
     @classmethod
-    def _create(cls, directory: Path) -> "Lab":
+    def _create(cls, directory: Path, signer: str | None = None) -> "Lab":
         for sub in SUBDIRECTORIES:
             (directory / sub).mkdir(parents=True, exist_ok=True)
         data = {
@@ -118,6 +124,8 @@ class Lab(LabLayout):
         for role in ROLES:
             data["servers"][role].update(config=str(lab.config_path(role)), log=str(lab.log_path(role)),
                                          database=lab.database_url(role))
+        if signer is not None:
+            signing_service.add(lab, signer)
         lab.save()
         return lab
 

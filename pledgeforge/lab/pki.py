@@ -74,15 +74,15 @@ def create_pki(lab: LabLayout) -> x509.Certificate:
     (directory / "secrets").chmod(0o700)
     lab.softhsm.ensure()
     for token in TOKENS:
-        lab.softhsm.ensure_token(token, ensure_pin(lab.pin_file(token)), ensure_pin(lab.so_pin_file(token)))
+        ensure_token(lab, token)
 
-    mfg = _ensure_key(lab.key_uri("manufacturer", "manufacturer-ca"))
-    web = _ensure_key(lab.key_uri("web", "web-ca"))
-    masa = _ensure_key(lab.key_uri("masa", "voucher-signer"))
-    owner_ca = _ensure_key(lab.key_uri("owner", "owner-ca"))
-    registrar = _ensure_key(lab.key_uri("registrar", "registrar-signer"))
-    cloud = _ensure_key(lab.key_uri("cloud", "registrar-signer"))
-    firmware = _ensure_key(lab.firmware_key_uri)
+    mfg = ensure_key(lab.key_uri("manufacturer", "manufacturer-ca"))
+    web = ensure_key(lab.key_uri("web", "web-ca"))
+    masa = ensure_key(lab.key_uri("masa", "voucher-signer"))
+    owner_ca = ensure_key(lab.key_uri("owner", "owner-ca"))
+    registrar = ensure_key(lab.key_uri("registrar", "registrar-signer"))
+    cloud = ensure_key(lab.key_uri("cloud", "registrar-signer"))
+    firmware = ensure_key(lab.firmware_key_uri)
     atomic_write(lab.firmware_key_pem_path, firmware.public_key_pem())
 
     mfg_cert = _ensure_certificate(lab.pki("manufacturer-ca"), mfg.public_key, lambda: make_ca(
@@ -103,22 +103,27 @@ def create_pki(lab: LabLayout) -> x509.Certificate:
 
     names = dict(dns_names=["localhost"], ip_addresses=[HOST])
     server = [ExtendedKeyUsageOID.SERVER_AUTH]
-    _ensure_tls(lab, "masa", lambda pub: issue_certificate(
+    ensure_tls(lab, "masa", lambda pub: issue_certificate(
         web, web_cert, pub, "CN=localhost,O=pledgeforge lab MASA", key_usage="tls",
         extended_key_usage=server, **names))
-    _ensure_tls(lab, "cloud", lambda pub: issue_certificate(
+    ensure_tls(lab, "cloud", lambda pub: issue_certificate(
         web, web_cert, pub, "CN=localhost,O=pledgeforge lab cloud registrar", key_usage="tls",
         extended_key_usage=server, **names))
-    _ensure_tls(lab, "registrar", lambda pub: issue_certificate(
+    ensure_tls(lab, "registrar", lambda pub: issue_certificate(
         owner_ca, owner_cert, pub, "CN=localhost,O=pledgeforge lab owner registrar", key_usage="tls",
         extended_key_usage=[ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH, ID_KP_CMC_RA],
         **names))
     # The lab's health probe: the cloud registrar wants a manufacturer-issued client certificate.
-    _ensure_tls(lab, "probe", lambda pub: issue_idevid_certificate(mfg, mfg_cert, pub, "lab-probe"))
+    ensure_tls(lab, "probe", lambda pub: issue_idevid_certificate(mfg, mfg_cert, pub, "lab-probe"))
     return owner_cert
 
 
-def _ensure_key(uri: Pkcs11Uri, algorithm: str = "ec-p256") -> Signer:
+def ensure_token(lab: LabLayout, token: str) -> None:
+    """A token of the lab's SoftHSM with a user PIN and an SO PIN of its own."""
+    lab.softhsm.ensure_token(token, ensure_pin(lab.pin_file(token)), ensure_pin(lab.so_pin_file(token)))
+
+
+def ensure_key(uri: Pkcs11Uri, algorithm: str = "ec-p256") -> Signer:
     try:
         return keystores.open_signer(uri)
     except KeyNotFoundError:
@@ -136,8 +141,9 @@ def _ensure_certificate(path: Path, public_key, make) -> x509.Certificate:
     return cert
 
 
-def _ensure_tls(lab: LabLayout, name: str, make_cert) -> None:
-    """A software TLS key (TLS keys may be files) and its certificate."""
+def ensure_tls(lab: LabLayout, name: str, make_cert) -> None:
+    """A software TLS key (TLS keys may be files) and its certificate (tls/NAME.crt, .key),
+    made by `make_cert(public_key)`."""
     cert_path, key_path = lab.tls_files(name)
     if key_path.exists():
         key = serialization.load_pem_private_key(key_path.read_bytes(), None)

@@ -4,9 +4,12 @@ Each server runs as a detached `python -m MODULE --config FILE` process on
 loopback, in a session of its own (it outlives `lab up` and ignores its
 terminal), logging to logs/ROLE.log. It counts as started once it answers its
 health check over TLS. The servers a lab runs are the roles in lab.json's
-"servers"; what each role runs is its `ServerKind`, so another server (a
-signing service, say) joins the lab by registering its kind and being listed
-there.
+"servers"; what each role runs is its `ServerKind`, so another server (the
+signing service, signing_service.py) joins the lab by registering its kind
+and being listed there. A kind of an earlier stage is started, and answers,
+before the others start (the others open their keys through the signing
+service); a kind may also act once it answers, before it is stopped, and add
+to what `lab status` shows of it.
 """
 
 from __future__ import annotations
@@ -19,7 +22,9 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
+from pledgeforge.errors import PledgeforgeError
 # Not from registrar.web, which would import aiohttp into every process that uses a lab.
 from pledgeforge.hsm.wellknown import HEALTH_PATH
 
@@ -37,6 +42,17 @@ class ServerKind:
     #: the certificate in pki/ that its TLS server certificate chains to
     tls_anchor: str
     module: str = "pledgeforge.registrar.server"
+    #: the TLS client identity (tls/NAME.crt and .key) its health check presents; None: none
+    #: (the cloud registrar wants a manufacturer-issued one, which another server may refuse)
+    probe_identity: str | None = "probe"
+    #: servers of an earlier stage are started, and answer, before the next stage starts
+    stage: int = 1
+    #: called once it answers (or is found running), before the next stage starts
+    on_started: Callable[[LabLayout], None] | None = None
+    #: called before it is stopped; returns the names of the other processes it stopped
+    on_stopping: Callable[[LabLayout, float], list[str]] | None = None
+    #: what `lab status` shows of it besides its process
+    describe: Callable[[LabLayout], dict] | None = None
 
     def argv(self, config: Path) -> list[str]:
         return [sys.executable, "-m", self.module, "--config", str(config)]
@@ -64,9 +80,11 @@ class UpReport:
 
 
 def roles(lab: LabLayout) -> list[str]:
-    """The lab's servers: the standard ones first, then any other listed in lab.json."""
+    """The lab's servers in the order they start: by stage, within one the standard ones
+    first, then any other listed in lab.json."""
     listed = lab.data["servers"]
-    return [r for r in ROLES if r in listed] + sorted(r for r in listed if r not in ROLES)
+    ordered = [r for r in ROLES if r in listed] + sorted(r for r in listed if r not in ROLES)
+    return sorted(ordered, key=lambda role: _kind(role).stage)
 
 
 def _kind(role: str) -> ServerKind:
@@ -82,24 +100,30 @@ def alive(lab: LabLayout, role: str) -> bool:
 
 
 def start(lab: LabLayout, report: UpReport, timeout_s: float = START_TIMEOUT_S) -> None:
-    """Start every server that is not running; return once all answer (or stop those started)."""
-    pending: dict[str, subprocess.Popen] = {}
-    for role in roles(lab):
-        if alive(lab, role):
-            report.already_running.append(role)
-            continue
-        pending[role] = _spawn(lab, role)
-        lab.data["servers"][role]["pid"] = pending[role].pid
-    try:
-        _wait_answering(lab, pending, timeout_s)
-    except LabError:
-        for role, proc in pending.items():
-            stop_process(proc.pid)
-            lab.data["servers"][role]["pid"] = None
+    """Start every server that is not running, stage by stage; return once all answer (or stop
+    those started, if one does not)."""
+    for stage in sorted({_kind(role).stage for role in roles(lab)}):
+        members = [role for role in roles(lab) if _kind(role).stage == stage]
+        pending: dict[str, subprocess.Popen] = {}
+        for role in members:
+            if alive(lab, role):
+                report.already_running.append(role)
+                continue
+            pending[role] = _spawn(lab, role)
+            lab.data["servers"][role]["pid"] = pending[role].pid
+        try:
+            _wait_answering(lab, pending, timeout_s)
+            for role in members:
+                if _kind(role).on_started is not None:
+                    _kind(role).on_started(lab)
+        except PledgeforgeError:
+            for role, proc in pending.items():
+                stop_process(proc.pid)
+                lab.data["servers"][role]["pid"] = None
+            lab.save()
+            raise
+        report.started += list(pending)
         lab.save()
-        raise
-    report.started = list(pending)
-    lab.save()
 
 
 def _spawn(lab: LabLayout, role: str) -> subprocess.Popen:
@@ -149,10 +173,11 @@ def _wait_answering(lab: LabLayout, pending: dict[str, subprocess.Popen], timeou
 def probe(lab: LabLayout, role: str, timeout: float = 2.0) -> str | None:
     """None when the server answers its health check over TLS; else what went wrong."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.load_verify_locations(cafile=str(lab.pki(_kind(role).tls_anchor)))
-    # The cloud registrar wants a manufacturer-issued client certificate.
-    cert, key = lab.tls_files("probe")
-    context.load_cert_chain(str(cert), str(key))
+    kind = _kind(role)
+    context.load_verify_locations(cafile=str(lab.pki(kind.tls_anchor)))
+    if kind.probe_identity is not None:
+        cert, key = lab.tls_files(kind.probe_identity)
+        context.load_cert_chain(str(cert), str(key))
     conn = http.client.HTTPSConnection(HOST, lab.port(role), context=context, timeout=timeout)
     try:
         conn.request("GET", HEALTH_PATH)
@@ -172,7 +197,9 @@ def probe(lab: LabLayout, role: str, timeout: float = 2.0) -> str | None:
 def stop(lab: LabLayout, timeout_s: float = STOP_TIMEOUT_S) -> list[str]:
     """Stop the running servers; return which were stopped."""
     stopped = []
-    for role in roles(lab):
+    for role in sorted(roles(lab), key=lambda r: -_kind(r).stage):   # what others use goes last
+        if _kind(role).on_stopping is not None:
+            stopped += _kind(role).on_stopping(lab, timeout_s)
         if alive(lab, role):
             stop_process(lab.pid(role), timeout_s)
             stopped.append(role)
@@ -194,5 +221,7 @@ def status(lab: LabLayout) -> dict:
             "log": str(lab.log_path(role)),
             "config": str(lab.config_path(role)),
         }
+        if _kind(role).describe is not None:
+            servers[role].update(_kind(role).describe(lab))
     return {"dir": str(lab.dir), "servers": servers, "trust_anchors": lab.data["trust_anchors"],
             "firmware_signing": lab.data.get("firmware_signing")}
