@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from cryptography.x509 import verification
-from tlslite import HandshakeSettings, TLSConnection
+from tlslite import HandshakeSettings
 from tlslite.constants import AlertDescription
 from tlslite.errors import TLSAlert, TLSError, TLSRemoteAlert
 
@@ -34,6 +34,7 @@ from pledgeforge.errors import PledgeforgeError
 from pledgeforge.hsm.signer import Signer, SignatureSpec
 
 from .tls_keys import preferred_signature_hashes, tls_certificate_chain, tls_private_key
+from .tls_native import TLSConnection
 
 DEFAULT_HTTPS_PORT = 443
 
@@ -372,6 +373,8 @@ class TlsConnection:
         self.client_signature = client_signature
         self.version = _VERSION_NAMES.get(tuple(tls.version), str(tls.version))
         self.cipher = tls.getCipherName()
+        #: who seals the records: "cryptography" (tls_native.py) for the AEAD suites
+        self.cipher_implementation = tls.getCipherImplementation()
         self._closed = False
 
     @property
@@ -459,6 +462,10 @@ def _handshake_settings(signer: Signer) -> HandshakeSettings:
     settings.maxVersion = (3, 4)
     # tlslite would send RFC 8879 CompressedCertificate, which OpenSSL servers reject.
     settings.certificate_compression_send = []
+    # One TLS 1.3 key share, X25519 (done by OpenSSL, tls_native.py), rather than tlslite's
+    # default of P-256 too, whose share python-ecdsa would make. A server without X25519
+    # asks for another group with a HelloRetryRequest.
+    settings.keyShares = ["x25519"]
     hashes = preferred_signature_hashes(signer)
     settings.ecdsaSigHashes = list(hashes)
     settings.rsaSigHashes = list(hashes)

@@ -25,7 +25,8 @@ from dataclasses import dataclass
 
 import ecdsa.curves
 from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric import ec, rsa, utils
 from cryptography.hazmat.primitives.serialization import Encoding
 from tlslite import X509, X509CertChain
 from tlslite.utils.python_ecdsakey import Python_ECDSAKey
@@ -33,7 +34,7 @@ from tlslite.utils.python_rsakey import Python_RSAKey
 from tlslite.utils.rsakey import RSAKey
 
 from pledgeforge.hsm.errors import UnsupportedAlgorithmError
-from pledgeforge.hsm.signer import KeyAlgorithm, Padding, Signer, SignatureSpec, digest
+from pledgeforge.hsm.signer import KeyAlgorithm, Padding, Signer, SignatureSpec, digest, hash_algorithm
 
 # python-ecdsa curve objects, as tlslite names them when it parses a certificate.
 _CURVES = {
@@ -88,6 +89,21 @@ class SignerECDSAKey(Python_ECDSAKey):
 
     def _hashAndSign(self, data, hAlg):
         return self._sign(digest(bytes(data), hAlg), hAlg)
+
+    def _verify(self, signature, hash_bytes):
+        # tlslite checks every signature it makes before sending it. The public key is the
+        # Signer's `cryptography` key, which checks it in OpenSSL rather than in python-ecdsa
+        # (a millisecond of each handshake). A digest cut to the curve size (TLS 1.2) is
+        # checked as the hash of its length, as _sign signed it.
+        hash_name = _HASH_BY_DIGEST_SIZE.get(len(hash_bytes))
+        if hash_name is None:
+            return False
+        try:
+            self.signer.public_key.verify(bytes(signature), bytes(hash_bytes),
+                                          ec.ECDSA(utils.Prehashed(hash_algorithm(hash_name))))
+        except InvalidSignature:
+            return False
+        return True
 
 
 class SignerRSAKey(Python_RSAKey):

@@ -501,6 +501,18 @@ def module_for(uri: Pkcs11Uri):
         return _hosted[key]
 
 
+def release_module(uri: Pkcs11Uri) -> None:
+    """Stop the module host that serves `uri`'s module configuration, if one runs: its sessions
+    and signers end, and the next use starts a new host. A module loaded in this process stays
+    (it cannot be unloaded safely). For a caller done with a configuration of its own, such as
+    a fleet's SoftHSM, so that its host does not outlive it."""
+    key = (os.path.realpath(uri.module_path), uri.module_env)
+    with _instances_lock:
+        hosted = _hosted.pop(key, None)
+    if hosted is not None:
+        hosted.close()
+
+
 # --------------------------------------------------------------------------- the backend
 
 class Pkcs11Signer(Signer):

@@ -8,6 +8,9 @@ VOUCHER_STATUS = f"{BRSKI_PATH}/voucher_status"
 ENROLL_STATUS = f"{BRSKI_PATH}/enrollstatus"
 REQUEST_AUDIT_LOG = f"{BRSKI_PATH}/requestauditlog"
 
+#: pledgeforge's own: every server of a lab answers it with its role
+HEALTH_PATH = "/.well-known/pledgeforge/health"
+
 VOUCHER_MEDIA_TYPE = "application/voucher-cms+json"
 JSON_MEDIA_TYPE = "application/json"
 PKCS10_MEDIA_TYPE = "application/pkcs10"

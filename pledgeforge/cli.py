@@ -56,7 +56,31 @@ def _message(exc: BaseException) -> str:
 
 
 class _Group(click.Group):
-    """Turns a user-facing error into one line on stderr and its exit status."""
+    """The top-level group: its commands imported when first used (pledgeforge/commands), and a
+    user-facing error turned into one line on stderr and its exit status."""
+
+    def list_commands(self, ctx) -> list[str]:
+        from pledgeforge.commands import COMMANDS
+
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx, name):
+        from pledgeforge.commands import load_command
+
+        return load_command(name)
+
+    def format_commands(self, ctx, formatter) -> None:
+        """The command list of `--help`, from the table's summaries: listing the commands must
+        not import them (click's own would import every module for its short help)."""
+        from click.utils import make_default_short_help
+
+        from pledgeforge.commands import COMMANDS
+
+        names = self.list_commands(ctx)
+        limit = formatter.width - 6 - max(len(name) for name in names)
+        with formatter.section("Commands"):
+            formatter.write_dl([(name, make_default_short_help(COMMANDS[name].summary, limit))
+                                for name in names])
 
     def invoke(self, ctx):
         try:
@@ -82,14 +106,3 @@ def main() -> None:
     --json, stdout carries JSON only.
     """
 
-
-def _register() -> None:
-    # Imported here so `pledgeforge --help` works even while a command group
-    # is being developed; each module adds its commands to `main`.
-    from pledgeforge.commands import COMMAND_GROUPS
-
-    for command in COMMAND_GROUPS():
-        main.add_command(command)
-
-
-_register()

@@ -62,8 +62,9 @@ complete file names.
 
 
 def _commands(group: click.Group, ctx: click.Context) -> Iterator[tuple[click.Command, click.Context]]:
-    for name in sorted(group.commands):
-        command = group.commands[name]
+    # list_commands/get_command: the top-level group imports its commands on demand.
+    for name in sorted(group.list_commands(ctx)):
+        command = group.get_command(ctx, name)
         sub = click.Context(command, info_name=name, parent=ctx)
         yield command, sub
         if isinstance(command, click.Group):
@@ -99,7 +100,7 @@ def _entry(command: click.Command, ctx: click.Context) -> str:
         lines += [text, ""]
     if isinstance(command, click.Group):
         lines.append("Commands: " + ", ".join(
-            f"[`{name}`](#{_anchor(f'{title} {name}')})" for name in sorted(command.commands)) + ".")
+            f"[`{name}`](#{_anchor(f'{title} {name}')})" for name in sorted(command.list_commands(ctx))) + ".")
         lines.append("")
     # Arguments are in the usage line; --help is on every command.
     rows = [record for param in command.get_params(ctx)

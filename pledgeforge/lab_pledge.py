@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
@@ -112,8 +113,10 @@ def ldevid_keys(pledge: ProvisionedPledge, identity: PledgeIdentity) -> LdevidKe
 
 def bootstrap(pledge: ProvisionedPledge, *, config: pm.PledgeConfig | None = None,
               identity: PledgeIdentity | None = None, timeout: float = 10.0,
-              on_transition: Callable[[pm.Transition], None] | None = None) -> tuple[BootstrapResult, dict]:
-    """Run the pledge to Enrolled or Failed; store what it got; return (result, summary)."""
+              on_transition: Callable[[pm.Transition], None] | None = None,
+              cancel: threading.Event | None = None) -> tuple[BootstrapResult, dict]:
+    """Run the pledge to Enrolled or Failed; store what it got; return (result, summary).
+    Setting `cancel` ends a bootstrap that waits or retries (PledgeDriver)."""
     identity = identity or pledge_identity(pledge)
 
     def store(result: BootstrapResult) -> None:
@@ -121,7 +124,7 @@ def bootstrap(pledge: ProvisionedPledge, *, config: pm.PledgeConfig | None = Non
                                     result.est_url), result.ldevid_key_uri).write(pledge)
 
     driver = PledgeDriver(identity, config, timeout=timeout, on_transition=on_transition,
-                          ldevid_keys=ldevid_keys(pledge, identity))
+                          cancel=cancel, ldevid_keys=ldevid_keys(pledge, identity))
     result = driver.run(store=store)
     summary = store_result(pledge, result, identity.idevid)
     return result, summary

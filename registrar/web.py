@@ -20,11 +20,12 @@ from typing import Awaitable, Callable
 from aiohttp import web
 from cryptography import x509
 
+from pledgeforge.hsm.wellknown import HEALTH_PATH
+
 from .config import ServerSettings
 
 log = logging.getLogger("pledgeforge.registrar")
 
-HEALTH_PATH = "/.well-known/pledgeforge/health"
 MAX_BODY = 256 * 1024  # vouchers and CSRs are a few kB
 
 ENDPOINT_KEY = web.AppKey("endpoints", dict)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import sys
 
 import pytest
 
@@ -162,3 +163,39 @@ def test_unreachable_tpm_is_one_clear_line(tmp_path):
         port = s.getsockname()[1]
     one_line_error(run_cli("keys", "public", "--key", f"tpm:handle=0x81020000?tcti=swtpm:host=127.0.0.1,port={port}"),
                    f"port={port}")
+
+
+def test_the_cli_imports_a_command_only_when_it_runs():
+    """`pledgeforge pledge bootstrap` loads the pledge and the lab, not the board emulator, the
+    other commands, or the servers' web framework."""
+    code = ("import sys, click\n"
+            "from pledgeforge.cli import main\n"
+            "main.get_command(click.Context(main), 'pledge')\n"
+            "import pledgeforge.lab_pledge\n"
+            "heavy = ('pledgeforge.commands.board', 'pledgeforge.commands.fleet', 'pledgeforge.boards.runtime',"
+            " 'pledgeforge.registrar.web', 'aiohttp', 'rich')\n"
+            "print(' '.join(m for m in heavy if m in sys.modules))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == ""
+
+
+def test_help_lists_every_command_with_its_own_first_line_and_imports_none():
+    """`pledgeforge --help` reads the command table; each summary there is the command's own."""
+    from pledgeforge.commands import COMMANDS, load_command
+
+    for name, entry in COMMANDS.items():
+        assert entry.summary == load_command(name).get_short_help_str(limit=1000), name
+    code = ("import sys\n"
+            "from pledgeforge.cli import main\n"
+            "try:\n"
+            "    main(['--help'])\n"
+            "except SystemExit:\n"
+            "    pass\n"
+            "print(' '.join(m for m in sys.modules if m.startswith('pledgeforge.commands.')),"
+            " file=sys.stderr)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    listed = [line.split()[0] for line in done.stdout.split("Commands:")[1].splitlines() if line.strip()]
+    assert listed == sorted(COMMANDS)
+    assert done.stderr.strip() == ""

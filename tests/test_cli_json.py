@@ -33,6 +33,7 @@ JQ_CHECKED = {
     "pledge reenroll", "registrar ldevids", "registrar revoke",  # test_ldevid_lifecycle.py
     "lab up", "lab status", "lab down",         # test_lab.py
     "demo",                                     # test_demo.py
+    "fleet run",                                # test_fleet.py
     "signer check",                             # test_signer_policy.py
     "signer audit verify", "signer audit show",  # test_signer_service.py
     "signer renew",                             # test_signer_lab.py
@@ -41,7 +42,9 @@ JQ_CHECKED = {
 
 
 def commands(group: click.Group = main, prefix: str = ""):
-    for name, command in sorted(group.commands.items()):
+    ctx = click.Context(group)
+    for name in sorted(group.list_commands(ctx)):
+        command = group.get_command(ctx, name)
         if isinstance(command, click.Group):
             if command.invoke_without_command:  # a command of its own too (`provision`)
                 yield f"{prefix}{name}", command

@@ -23,8 +23,14 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
+from tlslite.constants import CipherSuite, GroupName
+from tlslite.errors import TLSIllegalParameterException
+from tlslite.keyexchange import ECDHKeyExchange
+from tlslite.recordlayer import RecordLayer
+from tlslite.utils.python_ecdsakey import Python_ECDSAKey
 from tlslite.utils.rsakey import RSAKey
 from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, utils
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from pledgeforge.firmware.http_client import (MAX_HEADER_BYTES, HttpClient, MalformedResponse,
@@ -35,6 +41,8 @@ from pledgeforge.firmware.tls_client import (
 )
 from pledgeforge.hsm.keystore import generate_key
 from pledgeforge.firmware.tls_keys import tls_private_key
+from pledgeforge.firmware.tls_native import (NativeAeadRecordLayer, NativeVerifyingECDSAKey,
+                                             NativeX25519KeyExchange)
 from pledgeforge.hsm.signer import KeyAlgorithm, Padding, SoftwareSigner, verify_signature
 
 TLS12, TLS13 = ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3
@@ -386,6 +394,89 @@ def test_mtls_with_key_inside_softhsm(token, server_pki, client_ca, tmp_path, ve
     assert conn.version == VERSION_NAMES[version]
 
 
+@pytest.mark.parametrize("version,ciphers,name", [
+    (TLS12, "ECDHE-ECDSA-CHACHA20-POLY1305", "chacha20-poly1305"),
+    (TLS12, "ECDHE-ECDSA-AES128-GCM-SHA256", "aes128gcm"),
+    (TLS12, "ECDHE-ECDSA-AES256-GCM-SHA384", "aes256gcm"),
+    (TLS13, None, "aes256gcm"),
+], ids=["tls1.2-chacha20", "tls1.2-aes128gcm", "tls1.2-aes256gcm", "tls1.3"])
+def test_records_are_sealed_by_cryptography_whichever_aead_the_server_picks(
+        server_pki, client_ca, tmp_path, ec_client, version, ciphers, name):
+    chain, signer = ec_client
+    server = TlsHttpServer(server_context(server_pki, client_ca, tmp_path, version))
+    if ciphers:
+        server.context.set_ciphers(ciphers)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        with open_client(server, chain, signer, ServerAuth.anchors([server_pki.root.cert])) as conn:
+            responses = [HttpClient(conn).request("GET", path) for path in ("/whoami", "/big")]
+    finally:
+        server.release.set()
+        server.shutdown()
+        server.server_close()
+        thread.join(SERVER_WAIT)
+    assert (conn.cipher, conn.cipher_implementation) == (name, "cryptography")
+    assert responses[0].body.decode().split()[0] == fingerprint(chain[0])
+    assert responses[1].status == 200 and len(responses[1].body) > 16384  # more than one record
+
+
+@pytest.mark.parametrize("suite", [CipherSuite.TLS_CHACHA20_POLY1305_SHA256, CipherSuite.TLS_AES_128_GCM_SHA256,
+                                   CipherSuite.TLS_AES_256_GCM_SHA384])
+def test_native_aead_records_match_tlslites_own_and_refuse_a_changed_byte(suite):
+    key_length, _, native = NativeAeadRecordLayer._getCipherSettings(suite)
+    _, _, own = RecordLayer._getCipherSettings(suite)
+    key, nonce, aad = bytearray(range(key_length)), bytearray(range(12)), bytearray(b"record header")
+    plaintext = bytearray(b"voucher-request " * 40)
+    sealed = native(key).seal(nonce, plaintext, aad)
+    assert sealed == own(key, ["python"]).seal(nonce, plaintext, aad)
+    assert native(key).open(nonce, sealed, aad) == plaintext
+    tampered = bytearray(sealed)
+    tampered[5] ^= 1
+    assert native(key).open(nonce, tampered, aad) is None
+    assert native(key).open(nonce, sealed, bytearray(b"other header")) is None
+
+
+# RFC 7748 section 6.1: Alice's and Bob's private keys, public keys and shared secret.
+RFC7748_ALICE = bytes.fromhex("77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a")
+RFC7748_ALICE_PUBLIC = bytes.fromhex("8520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a")
+RFC7748_BOB = bytes.fromhex("5dab087e624a8a4b79e17f8b83800ee66f3bb1292618b6fd1c2f8b27ff88e0eb")
+RFC7748_BOB_PUBLIC = bytes.fromhex("de9edb7d7b7dc1b4d35b61c2ece435373f8343c85b78674dadfc7e146f882b4f")
+RFC7748_SHARED = bytes.fromhex("4a5d9d5ba4ce2de1728e3bf480350f25e07e21c947d19e3376f09b3c1e161742")
+
+
+def test_native_x25519_key_exchange_gives_the_rfc7748_values_as_tlslite_does():
+    native, own = NativeX25519KeyExchange((3, 4)), ECDHKeyExchange(GroupName.x25519, (3, 4))
+    for kex in (native, own):
+        assert kex.calc_public_value(bytearray(RFC7748_ALICE)) == RFC7748_ALICE_PUBLIC
+        assert kex.calc_shared_key(bytearray(RFC7748_ALICE), bytearray(RFC7748_BOB_PUBLIC)) == RFC7748_SHARED
+        assert kex.calc_shared_key(bytearray(RFC7748_BOB), bytearray(RFC7748_ALICE_PUBLIC)) == RFC7748_SHARED
+    private = native.get_random_private_key()
+    assert native.calc_public_value(private) == own.calc_public_value(private)
+    for bad_share in (bytearray(32), bytearray(31)):  # small order (all-zero result), wrong length
+        with pytest.raises(TLSIllegalParameterException):
+            native.calc_shared_key(private, bad_share)
+
+
+@pytest.mark.parametrize("curve,hash_name", [(ec.SECP256R1(), "sha256"), (ec.SECP384R1(), "sha384")])
+def test_native_check_of_a_server_ecdsa_key_agrees_with_python_ecdsa(curve, hash_name):
+    private = ec.generate_private_key(curve)
+    numbers = private.public_key().public_numbers()
+    own = Python_ECDSAKey(numbers.x, numbers.y, {"secp256r1": "NIST256p", "secp384r1": "NIST384p"}[curve.name])
+    native = NativeVerifyingECDSAKey.of(own)
+    assert isinstance(native, NativeVerifyingECDSAKey) and native.curve_name == own.curve_name
+    digest = bytearray(hashlib.new(hash_name, b"CertificateVerify content").digest())
+    other = bytearray(hashlib.new(hash_name, b"other content").digest())
+    signature = bytearray(private.sign(bytes(digest), ec.ECDSA(utils.Prehashed(getattr(hashes, hash_name.upper())()))))
+    for key in (own, native):
+        assert key.verify(signature, digest) and not key.verify(signature, other)
+        assert not key.verify(bytearray(b"not DER"), digest)
+    # A digest of a size no hash here has (SHA-1 in TLS 1.2) is left to python-ecdsa.
+    sha1 = bytearray(hashlib.sha1(b"m").digest())
+    sha1_signature = bytearray(private.sign(bytes(sha1), ec.ECDSA(utils.Prehashed(hashes.SHA1()))))
+    assert native.verify(sha1_signature, sha1) and own.verify(sha1_signature, sha1)
+
+
 def test_client_certificate_from_unknown_ca_is_refused_by_the_server(server, server_pki):
     stranger = make_root("unknown manufacturer")
     signer = SoftwareSigner.generate(KeyAlgorithm.EC_P256)
@@ -418,6 +509,7 @@ def test_ecdsa_key_signs_a_digest_truncated_to_the_curve():
     signature = key.sign(bytearray(truncated), hashAlg="sha384")
     assert verify_signature(signer.public_key, bytes(signature), message, "sha384")
     assert key.verify(signature, bytearray(truncated))  # tlslite's own check agrees
+    assert not key.verify(signature, bytearray(hashlib.sha384(b"other messages").digest()[:32]))
 
 
 def test_rsa_key_unwraps_the_pkcs1_digest_info():

@@ -5,6 +5,6 @@ lists the module of each job, layout.py the directory's layout, pki.py the
 trust the lab sets up.
 """
 
-from .lab import Lab, LabError, ProvisionedPledge, UpReport, server_alive, stop_process
+from .lab import KeyHome, Lab, LabError, ProvisionedPledge, UpReport, server_alive, stop_process
 
-__all__ = ["Lab", "LabError", "ProvisionedPledge", "UpReport", "server_alive", "stop_process"]
+__all__ = ["Lab", "LabError", "KeyHome", "ProvisionedPledge", "UpReport", "server_alive", "stop_process"]

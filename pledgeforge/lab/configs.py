@@ -10,14 +10,24 @@ setting can never be written in a form the servers do not accept.
 
 from __future__ import annotations
 
-from pledgeforge.registrar.config import (CsrAttrsSettings, EstSettings, MasaConfig, RegistrarConfig,
-                                          ServerSettings, SignerSettings, TrustedCloudRegistrar,
-                                          UpstreamSettings, write_config)
+from pledgeforge.registrar.config import (CsrAttrsSettings, EstSettings, MasaConfig, MasaRateLimits,
+                                          RegistrarConfig, ServerSettings, SignerSettings,
+                                          TrustedCloudRegistrar, UpstreamSettings, write_config)
 
 from .layout import HOST, LabLayout
 
 #: the dNSName the owner CA puts in every LDevID
 LDEVID_DNS_TEMPLATE = "{serial}.pledges.lab.pledgeforge.test"
+
+#: The MASA's defaults (registrar.config.MasaRateLimits) allow a registrar 10 new vouchers a
+#: second after a burst of 100, and an address 20 requests a second after 200. A lab is one
+#: site enrolling a factory batch at once: `pledgeforge fleet run` sends 1,000 pledges through
+#: one owner registrar (redirect) and one cloud registrar (est-domain), both on 127.0.0.1, at
+#: 10 to 20 enrollments a second, and a voucher the MASA refuses with 429 becomes a 502 to the
+#: pledge and a retry seconds later. These limits leave an order of magnitude of room above
+#: what this machine sustains, and still answer a runaway client with 429.
+LAB_MASA_RATE_LIMITS = MasaRateLimits(address_rate_per_s=400.0, address_burst=4000,
+                                      registrar_rate_per_s=200.0, registrar_burst=2000)
 
 
 def _server(lab: LabLayout, role: str, tls: str) -> ServerSettings:
@@ -34,7 +44,8 @@ def server_configs(lab: LabLayout) -> list[MasaConfig | RegistrarConfig]:
         database_url=lab.database_url("masa"), softhsm2_conf=None,
         signer=SignerSettings(lab.key_uri("masa", "voucher-signer"), lab.pki("masa-signer")),
         manufacturer_cas=manufacturer_cas,
-        cloud_registrars=(TrustedCloudRegistrar("lab-cloud", lab.pki("cloud-signer")),))
+        cloud_registrars=(TrustedCloudRegistrar("lab-cloud", lab.pki("cloud-signer")),),
+        rate_limits=LAB_MASA_RATE_LIMITS)
     upstream = UpstreamSettings(anchors=(lab.pki("web-ca"),))
     cloud = RegistrarConfig(
         path=lab.config_path("cloud"), role="cloud", server=_server(lab, "cloud", "cloud"),

@@ -40,7 +40,7 @@ from . import manufacture, pki, servers, signing_service
 from .configs import write_configs
 from .databases import OWNER_NAME, LabDatabases
 from .layout import HOST, LAB_FILE, SUBDIRECTORIES, LabError, LabLayout
-from .pledges import ProvisionedPledge, is_provisioned, provision_pledge, reopen_pledge
+from .pledges import KeyHome, ProvisionedPledge, is_provisioned, provision_pledge, reopen_pledge
 from .processes import STOP_TIMEOUT_S, free_port, server_alive, stop_process
 from .servers import ROLES, START_TIMEOUT_S, UpReport
 
@@ -176,10 +176,12 @@ class Lab(LabLayout):
 
     def provision_pledge(self, serial: str | None = None, keystore: str = "pkcs11",
                          algorithm: str = "ec-p256", flow: str = "redirect", *,
-                         additional_configuration: bytes | None = None) -> ProvisionedPledge:
-        """A new pledge: IDevID key in swtpm or the pledges token, its IDevID, ownership for `flow`."""
+                         additional_configuration: bytes | None = None,
+                         home: KeyHome | None = None) -> ProvisionedPledge:
+        """A new pledge: IDevID key in swtpm or the pledges token (or where `home` says), its
+        IDevID, ownership for `flow`."""
         return provision_pledge(self, self.databases, serial, keystore, algorithm, flow,
-                                additional_configuration=additional_configuration)
+                                additional_configuration=additional_configuration, home=home)
 
     # ------------------------------------------------------------------ boards (manufacture.py)
 
@@ -203,4 +205,4 @@ class Lab(LabLayout):
         return reopen_pledge(self, self.databases, serial)
 
 
-__all__ = ["Lab", "LabError", "ProvisionedPledge", "UpReport", "server_alive", "stop_process"]
+__all__ = ["Lab", "LabError", "KeyHome", "ProvisionedPledge", "UpReport", "server_alive", "stop_process"]

@@ -20,6 +20,9 @@
     pledges/<serial>/  each pledge's identity (identity.json), IDevID certificate, and the key of
                        its TPM state (0600); later its voucher, LDevID and result.json
     owner-config/      files behind additional-configuration-url
+    fleets/<name>/     the key stores of a fleet's pledges (pledgeforge/fleet): a SoftHSM of its
+                       own with its tokens and their PIN, and its TPMs; the pledges themselves
+                       are in pledges/<serial>/ as any other
     lab.json           URLs, ports, trust anchors, SoftHSM, PIDs (rewritten atomically)
 
 Every key URI of the lab carries the lab's SoftHSM configuration

@@ -120,7 +120,7 @@ def create_pki(lab: LabLayout) -> x509.Certificate:
 
 def ensure_token(lab: LabLayout, token: str) -> None:
     """A token of the lab's SoftHSM with a user PIN and an SO PIN of its own."""
-    lab.softhsm.ensure_token(token, _secret(lab.pin_file(token)), _secret(lab.so_pin_file(token)))
+    lab.softhsm.ensure_token(token, ensure_pin(lab.pin_file(token)), ensure_pin(lab.so_pin_file(token)))
 
 
 def ensure_key(uri: Pkcs11Uri, algorithm: str = "ec-p256") -> Signer:
@@ -155,7 +155,7 @@ def ensure_tls(lab: LabLayout, name: str, make_cert) -> None:
     _ensure_certificate(cert_path, key.public_key(), lambda: make_cert(key.public_key()))
 
 
-def _secret(path: Path) -> str:
+def ensure_pin(path: Path) -> str:
     """A PIN of 16 hex digits, made once and kept in a 0600 file."""
     if not path.exists():
         atomic_write(path, (secrets.token_hex(8) + "\n").encode(), mode=0o600)

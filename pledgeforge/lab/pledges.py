@@ -3,7 +3,8 @@
 Each pledge keeps its files in pledges/<serial>/: its identity (identity.json,
 the stored form of firmware/identity.py) and its IDevID (idevid.crt, for
 openssl). A TPM pledge gets a swtpm of its own (one TPM per device), whose
-state lives in swtpm/<serial>/.
+state lives in swtpm/<serial>/. A caller that runs the key stores itself (a
+fleet's pools of tokens and TPMs) names where the keys go with a `KeyHome`.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pledgeforge.firmware.identity import PledgeIdentity
 from pledgeforge.hsm import keystore as keystores
 from pledgeforge.hsm.chain import load_certificate_file
 from pledgeforge.hsm.identity_names import IdentityNameError, check_serial_number
+from pledgeforge.hsm.keyuri import KeyUri, Pkcs11Uri
 from pledgeforge.hsm.signer import KeyAlgorithm
 from pledgeforge.hsm.x509 import to_pem
 
@@ -29,6 +31,21 @@ IDEVID_HANDLE = 0x81020000
 LDEVID_TPM_HANDLE = IDEVID_HANDLE + 1
 IDEVID_FILE = "idevid.crt"
 KEYSTORES = ("tpm", "pkcs11")
+
+
+@dataclass(frozen=True)
+class KeyHome:
+    """Where a new pledge's keys go when its caller runs the key store: a token of a SoftHSM,
+    or a TPM and handles, that stays the caller's to start and stop. The IDevID key is made
+    at `idevid`; the two LDevID slots are derived from `ldevid` (firmware/ldevid_keys.py)."""
+
+    keystore: str
+    idevid: KeyUri
+    ldevid: KeyUri
+    #: the token, for a PKCS#11 home (what ProvisionedPledge.token_uri reports)
+    token_uri: str | None = None
+    #: the SoftHSM configuration of that token
+    softhsm2_conf: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -94,12 +111,16 @@ class ProvisionedPledge:
 
 def provision_pledge(lab: LabLayout, databases: LabDatabases, serial: str | None = None,
                      keystore: str = "pkcs11", algorithm: str = "ec-p256", flow: str = "redirect", *,
-                     additional_configuration: bytes | None = None) -> ProvisionedPledge:
+                     additional_configuration: bytes | None = None,
+                     home: KeyHome | None = None) -> ProvisionedPledge:
     """A new pledge: IDevID key generated in swtpm or SoftHSM, IDevID issued by the
-    manufacturer CA, ownership registered for `flow` (serial: generated when None)."""
+    manufacturer CA, ownership registered for `flow` (serial: generated when None).
+    With `home`, the keys go where it says and no swtpm is started for the pledge."""
     kind = keystore
     if kind not in KEYSTORES:
         raise LabError(f"keystore must be tpm or pkcs11, not {kind!r}")
+    if home is not None and home.keystore != kind:
+        raise LabError(f"a {home.keystore} key home cannot hold the keys of a {kind} pledge")
     serial = serial or f"PF-{secrets.token_hex(4).upper()}"
     try:  # it names files here and keys in every server's database
         check_serial_number(serial)
@@ -112,7 +133,11 @@ def provision_pledge(lab: LabLayout, databases: LabDatabases, serial: str | None
         raise LabError(f"pledge {serial} is already provisioned in {directory}; choose another serial")
     tpm = None
     token_uri = ldevid_uri = None
-    if kind == "pkcs11":
+    softhsm2_conf = lab.softhsm.conf
+    if home is not None:
+        uri, ldevid_uri, token_uri = home.idevid, str(home.ldevid), home.token_uri
+        softhsm2_conf = home.softhsm2_conf or softhsm2_conf
+    elif kind == "pkcs11":
         uri = lab.key_uri("pledges", f"idevid-{serial}")
         token_uri = str(lab.key_uri("pledges", None))
         # The LDevID key goes into the same token, under labels of its own per serial.
@@ -143,7 +168,7 @@ def provision_pledge(lab: LabLayout, databases: LabDatabases, serial: str | None
         identity=identity, flow=flow, keystore=kind, algorithm=algo.value, directory=directory,
         manufacturer_ca=lab.pki("manufacturer-ca"), cloud_anchor=lab.pki("web-ca"),
         owner_registrar_url=lab.url("owner"), masa_url=lab.masa_url,
-        softhsm2_conf=lab.softhsm.conf, token_uri=token_uri, swtpm=tpm)
+        softhsm2_conf=softhsm2_conf, token_uri=token_uri, swtpm=tpm)
 
 
 def is_provisioned(lab: LabLayout, serial: str) -> bool:
@@ -154,24 +179,27 @@ def is_provisioned(lab: LabLayout, serial: str) -> bool:
 
 def reopen_pledge(lab: LabLayout, databases: LabDatabases, serial: str) -> ProvisionedPledge:
     """A pledge provisioned earlier in `lab`, ready to run again: its TPM started on its
-    state, or its keys on the lab's pledge token."""
+    state, or its keys on the lab's pledge token. (A pledge whose keys have a `KeyHome`
+    needs that home's token or TPM, which its identity names.)"""
     if not is_provisioned(lab, serial):
         raise LabError(f"no pledge {serial} in {lab.dir} (provision one with `pledgeforge pledge bootstrap`)")
     directory = lab.pledge_dir(serial)
     identity = PledgeIdentity.load(directory)
     flow = databases.owner_store().pledge_flow(serial) or "redirect"
     tpm_state = lab.dir / "swtpm" / serial
-    tpm, token_uri = None, None
-    if tpm_state.exists():
+    key = keystores.parse_key_uri(identity.idevid_key_uri)
+    tpm, token_uri, softhsm2_conf = None, None, lab.softhsm.conf
+    if isinstance(key, Pkcs11Uri):
+        token_uri = str(key.with_object(None))
+        softhsm2_conf = Path(dict(key.module_env).get("SOFTHSM2_CONF", softhsm2_conf))
+    elif tpm_state.exists():
         from pledgeforge.hsm.swtpm import Swtpm
 
         # Its sockets live in its state directory, so the TCTI in the identity stays right.
         tpm = Swtpm(tpm_state, key_file=directory / "tpm-state.key").start()
-    else:
-        token_uri = str(lab.key_uri("pledges", None))
     return ProvisionedPledge(
-        identity=identity, flow=flow, keystore="tpm" if tpm else "pkcs11",
+        identity=identity, flow=flow, keystore=key.scheme,
         algorithm=KeyAlgorithm.of_public_key(identity.idevid.public_key()).value, directory=directory,
         manufacturer_ca=lab.pki("manufacturer-ca"), cloud_anchor=lab.pki("web-ca"),
         owner_registrar_url=lab.url("owner"), masa_url=lab.masa_url,
-        softhsm2_conf=lab.softhsm.conf, token_uri=token_uri, swtpm=tpm)
+        softhsm2_conf=softhsm2_conf, token_uri=token_uri, swtpm=tpm)

@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Callable
 
 from pledgeforge.errors import PledgeforgeError
-from pledgeforge.registrar.web import HEALTH_PATH
+# Not from registrar.web, which would import aiohttp into every process that uses a lab.
+from pledgeforge.hsm.wellknown import HEALTH_PATH
 
 from .layout import HOST, LabError, LabLayout
 from .processes import STOP_TIMEOUT_S, log_tail, server_alive, stop_process
