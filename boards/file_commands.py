@@ -94,7 +94,7 @@ def _base64(ctx: CommandContext, args: list[str]) -> int:
             return ctx.error("invalid input")
         return 0
     width = opts.get("w", "76")
-    if not str(width).isdigit():
+    if not (str(width).isascii() and str(width).isdigit()):
         return ctx.error(f"invalid number '{width}'")
     encoded = base64.b64encode(data)
     width = int(width)

@@ -531,7 +531,7 @@ class Shell:
             return self.arg0
         if name in ("@", "*"):
             return " ".join(self.positional)
-        if name.isdigit():
+        if name.isascii() and name.isdigit():
             index = int(name)
             return self.positional[index - 1] if index <= len(self.positional) else ""
         return None
@@ -716,7 +716,7 @@ def _unset(ctx: CommandContext, args: list[str]) -> int:
 def _exit(ctx: CommandContext, args: list[str]) -> int:
     status = ctx.shell.status
     if args:
-        if not args[0].isdigit():
+        if not (args[0].isascii() and args[0].isdigit()):
             return ctx.error(f"numeric status required, got {args[0]!r}")
         status = int(args[0]) & 0xFF
     raise ShellExit(status)

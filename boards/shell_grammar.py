@@ -135,7 +135,7 @@ def tokenize(text: str) -> list[Token]:
                 in_word = True
                 i += 1
                 continue
-            if op in REDIRECT_OPS and in_word and not segments and "".join(bare).isdigit():
+            if op in REDIRECT_OPS and in_word and not segments and _is_io_number("".join(bare)):
                 tokens.append(IoNumber(int("".join(bare))))
                 bare.clear()
                 in_word = False
@@ -145,6 +145,12 @@ def tokenize(text: str) -> list[Token]:
             i += len(op)
     end_word()
     return tokens
+
+
+def _is_io_number(text: str) -> bool:
+    """POSIX's IO_NUMBER (the 2 of `2>`) is ASCII digits; str.isdigit alone also takes
+    superscripts and other digits that int() refuses."""
+    return text.isascii() and text.isdigit()
 
 
 def _double_quoted(text: str, i: int, segments: list[Segment]) -> int:

@@ -139,7 +139,7 @@ def algorithm_named(text: str) -> "KeyAlgorithm | OtherKeyAlgorithm":
             (name for name in _CURVES if name.lower() == rest.lower()), None)
         if curve_name is not None:
             return OtherKeyAlgorithm(_ec_spelling(curve_name), is_ec=True, curve_name=curve_name)
-    if family == "rsa" and rest.isdigit() and int(rest) >= 1024:
+    if family == "rsa" and rest.isascii() and rest.isdigit() and int(rest) >= 1024:
         return OtherKeyAlgorithm(text, is_ec=False, rsa_bits=int(rest))
     names = ", ".join(a.value for a in KeyAlgorithm)
     raise UnsupportedAlgorithmError(f"unknown key algorithm {text!r}; choose one of {names} "

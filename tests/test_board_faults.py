@@ -15,7 +15,7 @@ import os
 
 import pexpect.fdpexpect
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from pledgeforge.boards.file_commands import FILE_COMMANDS
@@ -60,6 +60,12 @@ def test_the_shell_runs_or_refuses_every_line(tmp_path):
 
     @settings(max_examples=1500, deadline=None)
     @given(LINES)
+    # Digits str.isdigit takes and int() refuses, where the shell reads a number.
+    @example("¹<")
+    @example("echo a ²>x")
+    @example("exit ³")
+    @example("echo $¹")
+    @example("base64 -w ¹ /root")
     def check(line):
         console = CapturedConsole()
         shell = Shell(BUILTINS.merged(FILE_COMMANDS), console, files=files, variables={"HOME": "/root"})

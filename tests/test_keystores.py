@@ -269,6 +269,9 @@ def test_an_algorithm_one_key_store_offers_works_end_to_end(token, swtpm, tmp_pa
     assert set(a.value for a in KeyAlgorithm) <= set(keystore.algorithms("tpm"))
     with pytest.raises(UnsupportedAlgorithmError, match="unknown key algorithm 'ec-p999'"):
         keystore.generate_key(token.uri("bad"), "ec-p999")
+    # Digits str.isdigit takes and int() refuses: the same one-line refusal.
+    with pytest.raises(UnsupportedAlgorithmError, match="unknown key algorithm 'rsa-²⁰⁴⁸'"):
+        keystore.generate_key(token.uri("bad"), "rsa-²⁰⁴⁸")
 
 
 # --------------------------------------------------------------------------- deletion

@@ -137,7 +137,7 @@ def _heads(values) -> dict:
     for value in values:
         node, _, rest = value.partition(":")
         seq, _, digest = rest.partition(":")
-        if not (node and seq.isdigit() and len(digest) == 64):
+        if not (node and seq.isascii() and seq.isdigit() and len(digest) == 64):
             raise UsageError(f"--expect-head {value!r} must be NODE:SEQ:HASH (as verify prints it)")
         heads[node] = (int(seq), digest.lower())
     return heads
