@@ -51,12 +51,18 @@ ext: $(VENV)/.installed
 TEST_WORKERS ?= 4
 PYTEST := $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
 
+# The suite starts hundreds of Python processes (CLI runs, boards, servers, pytest workers).
+# With PYTHONDONTWRITEBYTECODE set in the environment each of them would compile every
+# module of the project from source again (and pytest rewrite every test file again in
+# every worker), a large share of the suite's CPU; the test targets let Python keep bytecode.
+KEEP_BYTECODE := env -u PYTHONDONTWRITEBYTECODE
+
 test: install
-	$(PYTEST)
+	$(KEEP_BYTECODE) $(PYTEST)
 
 # The suite without the slow end-to-end tests (boards booting, images flashed, fleets).
 test-fast: install
-	$(PYTEST) -m "not slow"
+	$(KEEP_BYTECODE) $(PYTEST) -m "not slow"
 
 demo: install
 	$(VENV)/bin/pledgeforge demo
