@@ -42,9 +42,12 @@ $(VENV)/.installed: pyproject.toml setup.py $(EXT_SOURCES) | system-packages $(P
 
 install: system-packages $(VENV)/.installed ext
 
-# An editable install does not rebuild the extension when its sources change.
+# An editable install does not rebuild the extension when its sources change. The project's
+# modules are compiled to bytecode here too, so the first test run's processes do not each
+# compile them (see KEEP_BYTECODE).
 ext: $(VENV)/.installed
 	@$(PY) setup.py -q build_ext --inplace >/dev/null
+	@$(PY) -m compileall -q -j 0 pledgeforge hsm firmware boards registrar fastpath station keyserver
 
 # Most tests wait on boards, TPMs and servers rather than compute, so more workers than
 # cores pays; a file stays on one worker because its module fixtures (a lab) are costly.
