@@ -8,18 +8,16 @@ delegations), as a change of the file does.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
 import signal
-import socket
 import sys
-from pathlib import Path
 
 from aiohttp import web
 
-from pledgeforge.errors import EnvironmentFailure, PledgeforgeError
-from pledgeforge.registrar.server import configure_logging
+from pledgeforge.errors import EnvironmentFailure
+from pledgeforge.registrar.server import server_main
+from pledgeforge.registrar.web import listening_socket
 
 from .config import SignerConfig, load_signer_config
 from .service import SigningService
@@ -29,20 +27,6 @@ log = logging.getLogger("pledgeforge.keyserver")
 
 #: how long a Python thread may run before another one waiting for the GIL gets it
 SWITCH_INTERVAL_S = 0.0005
-
-
-def _listening_socket(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        raise OSError(exc.errno, f"cannot listen on {host}:{port}: {exc.strerror}") from None
-    sock.listen(512)
-    sock.setblocking(False)
-    return sock
 
 
 async def serve(config: SignerConfig, stop: asyncio.Event | None = None) -> None:
@@ -56,7 +40,7 @@ async def serve(config: SignerConfig, stop: asyncio.Event | None = None) -> None
     service = SigningService(config)
     try:
         context = service.ssl_context()
-        sock = _listening_socket(config.server.host, config.server.port)
+        sock = listening_socket(config.server.host, config.server.port, backlog=512)
     except BaseException:
         service.close_keys()
         raise
@@ -93,17 +77,7 @@ def run(config: SignerConfig) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pledgeforge.keyserver.server")
-    parser.add_argument("--config", required=True, type=Path)
-    args = parser.parse_args(argv)
-    configure_logging()
-    try:
-        run(load_signer_config(args.config))
-    except PledgeforgeError as exc:
-        log.error("%s", exc)
-        print(f"pledgeforge: error: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    return server_main("python -m pledgeforge.keyserver.server", load_signer_config, run, argv)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import sys
 from pathlib import Path
+from typing import Any, Callable
 
 from pledgeforge.errors import PledgeforgeError
 
@@ -54,18 +55,25 @@ def run(config: MasaConfig | RegistrarConfig) -> None:
         raise PledgeforgeError(f"{config.role} server: {exc.strerror or exc}") from None
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pledgeforge.registrar.server")
+def server_main(prog: str, load: Callable[[Path], Any], serve_config: Callable[[Any], None],
+                argv: list[str] | None) -> int:
+    """`python -m ... --config FILE` for a server process: its configuration loaded, served
+    until stopped; a failure is logged and is one line on stderr, exit status 1."""
+    parser = argparse.ArgumentParser(prog=prog)
     parser.add_argument("--config", required=True, type=Path)
     args = parser.parse_args(argv)
     configure_logging()
     try:
-        run(load_config(args.config))
+        serve_config(load(args.config))
     except PledgeforgeError as exc:
         log.error("%s", exc)
         print(f"pledgeforge: error: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return server_main("python -m pledgeforge.registrar.server", load_config, run, argv)
 
 
 if __name__ == "__main__":

@@ -148,7 +148,8 @@ def new_app(role: str) -> web.Application:
     return app
 
 
-def _listening_socket(host: str, port: int) -> socket.socket:
+def listening_socket(host: str, port: int, backlog: int = 128) -> socket.socket:
+    """A non-blocking listening socket, its bind failure one OSError naming the address."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -157,7 +158,7 @@ def _listening_socket(host: str, port: int) -> socket.socket:
     except OSError as exc:
         sock.close()
         raise OSError(exc.errno, f"cannot listen on {host}:{port}: {exc.strerror}") from None
-    sock.listen(128)
+    sock.listen(backlog)
     sock.setblocking(False)
     return sock
 
@@ -179,7 +180,7 @@ async def serve(app: web.Application, settings: ServerSettings, context: ssl.SSL
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    sockets = {name: _listening_socket(settings.host, port) for name, port in settings.ports().items()}
+    sockets = {name: listening_socket(settings.host, port) for name, port in settings.ports().items()}
     running = RunningServer({name: s.getsockname()[1] for name, s in sockets.items()})
     app[ENDPOINT_KEY] = {port: name for name, port in running.ports.items()}
     runner = web.AppRunner(app, handle_signals=False, access_log=None,
