@@ -284,7 +284,25 @@ class _Channel:
         pass
 
 
-class _SocketClient(_Channel):
+class _ConsoleChannel(_Channel):
+    """A channel carrying the console both ways, each way through a queue that may be paced
+    at the line's baud rate (subclasses set `outbox` and `inbox`)."""
+
+    outbox: _Outbox
+    inbox: _Inbox
+
+    def wants_write(self, now: float) -> bool:
+        return self.outbox.sendable(now)
+
+    def release(self, now: float) -> None:
+        self.inbox.release(now)
+
+    def deadline(self, now: float) -> float | None:
+        times = [t for t in (self.outbox.deadline(now), self.inbox.deadline(now)) if t is not None]
+        return min(times) if times else None
+
+
+class _SocketClient(_ConsoleChannel):
     """A network client of the console; subclasses add the wire protocol."""
 
     def __init__(self, console: Console, sock: socket.socket, loop: _Loop, *, replay: bool = False,
@@ -315,16 +333,6 @@ class _SocketClient(_Channel):
 
     def decode(self, data: bytes) -> bytes:
         return data
-
-    def wants_write(self, now: float) -> bool:
-        return self.outbox.sendable(now)
-
-    def release(self, now: float) -> None:
-        self.inbox.release(now)
-
-    def deadline(self, now: float) -> float | None:
-        times = [t for t in (self.outbox.deadline(now), self.inbox.deadline(now)) if t is not None]
-        return min(times) if times else None
 
     def on_readable(self, loop: _Loop) -> None:
         try:
@@ -501,7 +509,7 @@ class Rfc2217Transport(_NetworkTransport):
                               pace=self.pace)
 
 
-class _PtyMaster(_Channel):
+class _PtyMaster(_ConsoleChannel):
     def __init__(self, console: Console, master: int, slave: int, pace: int | None = None):
         self.console = console
         self.master = master
@@ -520,16 +528,6 @@ class _PtyMaster(_Channel):
             termios.tcflush(self.slave, termios.TCIFLUSH)
         if self.loop is not None:
             self.loop.wake()
-
-    def wants_write(self, now: float) -> bool:
-        return self.outbox.sendable(now)
-
-    def release(self, now: float) -> None:
-        self.inbox.release(now)
-
-    def deadline(self, now: float) -> float | None:
-        times = [t for t in (self.outbox.deadline(now), self.inbox.deadline(now)) if t is not None]
-        return min(times) if times else None
 
     def on_readable(self, loop: _Loop) -> None:
         try:
