@@ -50,9 +50,11 @@ ext: $(VENV)/.installed
 	@$(PY) -m compileall -q -j 0 pledgeforge hsm firmware boards registrar fastpath station keyserver
 
 # Most tests wait on boards, TPMs and servers rather than compute, so more workers than
-# cores pays; a file stays on one worker because its module fixtures (a lab) are costly.
+# cores pays; a file stays on one worker because its module fixtures are costly. Files are
+# handed out in collection order (tests/conftest.py puts the long ones first), not by their
+# number of tests, xdist's default, which would leave a long file of few tests to the end.
 TEST_WORKERS ?= 4
-PYTEST := $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
+PYTEST := $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 # The suite starts hundreds of Python processes (CLI runs, boards, servers, pytest workers).
 # With PYTHONDONTWRITEBYTECODE set in the environment each of them would compile every
