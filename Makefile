@@ -42,11 +42,16 @@ $(VENV)/.installed: pyproject.toml setup.py $(EXT_SOURCES) | system-packages $(P
 
 install: system-packages $(VENV)/.installed ext
 
-# An editable install does not rebuild the extension when its sources change. The project's
+# The editable install builds the extension in place, and runs again whenever its sources
+# change (EXT_SOURCES above); it is built here only if it has gone missing (a checkout that
+# removed it), since build_ext would otherwise compile it all a second time. The project's
 # modules are compiled to bytecode here too, so the first test run's processes do not each
 # compile them (see KEEP_BYTECODE).
+EXT_MODULES := _der _x509 _cms _verify
+
 ext: $(VENV)/.installed
-	@$(PY) setup.py -q build_ext --inplace >/dev/null
+	@(for m in $(EXT_MODULES); do ls fastpath/$$m.*.so >/dev/null 2>&1 || exit 1; done) \
+	  || $(PY) setup.py -q build_ext --inplace >/dev/null
 	@$(PY) -m compileall -q -j 0 pledgeforge hsm firmware boards registrar fastpath station keyserver
 
 # Most tests wait on boards, TPMs and servers rather than compute, so more workers than

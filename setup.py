@@ -40,4 +40,8 @@ extensions = [
     for name in MODULES
 ]
 
-setup(ext_modules=cythonize(extensions, language_level=3, include_path=[cython_include_path()]))
+# The four modules are translated and compiled in parallel, one job per core.
+JOBS = os.cpu_count() or 1
+
+setup(ext_modules=cythonize(extensions, language_level=3, include_path=[cython_include_path()], nthreads=JOBS),
+      options={"build_ext": {"parallel": JOBS}})
