@@ -51,12 +51,11 @@ from .shell_commands import board_registry
 from .smp_framing import SmpLineDecoder, encode_smp_frames
 from .smp_server import SmpParams, SmpServer
 from .transcript import TranscriptRecorder, transcript_path
-from .transports import PtyTransport, Rfc2217Transport, TcpTransport
+from .transports import SERIAL_KINDS, PtyTransport, Rfc2217Transport, TcpTransport
 
 LOCK_FILE = "board.lock"
 INFO_FILE = "board.json"
 CONSOLE_LINK = "console"
-SERIAL_KINDS = ("pty", "rfc2217", "tcp")
 # How long power-off waits for the firmware thread to notice; it notices at
 # its next console read, print or flash write. A thread still busy after that
 # (a firmware app in a network call) can no longer print or write the flash.

@@ -46,6 +46,9 @@ from pledgeforge.errors import EnvironmentFailure
 
 from .console import Attachment, Console
 
+#: the console transports a board serves (`board run --serial`)
+SERIAL_KINDS = ("pty", "rfc2217", "tcp")
+
 LOOPBACK = "127.0.0.1"
 _SEND_CHUNK = 16 * 1024
 _log = logging.getLogger(__name__)

@@ -12,13 +12,11 @@ from pathlib import Path
 
 import click
 
-from pledgeforge.boards import mcuboot
-from pledgeforge.boards.image_slots import install_verify_key
+# Only what every command of the group needs is imported here: `board power` is what lab
+# tools' power hooks run, many times a session, and should not load a board's firmware
+# stack (profiles, key stores, TPMs) to write one request. The commands import the rest.
 from pledgeforge.boards.power import power_request
-from pledgeforge.boards.profile import load_profile, profile_names
-from pledgeforge.boards.pty_bridge import BridgeError, PtyBridge
-from pledgeforge.boards.runtime import SERIAL_KINDS, BoardError, lock_state_dir
-from pledgeforge.boards.transcript import follow_lines, parse_line, read_lines, transcript_path
+from pledgeforge.boards.transports import SERIAL_KINDS
 from pledgeforge.errors import FileAccessError
 from pledgeforge.hsm.identity_names import check_serial_number
 
@@ -75,6 +73,7 @@ def run(profile_name, state_dir, serial_kind, port, replay, factory_new, tpm_mak
         raise click.UsageError("--replay applies to --serial rfc2217|tcp; a pty keeps the latest "
                                "output for its next reader anyway")
     from pledgeforge.boards.assembly import assemble_board
+    from pledgeforge.boards.profile import load_profile
 
     logging.basicConfig(level=logging.WARNING, format="board: %(message)s")
     profile = load_profile(profile_name)
@@ -121,6 +120,8 @@ def pty_bridge(url, link, baud):
     """Offer a network console as a local pty, for tools that only open serial
     ports by path (smpmgr, smpclient). Prints one JSON line once the pty is up
     and runs until interrupted or until the console closes the connection."""
+    from pledgeforge.boards.pty_bridge import BridgeError, PtyBridge
+
     bridge = PtyBridge(url, link, baudrate=baud)
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, lambda *_: bridge.closed.set())
@@ -146,6 +147,8 @@ def console_log(state_dir, follow, last, as_json):
     """Show a board's console transcript: everything its console sent (out) and
     received (in), with a timestamp per line, from DIR/console.log and its
     rotated predecessors."""
+    from pledgeforge.boards.transcript import follow_lines, parse_line, read_lines, transcript_path
+
     state = Path(state_dir)
     path = transcript_path(state)
     if not state.is_dir():
@@ -168,6 +171,8 @@ def console_log(state_dir, follow, last, as_json):
                   "algorithm, console (baud, prompt, login), image slots")
 def profiles(as_json):
     """List the shipped board profiles."""
+    from pledgeforge.boards.profile import load_profile, profile_names
+
     for name in profile_names():
         profile = load_profile(name)
         if as_json:
@@ -201,6 +206,10 @@ def set_verify_key(state_dir, key_pem, as_json):
     (`pledgeforge provision --image-key`); a profile that sets [image] verify_key
     uses that file instead.
     """
+    from pledgeforge.boards import mcuboot
+    from pledgeforge.boards.image_slots import install_verify_key
+    from pledgeforge.boards.runtime import BoardError, lock_state_dir
+
     pem = read_input(key_pem, "firmware key")
     public_key = mcuboot.load_public_key(pem, f"firmware key {key_pem}")
     state = Path(state_dir)
