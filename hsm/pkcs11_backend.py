@@ -37,6 +37,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import pkcs11
 import pkcs11.exceptions as p11err
@@ -48,11 +49,15 @@ from cryptography.hazmat.primitives import serialization
 
 from .errors import (KeyExistsError, KeyNotFoundError, KeyStoreError, KeyUriError,
                      ModuleNotConfiguredError, PinError, TokenNotFoundError, UnsupportedAlgorithmError)
-from .key_evidence import TokenKeyReport
 from .keyuri import Pkcs11Uri
 from .signer import (KeyAlgorithm, OtherKeyAlgorithm, Padding, Signer, check_digest_length,
                      ecdsa_raw_to_der)
 from .softhsm import DEFAULT_CONF, file_store_lock, is_softhsm_module
+
+if TYPE_CHECKING:
+    # Imported where a report is made: a module host, which starts with every key
+    # operation of a process whose key needs another module environment, never makes one.
+    from .key_evidence import TokenKeyReport
 
 #: what `generate` makes (SoftHSM2 and the HSMs we know do all of these)
 ALGORITHMS = ("ec-p256", "ec-p384", "ec-p521", "rsa-2048", "rsa-3072", "rsa-4096")
@@ -587,6 +592,8 @@ def key_report(uri: Pkcs11Uri) -> TokenKeyReport:
     if uri.token is None:
         raise KeyUriError("the pkcs11 URI names no token (add token=LABEL)")
     _template(uri.object, uri.id)  # a URI naming no key must not reach the token
+    from .key_evidence import TokenKeyReport
+
     return TokenKeyReport(*module_for(uri).key_attributes(uri.token, uri.pin(), uri.object, uri.id))
 
 

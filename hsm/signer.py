@@ -16,7 +16,6 @@ point.
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import enum
 import functools
@@ -31,6 +30,15 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
 
 from .errors import UnsupportedAlgorithmError
 
+
+
+def _in_executor(executor: Executor | None, fn: Callable, *args):
+    """`fn(*args)` on `executor`, awaited from the running event loop. asyncio is imported
+    here, where a loop already runs, rather than with this module, which every process that
+    holds a key loads (a PKCS#11 module host, each CLI command) and most never run a loop."""
+    import asyncio
+
+    return asyncio.get_running_loop().run_in_executor(executor, fn, *args)
 
 class KeyAlgorithm(enum.Enum):
     """Key types every key store of pledgeforge generates. The value is the CLI spelling.
@@ -298,8 +306,7 @@ class Signer(ABC):
         self, dgst: bytes, hash_name: str = "sha256", pad: Padding = Padding.PKCS1V15
     ) -> bytes:
         """`sign_digest` without blocking the running event loop."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.executor, self.sign_digest, dgst, hash_name, pad)
+        return await _in_executor(self.executor, self.sign_digest, dgst, hash_name, pad)
 
     async def sign_async(self, data: bytes, hash_name: str = "sha256",
                          pad: Padding = Padding.PKCS1V15) -> bytes:
@@ -355,19 +362,16 @@ class BuildingSigner(Signer):
         valid for `validity` from the key server's clock."""
 
     async def build_signed_data_async(self, content: bytes, content_type: str) -> bytes:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.executor, self.build_signed_data, content, content_type)
+        return await _in_executor(self.executor, self.build_signed_data, content, content_type)
 
     async def build_certificate_async(self, csr, *, days: int, extended_key_usage: Sequence[str],
                                       dns_names: Sequence[str], crl_urls: Sequence[str] = ()):
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.executor, functools.partial(
+        return await _in_executor(self.executor, functools.partial(
             self.build_certificate, csr, days=days, extended_key_usage=extended_key_usage,
             dns_names=dns_names, crl_urls=crl_urls))
 
     async def build_crl_async(self, revoked: Sequence[tuple], *, number: int, validity: dt.timedelta):
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.executor, functools.partial(
+        return await _in_executor(self.executor, functools.partial(
             self.build_crl, revoked, number=number, validity=validity))
 
 
