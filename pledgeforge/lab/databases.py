@@ -6,12 +6,17 @@ changing the cloud registrar's answer while they run takes effect at once.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from pledgeforge.atomicfile import atomic_write
 from pledgeforge.hsm.cloud_responses import CloudResponse
 from pledgeforge.hsm.wellknown import REQUEST_VOUCHER
-from pledgeforge.registrar.db import CloudStore, MasaStore, OwnerStore
-
 from .layout import LabError, LabLayout
+
+if TYPE_CHECKING:
+    # The stores (SQLAlchemy) are imported when a database is first opened: the lab's
+    # commands that only read lab.json or talk to the servers never load them.
+    from pledgeforge.registrar.db import CloudStore, MasaStore, OwnerStore
 
 #: the one owner of the lab: its registrar is the owner registrar, its CA the owner CA
 OWNER_NAME = "lab-owner"
@@ -32,16 +37,19 @@ class LabDatabases:
         self._stores: dict[str, object] = {}
 
     def masa_store(self) -> MasaStore:
-        return self._store("masa", MasaStore)
+        return self._store("masa")
 
     def cloud_store(self) -> CloudStore:
-        return self._store("cloud", CloudStore)
+        return self._store("cloud")
 
     def owner_store(self) -> OwnerStore:
-        return self._store("owner", OwnerStore)
+        return self._store("owner")
 
-    def _store(self, role: str, kind):
+    def _store(self, role: str):
         if role not in self._stores:
+            from pledgeforge.registrar.db import CloudStore, MasaStore, OwnerStore
+
+            kind = {"masa": MasaStore, "cloud": CloudStore, "owner": OwnerStore}[role]
             self._stores[role] = kind(self.lab.database_url(role))
         return self._stores[role]
 

@@ -30,19 +30,25 @@ import datetime as dt
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cryptography import x509
 
 from pledgeforge.hsm.x509 import to_pem
-from pledgeforge.registrar.db import CloudStore, MasaStore, OwnerStore
 
-from . import manufacture, pki, servers, signing_service
+# manufacture.py (the station and its TPM attestation, tpm2-pytss) is imported where a lab
+# makes or manufactures boards: most users of a lab (a pledge, `keys --lab`, `lab status`)
+# never do, and it is a quarter of the package's import time.
+from . import pki, servers, signing_service
 from .configs import write_configs
 from .databases import OWNER_NAME, LabDatabases
 from .layout import HOST, LAB_FILE, SUBDIRECTORIES, LabError, LabLayout
 from .pledges import KeyHome, ProvisionedPledge, is_provisioned, provision_pledge, reopen_pledge
 from .processes import STOP_TIMEOUT_S, free_port, server_alive, stop_process
 from .servers import ROLES, START_TIMEOUT_S, UpReport
+
+if TYPE_CHECKING:
+    from pledgeforge.registrar.db import CloudStore, MasaStore, OwnerStore
 
 #: lab.json's version: 2 since each trust role has a token and PIN of its own
 LAB_VERSION = 2
@@ -109,6 +115,8 @@ class Lab(LabLayout):
                            "pin_file": str(lab.pin_file("pledges")),
                            "tokens": {token: str(lab.pin_file(token)) for token in pki.TOKENS}}
         data["swtpm_dir"] = str(directory / "swtpm")
+        from . import manufacture
+
         data["tpm_maker"] = str(manufacture.tpm_maker(lab).directory)
         data["manufacturing_db"] = lab.manufacturing_db_url
         data["trust_anchors"] = {
@@ -190,10 +198,14 @@ class Lab(LabLayout):
         station and register it with the lab's servers for `flow` (manufacture.py); the
         station's BoardResult. Start such boards with `board run --factory-new --tpm-maker
         <lab>/tpm-maker`."""
+        from . import manufacture
+
         return manufacture.manufacture_board(self, self.databases, port, flow, **options)
 
     def station(self, **options):
         """The lab's manufacturing station (its CA, anchors, TPM maker, database)."""
+        from . import manufacture
+
         return manufacture.station(self, **options)
 
     def has_pledge(self, serial: str) -> bool:
