@@ -34,6 +34,11 @@ FILE_NAME_MAX = 255      # NAME_MAX of common file systems
 NAME_MAX = 60            # owners, endpoints: the width of their database columns
 
 _LABEL_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?")
+#: a whole host name that passes every check but its length, in one match: what nearly
+#: every name is, so the checks below run only to say what is wrong with the others
+_GOOD_HOST_NAME_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,%d}[A-Za-z0-9])?"
+                                r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,%d}[A-Za-z0-9])?)*"
+                                % (DNS_LABEL_MAX - 2, DNS_LABEL_MAX - 2))
 _LABEL_CHARACTER = re.compile(r"[A-Za-z0-9-]")
 _HOST_NAME_CHARACTER = re.compile(r"[A-Za-z0-9.-]")
 _FILE_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -85,6 +90,8 @@ def _label_problem(label: str) -> str | None:
 
 
 def _host_name_problem(value: str, max_length: int) -> str | None:
+    if len(value) <= max_length and _GOOD_HOST_NAME_RE.fullmatch(value):
+        return None
     if not value:
         return "is empty"
     if len(value) > max_length:

@@ -3,7 +3,10 @@ are issued (the CA command, the lab, boards, the servers' stores) with one clear
 
 from __future__ import annotations
 
+import string
+
 import pytest
+from hypothesis import example, given, strategies as st
 
 from clirunner import openssl, run_cli
 from pledgeforge.hsm.identity_names import (IdentityNameError, check_dns_name, check_file_name,
@@ -18,6 +21,34 @@ BAD_SERIALS = [
 ]
 GOOD_SERIALS = ["00-D0-E5-F2-00-02", "PF-000123", "lab-probe", "S", "SN.1234.rev-B", "1" * 63,
                 "a" * 31 + "." + "b" * 32]
+
+
+def _is_host_name(value: str, max_length: int) -> bool:
+    """RFC 1123 host name, from the RFC's words: dot-separated labels of 1 to 63 ASCII letters,
+    digits and hyphens that neither start nor end with a hyphen; at most max_length long."""
+    def label_ok(label: str) -> bool:
+        return (0 < len(label) <= 63 and all(c in string.ascii_letters + string.digits + "-" for c in label)
+                and not label.startswith("-") and not label.endswith("-"))
+    return 0 < len(value) <= max_length and all(label_ok(label) for label in value.split("."))
+
+
+def _accepts(check, value: str) -> bool:
+    try:
+        check(value)
+    except IdentityNameError:
+        return False
+    return True
+
+
+@given(st.text(alphabet=st.sampled_from("aZ09-._ \n¹٣Ä"), max_size=140)
+       | st.builds(".".join, st.lists(st.text(alphabet="ab-1", min_size=0, max_size=66), max_size=4)))
+@example("a" * 63)
+@example("a" * 64)
+@example("a." + "b" * 62)
+@example("-")
+def test_serial_numbers_and_dns_names_are_accepted_exactly_when_they_are_host_names(value):
+    assert _accepts(check_serial_number, value) == _is_host_name(value, 64), value
+    assert _accepts(check_dns_name, value) == _is_host_name(value, 253), value
 
 
 @pytest.mark.parametrize("serial", BAD_SERIALS, ids=range(len(BAD_SERIALS)))
