@@ -477,6 +477,16 @@ def check_csr(csr: x509.CertificateSigningRequest) -> None:
         raise CertificateError("CSR signature does not verify: the requester does not hold the key")
 
 
+def csr_dns_names(csr: x509.CertificateSigningRequest) -> list[str]:
+    """The dNSNames a CSR asks for in its subjectAltName, lower-cased (DNS names compare
+    without case)."""
+    try:
+        san = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return []
+    return [n.lower() for n in san.get_values_for_type(x509.DNSName)]
+
+
 def load_csr(data: bytes) -> x509.CertificateSigningRequest:
     try:
         if b"-----BEGIN" in data:

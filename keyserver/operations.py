@@ -49,8 +49,8 @@ from pledgeforge.hsm.errors import CmsError, VoucherError
 from pledgeforge.hsm.identity_names import IdentityNameError, check_dns_name, check_serial_number
 from pledgeforge.hsm.signer import Padding, SignatureRequest, SigningSteps, check_digest_length, digest
 from pledgeforge.hsm.voucher import Voucher, format_date, parse_date
-from pledgeforge.hsm.x509 import (check_csr, crl_distribution_points, issued_certificate_steps, load_csr,
-                                  revocation_list_steps, serial_number_of, to_der, to_pem)
+from pledgeforge.hsm.x509 import (check_csr, crl_distribution_points, csr_dns_names, issued_certificate_steps,
+                                  load_csr, revocation_list_steps, serial_number_of, to_der, to_pem)
 
 from .policy import (CERTIFICATE, CRL, DELEGATION_CERTIFICATE, DIGEST, VOUCHER, VOUCHER_REQUEST,
                      Delegation, Denied, Scope, subject_text)
@@ -195,14 +195,6 @@ def _csr(item: dict) -> x509.CertificateSigningRequest:
     return csr
 
 
-def _csr_dns_names(csr: x509.CertificateSigningRequest) -> list[str]:
-    try:
-        san = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        return []
-    return [n.lower() for n in san.get_values_for_type(x509.DNSName)]
-
-
 def _certificate_answer(key: ServedKey) -> Callable[[x509.Certificate], dict]:
     chain = [to_pem(key.cert).decode()] + [to_pem(c).decode() for c in key.chain]
     return lambda cert: {"certificate": to_pem(cert).decode(), "chain": chain}
@@ -221,7 +213,7 @@ def _crl_urls(item: dict) -> list[str]:
 
 def _prepare_certificate(item: dict, key: ServedKey, now: dt.datetime, window_s: int) -> Prepared:
     csr = _csr(item)
-    requested = _csr_dns_names(csr)
+    requested = csr_dns_names(csr)
     dns_names = item.get("dns_names", requested)
     if not isinstance(dns_names, list) or not all(isinstance(n, str) for n in dns_names):
         raise Invalid("'dns_names' must be a list of DNS names")
@@ -258,7 +250,7 @@ def _prepare_certificate(item: dict, key: ServedKey, now: dt.datetime, window_s:
 def _prepare_delegation_certificate(item: dict, key: ServedKey, now: dt.datetime,
                                     window_s: int) -> Prepared:
     csr = _csr(item)
-    if _csr_dns_names(csr):
+    if csr_dns_names(csr):
         raise Invalid("a delegation certificate names a registrar by its subject only; "
                       "the CSR must request no subjectAltName")
 

@@ -58,7 +58,7 @@ from pledgeforge.hsm.identity_names import IdentityNameError, check_dns_name
 from pledgeforge.hsm.keystore import open_signer
 from pledgeforge.hsm.wellknown import (CERTS_ONLY_MEDIA_TYPE, CSRATTRS_MEDIA_TYPE, EST_PATH, PKCS7_MEDIA_TYPE,
                                        PKCS10_MEDIA_TYPE)
-from pledgeforge.hsm.x509 import check_csr, issue_from_csr_async, load_csr, parse_dn, to_pem
+from pledgeforge.hsm.x509 import check_csr, csr_dns_names, issue_from_csr_async, load_csr, parse_dn, to_pem
 
 from .brski import require_serial
 from .config import CsrAttrsSettings, EstSettings
@@ -132,14 +132,6 @@ def csr_attributes_for(policy: CsrAttrsSettings, serial: str) -> CsrAttributes:
         signature_oid=signature_algorithm_oid(policy.signature_algorithm) if policy.signature_algorithm else None)
 
 
-def _csr_dns_names(csr: x509.CertificateSigningRequest) -> list[str]:
-    try:
-        san = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        return []
-    return [n.lower() for n in san.get_values_for_type(x509.DNSName)]
-
-
 def check_csr_identity(csr: x509.CertificateSigningRequest, policy: CsrAttrsSettings,
                        serial: str) -> list[str]:
     """Raise Refusal(400) unless the CSR carries what csrattrs asked; return the DNS names to certify."""
@@ -152,7 +144,7 @@ def check_csr_identity(csr: x509.CertificateSigningRequest, policy: CsrAttrsSett
             raise Refusal(400, f"the CSR subject serialNumber {attr.value!r} is not the pledge's "
                                f"serial number {serial!r}")
     wanted = requested_dns_names(policy, serial)
-    have = _csr_dns_names(csr)
+    have = csr_dns_names(csr)
     missing = [n for n in wanted if n not in have]
     if missing:
         raise Refusal(400, f"the CSR does not request the subjectAltName dNSName(s) "
