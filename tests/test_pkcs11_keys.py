@@ -79,6 +79,26 @@ def test_wrong_pin_is_named_and_pin_not_leaked(token, tmp_path):
     assert keystore.open_signer(token.uri("k")).sign(b"x")
 
 
+def test_an_open_signer_reads_a_rewritten_pin_file_at_its_next_signature(token, tmp_path):
+    """The PIN file is cached by its inode, size and mtime: a rotated or removed PIN is still
+    what the next signature uses."""
+    keystore.generate_key(token.uri("rotating"), "ec-p256")
+    pin_file = tmp_path / "rotating.pin"
+    pin_file.write_text(token.pin + "\n")
+    signer = keystore.open_signer(token.uri("rotating", pin_source=f"file:{pin_file}"))
+    assert signer.sign(b"before")
+    replacement = tmp_path / "replacement.pin"
+    replacement.write_text("000000\n")     # same length as the right one; a new inode
+    replacement.replace(pin_file)
+    with pytest.raises(PinError, match="wrong PIN"):
+        signer.sign(b"after a wrong rotation")
+    pin_file.unlink()
+    with pytest.raises(PinError, match="cannot read PIN file"):
+        signer.sign(b"without a PIN file")
+    pin_file.write_text(token.pin + "\n")
+    assert signer.sign(b"after the PIN came back")
+
+
 def test_missing_token_missing_key_missing_pin(token):
     with pytest.raises(TokenNotFoundError, match="no-such-token"):
         keystore.open_signer(token.uri("k", token="no-such-token", pin_source=None, pin_value="1"))
