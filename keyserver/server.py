@@ -9,6 +9,7 @@ delegations), as a change of the file does.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import sys
@@ -48,6 +49,10 @@ async def serve(config: SignerConfig, stop: asyncio.Event | None = None) -> None
     runner = web.AppRunner(service.app(), handle_signals=False, access_log=None,
                            shutdown_timeout=config.server.shutdown_timeout_s)
     await runner.setup()
+    # What is loaded by now (aiohttp, SQLAlchemy, cryptography: some 70,000 objects) lives as
+    # long as the process. Frozen, it is left out of the collector's full passes, which a
+    # stream of batches sets off every few seconds and which walked all of it (about 30 ms).
+    gc.freeze()
     listener = None
     signals = (signal.SIGTERM, signal.SIGINT)
     try:
