@@ -11,12 +11,18 @@ with 1 and then 2 worker processes per token. For each, clients ask for
 - batch: 100 vouchers per request, `--clients` requests in flight.
 
 Every voucher is checked and built by the service, signed in SoftHSM2 and
-written to the audit log, as in production. The raw rate is SoftHSM2 alone:
-sign_digest in a loop, the module loaded in the measuring process, measured
-in the same run. The clients build their request bodies before the clock
-starts. Each measurement is repeated `--rounds` times, interleaved with the
-raw rate, and the best of each kept, so that other work on the machine skews
-the ratios less. Goal: batched, at least 0.7 of the raw rate per worker.
+written to the audit log, as in production. The raw rate is SoftHSM2 alone,
+measured in the same run: python-pkcs11's sign (C_SignInit, C_Sign) in a
+loop on one logged-in session, in a process of its own, with nothing of
+pledgeforge in between; that is what one signing worker could do at best.
+Beside it, for reference, pledgeforge's own signer making one call per
+signature (`sign_digest`: the PIN's check, the token store's lock, DER
+conversion), as a pledge or a server without the service signs. The
+ratios are against the raw rate. The clients build their request bodies
+before the clock starts. Each measurement is repeated `--rounds` times,
+interleaved with the raw rates, and the best of each kept, so that other
+work on the machine skews the ratios less. Goal: batched, at least 0.7 of
+the raw rate per worker.
 
 Beside the rates it prints the CPU time each voucher costs: in the service's
 own process (TLS, HTTP, checking and building, audit) and in its workers,
@@ -60,16 +66,31 @@ BATCH = 100
 GOAL = 0.7
 
 
-def raw_rate(uri: str, n: int) -> tuple[float, float]:
-    """Run in a child whose environment names the SoftHSM: signatures per second, in
-    process, and the CPU seconds of one signature."""
+def raw_rate(uri_text: str, n: int) -> tuple[float, float]:
+    """Run in a child whose environment names the SoftHSM: SoftHSM2's signatures per
+    second through python-pkcs11 alone, and the CPU seconds of one."""
+    import pkcs11
+
+    uri = keystore.parse_key_uri(uri_text)
+    token = pkcs11.lib(uri.module_path).get_token(token_label=uri.token)
+    with token.open(user_pin=uri.pin()) as session:
+        key = session.get_key(object_class=pkcs11.ObjectClass.PRIVATE_KEY, label=uri.object)
+        return _loop(lambda digest: key.sign(digest, mechanism=pkcs11.Mechanism.ECDSA), n)
+
+
+def signer_rate(uri: str, n: int) -> tuple[float, float]:
+    """The same through pledgeforge's signer, one call per signature, in process."""
     signer = keystore.open_signer(uri)
     assert signer.in_process
+    return _loop(signer.sign_digest, n)
+
+
+def _loop(sign, n: int) -> tuple[float, float]:
     digest = bytes(range(32))
-    signer.sign_digest(digest)
+    sign(digest)
     start, cpu = time.perf_counter(), time.process_time()
     for _ in range(n):
-        signer.sign_digest(digest)
+        sign(digest)
     return n / (time.perf_counter() - start), (time.process_time() - cpu) / n
 
 
@@ -248,11 +269,12 @@ def through_service(service: Service, bodies: list[bytes], per_request: int, cli
     return Measured(signed / elapsed, cpu[0] / signed, sum(cpu[1:]) / signed)
 
 
-def _raw_in_child(setup: Setup, n: int) -> tuple[float, float]:
-    out = subprocess.run([sys.executable, __file__, "--raw", str(setup.key_uri), "--vouchers", str(n)],
+def _in_child(setup: Setup, what: str, n: int) -> tuple[float, float]:
+    """A signing rate (`--raw` or `--signer`) measured in a child process of its own."""
+    out = subprocess.run([sys.executable, __file__, f"--{what}", str(setup.key_uri), "--vouchers", str(n)],
                          env=setup.hsm.env(), capture_output=True, text=True, timeout=600)
     if out.returncode != 0:
-        raise SystemExit(f"raw measurement failed: {out.stderr.strip()}")
+        raise SystemExit(f"{what} measurement failed: {out.stderr.strip()}")
     rate, cpu = out.stdout.split()
     return float(rate), float(cpu)
 
@@ -263,17 +285,22 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=4, help="requests in flight")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved repetitions; the best counts")
     parser.add_argument("--raw", help=argparse.SUPPRESS)
+    parser.add_argument("--signer", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.raw:
         print(*raw_rate(args.raw, args.vouchers))
         return 0
+    if args.signer:
+        print(*signer_rate(args.signer, args.vouchers))
+        return 0
     with tempfile.TemporaryDirectory(prefix="pledgeforge-signer-bench-") as tmp:
         setup = Setup(Path(tmp))
         best: dict = {}
-        raw_cpu = float("inf")
+        cpu_of = {"raw": float("inf"), "signer": float("inf")}
         for _ in range(args.rounds):
-            rate, cpu = _raw_in_child(setup, args.vouchers)
-            best["raw"], raw_cpu = max(best.get("raw", 0.0), rate), min(raw_cpu, cpu)
+            for what in ("raw", "signer"):
+                rate, cpu = _in_child(setup, what, args.vouchers)
+                best[what], cpu_of[what] = max(best.get(what, 0.0), rate), min(cpu_of[what], cpu)
             for workers in (1, 2):
                 service = Service(setup, workers)
                 try:
@@ -289,8 +316,10 @@ def main() -> int:
     raw = best["raw"]
     print(f"SoftHSM2 ECDSA P-256, {args.vouchers} vouchers per measurement, best of {args.rounds}, "
           f"{args.clients} requests in flight, {os.cpu_count()} cores")
-    print(f"  raw SoftHSM2 sign_digest, one process   {raw:>8.0f} signatures/s, "
-          f"{raw_cpu * 1e6:.0f} us CPU each")
+    print(f"  raw SoftHSM2 (python-pkcs11 sign), one process    {raw:>8.0f} signatures/s, "
+          f"{cpu_of['raw'] * 1e6:.0f} us CPU each")
+    print(f"  pledgeforge sign_digest, one call each, in process {best['signer']:>7.0f} signatures/s, "
+          f"{cpu_of['signer'] * 1e6:.0f} us CPU each ({best['signer'] / raw:.2f} x raw)")
     print(f"  {'workers':<8}{'requests':<16}{'vouchers/s':>11}{'per worker':>12}{'x raw per worker':>18}"
           f"{'us CPU/voucher: service':>26}{'workers':>9}")
     met = True
