@@ -36,6 +36,7 @@ from cryptography import x509
 
 from pledgeforge.errors import PledgeforgeError
 from pledgeforge.hsm.errors import CertificateError
+from pledgeforge.hsm.retry_after import parse_retry_after
 from pledgeforge.hsm.signer import Signer
 from pledgeforge.hsm.wellknown import (BRSKI_PATH, JSON_MEDIA_TYPE, PKCS7_MEDIA_TYPE,
                                        PKCS10_MEDIA_TYPE)
@@ -44,7 +45,7 @@ from pledgeforge.hsm.x509 import make_csr, serial_number_of, to_der
 from .http_client import HttpClient, Response
 from .ldevid_keys import LdevidKeys, LifecycleError, PendingKey, Slot
 from .pledge import check_issued_certificate
-from .pledge_machine import parse_retry_after, server_origin, status_report_body
+from .pledge_machine import server_origin, status_report_body
 from .tls_client import ServerAuth, TlsConnection, TransportError, connect
 
 #: how often a 202 is waited out before the renewal gives up, and the longest wait

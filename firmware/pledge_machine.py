@@ -126,11 +126,11 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from email.utils import parsedate_to_datetime
 from http import HTTPStatus
 from urllib.parse import urljoin, urlsplit
 
 from pledgeforge.errors import PledgeforgeError
+from pledgeforge.hsm.retry_after import parse_http_date, parse_retry_after
 from pledgeforge.hsm.wellknown import (BRSKI_PATH, CSRATTRS_MEDIA_TYPE, EST_PATH, JSON_MEDIA_TYPE,
                                        PKCS7_MEDIA_TYPE, PKCS10_MEDIA_TYPE, VOUCHER_MEDIA_TYPE)
 
@@ -175,7 +175,7 @@ __all__ = [
     # the machine
     "PledgeMachine", "PledgeConfig", "ProtocolError", "PledgeConfigError", "IllegalTransition",
     "Budget",
-    "parse_retry_after", "server_origin", "resolve_location", "est_base_url", "status_report_body",
+    "server_origin", "resolve_location", "est_base_url", "status_report_body",
     "BRSKI_PATH", "EST_PATH", "VOUCHER_MEDIA_TYPE",
     # re-exported vocabulary
     "State", "Transition", "Trust", "TrustBuiltinAnchors", "TrustProvisional",
@@ -190,7 +190,6 @@ __all__ = [
 ]
 
 NONCE_BYTES = 16
-_LONGEST_DELAY_S = 10**9  # far beyond any cap; keeps float arithmetic finite
 
 
 class ProtocolError(RuntimeError):
@@ -324,54 +323,14 @@ def est_base_url(est_domain: str) -> str:
     return origin + (path or EST_PATH)
 
 
-# --- Retry-After ------------------------------------------------------------------
-
-_DELTA_SECONDS = re.compile(r"[0-9]+")
-
-
-def _as_utc(moment: datetime) -> datetime:
-    if moment.tzinfo is None:
-        return moment.replace(tzinfo=timezone.utc)
-    return moment.astimezone(timezone.utc)
-
-
-def _parse_http_date(text: str) -> datetime | None:
-    try:
-        moment = parsedate_to_datetime(text)
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return None
-    return None if moment is None else _as_utc(moment)
-
-
-def parse_retry_after(value: str | None, reference: datetime | None = None) -> float | None:
-    """Seconds to wait from a Retry-After value (RFC 9110 10.2.3).
-
-    delta-seconds is read directly; an HTTP-date is measured from `reference`
-    (the response's own Date header is the best one: pledges often have no
-    trustworthy clock). Returns None when the value is absent or unreadable,
-    or is a date with no reference; the caller then uses its own backoff.
-    """
-    if value is None:
-        return None
-    text = value.strip()
-    if _DELTA_SECONDS.fullmatch(text):
-        # Count digits first: int() refuses very long strings.
-        if len(text) > 10:
-            return float(_LONGEST_DELAY_S)
-        return float(min(int(text), _LONGEST_DELAY_S))
-    if reference is None:
-        return None
-    moment = _parse_http_date(text)
-    if moment is None:
-        return None
-    delta = (moment - _as_utc(reference)).total_seconds()
-    return float(min(max(delta, 0.0), _LONGEST_DELAY_S))
+# --- Retry-After (read by hsm/retry_after.py) ---------------------------------------
 
 
 def _reference_time(response: Response) -> datetime | None:
+    """What a Retry-After date is measured from: the response's Date, else its arrival."""
     date = response.header("date")
     if date is not None:
-        moment = _parse_http_date(date)
+        moment = parse_http_date(date)
         if moment is not None:
             return moment
     if response.received_at is not None:

@@ -48,7 +48,7 @@ TRANSITIONS: Mapping[State, Mapping[State, str]] = MappingProxyType({
     _S.VOUCHER_REQUEST: {
         _S.VOUCHER_RECEIVED: "200 voucher",
         _S.REDIRECTED: "307 from an authenticated server",
-        _S.WAITING: "202, 401 + Retry-After, 5xx, transport failure, or 307 over provisional TLS",
+        _S.WAITING: "202, 401 + Retry-After, 429, 5xx, transport failure, or 307 over provisional TLS",
     },
     _S.REDIRECTED: {
         _S.PROVISIONAL_CONNECT: "new voucher-request with a fresh nonce",
@@ -152,7 +152,7 @@ _SPENT_ON = {
     Budget.ACCEPTED: "202: the voucher (or, at /simpleenroll, the certificate) is not ready "
                      "yet; at /simpleenroll a spent budget fails",
     Budget.OWNER_WAIT: "401 + Retry-After: no owner known yet, which may take hours",
-    Budget.OVERLOAD: "5xx: the server is unavailable",
+    Budget.OVERLOAD: "5xx: the server is unavailable, or 429: it asks the pledge to slow down",
 }
 
 
@@ -252,6 +252,13 @@ VOUCHER_RESPONSE_POLICY: tuple[VoucherResponseRule, ...] = (
         "the vendor must register it",
         "the vendor registers the pledge, then the board is restarted",
         cloud_response=CloudResponse.UNKNOWN,
+    ),
+    VoucherResponseRule(
+        _only(HTTPStatus.TOO_MANY_REQUESTS), Reaction.WAIT,
+        "{origin} asks the pledge to slow down: {status}",
+        "rate-limited (RFC 6585): as 5xx, wait Retry-After (up to overload_wait_cap_s) "
+        "or back off, resend",
+        budget=Budget.OVERLOAD,
     ),
     VoucherResponseRule(
         range(500, 600), Reaction.WAIT,

@@ -1,21 +1,30 @@
 """A registrar's calls to the MASA: a timeout on each, a bounded number of attempts.
 
-Only failures that may go away are retried (no connection, timeout, 502/503/504);
-a MASA that refuses (4xx) or presents an untrusted certificate is answered at
-once. What the pledge then gets: the MASA's own 403 or 404 (no right to the
-device, unknown device: they concern the pledge), 504 when the MASA did not
-answer in time, 502 for everything else the MASA did wrong.
+Only failures that may go away are retried (no connection, timeout, 429,
+502/503/504); a MASA that refuses (4xx) or presents an untrusted certificate is
+answered at once. What the pledge then gets: the MASA's own 403 or 404 (no
+right to the device, unknown device: they concern the pledge), 504 when the
+MASA did not answer in time, 502 for everything else the MASA did wrong.
+
+A MASA that is busy (503) or finds this registrar asking too often (429) may
+say how long to wait (Retry-After). A wait longer than the registrar's own
+next backoff, or one with no attempt left after it, is passed on to the
+pledge as 503 with that Retry-After: the registrar does not hold the
+pledge's request open for it, nor ask again sooner than it was told.
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
+import math
 
 import aiohttp
 from cryptography import x509
 
 from pledgeforge.hsm.errors import CertificateError
+from pledgeforge.hsm.retry_after import parse_http_date, parse_retry_after
 from pledgeforge.hsm.wellknown import VOUCHER_MEDIA_TYPE
 from pledgeforge.hsm.x509 import masa_base_url, masa_url_of
 
@@ -25,7 +34,7 @@ from .web import Refusal, loggable, media_type
 
 log = logging.getLogger("pledgeforge.registrar.masa_client")
 
-RETRYABLE_STATUS = {502, 503, 504}
+RETRYABLE_STATUS = {429, 502, 503, 504}
 RELAYED_STATUS = {403, 404}
 
 
@@ -56,9 +65,13 @@ class MasaClient:
         if self._session is not None:
             await self._session.close()
 
+    def _backoff_s(self, attempt: int) -> float:
+        """The wait before attempt `attempt + 1` (counted from 0)."""
+        return self.settings.backoff_s * (2 ** attempt)
+
     async def _pause(self, attempt: int) -> None:
         """Back off before the next attempt; a shutdown cuts the wait short."""
-        delay = self.settings.backoff_s * (2 ** attempt)
+        delay = self._backoff_s(attempt)
         try:
             await asyncio.wait_for(self.stop.wait(), timeout=delay)
         except asyncio.TimeoutError:
@@ -85,6 +98,7 @@ class MasaClient:
                         raise Refusal(resp.status, problem)
                     if resp.status not in RETRYABLE_STATUS:
                         raise Refusal(502, problem)
+                    self._pass_on_long_wait(resp, attempt, problem)
             except aiohttp.ClientConnectorCertificateError as exc:
                 raise Refusal(502, f"the MASA at {url} presented a certificate this registrar does "
                                    f"not trust: {exc.certificate_error}") from None
@@ -97,3 +111,16 @@ class MasaClient:
         raise Refusal(504 if timed_out else 502,
                       f"could not get a voucher from the MASA at {url} after "
                       f"{self.settings.attempts} attempt(s): {problem}")
+
+    def _pass_on_long_wait(self, resp: aiohttp.ClientResponse, attempt: int, problem: str) -> None:
+        """503 + Retry-After for the pledge when the MASA asked for a wait that the next
+        attempt would not honour (or there is no next attempt)."""
+        wait = parse_retry_after(resp.headers.get("Retry-After"),
+                                 parse_http_date(resp.headers.get("Date", "")) or dt.datetime.now(dt.timezone.utc))
+        if wait is None:
+            return
+        last = attempt + 1 >= self.settings.attempts
+        if last or wait > self._backoff_s(attempt):
+            seconds = max(1, math.ceil(wait))
+            raise Refusal(503, f"{problem}; the MASA asks to wait {seconds} s",
+                          {"Retry-After": str(seconds)})

@@ -50,10 +50,10 @@ from pledgeforge.firmware.pledge_machine import (
     VoucherRequestBuilt,
     VoucherVerified,
     est_base_url,
-    parse_retry_after,
     resolve_location,
     server_origin,
 )
+from pledgeforge.hsm.retry_after import parse_retry_after
 
 CLOUD = "https://cloud.example:443"
 CLOUD2 = "https://cloud2.example:443"
@@ -563,7 +563,7 @@ def test_401_with_retry_after_waits_for_the_owner_for_hours_up_to_the_cap():
     assert "owner yet" in wait.reason and "starting over" in wait.reason
 
 
-@pytest.mark.parametrize("status", [500, 502, 503, 504])
+@pytest.mark.parametrize("status", [429, 500, 502, 503, 504])
 def test_server_errors_back_off_honouring_retry_after(status):
     m = machine(overload_wait_cap_s=120.0)
     cloud_voucher_request(m)

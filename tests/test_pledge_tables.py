@@ -122,6 +122,7 @@ ANSWERS = [  # (status, headers) -> what the pledge must do
     (400, {}, pm.Failed),
     (401, {}, pm.Failed),
     (404, {}, pm.Failed),
+    (429, {"Retry-After": "7"}, pm.Sleep),
     (500, {}, pm.Sleep),
     (503, {"Retry-After": "9"}, pm.Sleep),
     (403, {}, pm.Failed),

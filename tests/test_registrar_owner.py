@@ -5,7 +5,12 @@ the bounded retry towards an unreachable MASA."""
 from __future__ import annotations
 
 import base64
+import dataclasses
 import socket
+import sqlite3
+import subprocess
+import sys
+import time
 
 import pytest
 from cryptography import x509
@@ -22,6 +27,10 @@ from pledgeforge.hsm.wellknown import REQUEST_VOUCHER
 from pledgeforge.hsm.x509 import issue_idevid, make_ca, make_csr, to_der, to_pem
 from pledgeforge.registrar.db import MASA_METADATA, OWNER_METADATA, table_contents
 from pledgeforge.hsm.est_wire import CsrAttributes, parse_certs_only
+from pledgeforge.hsm.wellknown import HEALTH_PATH
+from pledgeforge.lab.configs import server_configs
+from pledgeforge.lab.processes import free_port, stop_process
+from pledgeforge.registrar.config import MasaRateLimits, write_config
 
 EST = "/.well-known/est"
 BRSKI = "/.well-known/brski"
@@ -229,3 +238,58 @@ def test_unreachable_masa_is_retried_a_bounded_number_of_times(lab, tmp_path):
     assert _state(lab) == before
     log = lab.log_path("owner").read_text()
     assert "attempt 3/3 failed" in log and f"127.0.0.1:{closed}" in log
+
+
+def _start_masa_beside_the_lab(lab, tmp_path, port: int, rate_limits: MasaRateLimits):
+    """The lab's MASA configuration (its keys, TLS certificate, owner and devices, the database
+    copied) on `port`, with `rate_limits`: (process, log path)."""
+    database = tmp_path / "masa.sqlite"
+    with sqlite3.connect(lab.database_url("masa").removeprefix("sqlite:///")) as source, \
+            sqlite3.connect(database) as copy:
+        source.backup(copy)
+    masa = server_configs(lab)[0]
+    config = dataclasses.replace(
+        masa, path=tmp_path / "masa.toml", database_url=f"sqlite:///{database}", rate_limits=rate_limits,
+        server=dataclasses.replace(masa.server, port=port, extra_ports={}))
+    write_config(config)
+    log = tmp_path / "masa.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "pledgeforge.registrar.server", "--config",
+                                 str(config.path)], stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if https(f"https://127.0.0.1:{port}{HEALTH_PATH}", anchors=[lab.pki("web-ca")],
+                     timeout=2).status == 200:
+                return proc, log
+        except OSError:
+            pass
+        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+        time.sleep(0.1)
+
+
+def test_a_masa_asking_the_registrar_to_slow_down_reaches_the_pledge_as_its_wait(lab, tmp_path):
+    """The MASA's 429 + Retry-After for the registrar: the pledge gets 503 with that wait, and
+    the registrar does not ask the MASA again sooner than it was told."""
+    port = free_port("127.0.0.1")
+    ca = open_signer(lab.key_uri("manufacturer", "manufacturer-ca"))
+    ca_cert = load_certificate_file(str(lab.pki("manufacturer-ca")))[0]
+    pledge = StandIn.create(tmp_path, "OW-SLOW-MASA", lambda pub, s: issue_idevid(
+        ca, ca_cert, pub, s, masa_url=f"127.0.0.1:{port}"))
+    lab.register_pledge(pledge.serial, "redirect")
+    slow = MasaRateLimits(registrar_rate_per_s=0.01, registrar_burst=1)   # one voucher, then 100 s
+    proc, log = _start_masa_beside_the_lab(lab, tmp_path, port, slow)
+    try:
+        url = lab.url("owner") + REQUEST_VOUCHER
+        first, _ = pledge.voucher_request()
+        assert post_voucher_request(url, first, identity=pledge).status == 200
+        second, _ = pledge.voucher_request()
+        answer = post_voucher_request(url, second, identity=pledge)
+        assert answer.status == 503, answer.body
+        assert 90 <= int(answer.header("retry-after")) <= 100, answer.headers
+        assert b"the MASA answered 429" in answer.body and b"asks to wait" in answer.body
+    finally:
+        stop_process(proc.pid)
+    masa_log = log.read_text()
+    assert masa_log.count("-> 429") == 1, masa_log   # asked once, not again within the wait

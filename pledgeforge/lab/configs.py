@@ -23,9 +23,9 @@ LDEVID_DNS_TEMPLATE = "{serial}.pledges.lab.pledgeforge.test"
 #: second after a burst of 100, and an address 20 requests a second after 200. A lab is one
 #: site enrolling a factory batch at once: `pledgeforge fleet run` sends 1,000 pledges through
 #: one owner registrar (redirect) and one cloud registrar (est-domain), both on 127.0.0.1, at
-#: 10 to 20 enrollments a second, and a voucher the MASA refuses with 429 becomes a 502 to the
-#: pledge and a retry seconds later. These limits leave an order of magnitude of room above
-#: what this machine sustains, and still answer a runaway client with 429.
+#: 10 to 20 enrollments a second, and a voucher the MASA refuses with 429 becomes a 503 to the
+#: pledge with the MASA's Retry-After, which it waits out. These limits leave an order of
+#: magnitude of room above what this machine sustains, and still answer a runaway client with 429.
 LAB_MASA_RATE_LIMITS = MasaRateLimits(address_rate_per_s=400.0, address_burst=4000,
                                       registrar_rate_per_s=200.0, registrar_burst=2000)
 
