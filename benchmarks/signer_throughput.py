@@ -29,8 +29,9 @@ own process (TLS, HTTP, checking and building, audit) and in its workers,
 against the CPU time of one raw signature. Those figures hardly move with
 other work on the machine, which the rates do; they show what bounds the
 ratio: the service process must spend under 1 / (0.7 x raw rate) of a core
-per voucher for one worker to reach the goal, and with two workers on two
-cores the service process has no core of its own.
+per voucher for one worker to reach the goal; on two cores the service, its
+worker and the clients together must also stay under 2 / (0.7 x raw rate);
+and two workers on two cores leave the service process no core of its own.
 """
 
 from __future__ import annotations
