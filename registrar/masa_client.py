@@ -115,8 +115,8 @@ class MasaClient:
     def _pass_on_long_wait(self, resp: aiohttp.ClientResponse, attempt: int, problem: str) -> None:
         """503 + Retry-After for the pledge when the MASA asked for a wait that the next
         attempt would not honour (or there is no next attempt)."""
-        wait = parse_retry_after(resp.headers.get("Retry-After"),
-                                 parse_http_date(resp.headers.get("Date", "")) or dt.datetime.now(dt.timezone.utc))
+        sent = parse_http_date(resp.headers.get("Date", "")) or dt.datetime.now(dt.timezone.utc)
+        wait = parse_retry_after(resp.headers.get("Retry-After"), sent)
         if wait is None:
             return
         last = attempt + 1 >= self.settings.attempts

@@ -1,6 +1,6 @@
 """The lab's owner registrar over real HTTPS: voucher round trip through the MASA, EST
-enrollment checked with OpenSSL, who may enroll, refusals with nothing written, and
-the bounded retry towards an unreachable MASA."""
+enrollment checked with OpenSSL, who may enroll, refusals with nothing written, the
+bounded retry towards an unreachable MASA, and a MASA's request to wait passed on."""
 
 from __future__ import annotations
 
@@ -244,9 +244,13 @@ def _start_masa_beside_the_lab(lab, tmp_path, port: int, rate_limits: MasaRateLi
     """The lab's MASA configuration (its keys, TLS certificate, owner and devices, the database
     copied) on `port`, with `rate_limits`: (process, log path)."""
     database = tmp_path / "masa.sqlite"
-    with sqlite3.connect(lab.database_url("masa").removeprefix("sqlite:///")) as source, \
-            sqlite3.connect(database) as copy:
+    source = sqlite3.connect(lab.database_url("masa").removeprefix("sqlite:///"))
+    copy = sqlite3.connect(database)
+    try:
         source.backup(copy)
+    finally:
+        source.close()
+        copy.close()
     masa = server_configs(lab)[0]
     config = dataclasses.replace(
         masa, path=tmp_path / "masa.toml", database_url=f"sqlite:///{database}", rate_limits=rate_limits,
@@ -258,15 +262,16 @@ def _start_masa_beside_the_lab(lab, tmp_path, port: int, rate_limits: MasaRateLi
                                  str(config.path)], stdout=out, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
-    while True:
+    while proc.poll() is None and time.monotonic() < deadline:
         try:
             if https(f"https://127.0.0.1:{port}{HEALTH_PATH}", anchors=[lab.pki("web-ca")],
                      timeout=2).status == 200:
                 return proc, log
         except OSError:
             pass
-        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
         time.sleep(0.1)
+    stop_process(proc.pid)
+    pytest.fail(f"the second MASA did not start:\n{log.read_text()}")
 
 
 def test_a_masa_asking_the_registrar_to_slow_down_reaches_the_pledge_as_its_wait(lab, tmp_path):
