@@ -551,11 +551,21 @@ class Pkcs11Signer(Signer):
         """True when the module runs in this process, False when a module host serves the key."""
         return isinstance(self._module, LocalModule)
 
+    def _pad(self, pad: Padding) -> str:
+        return Padding.PKCS1V15.value if self._algorithm.is_ec else pad.value
+
     def sign_digest(self, dgst, hash_name="sha256", pad=Padding.PKCS1V15):
         check_digest_length(dgst, hash_name)
         token, label, key_id = self._ref
-        return self._module.sign(token, self.uri.pin(), label, key_id, dgst, hash_name,
-                                 Padding.PKCS1V15.value if self._algorithm.is_ec else pad.value)
+        return self._module.sign(token, self.uri.pin(), label, key_id, dgst, hash_name, self._pad(pad))
+
+    async def sign_digest_async(self, dgst, hash_name="sha256", pad=Padding.PKCS1V15):
+        if isinstance(self._module, LocalModule):   # a blocking call: on the module's executor
+            return await super().sign_digest_async(dgst, hash_name, pad)
+        check_digest_length(dgst, hash_name)
+        token, label, key_id = self._ref
+        return await self._module.sign_async(token, self.uri.pin(), label, key_id, dgst, hash_name,
+                                             self._pad(pad))
 
     def close(self):
         # Sessions are shared per token within a module instance; nothing per key to free.

@@ -22,6 +22,16 @@ line, in the environment or in a log.
 
 The host serves one request at a time; the parent holds one lock per host.
 It exits when the parent closes its end (or dies): EOF on the socket.
+
+From an event loop (`sign_async`, `sign_many_async`) the frame is written and
+the answer read on the loop's thread when the socket is readable: no thread
+stands between the loop and the host, which saves two thread wake-ups a call
+(a fifth of a single signature's CPU in the signing service). One loop's
+callers take turns (an asyncio.Lock per loop); the one whose turn it is
+holds the host's lock from the write to the read. The executor makes the
+call instead when another thread holds that lock or the host must first be
+started. A caller that is cancelled leaves the answer to be read all the
+same, so the next call gets its own.
 """
 
 from __future__ import annotations
@@ -35,6 +45,7 @@ import socket
 import subprocess
 import sys
 import threading
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.connection import Connection
 
@@ -46,6 +57,9 @@ from .errors import KeyStoreError, ModuleHostError
 START_TIMEOUT_S = 60.0
 CALL_TIMEOUT_S = 300.0
 STOP_TIMEOUT_S = 5.0
+#: longest wait for another caller's turn: a start and a call (an event loop that stopped
+#: while it awaited an answer never gives the host back)
+LOCK_TIMEOUT_S = START_TIMEOUT_S + CALL_TIMEOUT_S
 MAX_FRAME = 1 << 20
 
 OPERATIONS = ("public_key", "key_attributes", "sign", "sign_many", "generate", "list_keys", "delete")
@@ -66,6 +80,10 @@ class HostedModule:
         settings = " ".join(f"{k}={v}" for k, v in sorted(self.env.items()))
         self.description = f"{path} with {settings}"
         self._lock = threading.Lock()
+        #: the thread whose event loop holds the lock across an exchange (see _call)
+        self._loop_holder: int | None = None
+        #: per event loop, the turn its async callers wait for (an asyncio.Lock serves one loop)
+        self._turns: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._proc: subprocess.Popen | None = None
         self._conn: Connection | None = None
         #: one worker (started on first use): async signatures on this host wait their turn here
@@ -86,6 +104,12 @@ class HostedModule:
     def sign_many(self, token, pin, label, key_id, digests, hash_name, pad) -> list[bytes]:
         return self._call("sign_many", token, pin, label, key_id, list(digests), hash_name, pad)
 
+    async def sign_async(self, token, pin, label, key_id, dgst, hash_name, pad) -> bytes:
+        return await self._call_async("sign", token, pin, label, key_id, dgst, hash_name, pad)
+
+    async def sign_many_async(self, token, pin, label, key_id, digests, hash_name, pad) -> list[bytes]:
+        return await self._call_async("sign_many", token, pin, label, key_id, list(digests), hash_name, pad)
+
     def generate(self, token, pin, label, key_id, algorithm) -> bytes:
         return self._call("generate", token, pin, label, key_id, algorithm)
 
@@ -97,12 +121,83 @@ class HostedModule:
 
     # ------------------------------------------------------------------ the host process
 
+    def _running(self) -> bool:
+        return self._conn is not None and self._proc is not None and self._proc.poll() is None
+
     def _call(self, operation: str, *args):
-        with self._lock:
-            if self._conn is None or self._proc is None or self._proc.poll() is not None:
+        if self._loop_holder == threading.get_ident():
+            # Waiting for the lock here would stop the very loop that is to release it.
+            raise RuntimeError(f"a blocking call to the module host of {self.path} from the event loop "
+                               "that awaits another call to it; use the async form")
+        if not self._lock.acquire(timeout=LOCK_TIMEOUT_S):
+            raise ModuleHostError(f"the module host of {self.path} stayed busy for {LOCK_TIMEOUT_S:g} s")
+        try:
+            if not self._running():
                 self._start()
             answer = self._exchange(marshal.dumps((operation, args)), CALL_TIMEOUT_S, operation)
+        finally:
+            self._lock.release()
         return self._result(answer)
+
+    async def _call_async(self, operation: str, *args):
+        """`_call` from the running event loop, with the host's answer read on the loop."""
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        turn = self._turns.get(loop)
+        if turn is None:
+            turn = self._turns[loop] = asyncio.Lock()
+        async with turn:   # this loop's callers one after the other, without threads
+            return await self._exchange_async(loop, operation, args)
+
+    async def _exchange_async(self, loop, operation: str, args: tuple):
+        import asyncio
+
+        if not self._lock.acquire(blocking=False):   # another thread's turn: wait in a thread
+            return await loop.run_in_executor(self.executor, self._call, operation, *args)
+        if not self._running():
+            self._lock.release()
+            return await loop.run_in_executor(self.executor, self._call, operation, *args)
+        self._loop_holder = threading.get_ident()
+        conn, answered = self._conn, loop.create_future()
+        fd = conn.fileno()
+
+        def finish(answer=None, error: ModuleHostError | None = None) -> None:
+            self._loop_holder = None
+            self._lock.release()
+            # A caller that was cancelled still had its answer read: the next call gets its own.
+            if not answered.done():
+                if error is not None:
+                    answered.set_exception(error)
+                else:
+                    answered.set_result(answer)
+
+        def readable() -> None:
+            loop.remove_reader(fd)
+            timer.cancel()
+            try:
+                answer = marshal.loads(conn.recv_bytes(MAX_FRAME))
+            except (OSError, EOFError):
+                finish(error=self._exited(operation))
+                return
+            finish(answer)
+
+        def timed_out() -> None:
+            loop.remove_reader(fd)
+            if self._proc is not None:
+                self._proc.kill()   # it has had CALL_TIMEOUT_S: no grace period on the loop
+            finish(error=self._hung(CALL_TIMEOUT_S, operation))
+
+        try:
+            conn.send_bytes(marshal.dumps((operation, args)))
+        except OSError:
+            error = self._exited(operation)
+            self._loop_holder = None
+            self._lock.release()
+            raise error from None
+        loop.add_reader(fd, readable)
+        timer = loop.call_later(CALL_TIMEOUT_S, timed_out)
+        return self._result(await asyncio.shield(answered))
 
     def _start(self) -> None:
         self._stop()
@@ -133,12 +228,20 @@ class HostedModule:
             if answered:
                 return marshal.loads(self._conn.recv_bytes(MAX_FRAME))
         except (OSError, EOFError):
-            self._stop()
-            raise ModuleHostError(f"the module host of {self.path} exited during {what} "
-                                  f"({self._exit_status()}); the next call starts a new one") from None
+            raise self._exited(what) from None
+        raise self._hung(timeout, what)
+
+    def _exited(self, what: str) -> ModuleHostError:
+        """The host is gone: reap it; the error to raise."""
         self._stop()
-        raise ModuleHostError(f"the PKCS#11 module {self.path} did not answer within {timeout:g} s "
-                              f"({what}); its host was stopped")
+        return ModuleHostError(f"the module host of {self.path} exited during {what} "
+                               f"({self._exit_status()}); the next call starts a new one")
+
+    def _hung(self, timeout: float, what: str) -> ModuleHostError:
+        """The host did not answer: stop it; the error to raise."""
+        self._stop()
+        return ModuleHostError(f"the PKCS#11 module {self.path} did not answer within {timeout:g} s "
+                               f"({what}); its host was stopped")
 
     @staticmethod
     def _result(answer):
@@ -166,8 +269,12 @@ class HostedModule:
                 proc.wait(STOP_TIMEOUT_S)
 
     def close(self) -> None:
-        with self._lock:
-            self._stop()
+        held = self._lock.acquire(timeout=STOP_TIMEOUT_S)
+        try:
+            self._stop()   # also when a caller never gave it back: nobody else will use it now
+        finally:
+            if held:
+                self._lock.release()
 
 
 # --------------------------------------------------------------------------- the host side

@@ -97,13 +97,11 @@ class WorkerSigner(Signer):
                 self._idle.put_nowait(host)
         host = await self._idle.get()
         token, label, key_id = self._ref
-        loop = asyncio.get_running_loop()
         try:
             for attempt in (1, 2):
                 try:
-                    return await loop.run_in_executor(
-                        host.executor, host.sign_many, token, self.uri.pin(), label, key_id,
-                        list(digests), hash_name, self._pad(pad))
+                    return await host.sign_many_async(token, self.uri.pin(), label, key_id,
+                                                      list(digests), hash_name, self._pad(pad))
                 except ModuleHostError as exc:
                     if attempt == 2:
                         raise

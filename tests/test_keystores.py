@@ -3,6 +3,7 @@ SoftHSM configurations in one process, p11-kit module names, open algorithm list
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import secrets
@@ -178,6 +179,76 @@ def test_module_host_keeps_pins_off_command_lines_and_recovers_from_a_crash(tmp_
         signer.sign(b"during the crash")
     # The next call starts a new host; the key is still there.
     assert verify_signature(signer.public_key, signer.sign(b"after"), b"after", "sha256")
+    assert _module_host_of(hsm) != pid
+
+
+def _host_threads() -> int:
+    return sum(t.name.startswith("pkcs11-host") for t in threading.enumerate())
+
+
+def test_an_event_loop_talks_to_the_module_host_without_a_thread_between(tmp_path):
+    """Async signatures are written and read on the loop, interleaved with blocking ones from
+    another thread, each answered with its own signature."""
+    hsm, token_uri = _instance(tmp_path / "hsm", "looped")
+    signer = keystore.generate_key(token_uri.with_object("k"), "ec-p256")
+    assert not signer.in_process
+    blocking = {}
+
+    def sign_blocking():
+        for i in range(50):
+            blocking[i] = signer.sign(f"thread {i}".encode())
+
+    async def sign_on_the_loop():
+        return await asyncio.gather(*(signer.sign_async(f"loop {i}".encode()) for i in range(50)))
+
+    threads_before = _host_threads()
+    alone = asyncio.run(sign_on_the_loop())
+    assert _host_threads() == threads_before   # no executor thread was started for them
+    thread = threading.Thread(target=sign_blocking)
+    thread.start()
+    looped = asyncio.run(sign_on_the_loop())
+    thread.join()
+    for signatures in (alone, looped):
+        assert all(verify_signature(signer.public_key, sig, f"loop {i}".encode(), "sha256")
+                   for i, sig in enumerate(signatures))
+    assert len(blocking) == 50 and all(
+        verify_signature(signer.public_key, sig, f"thread {i}".encode(), "sha256") for i, sig in blocking.items())
+
+
+def test_a_cancelled_or_interrupted_async_call_leaves_the_host_in_step(tmp_path):
+    hsm, token_uri = _instance(tmp_path / "hsm", "stepped")
+    signer = keystore.generate_key(token_uri.with_object("k"), "ec-p256")
+    pid = _module_host_of(hsm)
+
+    async def scenario():
+        # Cancelled while the host is stopped: its answer is still read when it comes, so the
+        # next call gets its own signature, not the cancelled one's.
+        os.kill(pid, signal.SIGSTOP)
+        cancelled = asyncio.ensure_future(signer.sign_async(b"cancelled"))
+        await asyncio.sleep(0.05)
+        # A blocking call from this loop now would wait for the loop itself: refused.
+        with pytest.raises(RuntimeError, match="use the async form"):
+            signer.sign(b"blocking, from the loop")
+        cancelled.cancel()
+        os.kill(pid, signal.SIGCONT)
+        after = await signer.sign_async(b"after the cancel")
+        assert verify_signature(signer.public_key, after, b"after the cancel", "sha256")
+        assert verify_signature(signer.public_key, signer.sign(b"blocking, now"), b"blocking, now", "sha256")
+        # The host dies while the loop awaits it: an error naming that, then a new host.
+        os.kill(pid, signal.SIGSTOP)
+        pending = asyncio.ensure_future(signer.sign_async(b"during the crash"))
+        await asyncio.sleep(0.05)
+        os.kill(pid, signal.SIGKILL)
+        with pytest.raises(KeyStoreError, match="module host .* exited during sign"):
+            await pending
+        again = await signer.sign_async(b"on a new host")
+        assert verify_signature(signer.public_key, again, b"on a new host", "sha256")
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        if Path(f"/proc/{pid}").exists():
+            os.kill(pid, signal.SIGCONT)
     assert _module_host_of(hsm) != pid
 
 
