@@ -25,6 +25,7 @@ from pledgeforge.boards.assembly import assemble_board
 from pledgeforge.boards.profile import load_profile
 from pledgeforge.hsm import keystore
 from pledgeforge.hsm.keyuri import SOFTHSM2_MODULE
+from pledgeforge.hsm.softhsm import file_store_lock
 
 pytestmark = pytest.mark.slow
 
@@ -48,10 +49,14 @@ def key_store(described: dict) -> list[str]:
                              capture_output=True, text=True, timeout=60, check=True).stdout
         return sorted(line.strip("- \n") for line in out.splitlines() if line.strip())
     pin = Path(described["pin_file"]).read_text().strip()
-    out = subprocess.run(["pkcs11-tool", "--module", SOFTHSM2_MODULE, "--token-label", described["token"],
-                          "--login", "--pin", pin, "--list-objects"],
-                         env={**os.environ, "SOFTHSM2_CONF": described["softhsm2_conf"]},
-                         capture_output=True, text=True, timeout=60, check=True).stdout
+    # pkcs11-tool's login rewrites the token's files; a board generating a key at that moment
+    # would read them half-written and fail. It takes its turn as every pledgeforge process does.
+    lock = file_store_lock(SOFTHSM2_MODULE, {"SOFTHSM2_CONF": described["softhsm2_conf"]})
+    with lock.held():
+        out = subprocess.run(["pkcs11-tool", "--module", SOFTHSM2_MODULE, "--token-label", described["token"],
+                              "--login", "--pin", pin, "--list-objects"],
+                             env={**os.environ, "SOFTHSM2_CONF": described["softhsm2_conf"]},
+                             capture_output=True, text=True, timeout=60, check=True).stdout
     return sorted(line.split(":", 1)[1].strip() for line in out.splitlines()
                   if line.strip().startswith("label:"))
 
