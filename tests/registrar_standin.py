@@ -12,6 +12,8 @@ import http.client
 import os
 import secrets
 import ssl
+import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -22,7 +24,7 @@ from cryptography.hazmat.primitives import serialization
 from pledgeforge.hsm.cms import sign_cms
 from pledgeforge.hsm.signer import KeyAlgorithm, SoftwareSigner
 from pledgeforge.hsm.voucher import Voucher
-from pledgeforge.hsm.wellknown import VOUCHER_MEDIA_TYPE
+from pledgeforge.hsm.wellknown import HEALTH_PATH, VOUCHER_MEDIA_TYPE
 from pledgeforge.hsm.x509 import make_csr, to_der, to_pem
 
 
@@ -135,3 +137,26 @@ def tls_refusal(request) -> str:
     except (ssl.SSLError, ConnectionError) as exc:
         return f"{exc.__class__.__name__}: {exc}"
     raise AssertionError(f"expected the TLS handshake to be refused, got HTTP {answer.status}")
+
+
+def wait_for_health(proc: subprocess.Popen, url: str, anchor: Path, output: Path | None = None,
+                    timeout: float = 60) -> None:
+    """Until the server `proc` runs answers its health check at `url` (its certificate checked
+    against `anchor`); the test fails, with the server's `output` (a log file, else its piped
+    stderr), when it exits first or `timeout` passes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is None and time.monotonic() < deadline:
+            try:
+                if https(url + HEALTH_PATH, anchors=[anchor], timeout=2).status == 200:
+                    return
+            except OSError:
+                pass
+        else:
+            text = output.read_text() if output else (proc.stderr.read().decode() if proc.stderr else "")
+            state = "did not answer in time" if proc.poll() is None else f"exited with {proc.returncode}"
+            raise AssertionError(f"the server at {url} {state}:\n{text}")
+        try:
+            proc.wait(timeout=0.1)
+        except subprocess.TimeoutExpired:
+            pass

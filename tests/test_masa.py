@@ -14,7 +14,6 @@ import json
 import os
 import signal
 import subprocess
-import time
 from contextlib import contextmanager
 
 import pytest
@@ -23,7 +22,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID, ObjectIdentifier
 
 from clirunner import PLEDGEFORGE, openssl, run_cli
-from registrar_standin import StandIn, https
+from registrar_standin import StandIn, https, wait_for_health
 from pledgeforge.hsm.wellknown import REQUEST_VOUCHER, VOUCHER_MEDIA_TYPE
 from vectors import APPC
 from pledgeforge.hsm.chain import load_certificate_file
@@ -95,22 +94,6 @@ def world(softhsm, tmp_path_factory):
                 not_a_registrar=owner.issue("owner web server", eku=(ExtendedKeyUsageOID.SERVER_AUTH,)))
 
 
-def _wait_for_health(proc: subprocess.Popen, url: str, anchor, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        assert proc.poll() is None, f"masa serve exited with {proc.returncode}: {proc.stderr.read().decode()}"
-        try:
-            if https(url + "/.well-known/pledgeforge/health", anchors=[anchor], timeout=2).status == 200:
-                return
-        except OSError:
-            pass
-        assert time.monotonic() < deadline, "the MASA did not answer in time"
-        try:
-            proc.wait(timeout=0.1)
-        except subprocess.TimeoutExpired:
-            pass
-
-
 @contextmanager
 def running_masa(world, softhsm, name: str, *, check_time: bool, masa_settings: str = ""):
     """`pledgeforge masa serve` with the world's keys, its own database and port."""
@@ -139,7 +122,7 @@ def running_masa(world, softhsm, name: str, *, check_time: bool, masa_settings: 
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"https://127.0.0.1:{port}"
     try:
-        _wait_for_health(proc, url, tmp / "web.crt")
+        wait_for_health(proc, url, tmp / "web.crt")
         store = MasaStore(f"sqlite:///{tmp / f'{name}.sqlite'}")
         store.add_owner("test-owner", to_pem(world["owner"].cert).decode())
         store.add_owner("stranger", to_pem(world["stranger"].cert).decode())

@@ -10,7 +10,6 @@ import socket
 import sqlite3
 import subprocess
 import sys
-import time
 
 import pytest
 from cryptography import x509
@@ -18,7 +17,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 
 from clirunner import openssl
-from registrar_standin import StandIn, https, post_voucher_request, tls_refusal
+from registrar_standin import StandIn, https, post_voucher_request, tls_refusal, wait_for_health
 from pledgeforge.hsm.chain import load_certificate_file
 from pledgeforge.hsm.keystore import open_signer
 from pledgeforge.hsm.signer import KeyAlgorithm, SoftwareSigner
@@ -27,7 +26,6 @@ from pledgeforge.hsm.wellknown import REQUEST_VOUCHER
 from pledgeforge.hsm.x509 import issue_idevid, make_ca, make_csr, to_der, to_pem
 from pledgeforge.registrar.db import MASA_METADATA, OWNER_METADATA, table_contents
 from pledgeforge.hsm.est_wire import CsrAttributes, parse_certs_only
-from pledgeforge.hsm.wellknown import HEALTH_PATH
 from pledgeforge.lab.configs import server_configs
 from pledgeforge.lab.processes import free_port, stop_process
 from pledgeforge.registrar.config import MasaRateLimits, write_config
@@ -261,17 +259,12 @@ def _start_masa_beside_the_lab(lab, tmp_path, port: int, rate_limits: MasaRateLi
         proc = subprocess.Popen([sys.executable, "-m", "pledgeforge.registrar.server", "--config",
                                  str(config.path)], stdout=out, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL)
-    deadline = time.monotonic() + 60
-    while proc.poll() is None and time.monotonic() < deadline:
-        try:
-            if https(f"https://127.0.0.1:{port}{HEALTH_PATH}", anchors=[lab.pki("web-ca")],
-                     timeout=2).status == 200:
-                return proc, log
-        except OSError:
-            pass
-        time.sleep(0.1)
-    stop_process(proc.pid)
-    pytest.fail(f"the second MASA did not start:\n{log.read_text()}")
+    try:
+        wait_for_health(proc, f"https://127.0.0.1:{port}", lab.pki("web-ca"), log)
+    except BaseException:
+        stop_process(proc.pid)
+        raise
+    return proc, log
 
 
 def test_a_masa_asking_the_registrar_to_slow_down_reaches_the_pledge_as_its_wait(lab, tmp_path):
