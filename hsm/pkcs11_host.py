@@ -86,7 +86,8 @@ class HostedModule:
         self._turns: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._proc: subprocess.Popen | None = None
         self._conn: Connection | None = None
-        #: one worker (started on first use): async signatures on this host wait their turn here
+        #: one worker (started on first use): an async call that finds the host busy in another
+        #: thread, or not started, makes its blocking call here
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="pkcs11-host")
         atexit.register(self.close)
 
@@ -177,7 +178,7 @@ class HostedModule:
             timer.cancel()
             try:
                 answer = marshal.loads(conn.recv_bytes(MAX_FRAME))
-            except (OSError, EOFError):
+            except Exception:   # gone, or a frame that does not read: either way the host is stopped
                 finish(error=self._exited(operation))
                 return
             finish(answer)
