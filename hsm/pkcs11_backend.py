@@ -560,7 +560,7 @@ class Pkcs11Signer(Signer):
         return self._module.sign(token, self.uri.pin(), label, key_id, dgst, hash_name, self._pad(pad))
 
     async def sign_digest_async(self, dgst, hash_name="sha256", pad=Padding.PKCS1V15):
-        if isinstance(self._module, LocalModule):   # a blocking call: on the module's executor
+        if self.in_process:   # a blocking call into the module: on its executor
             return await super().sign_digest_async(dgst, hash_name, pad)
         check_digest_length(dgst, hash_name)
         token, label, key_id = self._ref
